@@ -1,0 +1,226 @@
+//! Types shared by the kernel programs (`monitor-ebpf`) and the agent (`monitor-user`).
+//!
+//! Every type here is `#[repr(C)]`, made of fixed-width fields with explicit padding, so the
+//! byte layout the kernel writes is the one user space reads.
+#![no_std]
+
+/// Per-process state, keyed by tgid. Written by the rss/sched programs, read by the agent.
+pub const PROCS_MAP: &str = "PROCS";
+/// Which process owns an mm, keyed by the `mm_id` hash that `kmem:rss_stat` reports.
+pub const MM_OWNERS_MAP: &str = "MM_OWNERS";
+/// Lifecycle events (fork, exec, exit, OOM kill) for the agent.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU counters indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Default capacity of the per-process maps; the agent may override it at load time.
+pub const DEFAULT_MAX_PROCS: u32 = 32_768;
+/// Ring buffer size for lifecycle events; fork/exec/exit are rare next to page faults.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Value of an RSS member the kernel has not reported yet for the current mm.
+pub const RSS_UNKNOWN: i64 = -1;
+
+/// The kernel's `MM_*` counters, in the order `kmem:rss_stat` numbers them
+/// (`enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES }`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RssKind {
+    File = 0,
+    Anon = 1,
+    Swap = 2,
+    Shmem = 3,
+}
+
+impl RssKind {
+    pub const COUNT: usize = 4;
+    pub const ALL: [RssKind; Self::COUNT] = [Self::File, Self::Anon, Self::Swap, Self::Shmem];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Anon => "anon",
+            Self::Swap => "swap",
+            Self::Shmem => "shmem",
+        }
+    }
+}
+
+/// Kernel-side view of one process (thread group).
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct ProcStats {
+    /// Bytes per [`RssKind`], exactly as the kernel last reported them for the current mm;
+    /// [`RSS_UNKNOWN`] until the first report.
+    pub rss: [i64; RssKind::COUNT],
+    /// Highest resident total (file + anon + shmem) seen for the current mm.
+    pub peak_bytes: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds of the last RSS change.
+    pub updated_ns: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds at fork, 0 when the process predates the agent.
+    pub start_ns: u64,
+    /// cgroup v2 id of the process, as of its last fork/exec/RSS change.
+    pub cgroup_id: u64,
+    /// `mm_id` of the address space the numbers above belong to (changes at exec).
+    pub mm_id: u32,
+    pub ppid: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProcStats>() == 72);
+
+impl ProcStats {
+    pub const fn new(start_ns: u64, ppid: u32, cgroup_id: u64) -> Self {
+        Self {
+            rss: [RSS_UNKNOWN; RssKind::COUNT],
+            peak_bytes: 0,
+            updated_ns: 0,
+            start_ns,
+            cgroup_id,
+            mm_id: 0,
+            ppid,
+        }
+    }
+
+    /// Resident bytes (file + anon + shmem; swap is not resident), unknown members as 0.
+    pub fn resident_bytes(&self) -> u64 {
+        let part = |k: RssKind| self.rss[k as usize].max(0) as u64;
+        part(RssKind::File) + part(RssKind::Anon) + part(RssKind::Shmem)
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventKind {
+    Fork = 1,
+    Exec = 2,
+    Exit = 3,
+    OomKill = 4,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Fork),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Exit),
+            4 => Some(Self::OomKill),
+            _ => None,
+        }
+    }
+}
+
+/// A lifecycle event sent through [`EVENTS_MAP`].
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct LifecycleEvent {
+    /// An [`EventKind`].
+    pub kind: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds when the event happened.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// Exit: the process's last [`ProcStats::rss`]; OOM kill: anon, file, shmem bytes at the kill.
+    pub rss: [i64; RssKind::COUNT],
+    /// Exit: peak resident bytes; OOM kill: total_vm bytes.
+    pub peak_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 88);
+
+/// Indexes into [`COUNTERS_MAP`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counter {
+    /// `kmem:rss_stat` events handled.
+    RssEvents = 0,
+    /// rss_stat events for an mm no tracked process owns (e.g. pages copied during fork).
+    RssUnowned,
+    /// rss_stat events for an mm its owner has replaced (the old mm of an exec).
+    RssStaleMm,
+    /// Failed inserts into [`PROCS_MAP`].
+    ProcInsertFailed,
+    /// Failed inserts into [`MM_OWNERS_MAP`].
+    MmInsertFailed,
+    /// Entries inserted into [`PROCS_MAP`] by the kernel.
+    ProcInserted,
+    /// Entries removed from [`PROCS_MAP`] at exit.
+    ProcRemoved,
+    /// Lifecycle events the ring buffer had no room for.
+    EventsDropped,
+    ForkEvents,
+    ExecEvents,
+    ExitEvents,
+    OomEvents,
+    /// Failed reads of tracepoint fields.
+    ReadFailed,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 13;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::RssEvents,
+        Self::RssUnowned,
+        Self::RssStaleMm,
+        Self::ProcInsertFailed,
+        Self::MmInsertFailed,
+        Self::ProcInserted,
+        Self::ProcRemoved,
+        Self::EventsDropped,
+        Self::ForkEvents,
+        Self::ExecEvents,
+        Self::ExitEvents,
+        Self::OomEvents,
+        Self::ReadFailed,
+    ];
+}
+
+/// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files
+/// at load time. One object then runs on kernels whose layouts differ.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct RssStatOffsets {
+    pub mm_id: u32,
+    pub curr: u32,
+    pub member: u32,
+    pub size: u32,
+}
+
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct NewTaskOffsets {
+    pub pid: u32,
+    pub comm: u32,
+    pub clone_flags: u32,
+    pub _pad: u32,
+}
+
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct ExitOffsets {
+    pub pid: u32,
+    /// `u32::MAX` when the kernel's `sched_process_exit` has no `group_dead` field.
+    pub group_dead: u32,
+}
+
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct MarkVictimOffsets {
+    pub pid: u32,
+    pub total_vm: u32,
+    pub anon_rss: u32,
+    pub file_rss: u32,
+    pub shmem_rss: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ProcStats {}
+    unsafe impl aya::Pod for LifecycleEvent {}
+    unsafe impl aya::Pod for RssStatOffsets {}
+    unsafe impl aya::Pod for NewTaskOffsets {}
+    unsafe impl aya::Pod for ExitOffsets {}
+    unsafe impl aya::Pod for MarkVictimOffsets {}
+}

@@ -1,0 +1,141 @@
+//! Process lifecycle: `task:task_newtask` (fork), `sched:sched_process_exec`,
+//! `sched:sched_process_exit`.
+//!
+//! Fork is taken from `task_newtask` rather than `sched_process_fork` because only the former
+//! carries `clone_flags`, which tells a new process from a new thread.
+//!
+//! ```text
+//! task_newtask:       field:pid_t pid; offset:8;  field:char comm[16]; offset:12;
+//!                     field:u64 clone_flags; offset:32;
+//! sched_process_exit: field:char comm[16]; offset:8; field:pid_t pid; offset:24;
+//!                     field:bool group_dead; offset:32;
+//! ```
+//! Source: <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/task.h>,
+//! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sched.h>
+
+use aya_ebpf::{
+    Global, helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext,
+};
+use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
+
+use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
+use crate::maps::{MM_OWNERS, PROCS, count, emit};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[unsafe(no_mangle)]
+static NEWTASK_OFFSETS: Global<NewTaskOffsets> = Global::new(NewTaskOffsets {
+    pid: 8,
+    comm: 12,
+    clone_flags: 32,
+    _pad: 0,
+});
+
+#[unsafe(no_mangle)]
+static EXIT_OFFSETS: Global<ExitOffsets> = Global::new(ExitOffsets {
+    pid: 24,
+    group_dead: 32,
+});
+
+fn event(kind: EventKind, pid: u32, ppid: u32, cgroup_id: u64, comm: [u8; 16]) -> LifecycleEvent {
+    LifecycleEvent {
+        kind: kind as u32,
+        pid,
+        ppid,
+        _pad: 0,
+        ts_ns: now_ns(),
+        cgroup_id,
+        comm,
+        rss: [monitor_common::RSS_UNKNOWN; monitor_common::RssKind::COUNT],
+        peak_bytes: 0,
+    }
+}
+
+#[tracepoint]
+pub fn sched_newtask(ctx: TracePointContext) -> u32 {
+    match try_newtask(&ctx) {
+        Ok(()) | Err(ProbeError::ReadField) => 0,
+    }
+}
+
+fn try_newtask(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    let off = NEWTASK_OFFSETS.load();
+    let flags: u64 = field(ctx, off.clone_flags)?;
+    if flags & CLONE_THREAD != 0 {
+        return Ok(());
+    }
+    count(Counter::ForkEvents);
+    let pid: i32 = field(ctx, off.pid)?;
+    let comm: [u8; 16] = field(ctx, off.comm)?;
+    let ppid = current_tgid();
+    let cgroup = cgroup_id();
+    let ev = event(EventKind::Fork, pid as u32, ppid, cgroup, comm);
+    // Overwrites whatever a previous holder of this pid left: a reused pid starts from zero.
+    if PROCS
+        .insert(pid as u32, ProcStats::new(ev.ts_ns, ppid, cgroup), 0)
+        .is_err()
+    {
+        count(Counter::ProcInsertFailed);
+    } else {
+        count(Counter::ProcInserted);
+    }
+    emit(&ev);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_exec(_ctx: TracePointContext) -> u32 {
+    count(Counter::ExecEvents);
+    let tgid = current_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let cgroup = cgroup_id();
+    let ppid = match PROCS.get_ptr_mut(tgid) {
+        Some(stats) => {
+            let stats = unsafe { &mut *stats };
+            stats.cgroup_id = cgroup;
+            stats.ppid
+        }
+        None => 0,
+    };
+    emit(&event(EventKind::Exec, tgid, ppid, cgroup, comm));
+    0
+}
+
+#[tracepoint]
+pub fn sched_exit(ctx: TracePointContext) -> u32 {
+    match try_exit(&ctx) {
+        Ok(()) | Err(ProbeError::ReadField) => 0,
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    let off = EXIT_OFFSETS.load();
+    let pid: i32 = field(ctx, off.pid)?;
+    let tgid = current_tgid();
+    let group_dead = if off.group_dead == u32::MAX {
+        // Older kernels: the leader's exit is the best sign the group is gone.
+        pid as u32 == tgid
+    } else {
+        field::<u8>(ctx, off.group_dead)? != 0
+    };
+    if !group_dead {
+        return Ok(());
+    }
+    count(Counter::ExitEvents);
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
+    if let Some(stats) = PROCS.get_ptr(tgid) {
+        let stats = unsafe { &*stats };
+        ev.ppid = stats.ppid;
+        ev.rss = stats.rss;
+        ev.peak_bytes = stats.peak_bytes;
+        if MM_OWNERS.get_ptr(stats.mm_id).is_some_and(|o| unsafe { *o } == tgid) {
+            let _ = MM_OWNERS.remove(stats.mm_id);
+        }
+        if PROCS.remove(tgid).is_ok() {
+            count(Counter::ProcRemoved);
+        }
+    }
+    emit(&ev);
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! `leakscope run`: start-up, the kernel event loop and the interval loop.
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::RingBuf;
+use log::{info, warn};
+use monitor_common::{EVENTS_MAP, ProcStats};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    caps::CapSet,
+    cli::RunArgs,
+    http,
+    shared::Shared,
+    loader::{self, KernelMaps, Options},
+    proc::{self, ProcError},
+    select::{Candidate, Selector},
+    state::{AgentState, boot_ns},
+    tracefs,
+};
+
+/// The kernel object built by build.rs, aligned as aya needs it.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// /proc reads per interval, so a fork storm cannot turn the agent into a /proc scanner.
+const PROC_READS_PER_INTERVAL: usize = 256;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let caps = CapSet::current().context("reading the agent's capabilities")?;
+    let missing = caps.missing_required();
+    if !missing.is_empty() {
+        let names: Vec<_> = missing.iter().map(|c| format!("{} ({})", c.name, c.why)).collect();
+        anyhow::bail!(
+            "missing capabilities: {}; run as root or grant them (e.g. `setcap cap_bpf,cap_perfmon+ep`)",
+            names.join(", ")
+        );
+    }
+    let mut state = AgentState::new(Selector::new(args.matchers.clone()), args.max_processes as usize);
+    for c in caps.missing_optional() {
+        warn!("without {} the agent cannot {}", c.name, c.why);
+    }
+    // Bind first: a port in use should fail before anything is loaded into the kernel.
+    let listener = http::bind(args.listen).await?;
+    if OBJECT.is_empty() {
+        anyhow::bail!("this binary was built with AYA_BUILD_SKIP: it carries no BPF object");
+    }
+    bump_memlock_rlimit();
+
+    let tracefs = tracefs::ensure_mounted();
+    if let Err(e) = &tracefs {
+        state.notes.push(e.to_string());
+    }
+    let tracefs_path: Option<PathBuf> = tracefs.as_ref().ok().cloned();
+    let opts = Options {
+        tracefs: tracefs.as_deref().map_err(|e| e),
+        max_kernel_processes: args.max_kernel_processes,
+        break_probes: &args.break_probe,
+    };
+    let mut loaded = loader::load(OBJECT, &opts).context("loading the BPF programs")?;
+    for p in &loaded.probes {
+        match &p.error {
+            None => info!("probe {} attached to {}", p.name, p.tracepoint),
+            Some(e) => warn!("probe {} is OFF: {e}; {}", p.name, p.fallback),
+        }
+    }
+    if let Some(root) = &tracefs_path {
+        info!("tracefs at {}", root.display());
+    }
+    // Kept alive for the agent's whole life: dropping it closes the log map.
+    let logger = aya_log::EbpfLogger::init(&mut loaded.ebpf)
+        .map_err(|e| warn!("kernel-side log is off: {e}"))
+        .ok();
+    let maps = KernelMaps::take(&mut loaded.ebpf).context("opening kernel maps")?;
+    let events = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .context("EVENTS map missing from the object")?,
+    )
+    .context("opening the EVENTS ring buffer")?;
+    state.probes = loaded.probes.clone();
+
+    // Seed after attaching, so a process born in between is seen by one or the other.
+    match proc::read_all() {
+        Ok((found, failed)) => {
+            info!("seeded {} processes from /proc", found.len());
+            record_proc_errors(&mut state, &failed);
+            state.table.seed(found);
+        }
+        Err(e) => state.notes.push(format!("cannot seed from /proc: {e}")),
+    }
+
+    let shared = Arc::new(Shared::new(state, Some(events)));
+    info!(
+        "serving on http://{}/metrics (also /api/v1/processes, /healthz)",
+        args.listen
+    );
+
+    let events_task = tokio::spawn(event_loop(shared.clone()));
+    let sync_task = tokio::spawn(interval_loop(maps, shared.clone(), args.interval));
+    let logger_task = logger.map(|l| tokio::spawn(log_loop(l)));
+    let result = http::serve(listener, shared, shutdown_signal()).await;
+    events_task.abort();
+    sync_task.abort();
+    if let Some(t) = logger_task {
+        t.abort();
+    }
+    drop(loaded);
+    result.map_err(Into::into)
+}
+
+fn bump_memlock_rlimit() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `rlim` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    info!("shutting down");
+}
+
+async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's fd and keeps it open until it is dropped.
+    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
+    else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// The ring buffer's fd, borrowed for polling; `Shared` owns the ring and outlives the loop.
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+async fn event_loop(shared: Arc<Shared>) {
+    let Some(raw) = shared.events_fd() else { return };
+    // SAFETY: the fd belongs to the ring buffer inside `shared`, which this task keeps alive.
+    let fd = match unsafe { AsyncFd::register_with_interest(RingFd(raw), Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            shared
+                .state()
+                .notes
+                .push(format!("cannot poll the lifecycle ring buffer: {e}"));
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("lifecycle ring buffer poll failed: {e}");
+                return;
+            }
+        };
+        shared.drain_events();
+        guard.clear_ready();
+    }
+}
+
+async fn interval_loop(maps: KernelMaps, shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sync_once(&maps, &shared);
+    }
+}
+
+/// One interval: take the kernel's numbers, then look in /proc only where the kernel has not
+/// spoken (new pids, unknown members, selection) — never a full scan.
+fn sync_once(maps: &KernelMaps, shared: &Shared) {
+    let kernel = maps.procs();
+    let counters = maps.counters();
+    let (adopt, rss_off, exit_off) = {
+        // Events first: a fork must be known before the kernel's entry for it is matched.
+        let mut state = shared.current();
+        state.counters = counters;
+        state.kernel_entries = kernel.len() as u64;
+        let adopt = state.table.sync_kernel(&kernel);
+        (
+            adopt,
+            !state.probe_attached("rss_stat"),
+            !state.probe_attached("sched_exit"),
+        )
+    };
+    adopt_unknown(shared, &kernel, adopt);
+    evaluate_selection(shared);
+    refresh_from_proc(shared, rss_off);
+    if exit_off {
+        drop_vanished(shared);
+    }
+}
+
+fn record_proc_errors(state: &mut AgentState, errors: &[ProcError]) {
+    for e in errors {
+        match e {
+            ProcError::Denied { .. } => state.proc_errors.denied += 1,
+            ProcError::Gone(_) | ProcError::KernelThread(_) => {}
+            ProcError::Other { .. } => state.proc_errors.other += 1,
+        }
+    }
+}
+
+/// Processes the kernel reports but the table lacks: their fork predates the agent's seed,
+/// or its event was lost.
+fn adopt_unknown(shared: &Shared, kernel: &std::collections::HashMap<u32, ProcStats>, pids: Vec<u32>) {
+    let mut errors = Vec::new();
+    let mut found = Vec::new();
+    for pid in pids.into_iter().take(PROC_READS_PER_INTERVAL) {
+        match proc::read(pid) {
+            Ok(s) => found.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut state = shared.state();
+    record_proc_errors(&mut state, &errors);
+    for s in found {
+        let k = kernel.get(&s.pid).copied();
+        state.table.adopt(s, k);
+    }
+}
+
+struct Lazy {
+    pid: u32,
+    comm: String,
+    cgroup: Option<String>,
+}
+
+impl Candidate for Lazy {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn comm(&self) -> &str {
+        &self.comm
+    }
+    fn cmdline(&self) -> Option<String> {
+        proc::cmdline(self.pid)
+    }
+    fn cgroup_path(&self) -> Option<String> {
+        self.cgroup.clone()
+    }
+}
+
+/// Decides selection for processes that have lived at least one interval, so short-lived
+/// forks never cost a /proc read.
+fn evaluate_selection(shared: &Shared) {
+    let now = boot_ns();
+    let (pending, selector): (Vec<(u32, String, Option<String>)>, Selector) = {
+        let state = shared.state();
+        let pending = state
+            .table
+            .iter()
+            .filter(|p| p.selected.is_none() || p.cgroup_path.is_none())
+            .filter(|p| now.saturating_sub(p.start_ns) >= 500_000_000 || p.start_ns == 0)
+            .take(PROC_READS_PER_INTERVAL)
+            .map(|p| (p.pid, p.comm.clone(), p.cgroup_path.clone()))
+            .collect();
+        (pending, state.selector.clone())
+    };
+    let decided: Vec<_> = pending
+        .into_iter()
+        .map(|(pid, comm, cgroup)| {
+            let cgroup = cgroup.or_else(|| proc::cgroup_v2_path(pid));
+            let candidate = Lazy { pid, comm, cgroup };
+            (pid, selector.selects(&candidate), candidate.cgroup)
+        })
+        .collect();
+    let mut state = shared.state();
+    for (pid, selected, cgroup) in decided {
+        if let Some(p) = state.table.get_mut(pid) {
+            p.selected.get_or_insert(selected);
+            if p.cgroup_path.is_none() {
+                p.cgroup_path = Some(cgroup.unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Reads /proc for selected processes whose numbers the kernel has not given yet, or for all
+/// selected processes when the rss_stat probe is off.
+fn refresh_from_proc(shared: &Shared, rss_probe_off: bool) {
+    let pids: Vec<u32> = {
+        let state = shared.state();
+        state
+            .table
+            .iter()
+            .filter(|p| p.selected == Some(true) && (rss_probe_off || p.needs_seed()))
+            .map(|p| p.pid)
+            .take(if rss_probe_off { usize::MAX } else { PROC_READS_PER_INTERVAL })
+            .collect()
+    };
+    let reads: Vec<_> = pids.into_iter().map(|pid| (pid, proc::read(pid))).collect();
+    let mut state = shared.state();
+    let mut errors = Vec::new();
+    for (pid, r) in reads {
+        match r {
+            Ok(s) => {
+                if let Some(p) = state.table.get_mut(pid)
+                    && s.start_ns.abs_diff(p.start_ns) < 50_000_000
+                {
+                    p.set_seed(s);
+                }
+            }
+            Err(ProcError::Gone(_)) => {
+                state.table.remove(pid);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    record_proc_errors(&mut state, &errors);
+}
+
+/// Without the exit probe, a process is gone when its /proc entry is.
+fn drop_vanished(shared: &Shared) {
+    let pids: Vec<u32> = shared.state().table.iter().map(|p| p.pid).collect();
+    let gone: Vec<u32> = pids
+        .into_iter()
+        .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    let mut state = shared.state();
+    for pid in gone {
+        state.table.remove(pid);
+    }
+}

@@ -1,0 +1,86 @@
+//! Command-line interface of the `leakscope` binary.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::select::Matcher;
+
+#[derive(Debug, Parser)]
+#[command(name = "leakscope", version, about = "Finds memory leaks in worker processes, from the kernel")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: trace every process's memory and serve /metrics, /api/v1/processes, /healthz.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address to serve on; the default keeps the agent on loopback.
+    #[arg(long, default_value = "127.0.0.1:9633")]
+    pub listen: SocketAddr,
+
+    /// Processes that get series of their own (any may match): comm=REGEX, cmdline=REGEX,
+    /// cgroup=REGEX (cgroup v2 path) or pid=N. Default: every process.
+    #[arg(long = "match", value_name = "KEY=VALUE")]
+    pub matchers: Vec<Matcher>,
+
+    /// At most this many processes get series of their own, largest first; the rest are summed
+    /// into one pid="overflow" series.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_processes: u32,
+
+    /// How often the agent reads the kernel's per-process map.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Capacity of the kernel's per-process maps (LRU; evictions are counted).
+    #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_PROCS,
+          value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_kernel_processes: u32,
+
+    /// Fault injection for tests: attach this probe to a tracepoint that does not exist.
+    #[arg(long, hide = true, value_name = "PROBE")]
+    pub break_probe: Vec<String>,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 500ms, 1s, 2m)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}` is out of range: use 100ms to 1h"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("leakscope").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_every_process() {
+        let Command::Run(run) = parse(&["run"]).unwrap().command;
+        assert_eq!(run.listen.to_string(), "127.0.0.1:9633");
+        assert!(run.matchers.is_empty());
+        assert_eq!(run.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        let err = |a: &[&str]| parse(a).unwrap_err().to_string();
+        assert!(err(&["run", "--bogus"]).contains("--bogus"));
+        assert!(err(&["run", "--listen", "nowhere"]).contains("invalid socket address"));
+        assert!(err(&["run", "--match", "user=x"]).contains("unknown match key"));
+        assert!(err(&["run", "--interval", "1ms"]).contains("out of range"));
+        assert!(err(&["run", "--interval", "soon"]).contains("soon"));
+        assert!(err(&["run", "--max-processes", "0"]).contains("0"));
+    }
+}

@@ -1,0 +1,15 @@
+//! leakscope's agent: loads the kernel programs, keeps a table of every process's memory and
+//! serves it as Prometheus metrics and JSON.
+
+pub mod agent;
+pub mod caps;
+pub mod cli;
+pub mod http;
+pub mod loader;
+pub mod metrics;
+pub mod proc;
+pub mod select;
+pub mod shared;
+pub mod state;
+pub mod table;
+pub mod tracefs;

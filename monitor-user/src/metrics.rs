@@ -1,0 +1,245 @@
+//! Prometheus exposition, built from the agent's state at scrape time (as ebpf_exporter does):
+//! nothing is kept for processes that have exited, so their series disappear with them.
+
+use monitor_common::{Counter, RssKind};
+use prometheus::{
+    Encoder, TextEncoder,
+    proto::{self, LabelPair, MetricFamily, MetricType},
+};
+
+use crate::state::AgentState;
+
+/// Every metric name the agent can export; the dashboard and alert tests check against it.
+pub const METRIC_NAMES: &[&str] = &[
+    "leakscope_process_rss_bytes",
+    "leakscope_process_peak_rss_bytes",
+    "leakscope_processes_tracked",
+    "leakscope_processes_overflow",
+    "leakscope_probe_attached",
+    "leakscope_probe_events_total",
+    "leakscope_probe_events_lost_total",
+    "leakscope_rss_events_ignored_total",
+    "leakscope_kernel_map_entries",
+    "leakscope_kernel_map_evictions_total",
+    "leakscope_proc_read_errors_total",
+    "leakscope_agent_degraded",
+    "leakscope_build_info",
+];
+
+pub const OVERFLOW_LABEL: &str = "overflow";
+
+type Labels<'a> = Vec<(&'a str, String)>;
+
+struct Family<'a> {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels<'a>, f64)>,
+}
+
+impl<'a> Family<'a> {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: Labels<'a>, value: f64) -> &mut Self {
+        self.samples.push((labels, value));
+        self
+    }
+
+    fn build(self) -> MetricFamily {
+        let mut mf = MetricFamily::default();
+        mf.set_name(self.name.to_string());
+        mf.set_help(self.help.to_string());
+        mf.set_field_type(self.kind);
+        for (labels, value) in self.samples {
+            let mut m = proto::Metric::default();
+            m.set_label(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let mut lp = LabelPair::default();
+                        lp.set_name(k.to_string());
+                        lp.set_value(v);
+                        lp
+                    })
+                    .collect(),
+            );
+            match self.kind {
+                MetricType::COUNTER => {
+                    let mut c = proto::Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                }
+                _ => {
+                    let mut g = proto::Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+            }
+            mf.mut_metric().push(m);
+        }
+        mf
+    }
+}
+
+fn gauge(name: &'static str, help: &'static str) -> Family<'static> {
+    Family::new(name, help, MetricType::GAUGE)
+}
+
+fn counter(name: &'static str, help: &'static str) -> Family<'static> {
+    Family::new(name, help, MetricType::COUNTER)
+}
+
+pub fn families(state: &AgentState) -> Vec<MetricFamily> {
+    let mut out = process_families(state);
+    out.extend(self_families(state));
+    out
+}
+
+fn process_families(state: &AgentState) -> Vec<MetricFamily> {
+    let export = state.export();
+    let mut rss = gauge(
+        "leakscope_process_rss_bytes",
+        "Resident memory of a process by kind, from the kernel's own counters (kmem:rss_stat).",
+    );
+    let mut peak = gauge(
+        "leakscope_process_peak_rss_bytes",
+        "Highest resident memory (file+anon+shmem) of the process's current address space.",
+    );
+    for p in &export.own {
+        let id = || vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+        for k in RssKind::ALL {
+            let mut l = id();
+            l.push(("kind", k.label().to_string()));
+            rss.push(l, p.rss(k).0 as f64);
+        }
+        peak.push(id(), p.peak_bytes() as f64);
+    }
+    if export.overflow.processes > 0 {
+        for k in RssKind::ALL {
+            rss.push(
+                vec![
+                    ("pid", OVERFLOW_LABEL.into()),
+                    ("comm", OVERFLOW_LABEL.into()),
+                    ("kind", k.label().into()),
+                ],
+                export.overflow.rss[k as usize] as f64,
+            );
+        }
+    }
+    let mut tracked = gauge(
+        "leakscope_processes_tracked",
+        "Processes in the agent's table (every process with memory of its own).",
+    );
+    tracked.push(vec![], state.table.len() as f64);
+    let mut overflow = gauge(
+        "leakscope_processes_overflow",
+        "Selected processes beyond --max-processes, summed into the pid=\"overflow\" series.",
+    );
+    overflow.push(vec![], export.overflow.processes as f64);
+    vec![rss.build(), peak.build(), tracked.build(), overflow.build()]
+}
+
+fn self_families(state: &AgentState) -> Vec<MetricFamily> {
+    let c = |x| state.counter(x) as f64;
+    let probe = |name: &str| vec![("probe", name.to_string())];
+    let lost = |name: &str, reason: &str| {
+        vec![("probe", name.to_string()), ("reason", reason.to_string())]
+    };
+
+    let mut attached = gauge(
+        "leakscope_probe_attached",
+        "1 when the probe is attached, 0 when the kernel refused it (see /healthz for why).",
+    );
+    for p in &state.probes {
+        attached.push(probe(p.name), f64::from(u8::from(p.attached)));
+    }
+    let mut events = counter(
+        "leakscope_probe_events_total",
+        "Events handled by each probe in the kernel.",
+    );
+    events
+        .push(probe("rss_stat"), c(Counter::RssEvents))
+        .push(probe("sched_newtask"), c(Counter::ForkEvents))
+        .push(probe("sched_exec"), c(Counter::ExecEvents))
+        .push(probe("sched_exit"), c(Counter::ExitEvents))
+        .push(probe("oom_mark_victim"), c(Counter::OomEvents));
+    let mut lost_f = counter(
+        "leakscope_probe_events_lost_total",
+        "Events a probe could not record, by reason.",
+    );
+    lost_f
+        .push(lost("rss_stat", "read_failed"), c(Counter::ReadFailed))
+        .push(
+            lost("rss_stat", "map_full"),
+            c(Counter::ProcInsertFailed) + c(Counter::MmInsertFailed),
+        )
+        .push(lost("lifecycle", "ring_buffer_full"), c(Counter::EventsDropped));
+    let mut ignored = counter(
+        "leakscope_rss_events_ignored_total",
+        "rss_stat events that belong to no tracked address space (fork copies, exit teardown, \
+         the old mm of an exec).",
+    );
+    ignored
+        .push(vec![("reason", "unowned_mm".into())], c(Counter::RssUnowned))
+        .push(vec![("reason", "replaced_mm".into())], c(Counter::RssStaleMm));
+    let mut entries = gauge(
+        "leakscope_kernel_map_entries",
+        "Entries in the kernel's per-process map.",
+    );
+    entries.push(vec![("map", "procs".into())], state.kernel_entries as f64);
+    let mut evictions = counter(
+        "leakscope_kernel_map_evictions_total",
+        "Entries the kernel's LRU process map evicted to make room.",
+    );
+    evictions.push(vec![("map", "procs".into())], state.kernel_evictions() as f64);
+    let mut proc_errors = counter(
+        "leakscope_proc_read_errors_total",
+        "Failed reads of /proc/<pid> other than a process exiting mid-read.",
+    );
+    proc_errors
+        .push(vec![("reason", "permission_denied".into())], state.proc_errors.denied as f64)
+        .push(vec![("reason", "other".into())], state.proc_errors.other as f64);
+    let mut degraded = gauge(
+        "leakscope_agent_degraded",
+        "1 when a probe is off or the agent lacks something it needs; /healthz says what.",
+    );
+    degraded.push(vec![], f64::from(u8::from(state.health().degraded)));
+    let mut build = gauge("leakscope_build_info", "Build of the running agent.");
+    build.push(
+        vec![
+            ("version", env!("CARGO_PKG_VERSION").into()),
+            ("kernel", kernel_release()),
+        ],
+        1.0,
+    );
+    vec![
+        attached.build(),
+        events.build(),
+        lost_f.build(),
+        ignored.build(),
+        entries.build(),
+        evictions.build(),
+        proc_errors.build(),
+        degraded.build(),
+        build.build(),
+    ]
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn render(state: &AgentState) -> Result<String, prometheus::Error> {
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&families(state), &mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}

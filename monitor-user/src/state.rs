@@ -1,0 +1,208 @@
+//! Everything the agent knows, behind one lock, and the views that /metrics and the API share.
+
+use monitor_common::{Counter, RssKind};
+use serde::Serialize;
+
+use crate::{
+    loader::ProbeStatus,
+    select::{Selector, cap_largest},
+    table::{Process, ProcessTable, Source},
+};
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct ProcReadErrors {
+    pub denied: u64,
+    pub other: u64,
+}
+
+pub struct AgentState {
+    pub table: ProcessTable,
+    pub probes: Vec<ProbeStatus>,
+    pub counters: [u64; Counter::COUNT as usize],
+    pub kernel_entries: u64,
+    pub proc_errors: ProcReadErrors,
+    pub selector: Selector,
+    pub max_processes: usize,
+    /// Reasons for degradation that are not a probe (missing capabilities, tracefs).
+    pub notes: Vec<String>,
+    /// `CLOCK_BOOTTIME` minus `CLOCK_REALTIME`, to turn kernel timestamps into wall time.
+    pub boot_to_unix_ns: i128,
+}
+
+/// The overflow series: every selected process beyond the cap, summed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overflow {
+    pub processes: usize,
+    pub rss: [u64; RssKind::COUNT],
+}
+
+pub struct Export<'a> {
+    pub own: Vec<&'a Process>,
+    pub overflow: Overflow,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub degraded: bool,
+    pub reasons: Vec<String>,
+}
+
+impl AgentState {
+    pub fn new(selector: Selector, max_processes: usize) -> Self {
+        Self {
+            table: ProcessTable::default(),
+            probes: Vec::new(),
+            counters: [0; Counter::COUNT as usize],
+            kernel_entries: 0,
+            proc_errors: ProcReadErrors::default(),
+            selector,
+            max_processes,
+            notes: Vec::new(),
+            boot_to_unix_ns: boot_to_unix_ns(),
+        }
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters[c as usize]
+    }
+
+    /// LRU evictions from the kernel's process map: what went in and neither left nor stayed.
+    pub fn kernel_evictions(&self) -> u64 {
+        self.counter(Counter::ProcInserted)
+            .saturating_sub(self.counter(Counter::ProcRemoved))
+            .saturating_sub(self.kernel_entries)
+    }
+
+    pub fn probe_attached(&self, name: &str) -> bool {
+        self.probes.iter().any(|p| p.name == name && p.attached)
+    }
+
+    /// Selected processes, the largest `max_processes` with series of their own.
+    pub fn export(&self) -> Export<'_> {
+        let selected: Vec<&Process> = self
+            .table
+            .iter()
+            .filter(|p| p.selected == Some(true))
+            .collect();
+        let (own, rest) = cap_largest(selected, self.max_processes, |p| p.resident_bytes());
+        let mut overflow = Overflow {
+            processes: rest.len(),
+            ..Overflow::default()
+        };
+        for p in rest {
+            for k in RssKind::ALL {
+                overflow.rss[k as usize] += p.rss(k).0;
+            }
+        }
+        Export { own, overflow }
+    }
+
+    pub fn health(&self) -> Health {
+        let mut reasons: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|p| !p.attached)
+            .map(|p| {
+                format!(
+                    "probe {} ({}) is off: {}; {}",
+                    p.name,
+                    p.tracepoint,
+                    p.error.as_deref().unwrap_or("unknown reason"),
+                    p.fallback
+                )
+            })
+            .collect();
+        reasons.extend(self.notes.iter().cloned());
+        let dropped = self.counter(Counter::EventsDropped);
+        if dropped > 0 {
+            reasons.push(format!("{dropped} lifecycle events were dropped (ring buffer full)"));
+        }
+        Health {
+            degraded: !reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    pub fn unix_seconds(&self, boot_ns: u64) -> f64 {
+        (boot_ns as i128 - self.boot_to_unix_ns) as f64 / 1e9
+    }
+
+    pub fn process_json(&self, p: &Process, own_series: bool) -> ProcessJson {
+        let kind = |k: RssKind| p.rss(k).0;
+        ProcessJson {
+            pid: p.pid,
+            ppid: p.ppid,
+            comm: p.comm.clone(),
+            start_time_seconds: self.unix_seconds(p.start_ns),
+            cgroup_id: p.cgroup_id,
+            cgroup: p.cgroup_path.clone(),
+            rss_bytes: RssJson {
+                anon: kind(RssKind::Anon),
+                file: kind(RssKind::File),
+                shmem: kind(RssKind::Shmem),
+                swap: kind(RssKind::Swap),
+            },
+            resident_bytes: p.resident_bytes(),
+            peak_rss_bytes: p.peak_bytes(),
+            source: SourceJson {
+                anon: p.rss(RssKind::Anon).1,
+                file: p.rss(RssKind::File).1,
+                shmem: p.rss(RssKind::Shmem).1,
+                swap: p.rss(RssKind::Swap).1,
+            },
+            series: if own_series { "own" } else { "overflow" },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RssJson {
+    pub anon: u64,
+    pub file: u64,
+    pub shmem: u64,
+    pub swap: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceJson {
+    pub anon: Source,
+    pub file: Source,
+    pub shmem: Source,
+    pub swap: Source,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessJson {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub start_time_seconds: f64,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub rss_bytes: RssJson,
+    pub resident_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Where each number comes from: `kernel` (kmem:rss_stat), or `proc` until the kernel has
+    /// reported that kind for the process's current address space.
+    pub source: SourceJson,
+    /// Whether the process has series of its own in /metrics or is summed into the overflow.
+    pub series: &'static str,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+pub fn boot_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
+fn boot_to_unix_ns() -> i128 {
+    clock_ns(libc::CLOCK_BOOTTIME) - clock_ns(libc::CLOCK_REALTIME)
+}

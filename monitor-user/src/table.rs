@@ -1,0 +1,353 @@
+//! The agent's process table: seeded once from `/proc`, then kept current by kernel events
+//! and the kernel's per-process map.
+
+use std::collections::HashMap;
+
+use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
+use serde::Serialize;
+
+use crate::proc::ProcSnapshot;
+
+/// Where a number came from: the kernel's own counters, or a `/proc` read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Kernel,
+    Proc,
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    /// `CLOCK_BOOTTIME` ns at fork (kernel) or at clock-tick resolution (seed).
+    pub start_ns: u64,
+    /// Last exec, or start: the detector's warm-up begins here.
+    pub exec_ns: u64,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    /// `None` until the selector has looked at this process.
+    pub selected: Option<bool>,
+    kernel: Option<ProcStats>,
+    seed: Option<ProcSnapshot>,
+}
+
+impl Process {
+    fn from_snapshot(s: ProcSnapshot) -> Self {
+        Self {
+            pid: s.pid,
+            ppid: s.ppid,
+            comm: s.comm.clone(),
+            start_ns: s.start_ns,
+            exec_ns: s.start_ns,
+            cgroup_id: 0,
+            cgroup_path: None,
+            selected: None,
+            kernel: None,
+            seed: Some(s),
+        }
+    }
+
+    fn from_fork(ev: &LifecycleEvent) -> Self {
+        Self {
+            pid: ev.pid,
+            ppid: ev.ppid,
+            comm: comm_str(&ev.comm),
+            start_ns: ev.ts_ns,
+            exec_ns: ev.ts_ns,
+            cgroup_id: ev.cgroup_id,
+            cgroup_path: None,
+            selected: None,
+            kernel: None,
+            seed: None,
+        }
+    }
+
+    pub fn rss(&self, kind: RssKind) -> (u64, Source) {
+        if let Some(v) = self.kernel.map(|k| k.rss[kind as usize]).filter(|v| *v >= 0) {
+            return (v as u64, Source::Kernel);
+        }
+        match &self.seed {
+            Some(s) => (s.rss[kind as usize], Source::Proc),
+            None => (0, Source::Unknown),
+        }
+    }
+
+    /// Resident bytes: file + anon + shmem (swap is not resident).
+    pub fn resident_bytes(&self) -> u64 {
+        [RssKind::File, RssKind::Anon, RssKind::Shmem]
+            .into_iter()
+            .map(|k| self.rss(k).0)
+            .sum()
+    }
+
+    pub fn peak_bytes(&self) -> u64 {
+        let kernel = self.kernel.map_or(0, |k| k.peak_bytes);
+        let seed = self.seed.as_ref().map_or(0, |s| s.peak_bytes);
+        kernel.max(seed).max(self.resident_bytes())
+    }
+
+    /// True when some member is known neither from the kernel nor from `/proc`.
+    pub fn needs_seed(&self) -> bool {
+        self.seed.is_none()
+            && RssKind::ALL
+                .into_iter()
+                .any(|k| self.rss(k).1 == Source::Unknown)
+    }
+
+    pub fn set_seed(&mut self, s: ProcSnapshot) {
+        if self.comm.is_empty() {
+            self.comm.clone_from(&s.comm);
+        }
+        self.seed = Some(s);
+    }
+}
+
+/// A process that has left the table, with what it held at the end.
+#[derive(Clone, Debug)]
+pub struct Exited {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub lifetime_ns: u64,
+    pub resident_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+}
+
+impl ProcessTable {
+    pub fn seed(&mut self, snapshots: impl IntoIterator<Item = ProcSnapshot>) {
+        for s in snapshots {
+            self.procs
+                .entry(s.pid)
+                .or_insert_with(|| Process::from_snapshot(s));
+        }
+    }
+
+    /// Applies one lifecycle event; returns the process that left, for exits.
+    pub fn apply(&mut self, ev: &LifecycleEvent) -> Option<Exited> {
+        match EventKind::from_u32(ev.kind)? {
+            EventKind::Fork => {
+                // Replaces any earlier holder of the pid: numbers never carry across reuse.
+                self.procs.insert(ev.pid, Process::from_fork(ev));
+                None
+            }
+            EventKind::Exec => {
+                let p = self
+                    .procs
+                    .entry(ev.pid)
+                    .or_insert_with(|| Process::from_fork(ev));
+                p.comm = comm_str(&ev.comm);
+                p.exec_ns = ev.ts_ns;
+                p.cgroup_id = ev.cgroup_id;
+                p.cgroup_path = None;
+                p.selected = None;
+                // The /proc numbers described the old address space.
+                p.seed = None;
+                None
+            }
+            EventKind::Exit => {
+                let p = self.procs.remove(&ev.pid)?;
+                let rss = |k: RssKind| ev.rss[k as usize].max(0) as u64;
+                let at_exit = rss(RssKind::File) + rss(RssKind::Anon) + rss(RssKind::Shmem);
+                Some(Exited {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    comm: p.comm.clone(),
+                    cgroup_id: p.cgroup_id,
+                    lifetime_ns: ev.ts_ns.saturating_sub(p.start_ns),
+                    resident_bytes: if at_exit > 0 { at_exit } else { p.resident_bytes() },
+                    peak_bytes: p.peak_bytes().max(ev.peak_bytes),
+                })
+            }
+            EventKind::OomKill => None,
+        }
+    }
+
+    /// Takes the kernel's current per-process numbers. Entries for pids the table does not
+    /// know (their fork predates the agent, or its event was lost) are returned to be seeded.
+    pub fn sync_kernel(&mut self, kernel: &HashMap<u32, ProcStats>) -> Vec<u32> {
+        for (pid, p) in &mut self.procs {
+            p.kernel = kernel
+                .get(pid)
+                // A kernel entry from a later fork than ours belongs to a newer process.
+                .filter(|k| k.start_ns == 0 || k.start_ns == p.start_ns)
+                .copied();
+            if let Some(k) = p.kernel
+                && k.cgroup_id != 0
+                && k.cgroup_id != p.cgroup_id
+            {
+                p.cgroup_id = k.cgroup_id;
+                p.cgroup_path = None;
+            }
+        }
+        kernel
+            .keys()
+            .filter(|pid| !self.procs.contains_key(pid))
+            .copied()
+            .collect()
+    }
+
+    pub fn adopt(&mut self, snapshot: ProcSnapshot, kernel: Option<ProcStats>) {
+        let mut p = Process::from_snapshot(snapshot);
+        p.kernel = kernel;
+        self.procs.insert(p.pid, p);
+    }
+
+    pub fn remove(&mut self, pid: u32) -> Option<Process> {
+        self.procs.remove(&pid)
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process> {
+        self.procs.get_mut(&pid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+        self.procs.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.procs.values_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+}
+
+pub fn comm_str(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::RSS_UNKNOWN;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn comm(s: &str) -> [u8; 16] {
+        let mut c = [0; 16];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn ev(kind: EventKind, pid: u32, ts_ns: u64) -> LifecycleEvent {
+        LifecycleEvent {
+            kind: kind as u32,
+            pid,
+            ppid: 1,
+            _pad: 0,
+            ts_ns,
+            cgroup_id: 9,
+            comm: comm("worker"),
+            rss: [RSS_UNKNOWN; 4],
+            peak_bytes: 0,
+        }
+    }
+
+    fn stats(start_ns: u64, anon: i64) -> ProcStats {
+        let mut s = ProcStats::new(start_ns, 1, 9);
+        s.rss = [MIB as i64, anon, 0, 0];
+        s.peak_bytes = MIB + anon as u64;
+        s
+    }
+
+    fn snapshot(pid: u32, anon: u64) -> ProcSnapshot {
+        ProcSnapshot {
+            pid,
+            ppid: 1,
+            comm: "old".into(),
+            start_ns: 5,
+            rss: [0, anon, 0, 0],
+            peak_bytes: anon,
+        }
+    }
+
+    #[test]
+    fn kernel_numbers_win_over_the_seed() {
+        let mut t = ProcessTable::default();
+        t.seed([snapshot(10, 3 * MIB)]);
+        assert_eq!(t.get(10).unwrap().rss(RssKind::Anon), (3 * MIB, Source::Proc));
+        t.sync_kernel(&HashMap::from([(10, stats(0, 7 * MIB as i64))]));
+        let p = t.get(10).unwrap();
+        assert_eq!(p.rss(RssKind::Anon), (7 * MIB, Source::Kernel));
+        assert_eq!(p.resident_bytes(), 8 * MIB);
+    }
+
+    #[test]
+    fn reused_pid_starts_from_zero() {
+        let mut t = ProcessTable::default();
+        t.apply(&ev(EventKind::Fork, 20, 100));
+        t.sync_kernel(&HashMap::from([(20, stats(100, 500 * MIB as i64))]));
+        assert!(t.apply(&ev(EventKind::Exit, 20, 200)).is_some());
+        t.apply(&ev(EventKind::Fork, 20, 300));
+        // The kernel map still holds the old incarnation until it is overwritten.
+        t.sync_kernel(&HashMap::from([(20, stats(100, 500 * MIB as i64))]));
+        let p = t.get(20).unwrap();
+        assert_eq!(p.rss(RssKind::Anon).1, Source::Unknown);
+        assert_eq!(p.peak_bytes(), 0);
+        assert!(p.needs_seed());
+    }
+
+    #[test]
+    fn exec_forgets_the_old_address_space() {
+        let mut t = ProcessTable::default();
+        t.seed([snapshot(30, 9 * MIB)]);
+        let mut exec = ev(EventKind::Exec, 30, 50);
+        exec.comm = comm("python3");
+        t.apply(&exec);
+        let p = t.get(30).unwrap();
+        assert_eq!(p.comm, "python3");
+        assert_eq!(p.exec_ns, 50);
+        assert!(p.needs_seed());
+    }
+
+    #[test]
+    fn exit_reports_what_was_held() {
+        let mut t = ProcessTable::default();
+        t.apply(&ev(EventKind::Fork, 40, 1_000));
+        t.sync_kernel(&HashMap::from([(40, stats(1_000, 4 * MIB as i64))]));
+        let mut exit = ev(EventKind::Exit, 40, 3_000);
+        exit.rss = [MIB as i64, 4 * MIB as i64, 0, 0];
+        exit.peak_bytes = 6 * MIB;
+        let gone = t.apply(&exit).unwrap();
+        assert_eq!(gone.resident_bytes, 5 * MIB);
+        assert_eq!(gone.peak_bytes, 6 * MIB);
+        assert_eq!(gone.lifetime_ns, 2_000);
+        assert!(t.is_empty());
+        assert!(t.apply(&exit).is_none(), "a second exit is ignored");
+    }
+
+    #[test]
+    fn unknown_kernel_entries_are_returned_for_adoption() {
+        let mut t = ProcessTable::default();
+        t.seed([snapshot(1, MIB)]);
+        let mut missing = t.sync_kernel(&HashMap::from([(1, stats(0, 1)), (2, stats(0, 1))]));
+        missing.sort();
+        assert_eq!(missing, [2]);
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        assert_eq!(comm_str(&comm("celery")), "celery");
+        assert_eq!(comm_str(&[b'x'; 16]), "x".repeat(16));
+    }
+}

@@ -1,0 +1,96 @@
+//! Project automation: `cargo xtask setup | build | run | test | bench`.
+//!
+//! Everything a fresh machine needs is installed here, so the README's two commands work as
+//! they are on a new host and in CI.
+
+mod bench;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install whatever is missing: nightly rust-src, llvm-N-dev, bpf-linker (and test deps).
+    Setup {
+        /// Also install what the tests need.
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Set up, build, and run the agent on this host (arguments after `--` go to `leakscope run`).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: formatting, lints, unit tests, root integration tests.
+    Test {
+        /// Extra arguments for the integration test binary (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks, reported as ratios against a baseline run side by side.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup { tests } => setup::run(tests),
+        Command::Run { args } => run(args),
+        Command::Test { args } => test(args),
+        Command::Bench { which } => bench::run(which),
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    setup::run(false)?;
+    let bin = util::build_agent(true)?;
+    eprintln!(
+        "xtask: starting {} — metrics at http://127.0.0.1:9633/metrics, processes at \
+         /api/v1/processes, health at /healthz; Ctrl-C stops it",
+        bin.display()
+    );
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("run").args(args);
+    util::exec(cmd)
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    setup::run(true)?;
+    let root = util::workspace_root();
+    util::cargo(&["fmt", "--all", "--check"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::cargo(&[
+        "test",
+        "-p",
+        "monitor-common",
+        "-p",
+        "monitor-user",
+        "-p",
+        "xtask",
+    ])?;
+    let bin = util::build_agent(false)?;
+    let mut cmd = util::cargo_cmd(&["test", "-p", "integration-tests", "--"]);
+    cmd.args(["--test-threads", "1"]).args(args);
+    cmd.env("LEAKSCOPE_BIN", &bin).current_dir(&root);
+    util::check(cmd)
+}

@@ -1,0 +1,74 @@
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command to completion, failing with the command line if it fails.
+pub fn check(mut cmd: Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cargo_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    cmd
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    check(cargo_cmd(args))
+}
+
+/// Builds the agent and returns the path of the `leakscope` binary.
+pub fn build_agent(release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "-p", "monitor-user"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)?;
+    let profile = if release { "release" } else { "debug" };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join(profile).join("leakscope"))
+}
+
+/// Replaces this process with `cmd`, so signals reach the agent directly.
+pub fn exec(mut cmd: Command) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("cannot exec {cmd:?}"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
