@@ -17,10 +17,10 @@ use crate::{
     caps::CapSet,
     cli::RunArgs,
     http,
-    shared::Shared,
     loader::{self, KernelMaps, Options},
     proc::{self, ProcError},
     select::{Candidate, Selector},
+    shared::Shared,
     state::{AgentState, boot_ns},
     tracefs,
 };
@@ -35,13 +35,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let caps = CapSet::current().context("reading the agent's capabilities")?;
     let missing = caps.missing_required();
     if !missing.is_empty() {
-        let names: Vec<_> = missing.iter().map(|c| format!("{} ({})", c.name, c.why)).collect();
+        let names: Vec<_> = missing
+            .iter()
+            .map(|c| format!("{} ({})", c.name, c.why))
+            .collect();
         anyhow::bail!(
             "missing capabilities: {}; run as root or grant them (e.g. `setcap cap_bpf,cap_perfmon+ep`)",
             names.join(", ")
         );
     }
-    let mut state = AgentState::new(Selector::new(args.matchers.clone()), args.max_processes as usize);
+    let mut state = AgentState::new(
+        Selector::new(args.matchers.clone()),
+        args.max_processes as usize,
+    );
     for c in caps.missing_optional() {
         warn!("without {} the agent cannot {}", c.name, c.why);
     }
@@ -58,7 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let tracefs_path: Option<PathBuf> = tracefs.as_ref().ok().cloned();
     let opts = Options {
-        tracefs: tracefs.as_deref().map_err(|e| e),
+        tracefs: tracefs.as_deref(),
         max_kernel_processes: args.max_kernel_processes,
         break_probes: &args.break_probe,
     };
@@ -123,7 +129,10 @@ fn bump_memlock_rlimit() {
     };
     // SAFETY: `rlim` is a valid rlimit for the duration of the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -150,7 +159,9 @@ async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
         return;
     };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
@@ -166,7 +177,9 @@ impl AsRawFd for RingFd {
 }
 
 async fn event_loop(shared: Arc<Shared>) {
-    let Some(raw) = shared.events_fd() else { return };
+    let Some(raw) = shared.events_fd() else {
+        return;
+    };
     // SAFETY: the fd belongs to the ring buffer inside `shared`, which this task keeps alive.
     let fd = match unsafe { AsyncFd::register_with_interest(RingFd(raw), Interest::READABLE) } {
         Ok(fd) => fd,
@@ -237,7 +250,11 @@ fn record_proc_errors(state: &mut AgentState, errors: &[ProcError]) {
 
 /// Processes the kernel reports but the table lacks: their fork predates the agent's seed,
 /// or its event was lost.
-fn adopt_unknown(shared: &Shared, kernel: &std::collections::HashMap<u32, ProcStats>, pids: Vec<u32>) {
+fn adopt_unknown(
+    shared: &Shared,
+    kernel: &std::collections::HashMap<u32, ProcStats>,
+    pids: Vec<u32>,
+) {
     let mut errors = Vec::new();
     let mut found = Vec::new();
     for pid in pids.into_iter().take(PROC_READS_PER_INTERVAL) {
@@ -320,7 +337,11 @@ fn refresh_from_proc(shared: &Shared, rss_probe_off: bool) {
             .iter()
             .filter(|p| p.selected == Some(true) && (rss_probe_off || p.needs_seed()))
             .map(|p| p.pid)
-            .take(if rss_probe_off { usize::MAX } else { PROC_READS_PER_INTERVAL })
+            .take(if rss_probe_off {
+                usize::MAX
+            } else {
+                PROC_READS_PER_INTERVAL
+            })
             .collect()
     };
     let reads: Vec<_> = pids.into_iter().map(|pid| (pid, proc::read(pid))).collect();

@@ -48,7 +48,10 @@ impl CapSet {
     pub fn current() -> std::io::Result<Self> {
         let status = fs::read_to_string("/proc/self/status")?;
         Self::from_status(&status).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "no CapEff in /proc/self/status")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no CapEff in /proc/self/status",
+            )
         })
     }
 

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::select::Matcher;
 
 #[derive(Debug, Parser)]
-#[command(name = "leakscope", version, about = "Finds memory leaks in worker processes, from the kernel")]
+#[command(
+    name = "leakscope",
+    version,
+    about = "Finds memory leaks in worker processes, from the kernel"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -212,9 +212,13 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, break_probes: &[String]) -> Result<
         .ok_or_else(|| format!("program {} is missing from the object", spec.name))?
         .try_into()
         .map_err(|e| format!("program {}: {e}", spec.name))?;
-    program
-        .load()
-        .map_err(|e| format!("the verifier rejected {}: {}", spec.name, verifier_summary(&e)))?;
+    program.load().map_err(|e| {
+        format!(
+            "the verifier rejected {}: {}",
+            spec.name,
+            verifier_summary(&e)
+        )
+    })?;
     let (category, name) = if break_probes.iter().any(|b| b == spec.name) {
         ("leakscope_fault_injection", "no_such_tracepoint")
     } else {
@@ -258,10 +262,16 @@ impl KernelMaps {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
         };
-        let procs = BpfHashMap::try_from(take(ebpf, PROCS_MAP)?)
-            .map_err(|source| LoadError::Map { name: PROCS_MAP, source })?;
-        let counters = PerCpuArray::try_from(take(ebpf, COUNTERS_MAP)?)
-            .map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
+        let procs =
+            BpfHashMap::try_from(take(ebpf, PROCS_MAP)?).map_err(|source| LoadError::Map {
+                name: PROCS_MAP,
+                source,
+            })?;
+        let counters =
+            PerCpuArray::try_from(take(ebpf, COUNTERS_MAP)?).map_err(|source| LoadError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
         Ok(Self { procs, counters })
     }
 

@@ -180,15 +180,24 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
             lost("rss_stat", "map_full"),
             c(Counter::ProcInsertFailed) + c(Counter::MmInsertFailed),
         )
-        .push(lost("lifecycle", "ring_buffer_full"), c(Counter::EventsDropped));
+        .push(
+            lost("lifecycle", "ring_buffer_full"),
+            c(Counter::EventsDropped),
+        );
     let mut ignored = counter(
         "leakscope_rss_events_ignored_total",
         "rss_stat events that belong to no tracked address space (fork copies, exit teardown, \
          the old mm of an exec).",
     );
     ignored
-        .push(vec![("reason", "unowned_mm".into())], c(Counter::RssUnowned))
-        .push(vec![("reason", "replaced_mm".into())], c(Counter::RssStaleMm));
+        .push(
+            vec![("reason", "unowned_mm".into())],
+            c(Counter::RssUnowned),
+        )
+        .push(
+            vec![("reason", "replaced_mm".into())],
+            c(Counter::RssStaleMm),
+        );
     let mut entries = gauge(
         "leakscope_kernel_map_entries",
         "Entries in the kernel's per-process map.",
@@ -198,14 +207,23 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         "leakscope_kernel_map_evictions_total",
         "Entries the kernel's LRU process map evicted to make room.",
     );
-    evictions.push(vec![("map", "procs".into())], state.kernel_evictions() as f64);
+    evictions.push(
+        vec![("map", "procs".into())],
+        state.kernel_evictions() as f64,
+    );
     let mut proc_errors = counter(
         "leakscope_proc_read_errors_total",
         "Failed reads of /proc/<pid> other than a process exiting mid-read.",
     );
     proc_errors
-        .push(vec![("reason", "permission_denied".into())], state.proc_errors.denied as f64)
-        .push(vec![("reason", "other".into())], state.proc_errors.other as f64);
+        .push(
+            vec![("reason", "permission_denied".into())],
+            state.proc_errors.denied as f64,
+        )
+        .push(
+            vec![("reason", "other".into())],
+            state.proc_errors.other as f64,
+        );
     let mut degraded = gauge(
         "leakscope_agent_degraded",
         "1 when a probe is off or the agent lacks something it needs; /healthz says what.",
@@ -240,6 +258,112 @@ fn kernel_release() -> String {
 
 pub fn render(state: &AgentState) -> Result<String, prometheus::Error> {
     let mut buf = Vec::new();
-    TextEncoder::new().encode(&families(state), &mut buf)?;
+    // The text format has no way to say "a family with no series"; leave such families out.
+    let families: Vec<_> = families(state)
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    TextEncoder::new().encode(&families, &mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{proc::ProcSnapshot, select::Selector};
+
+    const MIB: u64 = 1 << 20;
+
+    fn state_with(sizes: &[(u32, &str, u64)], cap: usize) -> AgentState {
+        let mut state = AgentState::new(Selector::default(), cap);
+        state
+            .table
+            .seed(sizes.iter().map(|(pid, comm, anon)| ProcSnapshot {
+                pid: *pid,
+                ppid: 1,
+                comm: (*comm).into(),
+                start_ns: 1,
+                rss: [MIB, *anon, 0, 0],
+                peak_bytes: MIB + anon,
+            }));
+        for p in state.table.iter_mut() {
+            p.selected = Some(true);
+        }
+        state
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn processes_render_by_kind_with_units() {
+        let text = render(&state_with(&[(10, "celery", 64 * MIB)], 10)).unwrap();
+        assert_eq!(
+            line(
+                &text,
+                "leakscope_process_rss_bytes{pid=\"10\",comm=\"celery\",kind=\"anon\"}"
+            ),
+            Some("leakscope_process_rss_bytes{pid=\"10\",comm=\"celery\",kind=\"anon\"} 67108864")
+        );
+        assert!(text.contains("# TYPE leakscope_process_rss_bytes gauge"));
+        assert!(text.contains("# TYPE leakscope_probe_events_total counter"));
+        assert!(line(&text, "leakscope_processes_tracked 1").is_some());
+        assert!(line(&text, "leakscope_processes_overflow 0").is_some());
+        assert!(
+            !text.contains("leakscope_process_rss_bytes{pid=\"overflow\""),
+            "no overflow series below the cap"
+        );
+    }
+
+    #[test]
+    fn cap_sums_the_rest_into_one_overflow_series() {
+        let state = state_with(
+            &[(1, "a", 10 * MIB), (2, "b", 30 * MIB), (3, "c", 20 * MIB)],
+            1,
+        );
+        let text = render(&state).unwrap();
+        assert!(text.contains("pid=\"2\""));
+        assert!(!text.contains("pid=\"1\",") && !text.contains("pid=\"3\","));
+        let overflow = line(
+            &text,
+            "leakscope_process_rss_bytes{pid=\"overflow\",comm=\"overflow\",kind=\"anon\"}",
+        )
+        .unwrap();
+        assert!(overflow.ends_with(&format!(" {}", 30 * MIB)), "{overflow}");
+        assert!(line(&text, "leakscope_processes_overflow 2").is_some());
+    }
+
+    #[test]
+    fn empty_table_still_renders_self_metrics() {
+        let mut state = state_with(&[], 10);
+        state.probes.push(crate::loader::ProbeStatus {
+            name: "rss_stat",
+            tracepoint: "kmem:rss_stat".into(),
+            attached: true,
+            error: None,
+            fallback: "",
+        });
+        let text = render(&state).unwrap();
+        assert!(!text.contains("leakscope_process_rss_bytes"));
+        assert!(line(&text, "leakscope_agent_degraded 0").is_some());
+        assert!(text.contains("leakscope_build_info{version="));
+        for name in METRIC_NAMES
+            .iter()
+            .filter(|n| !n.starts_with("leakscope_process_"))
+        {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn unselected_processes_have_no_series() {
+        let mut state = state_with(&[(5, "redis", MIB)], 10);
+        for p in state.table.iter_mut() {
+            p.selected = Some(false);
+        }
+        let text = render(&state).unwrap();
+        assert!(!text.contains("pid=\"5\""));
+        assert!(line(&text, "leakscope_processes_tracked 1").is_some());
+    }
 }

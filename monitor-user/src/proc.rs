@@ -134,13 +134,20 @@ mod tests {
 
     #[test]
     fn kernel_threads_are_not_processes() {
-        assert!(matches!(read(2), Err(ProcError::KernelThread(2)) | Err(ProcError::Gone(2))));
+        assert!(matches!(
+            read(2),
+            Err(ProcError::KernelThread(2)) | Err(ProcError::Gone(2))
+        ));
     }
 
     #[test]
     fn cgroup_v2_line_is_found_on_hybrid_hosts() {
-        let text = "12:memory:/user.slice\n1:name=systemd:/init.scope\n0::/system.slice/x.service\n";
-        assert_eq!(parse_cgroup_v2(text).as_deref(), Some("/system.slice/x.service"));
+        let text =
+            "12:memory:/user.slice\n1:name=systemd:/init.scope\n0::/system.slice/x.service\n";
+        assert_eq!(
+            parse_cgroup_v2(text).as_deref(),
+            Some("/system.slice/x.service")
+        );
         assert_eq!(parse_cgroup_v2("4:pids:/\n"), None);
     }
 }

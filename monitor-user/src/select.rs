@@ -156,7 +156,10 @@ mod tests {
             assert!(sel(args).selects(&CELERY), "{args:?}");
             assert!(!sel(args).selects(&REDIS), "{args:?}");
         }
-        assert!(sel(&["pid=7", "comm=^cel"]).selects(&REDIS), "matchers are OR-ed");
+        assert!(
+            sel(&["pid=7", "comm=^cel"]).selects(&REDIS),
+            "matchers are OR-ed"
+        );
     }
 
     #[test]

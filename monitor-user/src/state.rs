@@ -115,7 +115,9 @@ impl AgentState {
         reasons.extend(self.notes.iter().cloned());
         let dropped = self.counter(Counter::EventsDropped);
         if dropped > 0 {
-            reasons.push(format!("{dropped} lifecycle events were dropped (ring buffer full)"));
+            reasons.push(format!(
+                "{dropped} lifecycle events were dropped (ring buffer full)"
+            ));
         }
         Health {
             degraded: !reasons.is_empty(),

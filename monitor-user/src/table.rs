@@ -66,7 +66,11 @@ impl Process {
     }
 
     pub fn rss(&self, kind: RssKind) -> (u64, Source) {
-        if let Some(v) = self.kernel.map(|k| k.rss[kind as usize]).filter(|v| *v >= 0) {
+        if let Some(v) = self
+            .kernel
+            .map(|k| k.rss[kind as usize])
+            .filter(|v| *v >= 0)
+        {
             return (v as u64, Source::Kernel);
         }
         match &self.seed {
@@ -163,7 +167,11 @@ impl ProcessTable {
                     comm: p.comm.clone(),
                     cgroup_id: p.cgroup_id,
                     lifetime_ns: ev.ts_ns.saturating_sub(p.start_ns),
-                    resident_bytes: if at_exit > 0 { at_exit } else { p.resident_bytes() },
+                    resident_bytes: if at_exit > 0 {
+                        at_exit
+                    } else {
+                        p.resident_bytes()
+                    },
                     peak_bytes: p.peak_bytes().max(ev.peak_bytes),
                 })
             }
@@ -285,7 +293,10 @@ mod tests {
     fn kernel_numbers_win_over_the_seed() {
         let mut t = ProcessTable::default();
         t.seed([snapshot(10, 3 * MIB)]);
-        assert_eq!(t.get(10).unwrap().rss(RssKind::Anon), (3 * MIB, Source::Proc));
+        assert_eq!(
+            t.get(10).unwrap().rss(RssKind::Anon),
+            (3 * MIB, Source::Proc)
+        );
         t.sync_kernel(&HashMap::from([(10, stats(0, 7 * MIB as i64))]));
         let p = t.get(10).unwrap();
         assert_eq!(p.rss(RssKind::Anon), (7 * MIB, Source::Kernel));

@@ -108,7 +108,13 @@ impl Format {
                         size = s.parse().ok();
                     }
                 }
-                Some((field_name(decl?)?, Field { offset: offset?, size: size? }))
+                Some((
+                    field_name(decl?)?,
+                    Field {
+                        offset: offset?,
+                        size: size?,
+                    },
+                ))
             })
             .collect();
         Self {
@@ -166,7 +172,13 @@ print fmt: \"mm_id=%u curr=%d type=%s size=%ldB\", REC->mm_id";
         assert_eq!(f.field("mm_id").unwrap(), Field { offset: 8, size: 4 });
         assert_eq!(f.offset("curr").unwrap(), 12);
         assert_eq!(f.offset("member").unwrap(), 16);
-        assert_eq!(f.field("size").unwrap(), Field { offset: 24, size: 8 });
+        assert_eq!(
+            f.field("size").unwrap(),
+            Field {
+                offset: 24,
+                size: 8
+            }
+        );
         assert_eq!(f.offset("common_pid").unwrap(), 4);
     }
 
@@ -177,7 +189,13 @@ print fmt: \"mm_id=%u curr=%d type=%s size=%ldB\", REC->mm_id";
             "\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
              \tfield:__data_loc char[] filename;\toffset:24;\tsize:4;\tsigned:0;\n",
         );
-        assert_eq!(f.field("comm").unwrap(), Field { offset: 8, size: 16 });
+        assert_eq!(
+            f.field("comm").unwrap(),
+            Field {
+                offset: 8,
+                size: 16
+            }
+        );
         assert_eq!(f.offset("filename").unwrap(), 24);
     }
 
@@ -185,7 +203,10 @@ print fmt: \"mm_id=%u curr=%d type=%s size=%ldB\", REC->mm_id";
     fn missing_field_is_a_named_error() {
         let f = Format::parse("kmem:rss_stat", RSS_STAT);
         let err = f.offset("nope").unwrap_err().to_string();
-        assert!(err.contains("kmem:rss_stat") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("kmem:rss_stat") && err.contains("nope"),
+            "{err}"
+        );
         assert!(!f.has("nope"));
     }
 

@@ -80,7 +80,9 @@ fn ensure_llvm_dev(apt: &mut Apt, major: u32) -> Result<()> {
 fn ensure_bpf_linker(major: u32) -> Result<()> {
     if let Some(path) = which("bpf-linker") {
         let libs = output(Command::new("ldd").arg(&path)).unwrap_or_default();
-        if libs.contains(&format!("libLLVM.so.{major}")) || libs.contains(&format!("libLLVM-{major}")) {
+        if libs.contains(&format!("libLLVM.so.{major}"))
+            || libs.contains(&format!("libLLVM-{major}"))
+        {
             return Ok(());
         }
         eprintln!("xtask setup: {path} is not built for LLVM {major}; rebuilding it");
@@ -119,7 +121,9 @@ pub struct Apt {
 impl Apt {
     pub fn install(&mut self, package: &str) -> Result<()> {
         if !util::is_root() {
-            bail!("`{package}` is missing and installing it needs root: run `sudo apt-get install -y {package}`");
+            bail!(
+                "`{package}` is missing and installing it needs root: run `sudo apt-get install -y {package}`"
+            );
         }
         if !self.updated {
             eprintln!("xtask setup: apt-get update");
@@ -127,8 +131,14 @@ impl Apt {
             self.updated = true;
         }
         eprintln!("xtask setup: apt-get install {package}");
-        check(apt_cmd(&["install", "-y", "-qq", "--no-install-recommends", package]))
-            .with_context(|| format!("installing the Debian package {package}"))
+        check(apt_cmd(&[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            package,
+        ]))
+        .with_context(|| format!("installing the Debian package {package}"))
     }
 }
 

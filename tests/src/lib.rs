@@ -1,0 +1,308 @@
+//! Harness for tests that run the real agent, as root, against real processes.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const MIB: u64 = 1 << 20;
+
+/// True when kernel tests can run. Outside CI a missing privilege skips with a printed reason;
+/// under `CI=true` it fails the test.
+pub fn kernel_tests_enabled(test: &str) -> bool {
+    let euid = unsafe { libc::geteuid() };
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    let privileged = cap_eff & CAP_SYS_ADMIN != 0
+        || cap_eff & (CAP_BPF | CAP_PERFMON) == (CAP_BPF | CAP_PERFMON);
+    if euid == 0 && privileged {
+        return true;
+    }
+    let why = format!(
+        "{test}: needs root with CAP_BPF and CAP_PERFMON (euid {euid}, CapEff {cap_eff:#x})"
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{why}: under CI=true a kernel test may not be skipped");
+    }
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// The agent binary `cargo xtask test` built.
+pub fn agent_bin() -> PathBuf {
+    let path = std::env::var_os("LEAKSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/leakscope")
+        });
+    assert!(
+        path.is_file(),
+        "agent binary {} not found: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A running `leakscope run`, stopped when dropped.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::env::temp_dir().join(format!("leakscope-test-{}.log", addr.port()));
+        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--interval", "200ms"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the agent");
+        let mut agent = Self { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!("agent exited at start ({status}):\n{}", agent.log());
+            }
+            if agent.try_get("/healthz").is_some() {
+                return agent;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent did not serve within 30 s:\n{}", agent.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://{}{path}", self.addr);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        let mut resp = agent.get(&url).call().ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().ok()?;
+        Some((status, body))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed; agent log:\n{}", self.log()))
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    pub fn process(&self, pid: u32) -> Option<serde_json::Value> {
+        let (_, body) = self.get(&format!("/api/v1/processes?pid={pid}"));
+        let v: serde_json::Value = serde_json::from_str(&body).expect("processes JSON");
+        v["processes"].as_array()?.first().cloned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of the exposition: name, labels, value.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split("\",")
+                    .filter(|kv| !kv.is_empty())
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.to_string(), v.trim_matches('"').to_string()))
+                    })
+                    .collect();
+                Some(Sample {
+                    name: name.to_string(),
+                    labels,
+                    value: value.parse().ok()?,
+                })
+            })
+            .collect();
+        Self {
+            samples,
+            text: text.to_string(),
+        }
+    }
+
+    /// Samples of `name` whose labels include every pair in `with`.
+    pub fn find(&self, name: &str, with: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                with.iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    pub fn value(&self, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+        self.find(name, with).first().map(|s| s.value)
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `memhog` binary cargo builds beside the test executables (`target/<profile>/memhog`).
+pub fn memhog_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps layout");
+    let bin = profile_dir.join("memhog");
+    assert!(bin.is_file(), "{} not built", bin.display());
+    bin
+}
+
+/// A child process that grows its anonymous memory on command (the `memhog` binary).
+pub struct MemHog {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl MemHog {
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(Command::new(memhog_bin()).args(args))
+    }
+
+    pub fn spawn_with(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn memhog");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let pid = child.id();
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write to memhog");
+        let mut answer = String::new();
+        self.stdout
+            .read_line(&mut answer)
+            .expect("read from memhog");
+        answer
+    }
+
+    pub fn grow(&mut self, mib: u64) {
+        let a = self.command(&format!("grow {mib}"));
+        assert!(a.starts_with("grown"), "memhog answered {a:?}");
+    }
+
+    /// Exits and is reaped; returns once the pid is gone.
+    pub fn exit(mut self) -> u32 {
+        let _ = writeln!(self.stdin, "exit");
+        self.child.wait().expect("reap memhog");
+        self.pid
+    }
+}
+
+impl Drop for MemHog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn vmrss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
