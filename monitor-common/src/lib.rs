@@ -6,7 +6,7 @@
 
 /// Per-process state, keyed by tgid. Written by the rss/sched programs, read by the agent.
 pub const PROCS_MAP: &str = "PROCS";
-/// Which process owns an mm, keyed by the `mm_id` hash that `kmem:rss_stat` reports.
+/// Which process owns an address space, keyed by [`ProcStats::mm`].
 pub const MM_OWNERS_MAP: &str = "MM_OWNERS";
 /// Lifecycle events (fork, exec, exit, OOM kill) for the agent.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -55,15 +55,16 @@ pub struct ProcStats {
     pub rss: [i64; RssKind::COUNT],
     /// Highest resident total (file + anon + shmem) seen for the current mm.
     pub peak_bytes: u64,
-    /// `CLOCK_BOOTTIME` nanoseconds of the last RSS change.
-    pub updated_ns: u64,
     /// `CLOCK_BOOTTIME` nanoseconds at fork, 0 when the process predates the agent.
     pub start_ns: u64,
-    /// cgroup v2 id of the process, as of its last fork/exec/RSS change.
+    /// cgroup v2 id of the process, as of its fork, exec or first RSS change.
     pub cgroup_id: u64,
-    /// `mm_id` of the address space the numbers above belong to (changes at exec).
-    pub mm_id: u32,
+    /// The address space the numbers above belong to (changes at exec): the `mm_struct`
+    /// address on the BTF path, the `mm_id` hash of `kmem:rss_stat` on the tracefs path.
+    /// Never leaves the agent.
+    pub mm: u64,
     pub ppid: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProcStats>() == 72);
 
@@ -72,11 +73,11 @@ impl ProcStats {
         Self {
             rss: [RSS_UNKNOWN; RssKind::COUNT],
             peak_bytes: 0,
-            updated_ns: 0,
             start_ns,
             cgroup_id,
-            mm_id: 0,
+            mm: 0,
             ppid,
+            _pad: 0,
         }
     }
 
@@ -175,6 +176,24 @@ impl Counter {
     ];
 }
 
+/// Kernel struct layout for the BTF path of the rss program (raw tracepoint `rss_stat`), read
+/// from `/sys/kernel/btf/vmlinux` at load time.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct KernelLayout {
+    /// `offsetof(struct task_struct, mm)`
+    pub task_mm: u32,
+    /// `offsetof(struct mm_struct, rss_stat)`: an array of `struct percpu_counter`
+    pub mm_rss_stat: u32,
+    /// `sizeof(struct percpu_counter)`
+    pub counter_size: u32,
+    /// `offsetof(struct percpu_counter, count)`
+    pub counter_count: u32,
+    /// log2 of the page size, to turn page counts into bytes
+    pub page_shift: u32,
+    pub _pad: u32,
+}
+
 /// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files
 /// at load time. One object then runs on kernels whose layouts differ.
 #[derive(Copy, Clone, Debug, Default)]
@@ -220,6 +239,7 @@ mod pod {
     unsafe impl aya::Pod for ProcStats {}
     unsafe impl aya::Pod for LifecycleEvent {}
     unsafe impl aya::Pod for RssStatOffsets {}
+    unsafe impl aya::Pod for KernelLayout {}
     unsafe impl aya::Pod for NewTaskOffsets {}
     unsafe impl aya::Pod for ExitOffsets {}
     unsafe impl aya::Pod for MarkVictimOffsets {}

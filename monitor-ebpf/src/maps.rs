@@ -11,10 +11,10 @@ use monitor_common::{Counter, DEFAULT_MAX_PROCS, EVENTS_RING_BYTES, LifecycleEve
 #[map(name = "PROCS")]
 pub static PROCS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(DEFAULT_MAX_PROCS, 0);
 
-/// `mm_id` -> tgid, learnt from events raised by the mm's own tasks (`curr == 1`), so that
-/// reclaim, exit teardown and remote accesses (`curr == 0`) still land on the right process.
+/// Address space -> tgid, learnt from changes raised by the mm's own tasks, so that reclaim,
+/// exit teardown and remote accesses (made by other tasks) still land on the right process.
 #[map(name = "MM_OWNERS")]
-pub static MM_OWNERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(DEFAULT_MAX_PROCS, 0);
+pub static MM_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(DEFAULT_MAX_PROCS, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
@@ -30,13 +30,25 @@ pub fn count(counter: Counter) {
     }
 }
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Wake the agent only once this much is pending; it also drains on a short timer and before
+/// every scrape. Waking it per event costs a fork/exit-heavy host dearly.
+const WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
+
 /// Sends a lifecycle event, counting it as dropped when the ring buffer is full.
 #[inline(always)]
 pub fn emit(event: &LifecycleEvent) {
     match EVENTS.reserve::<LifecycleEvent>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => count(Counter::EventsDropped),
     }

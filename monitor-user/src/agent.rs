@@ -28,6 +28,8 @@ use crate::{
 /// The kernel object built by build.rs, aligned as aya needs it.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
+const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// /proc reads per interval, so a fork storm cannot turn the agent into a /proc scanner.
 const PROC_READS_PER_INTERVAL: usize = 256;
 
@@ -63,8 +65,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state.notes.push(e.to_string());
     }
     let tracefs_path: Option<PathBuf> = tracefs.as_ref().ok().cloned();
+    let btf = crate::btf::kernel_layout(std::path::Path::new(crate::btf::VMLINUX))
+        .map_err(|e| e.to_string());
     let opts = Options {
         tracefs: tracefs.as_deref(),
+        btf,
         max_kernel_processes: args.max_kernel_processes,
         break_probes: &args.break_probe,
     };
@@ -191,16 +196,26 @@ async fn event_loop(shared: Arc<Shared>) {
             return;
         }
     };
+    // The kernel wakes this loop only when the ring buffer fills up; otherwise it drains on
+    // this timer and before every scrape.
+    let mut tick = tokio::time::interval(EVENTS_DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match fd.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!("lifecycle ring buffer poll failed: {e}");
-                return;
+        tokio::select! {
+            ready = fd.readable() => match ready {
+                Ok(mut guard) => {
+                    shared.drain_events();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    warn!("lifecycle ring buffer poll failed: {e}");
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                shared.drain_events();
             }
-        };
-        shared.drain_events();
-        guard.clear_ready();
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! serves it as Prometheus metrics and JSON.
 
 pub mod agent;
+pub mod btf;
 pub mod caps;
 pub mod cli;
 pub mod http;

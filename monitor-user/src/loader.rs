@@ -6,11 +6,11 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use monitor_common::{
-    COUNTERS_MAP, Counter, ExitOffsets, MM_OWNERS_MAP, MarkVictimOffsets, NewTaskOffsets,
-    PROCS_MAP, ProcStats, RssStatOffsets,
+    COUNTERS_MAP, Counter, ExitOffsets, KernelLayout, MM_OWNERS_MAP, MarkVictimOffsets,
+    NewTaskOffsets, PROCS_MAP, ProcStats, RssStatOffsets,
 };
 
 use crate::tracefs::{Format, TracefsError};
@@ -83,6 +83,8 @@ pub struct ProbeStatus {
 
 pub struct Options<'a> {
     pub tracefs: Result<&'a Path, &'a TracefsError>,
+    /// Struct layout for the BTF variant of the rss program, or why there is none.
+    pub btf: Result<KernelLayout, String>,
     pub max_kernel_processes: u32,
     /// Probe names to attach to a tracepoint that does not exist, so tests can watch the agent
     /// survive a probe the kernel refuses.
@@ -169,6 +171,9 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
     if let Ok(o) = &layouts.rss {
         loader.override_global("RSS_STAT_OFFSETS", o, true);
     }
+    if let Ok(l) = &opts.btf {
+        loader.override_global("KERNEL_LAYOUT", l, true);
+    }
     if let Ok(o) = &layouts.newtask {
         loader.override_global("NEWTASK_OFFSETS", o, true);
     }
@@ -189,45 +194,80 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
             _ => layouts.oom.as_ref().map(|_| ()).map_err(Clone::clone),
         }
     };
-    let probes = PROBES
-        .iter()
-        .chain([&OOM_PROBE])
-        .map(|spec| {
-            let result = ready(spec).and_then(|()| attach(&mut ebpf, spec, opts.break_probes));
-            ProbeStatus {
-                name: spec.name,
-                tracepoint: format!("{}:{}", spec.category, spec.tracepoint),
-                attached: result.is_ok(),
-                error: result.err(),
-                fallback: spec.fallback,
+    let broken = |name: &str| opts.break_probes.iter().any(|b| b == name);
+    let mut probes = Vec::new();
+    for spec in PROBES.iter().chain([&OOM_PROBE]) {
+        let classic = format!("{}:{}", spec.category, spec.tracepoint);
+        let attach_classic = |ebpf: &mut Ebpf| {
+            ready(spec).and_then(|()| {
+                attach_tracepoint(ebpf, spec.name, spec.category, spec.tracepoint, broken(spec.name))
+            })
+        };
+        let (tracepoint, result) = if spec.name == "rss_stat" {
+            // The raw tracepoint is far cheaper on the page-fault path; the classic one only
+            // stands in where the kernel has no BTF or refuses the raw one.
+            let raw = opts.btf.clone().and_then(|_| {
+                attach_raw(&mut ebpf, "rss_stat_btf", spec.tracepoint, broken(spec.name))
+            });
+            match raw {
+                Ok(()) => (format!("raw_tracepoint:{} (BTF)", spec.tracepoint), Ok(())),
+                Err(why) => {
+                    log::warn!("raw tracepoint rss_stat unavailable ({why}); trying {classic}");
+                    let result = attach_classic(&mut ebpf)
+                        .map_err(|e| format!("{e} (BTF variant: {why})"));
+                    (classic, result)
+                }
             }
-        })
-        .collect();
+        } else {
+            let result = attach_classic(&mut ebpf);
+            (classic, result)
+        };
+        probes.push(ProbeStatus {
+            name: spec.name,
+            tracepoint,
+            attached: result.is_ok(),
+            error: result.err(),
+            fallback: spec.fallback,
+        });
+    }
     Ok(Loaded { ebpf, probes })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, break_probes: &[String]) -> Result<(), String> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(spec.name)
-        .ok_or_else(|| format!("program {} is missing from the object", spec.name))?
+/// Where fault injection sends a probe: a tracepoint no kernel has.
+const NO_SUCH_TRACEPOINT: (&str, &str) = ("leakscope_fault_injection", "no_such_tracepoint");
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    category: &str,
+    name: &str,
+    broken: bool,
+) -> Result<(), String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} is missing from the object"))?
         .try_into()
-        .map_err(|e| format!("program {}: {e}", spec.name))?;
-    program.load().map_err(|e| {
-        format!(
-            "the verifier rejected {}: {}",
-            spec.name,
-            verifier_summary(&e)
-        )
-    })?;
-    let (category, name) = if break_probes.iter().any(|b| b == spec.name) {
-        ("leakscope_fault_injection", "no_such_tracepoint")
-    } else {
-        (spec.category, spec.tracepoint)
-    };
-    program
-        .attach(category, name)
+        .map_err(|e| format!("program {program}: {e}"))?;
+    prog.load()
+        .map_err(|e| format!("the verifier rejected {program}: {}", verifier_summary(&e)))?;
+    let (category, name) = if broken { NO_SUCH_TRACEPOINT } else { (category, name) };
+    prog.attach(category, name)
         .map(|_| ())
         .map_err(|e| format!("attaching to {category}:{name} failed: {e}"))
+}
+
+fn attach_raw(ebpf: &mut Ebpf, program: &str, name: &str, broken: bool) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} is missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("program {program}: {e}"))?;
+    prog.load()
+        .map_err(|e| format!("the verifier rejected {program}: {}", verifier_summary(&e)))?;
+    let name = if broken { NO_SUCH_TRACEPOINT.1 } else { name };
+    prog.attach(name)
+        .map(|_| ())
+        .map_err(|e| format!("attaching to raw tracepoint {name} failed: {e}"))
 }
 
 /// The verifier log is long; the lines before its closing statistics say why.

@@ -1,14 +1,150 @@
-use anyhow::Result;
+//! Benchmarks, reported as ratios against a baseline run side by side in the same run.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
+
+use crate::{setup, util};
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
-    /// Workload slowdown with and without the agent (page faults, fork/exit).
-    Overhead,
+    /// Workload slowdown with and without the agent (page faults, fork/exit), interleaved.
+    Overhead {
+        /// Interleaved rounds (each: baseline run, then a run under the agent).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
+    setup::run(false)?;
     match which {
-        Which::Overhead => anyhow::bail!("not yet"),
+        Which::Overhead { rounds } => overhead(rounds),
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    args: &'static [&'static str],
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "page faults (256 MiB x 8 touch+unmap)",
+        args: &["faults", "256", "8"],
+    },
+    Workload {
+        name: "fork/exit (3000 children)",
+        args: &["forks", "3000"],
+    },
+];
+
+fn overhead(rounds: usize) -> Result<()> {
+    if !util::is_root() {
+        bail!("the overhead benchmark loads BPF programs: run it as root");
+    }
+    let agent_bin = util::build_agent(true)?;
+    util::cargo(&["build", "--release", "-p", "integration-tests", "--bin", "workload"])?;
+    let workload = agent_bin.with_file_name("workload");
+
+    // Warm caches and the page allocator before measuring.
+    for w in &WORKLOADS {
+        time_workload(&workload, w.args)?;
+    }
+    let mut base = vec![Vec::new(); WORKLOADS.len()];
+    let mut traced = vec![Vec::new(); WORKLOADS.len()];
+    let mut agent_cpu = Vec::new();
+    let mut agent_peak = 0u64;
+    for round in 0..rounds {
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            base[i].push(time_workload(&workload, w.args)?);
+        }
+        let agent = RunningAgent::start(&agent_bin)?;
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            traced[i].push(time_workload(&workload, w.args)?);
+        }
+        let (cpu, peak) = agent.stop()?;
+        agent_cpu.push(cpu);
+        agent_peak = agent_peak.max(peak);
+        eprintln!("round {}/{rounds} done", round + 1);
+    }
+    println!();
+    println!("overhead: {rounds} interleaved rounds, median wall seconds per workload run");
+    println!("{:<40} {:>10} {:>12} {:>9}", "workload", "baseline", "with agent", "ratio");
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let b = median(&mut base[i]);
+        let t = median(&mut traced[i]);
+        println!("{:<40} {:>10.4} {:>12.4} {:>8.3}x", w.name, b, t, t / b);
+    }
+    println!(
+        "agent CPU per round (both workloads under it): median {:.3} s; agent peak RSS {:.1} MiB",
+        median(&mut agent_cpu),
+        agent_peak as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+fn time_workload(bin: &Path, args: &[&str]) -> Result<f64> {
+    let out = util::output(Command::new(bin).args(args))?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("workload printed {out:?}"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+struct RunningAgent {
+    child: Child,
+}
+
+impl RunningAgent {
+    fn start(bin: &PathBuf) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(bin)
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the agent")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("agent did not start serving within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Serving happens after the probes are attached; give the first interval time to run.
+        std::thread::sleep(Duration::from_millis(1200));
+        Ok(Self { child })
+    }
+
+    /// Stops the agent; returns its CPU seconds and peak RSS bytes.
+    fn stop(mut self) -> Result<(f64, u64)> {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        // SAFETY: plain signal to our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hwm_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        Ok((ticks / hz, hwm_kb * 1024))
     }
 }

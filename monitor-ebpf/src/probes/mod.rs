@@ -12,10 +12,7 @@ pub enum ProbeError {
 
 /// Reads a field at an offset that user space found in the tracepoint's tracefs `format`.
 #[inline(always)]
-pub fn field<T>(
-    ctx: &aya_ebpf::programs::TracePointContext,
-    offset: u32,
-) -> Result<T, ProbeError> {
+pub fn field<T>(ctx: &aya_ebpf::programs::TracePointContext, offset: u32) -> Result<T, ProbeError> {
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| {
         crate::maps::count(monitor_common::Counter::ReadFailed);
         ProbeError::ReadField

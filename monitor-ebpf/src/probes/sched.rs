@@ -19,7 +19,8 @@ use aya_ebpf::{
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
-use crate::maps::{MM_OWNERS, PROCS, count, emit};
+use super::rss::release_mm;
+use crate::maps::{PROCS, count, emit};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -129,9 +130,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
         ev.ppid = stats.ppid;
         ev.rss = stats.rss;
         ev.peak_bytes = stats.peak_bytes;
-        if MM_OWNERS.get_ptr(stats.mm_id).is_some_and(|o| unsafe { *o } == tgid) {
-            let _ = MM_OWNERS.remove(stats.mm_id);
-        }
+        release_mm(tgid, stats.mm, stats.ppid);
         if PROCS.remove(tgid).is_ok() {
             count(Counter::ProcRemoved);
         }
