@@ -117,7 +117,8 @@ pub struct LifecycleEvent {
     pub kind: u32,
     pub pid: u32,
     pub ppid: u32,
-    pub _pad: u32,
+    /// Exit: the kernel's `task->exit_code` (status << 8, or the killing signal); else 0.
+    pub exit_code: u32,
     /// `CLOCK_BOOTTIME` nanoseconds when the event happened.
     pub ts_ns: u64,
     pub cgroup_id: u64,
@@ -191,7 +192,8 @@ pub struct KernelLayout {
     pub counter_count: u32,
     /// log2 of the page size, to turn page counts into bytes
     pub page_shift: u32,
-    pub _pad: u32,
+    /// `offsetof(struct task_struct, exit_code)`; 0 when unknown.
+    pub task_exit_code: u32,
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files

@@ -16,12 +16,13 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::{
     caps::CapSet,
     cli::RunArgs,
+    detector::DetectorConfig,
     http,
     loader::{self, KernelMaps, Options},
     proc::{self, ProcError},
     select::{Candidate, Selector},
     shared::Shared,
-    state::{AgentState, boot_ns},
+    state::{AgentState, Settings, boot_ns},
     tracefs,
 };
 
@@ -46,10 +47,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             names.join(", ")
         );
     }
-    let mut state = AgentState::new(
-        Selector::new(args.matchers.clone()),
-        args.max_processes as usize,
-    );
+    let mut state = AgentState::new(Settings {
+        selector: Selector::new(args.matchers.clone()),
+        max_processes: args.max_processes as usize,
+        detector: DetectorConfig {
+            window_secs: args.leak_window.as_secs_f64(),
+            warmup_secs: args.leak_warmup.as_secs_f64(),
+            time_scale: args.detector_time_scale,
+            ..DetectorConfig::default()
+        },
+        limits: args.limits.clone(),
+        max_pools: args.max_pools as usize,
+    });
     for c in caps.missing_optional() {
         warn!("without {} the agent cannot {}", c.name, c.why);
     }
@@ -251,6 +260,7 @@ fn sync_once(maps: &KernelMaps, shared: &Shared) {
     if exit_off {
         drop_vanished(shared);
     }
+    shared.state().assess(boot_ns());
 }
 
 fn record_proc_errors(state: &mut AgentState, errors: &[ProcError]) {
@@ -307,37 +317,46 @@ impl Candidate for Lazy {
     }
 }
 
-/// Decides selection for processes that have lived at least one interval, so short-lived
-/// forks never cost a /proc read.
+/// Decides selection (and any `--limit`) for processes that have lived at least half a
+/// second, so short-lived forks never cost a /proc read.
 fn evaluate_selection(shared: &Shared) {
     let now = boot_ns();
-    let (pending, selector): (Vec<(u32, String, Option<String>)>, Selector) = {
+    let (pending, selector, limits) = {
         let state = shared.state();
-        let pending = state
+        let pending: Vec<(u32, String)> = state
             .table
             .iter()
-            .filter(|p| p.selected.is_none() || p.cgroup_path.is_none())
+            .filter(|p| p.selected.is_none())
             .filter(|p| now.saturating_sub(p.start_ns) >= 500_000_000 || p.start_ns == 0)
             .take(PROC_READS_PER_INTERVAL)
-            .map(|p| (p.pid, p.comm.clone(), p.cgroup_path.clone()))
+            .map(|p| (p.pid, p.comm.clone()))
             .collect();
-        (pending, state.selector.clone())
+        (pending, state.selector.clone(), state.limits.clone())
     };
     let decided: Vec<_> = pending
         .into_iter()
-        .map(|(pid, comm, cgroup)| {
-            let cgroup = cgroup.or_else(|| proc::cgroup_v2_path(pid));
-            let candidate = Lazy { pid, comm, cgroup };
-            (pid, selector.selects(&candidate), candidate.cgroup)
+        .map(|(pid, comm)| {
+            let (v2, v1) = proc::cgroup_paths(pid);
+            let candidate = Lazy {
+                pid,
+                comm,
+                cgroup: v2.clone(),
+            };
+            let limit = limits
+                .iter()
+                .filter(|l| Selector::new(vec![l.matcher.clone()]).selects(&candidate))
+                .map(|l| l.bytes)
+                .min();
+            (pid, selector.selects(&candidate), v2, v1, limit)
         })
         .collect();
     let mut state = shared.state();
-    for (pid, selected, cgroup) in decided {
+    for (pid, selected, v2, v1, limit) in decided {
         if let Some(p) = state.table.get_mut(pid) {
-            p.selected.get_or_insert(selected);
-            if p.cgroup_path.is_none() {
-                p.cgroup_path = Some(cgroup.unwrap_or_default());
-            }
+            p.selected = Some(selected);
+            p.cgroup_path = Some(v2.unwrap_or_default());
+            p.memcg_v1_path = v1;
+            p.configured_limit = limit;
         }
     }
 }

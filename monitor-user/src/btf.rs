@@ -79,7 +79,11 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
     };
     let counter_size = match btf.resolve_chained_type(&element) {
         Ok(Type::Struct(s)) => s.size() as u32,
-        _ => return Err(BtfError::Parse("rss_stat is not an array of structs".into())),
+        _ => {
+            return Err(BtfError::Parse(
+                "rss_stat is not an array of structs".into(),
+            ));
+        }
     };
     let counter_count = member(&btf, "percpu_counter", "count")?.offset;
     // SAFETY: sysconf has no preconditions.
@@ -90,7 +94,7 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
         counter_size,
         counter_count,
         page_shift: page.trailing_zeros(),
-        _pad: 0,
+        task_exit_code: member(&btf, "task_struct", "exit_code").map_or(0, |m| m.offset),
     })
 }
 
@@ -111,6 +115,7 @@ mod tests {
         assert!(l.counter_size >= 16 && l.counter_size <= 64, "{l:?}");
         assert!(l.counter_count < l.counter_size, "{l:?}");
         assert_eq!(l.page_shift, 12);
+        assert!(l.task_exit_code > 0 && l.task_exit_code < 16384, "{l:?}");
     }
 
     #[test]

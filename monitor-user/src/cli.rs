@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::select::Matcher;
+use crate::{limits::ConfiguredLimit, select::Matcher};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +48,29 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_kernel_processes: u32,
 
+    /// History the leak detector looks at, per process.
+    #[arg(long, default_value = "10m", value_parser = parse_window)]
+    pub leak_window: Duration,
+
+    /// Growth this soon after start or exec is warm-up, not a leak.
+    #[arg(long, default_value = "60s", value_parser = parse_window)]
+    pub leak_warmup: Duration,
+
+    /// Multiplies every detector duration (and divides its rate thresholds): 0.1 replays
+    /// recorded behaviour ten times faster. For tests and benchmarks.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
+    pub detector_time_scale: f64,
+
+    /// A per-worker memory limit, like Celery's --max-memory-per-child:
+    /// MATCHER:SIZE, e.g. 'comm=^celery$:2GiB'. Time to limit uses the nearest of this and
+    /// the process's cgroup limit.
+    #[arg(long = "limit", value_name = "MATCHER:SIZE")]
+    pub limits: Vec<ConfiguredLimit>,
+
+    /// At most this many worker pools are tracked.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_pools: u32,
+
     /// Fault injection for tests: attach this probe to a tracepoint that does not exist.
     #[arg(long, hide = true, value_name = "PROBE")]
     pub break_probe: Vec<String>,
@@ -59,6 +82,22 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is out of range: use 100ms to 1h"));
     }
     Ok(d)
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 60s, 10m)"))?;
+    if d > Duration::from_secs(24 * 3600) {
+        return Err(format!("`{s}` is out of range: at most 24h"));
+    }
+    Ok(d)
+}
+
+fn parse_time_scale(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !(0.001..=1000.0).contains(&v) {
+        return Err(format!("`{s}` is out of range: use 0.001 to 1000"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -86,5 +125,8 @@ mod tests {
         assert!(err(&["run", "--interval", "1ms"]).contains("out of range"));
         assert!(err(&["run", "--interval", "soon"]).contains("soon"));
         assert!(err(&["run", "--max-processes", "0"]).contains("0"));
+        assert!(err(&["run", "--limit", "comm=x"]).contains("MATCHER:SIZE"));
+        assert!(err(&["run", "--detector-time-scale", "0"]).contains("out of range"));
+        assert!(err(&["run", "--leak-window", "forever"]).contains("forever"));
     }
 }

@@ -40,6 +40,8 @@ pub fn router(state: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/processes", get(processes_handler))
+        .route("/api/v1/pools", get(pools_handler))
+        .route("/api/v1/oom", get(oom_handler))
         .route("/healthz", get(health_handler))
         .route("/", get(index_handler))
         .with_state(state)
@@ -102,6 +104,33 @@ async fn processes_handler(
     .into_response()
 }
 
+async fn pools_handler(State(state): State<Arc<Shared>>) -> Response {
+    let state = state.current();
+    let pools: Vec<_> = state
+        .pools
+        .iter()
+        .map(|pool| {
+            let mut pool = pool.clone();
+            pool.children = state
+                .table
+                .iter()
+                .filter(|p| p.ppid == pool.parent_pid && p.comm == pool.comm)
+                .count();
+            pool
+        })
+        .collect();
+    Json(serde_json::json!({
+        "pools": pools,
+        "overflow_recycles": state.pools.overflow_recycles,
+    }))
+    .into_response()
+}
+
+async fn oom_handler(State(state): State<Arc<Shared>>) -> Response {
+    let state = state.current();
+    Json(serde_json::json!({ "oom_kills": state.ooms.recent })).into_response()
+}
+
 async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
     let health = state.current().health();
     let body = if health.degraded {
@@ -114,5 +143,5 @@ async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
 }
 
 async fn index_handler() -> &'static str {
-    "leakscope agent: /metrics /api/v1/processes /healthz\n"
+    "leakscope agent: /metrics /api/v1/processes /api/v1/pools /api/v1/oom /healthz\n"
 }

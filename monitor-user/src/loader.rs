@@ -200,21 +200,32 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
         let classic = format!("{}:{}", spec.category, spec.tracepoint);
         let attach_classic = |ebpf: &mut Ebpf| {
             ready(spec).and_then(|()| {
-                attach_tracepoint(ebpf, spec.name, spec.category, spec.tracepoint, broken(spec.name))
+                attach_tracepoint(
+                    ebpf,
+                    spec.name,
+                    spec.category,
+                    spec.tracepoint,
+                    broken(spec.name),
+                )
             })
         };
         let (tracepoint, result) = if spec.name == "rss_stat" {
             // The raw tracepoint is far cheaper on the page-fault path; the classic one only
             // stands in where the kernel has no BTF or refuses the raw one.
             let raw = opts.btf.clone().and_then(|_| {
-                attach_raw(&mut ebpf, "rss_stat_btf", spec.tracepoint, broken(spec.name))
+                attach_raw(
+                    &mut ebpf,
+                    "rss_stat_btf",
+                    spec.tracepoint,
+                    broken(spec.name),
+                )
             });
             match raw {
                 Ok(()) => (format!("raw_tracepoint:{} (BTF)", spec.tracepoint), Ok(())),
                 Err(why) => {
                     log::warn!("raw tracepoint rss_stat unavailable ({why}); trying {classic}");
-                    let result = attach_classic(&mut ebpf)
-                        .map_err(|e| format!("{e} (BTF variant: {why})"));
+                    let result =
+                        attach_classic(&mut ebpf).map_err(|e| format!("{e} (BTF variant: {why})"));
                     (classic, result)
                 }
             }
@@ -250,7 +261,11 @@ fn attach_tracepoint(
         .map_err(|e| format!("program {program}: {e}"))?;
     prog.load()
         .map_err(|e| format!("the verifier rejected {program}: {}", verifier_summary(&e)))?;
-    let (category, name) = if broken { NO_SUCH_TRACEPOINT } else { (category, name) };
+    let (category, name) = if broken {
+        NO_SUCH_TRACEPOINT
+    } else {
+        (category, name)
+    };
     prog.attach(category, name)
         .map(|_| ())
         .map_err(|e| format!("attaching to {category}:{name} failed: {e}"))

@@ -13,6 +13,15 @@ use crate::state::AgentState;
 pub const METRIC_NAMES: &[&str] = &[
     "leakscope_process_rss_bytes",
     "leakscope_process_peak_rss_bytes",
+    "leakscope_process_rss_growth_bytes_per_second",
+    "leakscope_process_leak_suspected",
+    "leakscope_process_leak_confidence",
+    "leakscope_process_time_to_limit_seconds",
+    "leakscope_process_memory_limit_bytes",
+    "leakscope_pool_recycles_total",
+    "leakscope_pool_leak_suspected",
+    "leakscope_pool_children",
+    "leakscope_oom_kills_total",
     "leakscope_processes_tracked",
     "leakscope_processes_overflow",
     "leakscope_probe_attached",
@@ -98,8 +107,109 @@ fn counter(name: &'static str, help: &'static str) -> Family<'static> {
 
 pub fn families(state: &AgentState) -> Vec<MetricFamily> {
     let mut out = process_families(state);
+    out.extend(leak_families(state));
+    out.extend(pool_families(state));
     out.extend(self_families(state));
     out
+}
+
+fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
+    let mut rate = gauge(
+        "leakscope_process_rss_growth_bytes_per_second",
+        "Robust (Theil-Sen) growth rate of resident memory over the detector's window.",
+    );
+    let mut suspected = gauge(
+        "leakscope_process_leak_suspected",
+        "1 when the detector's verdict is `leaking` (growth that holds, with a rising floor).",
+    );
+    let mut confidence = gauge(
+        "leakscope_process_leak_confidence",
+        "Confidence in the detector's verdict, 0 to 1.",
+    );
+    let mut ttl = gauge(
+        "leakscope_process_time_to_limit_seconds",
+        "Seconds until the nearest memory limit at the current growth rate (only while growing).",
+    );
+    let mut limit = gauge(
+        "leakscope_process_memory_limit_bytes",
+        "The nearest memory limit: the cgroup's or one given with --limit.",
+    );
+    for p in state.export().own {
+        let Some(leak) = &p.leak else { continue };
+        let id = || vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+        let a = &leak.assessment;
+        rate.push(id(), a.rate_bytes_per_sec);
+        suspected.push(
+            id(),
+            f64::from(u8::from(a.verdict == crate::detector::Verdict::Leaking)),
+        );
+        confidence.push(id(), a.confidence);
+        if let Some(t) = leak.time_to_limit_secs {
+            ttl.push(id(), t);
+        }
+        if let Some(l) = leak.limit {
+            let mut labels = id();
+            labels.push(("source", l.source.label().to_string()));
+            limit.push(labels, l.limit_bytes as f64);
+        }
+    }
+    vec![
+        rate.build(),
+        suspected.build(),
+        confidence.build(),
+        ttl.build(),
+        limit.build(),
+    ]
+}
+
+fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
+    let mut recycles = counter(
+        "leakscope_pool_recycles_total",
+        "Children of a worker pool that exited while the pool lived on, by reason.",
+    );
+    let mut suspected = gauge(
+        "leakscope_pool_leak_suspected",
+        "1 when a pool's children keep growing before they are recycled, or are recycled for memory.",
+    );
+    let mut children = gauge("leakscope_pool_children", "Live children of a worker pool.");
+    for pool in state.pools.iter() {
+        let name = || vec![("pool", pool.pool.clone())];
+        for reason in crate::pools::RecycleReason::ALL {
+            let mut l = name();
+            l.push(("reason", reason.label().to_string()));
+            recycles.push(
+                l,
+                pool.recycles_by_reason.get(&reason).copied().unwrap_or(0) as f64,
+            );
+        }
+        suspected.push(name(), f64::from(u8::from(pool.leak_suspected)));
+        let live = state
+            .table
+            .iter()
+            .filter(|p| p.ppid == pool.parent_pid && p.comm == pool.comm)
+            .count();
+        children.push(name(), live as f64);
+    }
+    let mut ooms = counter(
+        "leakscope_oom_kills_total",
+        "Processes the kernel's OOM killer chose (oom:mark_victim), by name, pool and cgroup.",
+    );
+    for (v, n) in state.ooms.counts() {
+        ooms.push(
+            vec![
+                ("comm", v.comm.clone()),
+                ("pool", v.pool.clone()),
+                ("cgroup", v.cgroup.clone()),
+            ],
+            n as f64,
+        );
+    }
+    vec![
+        recycles.build(),
+        suspected.build(),
+        children.build(),
+        ooms.build(),
+    ]
 }
 
 fn process_families(state: &AgentState) -> Vec<MetricFamily> {
@@ -275,7 +385,13 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn state_with(sizes: &[(u32, &str, u64)], cap: usize) -> AgentState {
-        let mut state = AgentState::new(Selector::default(), cap);
+        let mut state = AgentState::new(crate::state::Settings {
+            selector: Selector::default(),
+            max_processes: cap,
+            detector: crate::detector::DetectorConfig::default(),
+            limits: Vec::new(),
+            max_pools: 8,
+        });
         state
             .table
             .seed(sizes.iter().map(|(pid, comm, anon)| ProcSnapshot {
@@ -350,7 +466,8 @@ mod tests {
         assert!(text.contains("leakscope_build_info{version="));
         for name in METRIC_NAMES
             .iter()
-            .filter(|n| !n.starts_with("leakscope_process_"))
+            .filter(|n| !n.starts_with("leakscope_process_") && !n.starts_with("leakscope_pool_"))
+            .filter(|n| **n != "leakscope_oom_kills_total")
         {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -101,16 +101,30 @@ pub fn cmdline(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&joined).into_owned())
 }
 
-/// The cgroup v2 path of a process (`0::/path` line), if the host has a unified hierarchy.
-pub fn cgroup_v2_path(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    parse_cgroup_v2(&text)
+/// The cgroup paths of a process: v2 (`0::/path`) and, on v1/hybrid hosts, the memory one.
+pub fn cgroup_paths(pid: u32) -> (Option<String>, Option<String>) {
+    match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        Ok(text) => (parse_cgroup_v2(&text), parse_memcg_v1(&text)),
+        Err(_) => (None, None),
+    }
 }
 
 pub fn parse_cgroup_v2(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_string)
+}
+
+/// `4:memory:/path` (controllers may be listed together, e.g. `4:memory,foo:/path`).
+pub fn parse_memcg_v1(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -149,5 +163,7 @@ mod tests {
             Some("/system.slice/x.service")
         );
         assert_eq!(parse_cgroup_v2("4:pids:/\n"), None);
+        assert_eq!(parse_memcg_v1(text).as_deref(), Some("/user.slice"));
+        assert_eq!(parse_memcg_v1("0::/a\n"), None);
     }
 }

@@ -3,8 +3,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use aya::maps::{MapData, RingBuf};
-use log::warn;
-use monitor_common::{EventKind, LifecycleEvent};
+use monitor_common::LifecycleEvent;
 
 use crate::state::AgentState;
 
@@ -64,10 +63,7 @@ fn drain(ring: &mut RingBuf<MapData>, state: &mut AgentState) -> usize {
         }
         // SAFETY: the kernel wrote a LifecycleEvent here; read_unaligned copies it out.
         let ev = unsafe { item.as_ptr().cast::<LifecycleEvent>().read_unaligned() };
-        if ev.kind == EventKind::OomKill as u32 {
-            warn!("OOM killer chose pid {}", ev.pid);
-        }
-        state.table.apply(&ev);
+        state.apply_event(&ev);
         n += 1;
     }
     n

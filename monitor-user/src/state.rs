@@ -1,12 +1,17 @@
 //! Everything the agent knows, behind one lock, and the views that /metrics and the API share.
 
-use monitor_common::{Counter, RssKind};
+use monitor_common::{Counter, EventKind, LifecycleEvent, RssKind};
 use serde::Serialize;
 
 use crate::{
+    detector::{Assessment, DetectorConfig},
+    leaks::{self, LeakState},
+    limits::{CgroupRoots, ConfiguredLimit, Limit, LimitCache, LimitSource, nearest},
     loader::ProbeStatus,
+    oom::{OomKills, OomRecord, Victim},
+    pools::{Pools, RecycleReason},
     select::{Selector, cap_largest},
-    table::{Process, ProcessTable, Source},
+    table::{Process, ProcessTable, Source, comm_str},
 };
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -27,6 +32,20 @@ pub struct AgentState {
     pub notes: Vec<String>,
     /// `CLOCK_BOOTTIME` minus `CLOCK_REALTIME`, to turn kernel timestamps into wall time.
     pub boot_to_unix_ns: i128,
+    pub detector: DetectorConfig,
+    pub limits: Vec<ConfiguredLimit>,
+    pub cgroups: CgroupRoots,
+    pub pools: Pools,
+    pub ooms: OomKills,
+}
+
+/// What the agent is told at start-up beyond selection.
+pub struct Settings {
+    pub selector: Selector,
+    pub max_processes: usize,
+    pub detector: DetectorConfig,
+    pub limits: Vec<ConfiguredLimit>,
+    pub max_pools: usize,
 }
 
 /// The overflow series: every selected process beyond the cap, summed.
@@ -48,17 +67,112 @@ pub struct Health {
 }
 
 impl AgentState {
-    pub fn new(selector: Selector, max_processes: usize) -> Self {
+    pub fn new(settings: Settings) -> Self {
         Self {
             table: ProcessTable::default(),
             probes: Vec::new(),
             counters: [0; Counter::COUNT as usize],
             kernel_entries: 0,
             proc_errors: ProcReadErrors::default(),
-            selector,
-            max_processes,
+            selector: settings.selector,
+            max_processes: settings.max_processes,
             notes: Vec::new(),
             boot_to_unix_ns: boot_to_unix_ns(),
+            detector: settings.detector,
+            limits: settings.limits,
+            cgroups: CgroupRoots::discover(),
+            pools: Pools::new(settings.max_pools),
+            ooms: OomKills::default(),
+        }
+    }
+
+    /// Applies one kernel lifecycle event to the table, the pools and the OOM record.
+    pub fn apply_event(&mut self, ev: &LifecycleEvent) {
+        if ev.kind == EventKind::OomKill as u32 {
+            self.on_oom(ev);
+            return;
+        }
+        let before = self.table.get(ev.pid).map(|p| {
+            (
+                p.leak.as_ref().map(|l| l.first_sample_bytes),
+                p.configured_limit,
+            )
+        });
+        let Some(exited) = self.table.apply(ev) else {
+            return;
+        };
+        self.pools.parent_exited(exited.pid);
+        let (first_sample, limit) = before.unwrap_or_default();
+        let reason = RecycleReason::classify(
+            exited.exit_code,
+            self.ooms.take_victim(exited.pid),
+            exited.peak_bytes,
+            limit,
+        );
+        let parent_alive = self.table.get(exited.ppid).is_some();
+        let siblings = if parent_alive {
+            self.table
+                .iter()
+                .filter(|p| p.ppid == exited.ppid && p.comm == exited.comm)
+                .count()
+        } else {
+            0
+        };
+        self.pools
+            .on_exit(&exited, parent_alive, siblings, first_sample, reason);
+    }
+
+    fn on_oom(&mut self, ev: &LifecycleEvent) {
+        let proc = self.table.get(ev.pid);
+        let comm = proc.map_or_else(|| comm_str(&ev.comm), |p| p.comm.clone());
+        let pool = proc
+            .and_then(|p| self.pools.name_of(p.ppid, &p.comm))
+            .unwrap_or_default()
+            .to_string();
+        // The memory cgroup is the one whose limit was hit: on hybrid hosts that is v1's.
+        let cgroup = proc
+            .and_then(|p| p.memcg_v1_path.clone().or_else(|| p.cgroup_path.clone()))
+            .unwrap_or_default();
+        log::warn!(
+            "OOM killer chose pid {} ({comm}) in cgroup {cgroup:?}",
+            ev.pid
+        );
+        let kind = |k: RssKind| ev.rss[k as usize].max(0) as u64;
+        let record = OomRecord {
+            pid: ev.pid,
+            victim: Victim { comm, pool, cgroup },
+            anon_bytes: kind(RssKind::Anon),
+            file_bytes: kind(RssKind::File),
+            shmem_bytes: kind(RssKind::Shmem),
+            unix_time: self.unix_seconds(ev.ts_ns),
+        };
+        self.ooms.record(record, ev.ts_ns);
+    }
+
+    /// Samples every selected process into its history and re-assesses it.
+    pub fn assess(&mut self, now_ns: u64) {
+        let mut cache = LimitCache::default();
+        let cfg = &self.detector;
+        for p in self.table.iter_mut().filter(|p| p.selected == Some(true)) {
+            let resident = p.resident_bytes();
+            let (exec_ns, pid) = (p.exec_ns, p.pid);
+            let leak = p
+                .leak
+                .get_or_insert_with(|| LeakState::new(cfg, exec_ns, resident));
+            if let Some(before) = leak.observe(cfg, exec_ns, now_ns, resident) {
+                leaks::log_change(pid, &p.comm, before, &leak.assessment);
+            }
+            let cgroup = cache.get(
+                &self.cgroups,
+                p.cgroup_path.as_deref(),
+                p.memcg_v1_path.as_deref(),
+            );
+            let configured = p.configured_limit.map(|limit_bytes| Limit {
+                limit_bytes,
+                used_bytes: resident,
+                source: LimitSource::Configured,
+            });
+            leak.set_limit(nearest(cgroup, configured));
         }
     }
 
@@ -146,6 +260,11 @@ impl AgentState {
             },
             resident_bytes: p.resident_bytes(),
             peak_rss_bytes: p.peak_bytes(),
+            leak: p.leak.as_ref().map(|l| l.assessment.clone()),
+            memory_limit_bytes: p.leak.as_ref().and_then(|l| l.limit).map(|l| l.limit_bytes),
+            memory_limit_source: p.leak.as_ref().and_then(|l| l.limit).map(|l| l.source),
+            time_to_limit_seconds: p.leak.as_ref().and_then(|l| l.time_to_limit_secs),
+            pool: self.pools.name_of(p.ppid, &p.comm).map(str::to_string),
             source: SourceJson {
                 anon: p.rss(RssKind::Anon).1,
                 file: p.rss(RssKind::File).1,
@@ -184,6 +303,14 @@ pub struct ProcessJson {
     pub rss_bytes: RssJson,
     pub resident_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// The detector's verdict and its evidence; absent until the first sample.
+    pub leak: Option<Assessment>,
+    pub memory_limit_bytes: Option<u64>,
+    /// `cgroup` or `configured`.
+    pub memory_limit_source: Option<LimitSource>,
+    pub time_to_limit_seconds: Option<f64>,
+    /// Pool the process works in, when its parent runs a pool of its name.
+    pub pool: Option<String>,
     /// Where each number comes from: `kernel` (kmem:rss_stat), or `proc` until the kernel has
     /// reported that kind for the process's current address space.
     pub source: SourceJson,

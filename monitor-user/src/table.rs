@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
 use serde::Serialize;
 
-use crate::proc::ProcSnapshot;
+use crate::{leaks::LeakState, proc::ProcSnapshot};
 
 /// Where a number came from: the kernel's own counters, or a `/proc` read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -28,8 +28,13 @@ pub struct Process {
     pub exec_ns: u64,
     pub cgroup_id: u64,
     pub cgroup_path: Option<String>,
+    /// Path in the v1 memory hierarchy, on hosts that still have one.
+    pub memcg_v1_path: Option<String>,
     /// `None` until the selector has looked at this process.
     pub selected: Option<bool>,
+    /// A per-worker limit given with `--limit`.
+    pub configured_limit: Option<u64>,
+    pub leak: Option<LeakState>,
     kernel: Option<ProcStats>,
     seed: Option<ProcSnapshot>,
 }
@@ -44,7 +49,10 @@ impl Process {
             exec_ns: s.start_ns,
             cgroup_id: 0,
             cgroup_path: None,
+            memcg_v1_path: None,
             selected: None,
+            configured_limit: None,
+            leak: None,
             kernel: None,
             seed: Some(s),
         }
@@ -59,7 +67,10 @@ impl Process {
             exec_ns: ev.ts_ns,
             cgroup_id: ev.cgroup_id,
             cgroup_path: None,
+            memcg_v1_path: None,
             selected: None,
+            configured_limit: None,
+            leak: None,
             kernel: None,
             seed: None,
         }
@@ -119,6 +130,8 @@ pub struct Exited {
     pub lifetime_ns: u64,
     pub resident_bytes: u64,
     pub peak_bytes: u64,
+    /// The kernel's `exit_code`: status << 8, or the killing signal in the low 7 bits.
+    pub exit_code: u32,
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +186,7 @@ impl ProcessTable {
                         p.resident_bytes()
                     },
                     peak_bytes: p.peak_bytes().max(ev.peak_bytes),
+                    exit_code: ev.exit_code,
                 })
             }
             EventKind::OomKill => None,
@@ -262,7 +276,7 @@ mod tests {
             kind: kind as u32,
             pid,
             ppid: 1,
-            _pad: 0,
+            exit_code: 0,
             ts_ns,
             cgroup_id: 9,
             comm: comm("worker"),

@@ -281,6 +281,13 @@ impl MemHog {
         assert!(a.starts_with("grown"), "memhog answered {a:?}");
     }
 
+    /// Asks for `mib` more; the process may be killed on the way (an OOM kill), which is fine.
+    pub fn try_grow(&mut self, mib: u64) {
+        let _ = writeln!(self.stdin, "grow {mib}");
+        let mut answer = String::new();
+        let _ = self.stdout.read_line(&mut answer);
+    }
+
     /// Exits and is reaped; returns once the pid is gone.
     pub fn exit(mut self) -> u32 {
         let _ = writeln!(self.stdin, "exit");
@@ -305,4 +312,122 @@ pub fn vmrss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .expect("VmRSS")
         * 1024
+}
+
+/// A compiled C scenario from `scenarios/c/` (built once with `make`, into the target dir).
+pub fn scenario_bin(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target/scenarios");
+    let status = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(root.join("scenarios"))
+        .arg(format!("OUT={}", out.display()))
+        .status()
+        .expect("make (the tests need make and a C compiler: `cargo xtask setup --tests`)");
+    assert!(status.success(), "building the C scenarios failed");
+    let bin = out.join(name);
+    assert!(bin.is_file(), "{} not built", bin.display());
+    bin
+}
+
+pub fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
+/// A memory cgroup with a limit, removed when dropped: v2 where the unified hierarchy has the
+/// memory controller, else v1.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    v2: bool,
+}
+
+impl TestCgroup {
+    pub fn with_limit(name: &str, limit_bytes: u64) -> Self {
+        let (root, v2) = memory_cgroup_root().expect("no memory cgroup hierarchy on this host");
+        let dir = root.join(format!("leakscope-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(dir.join(file), limit_bytes.to_string()).expect("set the memory limit");
+        if v2 {
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        }
+        Self { dir, v2 }
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The cgroup can only go once its processes have; give them a moment.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn memory_cgroup_root() -> Option<(PathBuf, bool)> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut v1 = None;
+    for line in mounts.lines() {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = PathBuf::from(left.split_whitespace().nth(4)?);
+        let mut right = right.split_whitespace();
+        match (right.next(), right.nth(1)) {
+            (Some("cgroup2"), _) => {
+                let controllers = std::fs::read_to_string(mount_point.join("cgroup.controllers"))
+                    .unwrap_or_default();
+                if controllers.split_whitespace().any(|c| c == "memory") {
+                    return Some((mount_point, true));
+                }
+            }
+            (Some("cgroup"), Some(opts)) if opts.split(',').any(|o| o == "memory") => {
+                v1 = Some((mount_point, false));
+            }
+            _ => {}
+        }
+    }
+    v1
+}
+
+/// A child process killed (with its process group) when dropped.
+pub struct Spawned {
+    pub child: Child,
+}
+
+impl Spawned {
+    pub fn new(cmd: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let child = cmd
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
 }

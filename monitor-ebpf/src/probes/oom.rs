@@ -56,7 +56,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), ProbeError> {
         kind: EventKind::OomKill as u32,
         pid: pid as u32,
         ppid,
-        _pad: 0,
+        exit_code: 0,
         ts_ns: now_ns(),
         cgroup_id,
         comm: [0; 16],

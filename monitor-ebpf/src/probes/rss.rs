@@ -40,13 +40,13 @@ static RSS_STAT_OFFSETS: Global<RssStatOffsets> = Global::new(RssStatOffsets {
 });
 
 #[unsafe(no_mangle)]
-static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
+pub static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     task_mm: 0,
     mm_rss_stat: 0,
     counter_size: 0,
     counter_count: 0,
     page_shift: 12,
-    _pad: 0,
+    task_exit_code: 0,
 });
 
 #[raw_tracepoint(tracepoint = "rss_stat")]
@@ -93,7 +93,7 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
 }
 
 #[inline(always)]
-fn read_kernel<T>(addr: u64) -> Result<T, ProbeError> {
+pub fn read_kernel<T>(addr: u64) -> Result<T, ProbeError> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| {
         count(Counter::ReadFailed);
         ProbeError::ReadField
@@ -133,7 +133,10 @@ fn on_own_mm(tgid: u32, mm: u64, member: u32, size: i64) {
         Some(s) => s,
         None => {
             // A process that predates the agent (or was evicted): start its entry here.
-            if PROCS.insert(tgid, ProcStats::new(0, 0, cgroup_id()), 0).is_err() {
+            if PROCS
+                .insert(tgid, ProcStats::new(0, 0, cgroup_id()), 0)
+                .is_err()
+            {
                 count(Counter::ProcInsertFailed);
                 return;
             }

@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
+use super::rss::{KERNEL_LAYOUT, read_kernel, release_mm};
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
-use super::rss::release_mm;
 use crate::maps::{PROCS, count, emit};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -43,7 +43,7 @@ fn event(kind: EventKind, pid: u32, ppid: u32, cgroup_id: u64, comm: [u8; 16]) -
         kind: kind as u32,
         pid,
         ppid,
-        _pad: 0,
+        exit_code: 0,
         ts_ns: now_ns(),
         cgroup_id,
         comm,
@@ -125,6 +125,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
     count(Counter::ExitEvents);
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
+    let exit_code_at = KERNEL_LAYOUT.load().task_exit_code;
+    if exit_code_at != 0 {
+        // do_exit() stores the code before this tracepoint fires.
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+        ev.exit_code = read_kernel::<i32>(task + u64::from(exit_code_at)).unwrap_or(0) as u32;
+    }
     if let Some(stats) = PROCS.get_ptr(tgid) {
         let stats = unsafe { &*stats };
         ev.ppid = stats.ppid;

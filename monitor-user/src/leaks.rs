@@ -1,0 +1,156 @@
+//! Per-process leak tracking: the bounded RSS history behind each verdict, and the limit the
+//! growth is heading for.
+
+use log::info;
+
+use crate::{
+    detector::{Assessment, DetectorConfig, RssHistory, Verdict},
+    limits::Limit,
+};
+
+const MIB: f64 = (1 << 20) as f64;
+
+#[derive(Clone, Debug)]
+pub struct LeakState {
+    history: RssHistory,
+    /// The exec the history belongs to; a new exec starts a new history.
+    exec_ns: u64,
+    pub assessment: Assessment,
+    /// Resident bytes at the first sample (pools compare it with the size at exit).
+    pub first_sample_bytes: u64,
+    pub limit: Option<Limit>,
+    pub time_to_limit_secs: Option<f64>,
+}
+
+impl LeakState {
+    pub fn new(cfg: &DetectorConfig, exec_ns: u64, resident: u64) -> Self {
+        let history = RssHistory::new(cfg, secs(exec_ns));
+        let assessment = history.assess(cfg);
+        Self {
+            history,
+            exec_ns,
+            assessment,
+            first_sample_bytes: resident,
+            limit: None,
+            time_to_limit_secs: None,
+        }
+    }
+
+    /// Takes one sample and re-assesses; returns the previous verdict when it changed.
+    pub fn observe(
+        &mut self,
+        cfg: &DetectorConfig,
+        exec_ns: u64,
+        now_ns: u64,
+        resident: u64,
+    ) -> Option<Verdict> {
+        if exec_ns != self.exec_ns {
+            self.history.reset(secs(exec_ns));
+            self.exec_ns = exec_ns;
+            self.first_sample_bytes = resident;
+        }
+        self.history.observe(secs(now_ns), resident);
+        let before = self.assessment.verdict;
+        self.assessment = self.history.assess(cfg);
+        (self.assessment.verdict != before).then_some(before)
+    }
+
+    /// Projects the time to `limit` when the process is growing.
+    pub fn set_limit(&mut self, limit: Option<Limit>) {
+        self.limit = limit;
+        self.time_to_limit_secs = match self.assessment.verdict {
+            Verdict::Stable => None,
+            Verdict::Growing | Verdict::Leaking => {
+                limit.and_then(|l| l.seconds_left(self.assessment.rate_bytes_per_sec))
+            }
+        };
+    }
+}
+
+fn secs(boot_ns: u64) -> f64 {
+    boot_ns as f64 / 1e9
+}
+
+pub fn log_change(pid: u32, comm: &str, before: Verdict, a: &Assessment) {
+    info!(
+        "pid {pid} ({comm}): {} -> {} (rate {:.2} MiB/min over {:.0} s, floor {:+.1} MiB, \
+         consistency {:.2}, confidence {:.2})",
+        label(before),
+        label(a.verdict),
+        a.rate_bytes_per_sec * 60.0 / MIB,
+        a.window_secs,
+        a.floor_rise_bytes / MIB,
+        a.consistency,
+        a.confidence
+    );
+}
+
+pub fn label(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Stable => "stable",
+        Verdict::Growing => "growing",
+        Verdict::Leaking => "leaking",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LimitSource;
+
+    const S: u64 = 1_000_000_000;
+
+    fn fast() -> DetectorConfig {
+        DetectorConfig {
+            time_scale: 0.05,
+            ..DetectorConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_steady_leak_becomes_leaking_once_and_projects_its_limit() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 10 << 20);
+        let mut changes = Vec::new();
+        // 10 MiB/min nominal, sampled every 50 ms = 1 s nominal, for 5 nominal minutes.
+        for i in 0..300u64 {
+            let now = i * S / 20;
+            let rss = (10 << 20) + i * ((10 << 20) / 60);
+            if let Some(before) = st.observe(&cfg, 0, now, rss) {
+                changes.push((before, st.assessment.verdict));
+            }
+        }
+        assert_eq!(
+            st.assessment.verdict,
+            Verdict::Leaking,
+            "{:?}",
+            st.assessment
+        );
+        assert_eq!(changes.last().map(|c| c.1), Some(Verdict::Leaking));
+        st.set_limit(Some(Limit {
+            limit_bytes: 1 << 30,
+            used_bytes: 500 << 20,
+            source: LimitSource::Cgroup,
+        }));
+        let ttl = st
+            .time_to_limit_secs
+            .expect("a leaking process has a time to limit");
+        // 524 MiB left at 10 MiB/min nominal = 200 MiB/min real: about 157 s.
+        assert!((120.0..200.0).contains(&ttl), "{ttl}");
+    }
+
+    #[test]
+    fn exec_starts_a_new_history() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 1);
+        for i in 0..300u64 {
+            st.observe(&cfg, 0, i * S / 20, (1 << 20) * i);
+        }
+        assert_eq!(st.assessment.verdict, Verdict::Leaking);
+        st.observe(&cfg, 15 * S, 15 * S, 5 << 20);
+        assert_eq!(st.assessment.verdict, Verdict::Stable, "warm-up after exec");
+        assert_eq!(st.first_sample_bytes, 5 << 20);
+        st.set_limit(None);
+        assert_eq!(st.time_to_limit_secs, None);
+    }
+}

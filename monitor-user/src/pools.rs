@@ -1,0 +1,373 @@
+//! Worker pools: children of one parent with one name (a prefork pool). Recycling (max tasks,
+//! max memory, crashes) hides a leak from any per-process view; the pool's record of what its
+//! children held when they went does not.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::table::Exited;
+
+const MIB: u64 = 1 << 20;
+/// Exits remembered per pool.
+const EXITS_KEPT: usize = 16;
+/// Children living less than this are commands a shell ran, not workers.
+const MIN_WORKER_LIFETIME_NS: u64 = 2_000_000_000;
+/// Growth per child, from its first sample to its exit, that counts as holding on to memory.
+const CHILD_GROWTH_BYTES: u64 = 16 * MIB;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecycleReason {
+    /// Reached (90% of) its configured per-worker limit.
+    Memory,
+    /// Killed by the OOM killer.
+    Oom,
+    /// Killed by a signal other than a polite stop.
+    Crash,
+    /// A clean exit: max tasks reached, scaled down, or a memory limit the agent was not told.
+    Clean,
+}
+
+impl RecycleReason {
+    pub const ALL: [Self; 4] = [Self::Memory, Self::Oom, Self::Crash, Self::Clean];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Oom => "oom",
+            Self::Crash => "crash",
+            Self::Clean => "clean",
+        }
+    }
+
+    /// Classifies an exit from what the kernel and the configuration say.
+    pub fn classify(exit_code: u32, oom_killed: bool, peak: u64, limit: Option<u64>) -> Self {
+        let signal = exit_code & 0x7f;
+        if oom_killed {
+            Self::Oom
+        } else if limit.is_some_and(|l| peak.saturating_mul(10) >= l.saturating_mul(9)) {
+            Self::Memory
+        } else if signal != 0
+            && ![libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT]
+                .contains(&(signal as i32))
+        {
+            Self::Crash
+        } else {
+            Self::Clean
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitRecord {
+    pub pid: u32,
+    pub lifetime_secs: f64,
+    pub resident_bytes: u64,
+    pub peak_bytes: u64,
+    /// Resident bytes at the agent's first sample of the child.
+    pub first_sample_bytes: Option<u64>,
+    pub reason: RecycleReason,
+}
+
+impl ExitRecord {
+    fn growth(&self) -> Option<u64> {
+        self.first_sample_bytes
+            .map(|b| self.peak_bytes.max(self.resident_bytes).saturating_sub(b))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Pool {
+    pub pool: String,
+    pub parent_pid: u32,
+    pub comm: String,
+    pub recycles: u64,
+    pub recycles_by_reason: HashMap<RecycleReason, u64>,
+    pub recycles_for_memory: u64,
+    pub leak_suspected: bool,
+    /// Why the pool is suspected, in words.
+    pub evidence: Option<String>,
+    pub exits: VecDeque<ExitRecord>,
+    /// Filled in when the pool is shown: live children now.
+    pub children: usize,
+}
+
+impl Pool {
+    fn new(parent_pid: u32, comm: &str) -> Self {
+        Self {
+            pool: format!("{parent_pid}/{comm}"),
+            parent_pid,
+            comm: comm.to_string(),
+            recycles: 0,
+            recycles_by_reason: RecycleReason::ALL.iter().map(|r| (*r, 0)).collect(),
+            recycles_for_memory: 0,
+            leak_suspected: false,
+            evidence: None,
+            exits: VecDeque::new(),
+            children: 0,
+        }
+    }
+
+    fn record(&mut self, exit: ExitRecord) {
+        self.recycles += 1;
+        *self.recycles_by_reason.entry(exit.reason).or_default() += 1;
+        if matches!(exit.reason, RecycleReason::Memory | RecycleReason::Oom) {
+            self.recycles_for_memory += 1;
+        }
+        if self.exits.len() == EXITS_KEPT {
+            self.exits.pop_front();
+        }
+        self.exits.push_back(exit);
+        self.evidence = self.judge();
+        self.leak_suspected = self.evidence.is_some();
+    }
+
+    /// A pool leaks when its children keep being recycled for memory, or keep growing a lot
+    /// between their start and their recycling.
+    fn judge(&self) -> Option<String> {
+        let for_memory = self
+            .exits
+            .iter()
+            .filter(|e| matches!(e.reason, RecycleReason::Memory | RecycleReason::Oom))
+            .count();
+        if for_memory >= 2 {
+            return Some(format!(
+                "{for_memory} of the last {} children were recycled for memory",
+                self.exits.len()
+            ));
+        }
+        let recent: Vec<u64> = self
+            .exits
+            .iter()
+            .rev()
+            .take(3)
+            .filter_map(ExitRecord::growth)
+            .collect();
+        if recent.len() == 3 && recent.iter().all(|g| *g >= CHILD_GROWTH_BYTES) {
+            let least = recent.iter().min().copied().unwrap_or(0);
+            return Some(format!(
+                "each of the last 3 children grew by at least {} MiB before it was recycled",
+                least / MIB
+            ));
+        }
+        None
+    }
+}
+
+/// Pools by (parent pid, child name), bounded.
+#[derive(Debug)]
+pub struct Pools {
+    pools: HashMap<(u32, String), Pool>,
+    max_pools: usize,
+    /// Recycles not recorded because `max_pools` pools exist already.
+    pub overflow_recycles: u64,
+}
+
+impl Pools {
+    pub fn new(max_pools: usize) -> Self {
+        Self {
+            pools: HashMap::new(),
+            max_pools,
+            overflow_recycles: 0,
+        }
+    }
+
+    /// Records a child's exit when it belongs to a pool: its parent lives on and either still
+    /// runs siblings of the same name or is already known as a pool.
+    pub fn on_exit(
+        &mut self,
+        exited: &Exited,
+        parent_alive: bool,
+        live_siblings: usize,
+        first_sample_bytes: Option<u64>,
+        reason: RecycleReason,
+    ) -> Option<&Pool> {
+        if !parent_alive || exited.ppid <= 1 || exited.lifetime_ns < MIN_WORKER_LIFETIME_NS {
+            return None;
+        }
+        let key = (exited.ppid, exited.comm.clone());
+        if !self.pools.contains_key(&key) {
+            if live_siblings == 0 {
+                return None;
+            }
+            if self.pools.len() >= self.max_pools {
+                self.overflow_recycles += 1;
+                return None;
+            }
+        }
+        let pool = self
+            .pools
+            .entry(key)
+            .or_insert_with(|| Pool::new(exited.ppid, &exited.comm));
+        pool.record(ExitRecord {
+            pid: exited.pid,
+            lifetime_secs: exited.lifetime_ns as f64 / 1e9,
+            resident_bytes: exited.resident_bytes,
+            peak_bytes: exited.peak_bytes,
+            first_sample_bytes,
+            reason,
+        });
+        Some(pool)
+    }
+
+    /// A parent that exits takes its pools with it.
+    pub fn parent_exited(&mut self, pid: u32) {
+        self.pools.retain(|(parent, _), _| *parent != pid);
+    }
+
+    pub fn name_of(&self, parent_pid: u32, comm: &str) -> Option<&str> {
+        self.pools
+            .get(&(parent_pid, comm.to_string()))
+            .map(|p| p.pool.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(pid: u32, ppid: u32, peak_mib: u64, lifetime_s: u64) -> Exited {
+        Exited {
+            pid,
+            ppid,
+            comm: "celery".into(),
+            cgroup_id: 0,
+            lifetime_ns: lifetime_s * 1_000_000_000,
+            resident_bytes: peak_mib * MIB,
+            peak_bytes: peak_mib * MIB,
+            exit_code: 0,
+        }
+    }
+
+    #[test]
+    fn children_that_grow_before_recycling_flag_the_pool() {
+        let mut pools = Pools::new(10);
+        for (i, peak) in [150, 160, 170].into_iter().enumerate() {
+            let p = pools
+                .on_exit(
+                    &exit(100 + i as u32, 10, peak, 60),
+                    true,
+                    1,
+                    Some(40 * MIB),
+                    RecycleReason::Clean,
+                )
+                .unwrap();
+            assert_eq!(p.leak_suspected, i == 2, "after {} exits", i + 1);
+        }
+        let p = pools.iter().next().unwrap();
+        assert_eq!(p.pool, "10/celery");
+        assert_eq!(p.recycles, 3);
+        assert!(
+            p.evidence
+                .as_deref()
+                .unwrap()
+                .contains("grew by at least 110 MiB")
+        );
+    }
+
+    #[test]
+    fn steady_children_do_not_flag_the_pool() {
+        let mut pools = Pools::new(10);
+        for i in 0..5 {
+            pools.on_exit(
+                &exit(100 + i, 10, 42, 60),
+                true,
+                1,
+                Some(40 * MIB),
+                RecycleReason::Clean,
+            );
+        }
+        let p = pools.iter().next().unwrap();
+        assert_eq!(p.recycles, 5);
+        assert!(!p.leak_suspected);
+    }
+
+    #[test]
+    fn memory_recycles_flag_the_pool() {
+        let mut pools = Pools::new(10);
+        pools.on_exit(&exit(1, 10, 900, 60), true, 1, None, RecycleReason::Memory);
+        assert!(!pools.iter().next().unwrap().leak_suspected);
+        pools.on_exit(&exit(2, 10, 900, 60), true, 1, None, RecycleReason::Memory);
+        let p = pools.iter().next().unwrap();
+        assert!(p.leak_suspected);
+        assert_eq!(p.recycles_for_memory, 2);
+        assert_eq!(p.recycles_by_reason[&RecycleReason::Memory], 2);
+    }
+
+    #[test]
+    fn shell_commands_and_orphans_are_not_pools() {
+        let mut pools = Pools::new(10);
+        assert!(
+            pools
+                .on_exit(&exit(1, 10, 1, 0), true, 3, None, RecycleReason::Clean)
+                .is_none(),
+            "short-lived"
+        );
+        assert!(
+            pools
+                .on_exit(&exit(2, 10, 1, 60), false, 3, None, RecycleReason::Clean)
+                .is_none(),
+            "parent gone"
+        );
+        assert!(
+            pools
+                .on_exit(&exit(3, 1, 1, 60), true, 3, None, RecycleReason::Clean)
+                .is_none(),
+            "init's child"
+        );
+        assert!(
+            pools
+                .on_exit(&exit(4, 10, 1, 60), true, 0, None, RecycleReason::Clean)
+                .is_none(),
+            "no siblings"
+        );
+        assert!(pools.is_empty());
+    }
+
+    #[test]
+    fn pools_are_bounded_and_die_with_their_parent() {
+        let mut pools = Pools::new(1);
+        pools.on_exit(&exit(1, 10, 1, 60), true, 1, None, RecycleReason::Clean);
+        assert!(
+            pools
+                .on_exit(&exit(2, 11, 1, 60), true, 1, None, RecycleReason::Clean)
+                .is_none()
+        );
+        assert_eq!(pools.overflow_recycles, 1);
+        pools.parent_exited(10);
+        assert!(pools.is_empty());
+    }
+
+    #[test]
+    fn reasons_from_exit_codes() {
+        use RecycleReason::*;
+        assert_eq!(RecycleReason::classify(0, true, 0, None), Oom);
+        assert_eq!(RecycleReason::classify(0, false, 95, Some(100)), Memory);
+        assert_eq!(
+            RecycleReason::classify(libc::SIGSEGV as u32, false, 1, Some(100)),
+            Crash
+        );
+        assert_eq!(
+            RecycleReason::classify(libc::SIGTERM as u32, false, 1, None),
+            Clean
+        );
+        assert_eq!(
+            RecycleReason::classify(1 << 8, false, 1, None),
+            Clean,
+            "exit(1)"
+        );
+    }
+}
