@@ -245,7 +245,7 @@ fn sync_once(maps: &KernelMaps, shared: &Shared) {
     let (adopt, rss_off, exit_off) = {
         // Events first: a fork must be known before the kernel's entry for it is matched.
         let mut state = shared.current();
-        state.counters = counters;
+        state.set_counters(counters, boot_ns());
         state.kernel_entries = kernel.len() as u64;
         let adopt = state.table.sync_kernel(&kernel);
         (

@@ -37,7 +37,12 @@ pub struct AgentState {
     pub cgroups: CgroupRoots,
     pub pools: Pools,
     pub ooms: OomKills,
+    /// Total of dropped lifecycle events, and when that total last grew.
+    last_drop: Option<(u64, u64)>,
 }
+
+/// A drop makes the agent degraded for this long, not forever.
+const DROP_MEMORY_NS: u64 = 600 * 1_000_000_000;
 
 /// What the agent is told at start-up beyond selection.
 pub struct Settings {
@@ -83,7 +88,17 @@ impl AgentState {
             cgroups: CgroupRoots::discover(),
             pools: Pools::new(settings.max_pools),
             ooms: OomKills::default(),
+            last_drop: None,
         }
+    }
+
+    /// Takes the kernel's counters, noting when events were last dropped.
+    pub fn set_counters(&mut self, counters: [u64; Counter::COUNT as usize], now_ns: u64) {
+        let dropped = counters[Counter::EventsDropped as usize];
+        if dropped > self.counter(Counter::EventsDropped) {
+            self.last_drop = Some((dropped, now_ns));
+        }
+        self.counters = counters;
     }
 
     /// Applies one kernel lifecycle event to the table, the pools and the OOM record.
@@ -227,10 +242,12 @@ impl AgentState {
             })
             .collect();
         reasons.extend(self.notes.iter().cloned());
-        let dropped = self.counter(Counter::EventsDropped);
-        if dropped > 0 {
+        if let Some((total, at)) = self.last_drop
+            && boot_ns().saturating_sub(at) < DROP_MEMORY_NS
+        {
             reasons.push(format!(
-                "{dropped} lifecycle events were dropped (ring buffer full)"
+                "lifecycle events were dropped (ring buffer full) in the last 10 minutes; \
+                 {total} since start"
             ));
         }
         Health {
@@ -334,4 +351,48 @@ pub fn boot_ns() -> u64 {
 
 fn boot_to_unix_ns() -> i128 {
     clock_ns(libc::CLOCK_BOOTTIME) - clock_ns(libc::CLOCK_REALTIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AgentState {
+        AgentState::new(Settings {
+            selector: Selector::default(),
+            max_processes: 10,
+            detector: DetectorConfig::default(),
+            limits: Vec::new(),
+            max_pools: 4,
+        })
+    }
+
+    #[test]
+    fn dropped_events_degrade_for_a_while_not_forever() {
+        let mut s = state();
+        assert!(!s.health().degraded);
+        let mut c = [0; Counter::COUNT as usize];
+        c[Counter::EventsDropped as usize] = 3;
+        s.set_counters(c, boot_ns());
+        let h = s.health();
+        assert!(
+            h.degraded && h.reasons[0].contains("3 since start"),
+            "{h:?}"
+        );
+        // The same total, long after: healthy again.
+        s.last_drop = Some((3, boot_ns().saturating_sub(DROP_MEMORY_NS + 1)));
+        s.set_counters(c, boot_ns());
+        assert!(!s.health().degraded);
+    }
+
+    #[test]
+    fn evictions_are_what_went_in_and_neither_left_nor_stayed() {
+        let mut s = state();
+        let mut c = [0; Counter::COUNT as usize];
+        c[Counter::ProcInserted as usize] = 100;
+        c[Counter::ProcRemoved as usize] = 60;
+        s.set_counters(c, 0);
+        s.kernel_entries = 30;
+        assert_eq!(s.kernel_evictions(), 10);
+    }
 }
