@@ -11,6 +11,10 @@ use clap::Subcommand;
 
 use crate::{setup, util};
 
+// Declared here rather than in main.rs: `bench` owns the benchmark subcommands.
+#[path = "detection.rs"]
+mod detection;
+
 #[derive(Debug, Subcommand)]
 pub enum Which {
     /// Workload slowdown with and without the agent (page faults, fork/exit), interleaved.
@@ -19,12 +23,35 @@ pub enum Which {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
+    /// Leak detection on the scenario corpus (scenarios/scenarios.toml), all scenarios under
+    /// one agent: time to the first `leaking` verdict against each target, precision, recall.
+    Detection {
+        /// Time scale F: scenarios get `--time-scale F` and the agent
+        /// `--detector-time-scale F`, so 0.1 replays the real-time run ten times faster.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Nominal seconds to run [default: the largest target + 60].
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Run only these scenarios (names from scenarios.toml).
+        #[arg(long, num_args = 1.., value_name = "NAME")]
+        only: Vec<String>,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
     setup::run(false)?;
     match which {
         Which::Overhead { rounds } => overhead(rounds),
+        Which::Detection {
+            time_scale,
+            duration,
+            only,
+        } => detection::run(detection::Opts {
+            time_scale,
+            duration,
+            only,
+        }),
     }
 }
 
@@ -49,7 +76,14 @@ fn overhead(rounds: usize) -> Result<()> {
         bail!("the overhead benchmark loads BPF programs: run it as root");
     }
     let agent_bin = util::build_agent(true)?;
-    util::cargo(&["build", "--release", "-p", "integration-tests", "--bin", "workload"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "integration-tests",
+        "--bin",
+        "workload",
+    ])?;
     let workload = agent_bin.with_file_name("workload");
 
     // Warm caches and the page allocator before measuring.
@@ -75,7 +109,10 @@ fn overhead(rounds: usize) -> Result<()> {
     }
     println!();
     println!("overhead: {rounds} interleaved rounds, median wall seconds per workload run");
-    println!("{:<40} {:>10} {:>12} {:>9}", "workload", "baseline", "with agent", "ratio");
+    println!(
+        "{:<40} {:>10} {:>12} {:>9}",
+        "workload", "baseline", "with agent", "ratio"
+    );
     for (i, w) in WORKLOADS.iter().enumerate() {
         let b = median(&mut base[i]);
         let t = median(&mut traced[i]);
@@ -107,7 +144,9 @@ struct RunningAgent {
 
 impl RunningAgent {
     fn start(bin: &PathBuf) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new(bin)
             .args(["run", "--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())

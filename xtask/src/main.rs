@@ -88,9 +88,31 @@ fn test(args: Vec<String>) -> Result<()> {
         "-p",
         "xtask",
     ])?;
+
+    // deploy/: alert rules (promtool), manifests, dashboard queries.
+    let venv_bin = setup::venv_dir().join("bin");
+    let path = std::env::join_paths(std::iter::once(venv_bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let mut deploy = std::process::Command::new("bash");
+    deploy.arg(root.join("deploy/check.sh")).env("PATH", &path);
+    util::check(deploy)?;
+
+    // The Python integration, against real Celery/RQ/Dramatiq and a real redis-server.
+    let mut pytest = std::process::Command::new(setup::venv_python());
+    pytest
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .current_dir(root.join("integrations/python"))
+        .env("PATH", &path);
+    util::check(pytest)?;
+
+    // Last: the agent as root against real processes (its summary closes the run).
     let bin = util::build_agent(false)?;
     let mut cmd = util::cargo_cmd(&["test", "-p", "integration-tests", "--"]);
     cmd.args(["--test-threads", "1"]).args(args);
-    cmd.env("LEAKSCOPE_BIN", &bin).current_dir(&root);
+    cmd.env("LEAKSCOPE_BIN", &bin)
+        .env("LEAKSCOPE_PYTHON", setup::venv_python())
+        .env("PATH", &path)
+        .current_dir(&root);
     util::check(cmd)
 }

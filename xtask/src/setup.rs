@@ -6,8 +6,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::util::{self, check, output};
 
-/// Debian packages the tests drive for real.
-const TEST_PACKAGES: &[(&str, &str)] = &[("gcc", "gcc"), ("python3", "python3")];
+/// Programs the tests drive for real, and the Debian package of each.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("cc", "gcc"),
+    ("make", "make"),
+    ("python3", "python3"),
+    ("setpriv", "util-linux"),
+    ("redis-server", "redis-server"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+];
+
+/// The test suite's Python packages, installed into [`venv_dir`].
+const TEST_REQUIREMENTS: &str = "tests/requirements.txt";
 
 pub fn run(with_tests: bool) -> Result<()> {
     ensure_rust_src()?;
@@ -21,8 +32,74 @@ pub fn run(with_tests: bool) -> Result<()> {
                 apt.install(package)?;
             }
         }
+        ensure_test_venv(&mut apt)?;
     }
     Ok(())
+}
+
+/// A virtualenv of the project's own, so tests never depend on (or change) the system Python.
+pub fn venv_dir() -> std::path::PathBuf {
+    util::workspace_root().join("target/test-venv")
+}
+
+pub fn venv_python() -> std::path::PathBuf {
+    venv_dir().join("bin/python3")
+}
+
+fn ensure_test_venv(apt: &mut Apt) -> Result<()> {
+    let root = util::workspace_root();
+    let requirements = root.join(TEST_REQUIREMENTS);
+    let wanted = requirements_fingerprint(&root)?;
+    let stamp = venv_dir().join(".leakscope-requirements");
+    if venv_python().is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    if !venv_python().is_file() {
+        eprintln!(
+            "xtask setup: creating the test virtualenv in {}",
+            venv_dir().display()
+        );
+        let create = || {
+            let mut c = Command::new("python3");
+            c.args(["-m", "venv", "--clear"]).arg(venv_dir());
+            c
+        };
+        if check(create()).is_err() {
+            // Debian's python3 ships venv (and ensurepip) separately.
+            apt.install("python3-venv")?;
+            check(create()).context("creating the test virtualenv")?;
+        }
+    }
+    eprintln!("xtask setup: installing the test suite's Python packages");
+    let mut pip = Command::new(venv_python());
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+    ])
+    .arg(&requirements);
+    check(pip).context("installing tests/requirements.txt")?;
+    std::fs::write(&stamp, wanted).context("writing the virtualenv stamp")?;
+    Ok(())
+}
+
+/// Changes when any requirements file the test suite reads changes.
+fn requirements_fingerprint(root: &Path) -> Result<String> {
+    let mut all = String::new();
+    for file in [
+        TEST_REQUIREMENTS,
+        "integrations/python/requirements-test.txt",
+    ] {
+        let path = root.join(file);
+        all.push_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    Ok(all)
 }
 
 fn ensure_rust_src() -> Result<()> {
