@@ -1,6 +1,19 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
+/// The pinned nightly of `monitor-ebpf/rust-toolchain.toml`.
+fn ebpf_toolchain(ebpf_dir: &str) -> anyhow::Result<String> {
+    let path = format!("{ebpf_dir}/rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={path}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .ok_or_else(|| anyhow!("{path} names no channel"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -15,12 +28,13 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("monitor-ebpf manifest has no parent"))?
         .as_str();
+    let toolchain = ebpf_toolchain(root_dir)?;
     aya_build::build_ebpf(
         [Package {
             name: "monitor-ebpf",
             root_dir,
             ..Default::default()
         }],
-        Toolchain::default(),
+        Toolchain::Custom(&toolchain),
     )
 }

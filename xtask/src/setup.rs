@@ -21,8 +21,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 const TEST_REQUIREMENTS: &str = "tests/requirements.txt";
 
 pub fn run(with_tests: bool) -> Result<()> {
-    ensure_rust_src()?;
-    let major = nightly_llvm_major()?;
+    let toolchain = ebpf_toolchain()?;
+    ensure_ebpf_toolchain(&toolchain)?;
+    let major = toolchain_llvm_major(&toolchain)?;
     let mut apt = Apt::default();
     ensure_llvm_dev(&mut apt, major)?;
     ensure_bpf_linker(major)?;
@@ -102,25 +103,42 @@ fn requirements_fingerprint(root: &Path) -> Result<String> {
     Ok(all)
 }
 
-fn ensure_rust_src() -> Result<()> {
+/// The nightly that builds the kernel object, pinned in `monitor-ebpf/rust-toolchain.toml`.
+pub fn ebpf_toolchain() -> Result<String> {
+    let path = util::workspace_root().join("monitor-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    parse_channel(&text).with_context(|| format!("{} names no channel", path.display()))
+}
+
+fn parse_channel(toml: &str) -> Option<String> {
+    toml.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+}
+
+/// Installs the pinned nightly with rust-src; never updates a toolchain in place.
+fn ensure_ebpf_toolchain(toolchain: &str) -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
     ]))
     .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
-    eprintln!("xtask setup: installing the nightly toolchain's rust-src");
+    eprintln!("xtask setup: installing {toolchain} with rust-src (builds the kernel object)");
     check({
         let mut c = Command::new("rustup");
         c.args([
             "toolchain",
             "install",
-            "nightly",
+            toolchain,
             "--profile",
             "minimal",
             "--component",
@@ -128,13 +146,14 @@ fn ensure_rust_src() -> Result<()> {
         ]);
         c
     })
-    .context("installing nightly rust-src (needed to build core for bpfel-unknown-none)")
+    .with_context(|| format!("installing {toolchain} with rust-src"))
 }
 
-/// The LLVM major the nightly rustc was built with; bpf-linker must use the same one.
-fn nightly_llvm_major() -> Result<u32> {
-    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-    parse_llvm_major(&vv).context("`rustc +nightly -vV` printed no `LLVM version:` line")
+/// The LLVM major the eBPF toolchain was built with; bpf-linker must use the same one.
+fn toolchain_llvm_major(toolchain: &str) -> Result<u32> {
+    let vv = output(Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV"))?;
+    parse_llvm_major(&vv)
+        .with_context(|| format!("`rustc +{toolchain} -vV` printed no `LLVM version:` line"))
 }
 
 pub fn parse_llvm_major(vv: &str) -> Option<u32> {
@@ -228,6 +247,17 @@ fn apt_cmd(args: &[&str]) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pinned_channel_is_read() {
+        assert_eq!(
+            parse_channel("[toolchain]\nchannel = \"nightly-2026-05-20\"\n").as_deref(),
+            Some("nightly-2026-05-20")
+        );
+        assert_eq!(parse_channel("[toolchain]\n"), None);
+        let pinned = ebpf_toolchain().unwrap();
+        assert!(pinned.starts_with("nightly-"), "{pinned}: a dated nightly, never plain nightly");
+    }
 
     #[test]
     fn llvm_major_from_rustc_vv() {
