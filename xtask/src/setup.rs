@@ -106,8 +106,8 @@ fn requirements_fingerprint(root: &Path) -> Result<String> {
 /// The nightly that builds the kernel object, pinned in `monitor-ebpf/rust-toolchain.toml`.
 pub fn ebpf_toolchain() -> Result<String> {
     let path = util::workspace_root().join("monitor-ebpf/rust-toolchain.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse_channel(&text).with_context(|| format!("{} names no channel", path.display()))
 }
 
@@ -151,7 +151,11 @@ fn ensure_ebpf_toolchain(toolchain: &str) -> Result<()> {
 
 /// The LLVM major the eBPF toolchain was built with; bpf-linker must use the same one.
 fn toolchain_llvm_major(toolchain: &str) -> Result<u32> {
-    let vv = output(Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV"))?;
+    let vv = output(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .arg("-vV"),
+    )?;
     parse_llvm_major(&vv)
         .with_context(|| format!("`rustc +{toolchain} -vV` printed no `LLVM version:` line"))
 }
@@ -256,7 +260,10 @@ mod tests {
         );
         assert_eq!(parse_channel("[toolchain]\n"), None);
         let pinned = ebpf_toolchain().unwrap();
-        assert!(pinned.starts_with("nightly-"), "{pinned}: a dated nightly, never plain nightly");
+        assert!(
+            pinned.starts_with("nightly-"),
+            "{pinned}: a dated nightly, never plain nightly"
+        );
     }
 
     #[test]
