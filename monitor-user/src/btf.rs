@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use monitor_common::KernelLayout;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -69,7 +69,10 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
     if !path.exists() {
         return Err(BtfError::Unavailable("no such file".into()));
     }
-    let btf = Btf::from_file(path).map_err(|e| BtfError::Unavailable(e.to_string()))?;
+    // Mapped rather than read: the agent's peak memory is otherwise set by this one parse.
+    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
+        .map_err(|e| BtfError::Unavailable(e.to_string()))?;
     let task_mm = member(&btf, "task_struct", "mm")?.offset;
     let rss = member(&btf, "mm_struct", "rss_stat")?;
     // `struct percpu_counter rss_stat[NR_MM_COUNTERS]`: the stride is the element's size.
@@ -95,6 +98,8 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
         counter_count,
         page_shift: page.trailing_zeros(),
         task_exit_code: member(&btf, "task_struct", "exit_code").map_or(0, |m| m.offset),
+        // Optional: without it brk calls are not accounted per thread.
+        mm_brk: member(&btf, "mm_struct", "brk").map_or(0, |m| m.offset),
     })
 }
 
