@@ -180,13 +180,16 @@ except Exception as e:  # noqa: BLE001
 check("every alert has a firing and a non-firing unit test", problems)
 
 # ---------------------------------------------------------------- metric names in queries
+# A standalone copy for deploy/ on its own; the authoritative check is
+# tests/tests/prometheus.rs (dashboard_and_rules_name_only_exported_metrics), which reads
+# METRIC_NAMES from monitor-user/src/metrics.rs.
 ALLOWED = {
     "leakscope_process_rss_bytes", "leakscope_process_peak_rss_bytes",
     "leakscope_processes_tracked", "leakscope_processes_overflow",
     "leakscope_process_rss_growth_bytes_per_second", "leakscope_process_leak_suspected",
     "leakscope_process_leak_confidence", "leakscope_process_time_to_limit_seconds",
     "leakscope_process_memory_limit_bytes",
-    "leakscope_pool_recycles_total", "leakscope_pool_leak_suspected",
+    "leakscope_pool_recycles_total", "leakscope_pool_leak_suspected", "leakscope_pool_children",
     "leakscope_oom_kills_total",
     "leakscope_task_runs_total", "leakscope_task_retained_bytes_bucket",
     "leakscope_task_retained_bytes_sum", "leakscope_task_retained_bytes_count",

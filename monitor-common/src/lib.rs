@@ -12,6 +12,18 @@ pub const MM_OWNERS_MAP: &str = "MM_OWNERS";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU counters indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Per-thread memory accounting ([`ThreadStats`]), keyed by tid; LRU.
+pub const THREADS_MAP: &str = "THREADS";
+/// Processes (tgids) the agent wants per-thread accounting for; written by the agent only.
+pub const THREAD_WANT_MAP: &str = "THREAD_WANT";
+/// One-slot array: the generation of [`THREAD_WANT_MAP`], bumped by the agent on every change
+/// so each process re-reads its flag once instead of looking it up on every page fault.
+pub const THREAD_CONFIG_MAP: &str = "THREAD_CONFIG";
+
+/// Default capacity of [`THREADS_MAP`].
+pub const DEFAULT_MAX_THREADS: u32 = 16_384;
+/// Default capacity of [`THREAD_WANT_MAP`].
+pub const DEFAULT_MAX_THREAD_PROCS: u32 = 1_024;
 
 /// Default capacity of the per-process maps; the agent may override it at load time.
 pub const DEFAULT_MAX_PROCS: u32 = 32_768;
@@ -64,9 +76,13 @@ pub struct ProcStats {
     /// Never leaves the agent.
     pub mm: u64,
     pub ppid: u32,
+    /// 1 when the agent wants per-thread accounting for this process (as of `threads_gen`).
+    pub threads: u32,
+    /// The [`THREAD_CONFIG_MAP`] generation `threads` was read at.
+    pub threads_gen: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProcStats>() == 72);
+const _: () = assert!(core::mem::size_of::<ProcStats>() == 80);
 
 impl ProcStats {
     pub const fn new(start_ns: u64, ppid: u32, cgroup_id: u64) -> Self {
@@ -77,6 +93,8 @@ impl ProcStats {
             cgroup_id,
             mm: 0,
             ppid,
+            threads: 0,
+            threads_gen: 0,
             _pad: 0,
         }
     }
@@ -156,10 +174,16 @@ pub enum Counter {
     OomEvents,
     /// Failed reads of tracepoint fields.
     ReadFailed,
+    /// mmap/munmap/mremap/brk calls accounted to a thread.
+    MemSyscalls,
+    /// Entries inserted into [`THREADS_MAP`] by the kernel.
+    ThreadInserted,
+    /// Failed inserts into [`THREADS_MAP`].
+    ThreadInsertFailed,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RssEvents,
         Self::RssUnowned,
@@ -174,6 +198,9 @@ impl Counter {
         Self::ExitEvents,
         Self::OomEvents,
         Self::ReadFailed,
+        Self::MemSyscalls,
+        Self::ThreadInserted,
+        Self::ThreadInsertFailed,
     ];
 }
 
@@ -194,6 +221,85 @@ pub struct KernelLayout {
     pub page_shift: u32,
     /// `offsetof(struct task_struct, exit_code)`; 0 when unknown.
     pub task_exit_code: u32,
+    /// `offsetof(struct mm_struct, brk)`; 0 when unknown (brk is then not accounted).
+    pub mm_brk: u32,
+}
+
+/// What one thread did to its process's memory, since the agent asked for its process.
+/// Written only by the thread itself (events it raised), so plain increments are exact.
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct ThreadStats {
+    /// The thread's process; a tid reused by another process resets the entry.
+    pub tgid: u32,
+    /// A [`PendingKind`]: what `pending` holds while a syscall is in flight.
+    pub pending_kind: u32,
+    /// Bytes the thread's own changes added to its process's RSS counters (page faults).
+    pub rss_added: u64,
+    /// Bytes the thread's own changes removed from them (munmap, madvise, exit of a mapping).
+    pub rss_removed: u64,
+    /// Bytes of address space the thread mapped: mmap, growing mremap, growing brk.
+    pub mapped: u64,
+    /// Bytes of address space the thread unmapped: munmap, shrinking mremap, shrinking brk.
+    pub unmapped: u64,
+    /// The in-flight call's length change (or the break before a brk), applied at its exit
+    /// only if it succeeded.
+    pub pending: i64,
+    /// The thread's comm when it was first seen or last made a memory syscall.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ThreadStats>() == 64);
+
+impl ThreadStats {
+    pub const fn new(tgid: u32, comm: [u8; 16]) -> Self {
+        Self {
+            tgid,
+            pending_kind: PendingKind::None as u32,
+            rss_added: 0,
+            rss_removed: 0,
+            mapped: 0,
+            unmapped: 0,
+            pending: 0,
+            comm,
+        }
+    }
+
+    /// Net RSS the thread added (what it faulted in minus what it released).
+    pub fn rss_growth(&self) -> i64 {
+        self.rss_added as i64 - self.rss_removed as i64
+    }
+
+    /// Net address space the thread mapped.
+    pub fn mapped_growth(&self) -> i64 {
+        self.mapped as i64 - self.unmapped as i64
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PendingKind {
+    None = 0,
+    /// `pending` is a signed length change (mmap +len, munmap -len, mremap new-old).
+    Delta = 1,
+    /// `pending` is the break before a brk call; the call returns the new break.
+    Brk = 2,
+}
+
+/// Offsets in the `syscalls:sys_enter_*`/`sys_exit_*` records, from tracefs at load time.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct SyscallOffsets {
+    /// `sys_enter_mmap`: `unsigned long len`
+    pub mmap_len: u32,
+    /// `sys_enter_munmap`: `size_t len`
+    pub munmap_len: u32,
+    /// `sys_enter_mremap`: `unsigned long old_len`
+    pub mremap_old_len: u32,
+    /// `sys_enter_mremap`: `unsigned long new_len`
+    pub mremap_new_len: u32,
+    /// `sys_exit_*`: `long ret`
+    pub ret: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files
@@ -245,4 +351,6 @@ mod pod {
     unsafe impl aya::Pod for NewTaskOffsets {}
     unsafe impl aya::Pod for ExitOffsets {}
     unsafe impl aya::Pod for MarkVictimOffsets {}
+    unsafe impl aya::Pod for ThreadStats {}
+    unsafe impl aya::Pod for SyscallOffsets {}
 }

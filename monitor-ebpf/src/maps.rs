@@ -2,9 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{Counter, DEFAULT_MAX_PROCS, EVENTS_RING_BYTES, LifecycleEvent, ProcStats};
+use monitor_common::{
+    Counter, DEFAULT_MAX_PROCS, DEFAULT_MAX_THREAD_PROCS, DEFAULT_MAX_THREADS, EVENTS_RING_BYTES,
+    LifecycleEvent, ProcStats, ThreadStats,
+};
 
 /// LRU so a burst of short-lived processes the agent cannot drain in time evicts the coldest
 /// entries rather than failing inserts; evictions are derived from the insert/remove counters.
@@ -21,6 +24,22 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Per-thread accounting, only for processes in THREAD_WANT. LRU: threads come and go faster
+/// than the agent prunes; evictions are derived from the insert counter and the agent's deletes.
+#[map(name = "THREADS")]
+pub static THREADS: LruHashMap<u32, ThreadStats> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+
+/// tgid -> 1 for processes the agent wants per-thread numbers for. A plain hash: only the
+/// agent writes it, and it bounds it itself.
+#[map(name = "THREAD_WANT")]
+pub static THREAD_WANT: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_THREAD_PROCS, 0);
+
+/// Slot 0: generation of THREAD_WANT. A constant-index array lookup is inlined by the
+/// verifier, so checking it on every page fault costs a load, not a hash lookup.
+#[map(name = "THREAD_CONFIG")]
+pub static THREAD_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

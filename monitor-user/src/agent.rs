@@ -35,6 +35,12 @@ const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 const PROC_READS_PER_INTERVAL: usize = 256;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // A broken web config is a mistake in the command line: report it before anything else,
+    // privileged or not.
+    let web = match &args.web_config_file {
+        Some(path) => crate::web::Web::load(path)?,
+        None => crate::web::Web::default(),
+    };
     let caps = CapSet::current().context("reading the agent's capabilities")?;
     let missing = caps.missing_required();
     if !missing.is_empty() {
@@ -81,8 +87,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         btf,
         max_kernel_processes: args.max_kernel_processes,
         break_probes: &args.break_probe,
+        max_kernel_threads: args.max_kernel_threads,
+        max_thread_processes: args.max_thread_processes,
     };
+    release_freed_memory();
     let mut loaded = loader::load(OBJECT, &opts).context("loading the BPF programs")?;
+    release_freed_memory();
     for p in &loaded.probes {
         match &p.error {
             None => info!("probe {} attached to {}", p.name, p.tracepoint),
@@ -96,7 +106,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let logger = aya_log::EbpfLogger::init(&mut loaded.ebpf)
         .map_err(|e| warn!("kernel-side log is off: {e}"))
         .ok();
-    let maps = KernelMaps::take(&mut loaded.ebpf).context("opening kernel maps")?;
+    // Shared with the task-marker listener, which reads a process's entry at each marker.
+    let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf).context("opening kernel maps")?);
+    let per_job = crate::tasks::run::PerJob::prepare(&mut loaded.ebpf, &mut state, &args);
     let events = RingBuf::try_from(
         loaded
             .ebpf
@@ -118,21 +130,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared::new(state, Some(events)));
     info!(
-        "serving on http://{}/metrics (also /api/v1/processes, /healthz)",
-        args.listen
+        "serving on {}://{}/metrics (also /api/v1/processes, /healthz){}",
+        web.scheme(),
+        args.listen,
+        if web.has_auth() {
+            ", basic auth on all but /healthz"
+        } else {
+            ""
+        }
     );
 
     let events_task = tokio::spawn(event_loop(shared.clone()));
+    let per_job = per_job.start(shared.clone(), maps.clone(), args.interval);
     let sync_task = tokio::spawn(interval_loop(maps, shared.clone(), args.interval));
     let logger_task = logger.map(|l| tokio::spawn(log_loop(l)));
-    let result = http::serve(listener, shared, shutdown_signal()).await;
+    // Pod names from the Kubernetes API: only inside a cluster (kube.rs says when).
+    let pods = shared.state().pods.clone();
+    let kube_task =
+        crate::kube::ApiConfig::from_env().map(|cfg| tokio::spawn(crate::kube::run(cfg, pods)));
+    let result = crate::web::serve(listener, http::router(shared), shutdown_signal(), &web)
+        .await
+        .map_err(http::HttpError::Serve);
     events_task.abort();
     sync_task.abort();
+    if let Some(t) = kube_task {
+        t.abort();
+    }
     if let Some(t) = logger_task {
         t.abort();
     }
+    // Stops its loops and removes the task socket's file.
+    drop(per_job);
     drop(loaded);
     result.map_err(Into::into)
+}
+
+/// Parsing kernel BTF (ours, then aya's) briefly needs tens of MiB; hand it back to the
+/// kernel rather than keeping it in malloc's free lists for the agent's whole life.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heaps.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn bump_memlock_rlimit() {
@@ -228,7 +265,7 @@ async fn event_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn interval_loop(maps: KernelMaps, shared: Arc<Shared>, every: Duration) {
+async fn interval_loop(maps: Arc<KernelMaps>, shared: Arc<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -326,7 +363,8 @@ fn evaluate_selection(shared: &Shared) {
         let pending: Vec<(u32, String)> = state
             .table
             .iter()
-            .filter(|p| p.selected.is_none())
+            // No cgroup path: never read, or the process moved to another cgroup since.
+            .filter(|p| p.selected.is_none() || p.cgroup_path.is_none())
             .filter(|p| now.saturating_sub(p.start_ns) >= 500_000_000 || p.start_ns == 0)
             .take(PROC_READS_PER_INTERVAL)
             .map(|p| (p.pid, p.comm.clone()))
@@ -336,7 +374,7 @@ fn evaluate_selection(shared: &Shared) {
     let decided: Vec<_> = pending
         .into_iter()
         .map(|(pid, comm)| {
-            let (v2, v1) = proc::cgroup_paths(pid);
+            let (v2, v1, container) = proc::cgroup_paths_and_container(pid);
             let candidate = Lazy {
                 pid,
                 comm,
@@ -347,16 +385,17 @@ fn evaluate_selection(shared: &Shared) {
                 .filter(|l| Selector::new(vec![l.matcher.clone()]).selects(&candidate))
                 .map(|l| l.bytes)
                 .min();
-            (pid, selector.selects(&candidate), v2, v1, limit)
+            (pid, selector.selects(&candidate), v2, v1, limit, container)
         })
         .collect();
     let mut state = shared.state();
-    for (pid, selected, v2, v1, limit) in decided {
+    for (pid, selected, v2, v1, limit, container) in decided {
         if let Some(p) = state.table.get_mut(pid) {
             p.selected = Some(selected);
             p.cgroup_path = Some(v2.unwrap_or_default());
             p.memcg_v1_path = v1;
             p.configured_limit = limit;
+            p.container = container;
         }
     }
 }

@@ -98,6 +98,8 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
         counter_count,
         page_shift: page.trailing_zeros(),
         task_exit_code: member(&btf, "task_struct", "exit_code").map_or(0, |m| m.offset),
+        // Optional: without it brk calls are not accounted per thread.
+        mm_brk: member(&btf, "mm_struct", "brk").map_or(0, |m| m.offset),
     })
 }
 

@@ -71,6 +71,61 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_pools: u32,
 
+    /// TLS and basic auth for every endpoint but /healthz, from a file in the Prometheus
+    /// exporter-toolkit format (tls_server_config: {cert_file, key_file},
+    /// basic_auth_users: {USER: BCRYPT_HASH}).
+    #[arg(long, value_name = "PATH")]
+    pub web_config_file: Option<std::path::PathBuf>,
+
+    /// Unix datagram socket workers send task markers to (integrations/PROTOCOL.md); its
+    /// directory is created. Workers find it through LEAKSCOPE_SOCKET.
+    #[arg(long, value_name = "PATH", default_value = crate::tasks::socket::DEFAULT_PATH)]
+    pub task_socket: std::path::PathBuf,
+
+    /// Do not open the task socket (no per-job numbers).
+    #[arg(long)]
+    pub no_task_socket: bool,
+
+    /// Permissions of the task socket. 0666 lets any local user's workers send markers, which
+    /// is safe: the sender's pid comes from the kernel, and what one sender can make the agent
+    /// keep is bounded. Use 0660 with --task-socket-group to allow one group only.
+    #[arg(long, value_name = "OCTAL", default_value = "0666", value_parser = parse_mode)]
+    pub task_socket_mode: u32,
+
+    /// Group (name or gid) owning the task socket.
+    #[arg(long, value_name = "GROUP")]
+    pub task_socket_group: Option<String>,
+
+    /// Datagrams the task socket queues. The kernel's default (net.unix.max_dgram_qlen) is 10;
+    /// the agent raises the sysctl only while creating its socket, then puts it back.
+    /// 0 keeps the system's value.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub task_queue_len: u32,
+
+    /// At most this many task names get series of their own; runs of others are summed into
+    /// task="(overflow)" (a name idle for an hour gives its place up).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_tasks: u32,
+
+    /// Per-thread accounting for processes that match (same syntax as --match), besides
+    /// those that send task markers (which always get it).
+    #[arg(long = "threads-for", value_name = "KEY=VALUE")]
+    pub threads_for: Vec<Matcher>,
+
+    /// At most this many processes get per-thread accounting.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_thread_processes: u32,
+
+    /// Capacity of the kernel's per-thread map (LRU; evictions are counted).
+    #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_THREADS,
+          value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_kernel_threads: u32,
+
+    /// Threads per process shown in /api/v1/processes and exported as
+    /// leakscope_thread_* series.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub top_threads: u32,
+
     /// Fault injection for tests: attach this probe to a tracepoint that does not exist.
     #[arg(long, hide = true, value_name = "PROBE")]
     pub break_probe: Vec<String>,
@@ -90,6 +145,17 @@ fn parse_window(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is out of range: at most 24h"));
     }
     Ok(d)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("`{s}` is not an octal mode (e.g. 0666, 0660)"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "`{s}` is out of range: permission bits only (at most 0777)"
+        ));
+    }
+    Ok(mode)
 }
 
 fn parse_time_scale(s: &str) -> Result<f64, String> {
@@ -128,5 +194,20 @@ mod tests {
         assert!(err(&["run", "--limit", "comm=x"]).contains("MATCHER:SIZE"));
         assert!(err(&["run", "--detector-time-scale", "0"]).contains("out of range"));
         assert!(err(&["run", "--leak-window", "forever"]).contains("forever"));
+        assert!(err(&["run", "--task-socket-mode", "999"]).contains("octal"));
+        assert!(err(&["run", "--task-socket-mode", "01777"]).contains("out of range"));
+        assert!(err(&["run", "--threads-for", "who=x"]).contains("unknown match key"));
+    }
+
+    #[test]
+    fn task_socket_defaults() {
+        let Command::Run(run) = parse(&["run"]).unwrap().command;
+        assert_eq!(run.task_socket.to_str(), Some("/run/leakscope/tasks.sock"));
+        assert_eq!(run.task_socket_mode, 0o666);
+        assert!(!run.no_task_socket && run.threads_for.is_empty());
+        let Command::Run(run) = parse(&["run", "--task-socket-mode", "0660"])
+            .unwrap()
+            .command;
+        assert_eq!(run.task_socket_mode, 0o660);
     }
 }

@@ -42,6 +42,7 @@ pub fn router(state: Arc<Shared>) -> Router {
         .route("/api/v1/processes", get(processes_handler))
         .route("/api/v1/pools", get(pools_handler))
         .route("/api/v1/oom", get(oom_handler))
+        .route("/api/v1/tasks", get(crate::tasks::api::handler))
         .route("/healthz", get(health_handler))
         .route("/", get(index_handler))
         .with_state(state)
@@ -143,5 +144,5 @@ async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
 }
 
 async fn index_handler() -> &'static str {
-    "leakscope agent: /metrics /api/v1/processes /api/v1/pools /api/v1/oom /healthz\n"
+    "leakscope agent: /metrics /api/v1/processes /api/v1/pools /api/v1/oom /api/v1/tasks /healthz\n"
 }

@@ -89,6 +89,10 @@ pub struct Options<'a> {
     /// Probe names to attach to a tracepoint that does not exist, so tests can watch the agent
     /// survive a probe the kernel refuses.
     pub break_probes: &'a [String],
+    /// Capacity of the kernel's per-thread map (THREADS) and of the set of processes with
+    /// per-thread accounting (THREAD_WANT).
+    pub max_kernel_threads: u32,
+    pub max_thread_processes: u32,
 }
 
 pub struct Loaded {
@@ -183,6 +187,14 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
     if let Ok(o) = &layouts.oom {
         loader.override_global("MARK_VICTIM_OFFSETS", o, true);
     }
+    // Per-thread accounting (threads.rs owns these probes and maps).
+    let mem_layout = crate::threads::read_layout(opts.tracefs);
+    if let Ok(o) = &mem_layout {
+        loader.override_global("SYSCALL_OFFSETS", o, true);
+    }
+    loader
+        .map_max_entries(monitor_common::THREADS_MAP, opts.max_kernel_threads)
+        .map_max_entries(monitor_common::THREAD_WANT_MAP, opts.max_thread_processes);
     let mut ebpf = loader.load(object)?;
 
     let ready = |spec: &ProbeSpec| -> Result<(), String> {
@@ -241,6 +253,11 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
             fallback: spec.fallback,
         });
     }
+    probes.push(crate::threads::attach(
+        &mut ebpf,
+        &mem_layout,
+        opts.break_probes,
+    ));
     Ok(Loaded { ebpf, probes })
 }
 
@@ -333,6 +350,11 @@ impl KernelMaps {
     /// Every process entry; entries that vanish while iterating are skipped.
     pub fn procs(&self) -> std::collections::HashMap<u32, ProcStats> {
         self.procs.iter().filter_map(Result::ok).collect()
+    }
+
+    /// One process's entry, read now (the task listener reads it when a marker arrives).
+    pub fn proc_stats(&self, pid: u32) -> Option<ProcStats> {
+        self.procs.get(&pid, 0).ok()
     }
 
     pub fn counters(&self) -> [u64; Counter::COUNT as usize] {

@@ -21,6 +21,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "leakscope_pool_recycles_total",
     "leakscope_pool_leak_suspected",
     "leakscope_pool_children",
+    "leakscope_pod_info",
     "leakscope_oom_kills_total",
     "leakscope_processes_tracked",
     "leakscope_processes_overflow",
@@ -33,6 +34,18 @@ pub const METRIC_NAMES: &[&str] = &[
     "leakscope_proc_read_errors_total",
     "leakscope_agent_degraded",
     "leakscope_build_info",
+    // Per job (tasks/metrics.rs) and per thread (threads.rs).
+    "leakscope_task_runs_total",
+    "leakscope_task_retained_bytes",
+    "leakscope_task_leak_suspected",
+    "leakscope_task_jobs_abandoned_total",
+    "leakscope_markers_received_total",
+    "leakscope_markers_dropped_total",
+    "leakscope_marker_queue_full_total",
+    "leakscope_thread_rss_growth_bytes",
+    "leakscope_thread_mapped_growth_bytes",
+    "leakscope_threads_processes",
+    "leakscope_thread_tracking_refused_total",
 ];
 
 pub const OVERFLOW_LABEL: &str = "overflow";
@@ -97,6 +110,22 @@ impl<'a> Family<'a> {
     }
 }
 
+/// The labels that name one process in every `leakscope_process_*` family. The container
+/// and pod labels are always present, empty when unknown (not in a container, not yet read,
+/// or a cgroup v1 host where the hierarchies disagree): a family keeps one label set, so
+/// `sum without (pid, comm, container_id, pod_uid)` and joins work the same for every series.
+fn process_labels(p: &crate::table::Process) -> Labels<'static> {
+    vec![
+        ("pid", p.pid.to_string()),
+        ("comm", p.comm.clone()),
+        (
+            "container_id",
+            p.container.container_id.clone().unwrap_or_default(),
+        ),
+        ("pod_uid", p.container.pod_uid.clone().unwrap_or_default()),
+    ]
+}
+
 fn gauge(name: &'static str, help: &'static str) -> Family<'static> {
     Family::new(name, help, MetricType::GAUGE)
 }
@@ -110,7 +139,38 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
     out.extend(leak_families(state));
     out.extend(pool_families(state));
     out.extend(self_families(state));
+    out.extend(pod_families(state));
+    out.extend(crate::tasks::metrics::families(state));
+    out.extend(crate::threads::families(state));
     out
+}
+
+/// `leakscope_pod_info{pod_uid, pod_namespace, pod_name} 1` for the pods of processes with
+/// series of their own, when the Kubernetes API named them (kube.rs): join on `pod_uid`.
+fn pod_families(state: &AgentState) -> Vec<MetricFamily> {
+    let mut info = gauge(
+        "leakscope_pod_info",
+        "Name and namespace of a pod whose processes have series (from the Kubernetes API).",
+    );
+    let uids: std::collections::BTreeSet<&str> = state
+        .export()
+        .own
+        .iter()
+        .filter_map(|p| p.container.pod_uid.as_deref())
+        .collect();
+    for uid in uids {
+        if let Some(pod) = state.pods.get(uid) {
+            info.push(
+                vec![
+                    ("pod_uid", uid.to_string()),
+                    ("pod_namespace", pod.namespace),
+                    ("pod_name", pod.name),
+                ],
+                1.0,
+            );
+        }
+    }
+    vec![info.build()]
 }
 
 fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
@@ -136,7 +196,7 @@ fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
     );
     for p in state.export().own {
         let Some(leak) = &p.leak else { continue };
-        let id = || vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+        let id = || process_labels(p);
         let a = &leak.assessment;
         rate.push(id(), a.rate_bytes_per_sec);
         suspected.push(
@@ -223,7 +283,7 @@ fn process_families(state: &AgentState) -> Vec<MetricFamily> {
         "Highest resident memory (file+anon+shmem) of the process's current address space.",
     );
     for p in &export.own {
-        let id = || vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+        let id = || process_labels(p);
         for k in RssKind::ALL {
             let mut l = id();
             l.push(("kind", k.label().to_string()));
@@ -237,6 +297,9 @@ fn process_families(state: &AgentState) -> Vec<MetricFamily> {
                 vec![
                     ("pid", OVERFLOW_LABEL.into()),
                     ("comm", OVERFLOW_LABEL.into()),
+                    // Summed across processes: no single container or pod.
+                    ("container_id", String::new()),
+                    ("pod_uid", String::new()),
                     ("kind", k.label().into()),
                 ],
                 export.overflow.rss[k as usize] as f64,
@@ -279,7 +342,8 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         .push(probe("sched_newtask"), c(Counter::ForkEvents))
         .push(probe("sched_exec"), c(Counter::ExecEvents))
         .push(probe("sched_exit"), c(Counter::ExitEvents))
-        .push(probe("oom_mark_victim"), c(Counter::OomEvents));
+        .push(probe("oom_mark_victim"), c(Counter::OomEvents))
+        .push(probe(crate::threads::PROBE_NAME), c(Counter::MemSyscalls));
     let mut lost_f = counter(
         "leakscope_probe_events_lost_total",
         "Events a probe could not record, by reason.",
@@ -293,7 +357,8 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         .push(
             lost("lifecycle", "ring_buffer_full"),
             c(Counter::EventsDropped),
-        );
+        )
+        .push(lost("threads", "map_full"), c(Counter::ThreadInsertFailed));
     let mut ignored = counter(
         "leakscope_rss_events_ignored_total",
         "rss_stat events that belong to no tracked address space (fork copies, exit teardown, \
@@ -310,16 +375,24 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         );
     let mut entries = gauge(
         "leakscope_kernel_map_entries",
-        "Entries in the kernel's per-process map.",
+        "Entries in the kernel's per-process (procs) and per-thread (threads) maps.",
     );
     entries.push(vec![("map", "procs".into())], state.kernel_entries as f64);
+    entries.push(
+        vec![("map", "threads".into())],
+        state.threads.entries as f64,
+    );
     let mut evictions = counter(
         "leakscope_kernel_map_evictions_total",
-        "Entries the kernel's LRU process map evicted to make room.",
+        "Entries the kernel's LRU maps (procs, threads) evicted to make room.",
     );
     evictions.push(
         vec![("map", "procs".into())],
         state.kernel_evictions() as f64,
+    );
+    evictions.push(
+        vec![("map", "threads".into())],
+        state.threads.evictions(state) as f64,
     );
     let mut proc_errors = counter(
         "leakscope_proc_read_errors_total",
@@ -418,9 +491,11 @@ mod tests {
         assert_eq!(
             line(
                 &text,
-                "leakscope_process_rss_bytes{pid=\"10\",comm=\"celery\",kind=\"anon\"}"
+                "leakscope_process_rss_bytes{pid=\"10\",comm=\"celery\",container_id=\"\",pod_uid=\"\",kind=\"anon\"}"
             ),
-            Some("leakscope_process_rss_bytes{pid=\"10\",comm=\"celery\",kind=\"anon\"} 67108864")
+            Some(
+                "leakscope_process_rss_bytes{pid=\"10\",comm=\"celery\",container_id=\"\",pod_uid=\"\",kind=\"anon\"} 67108864"
+            )
         );
         assert!(text.contains("# TYPE leakscope_process_rss_bytes gauge"));
         assert!(text.contains("# TYPE leakscope_probe_events_total counter"));
@@ -443,7 +518,7 @@ mod tests {
         assert!(!text.contains("pid=\"1\",") && !text.contains("pid=\"3\","));
         let overflow = line(
             &text,
-            "leakscope_process_rss_bytes{pid=\"overflow\",comm=\"overflow\",kind=\"anon\"}",
+            "leakscope_process_rss_bytes{pid=\"overflow\",comm=\"overflow\",container_id=\"\",pod_uid=\"\",kind=\"anon\"}",
         )
         .unwrap();
         assert!(overflow.ends_with(&format!(" {}", 30 * MIB)), "{overflow}");
@@ -468,6 +543,11 @@ mod tests {
             .iter()
             .filter(|n| !n.starts_with("leakscope_process_") && !n.starts_with("leakscope_pool_"))
             .filter(|n| **n != "leakscope_oom_kills_total")
+            // Series per task name or thread exist once there are some.
+            .filter(|n| !n.starts_with("leakscope_task_") || n.ends_with("abandoned_total"))
+            .filter(|n| !n.starts_with("leakscope_thread_") || n.ends_with("refused_total"))
+            // Only with pods named by the Kubernetes API.
+            .filter(|n| **n != "leakscope_pod_info")
         {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
@@ -482,5 +562,111 @@ mod tests {
         let text = render(&state).unwrap();
         assert!(!text.contains("pid=\"5\""));
         assert!(line(&text, "leakscope_processes_tracked 1").is_some());
+    }
+
+    const CID: &str = "4c5d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012345678ab";
+    const UID: &str = "1b3e5f7a-9c2d-4e6f-8a0b-c1d2e3f4a5b6";
+
+    /// Label names of one exposition line, in order.
+    fn label_names(l: &str) -> Vec<String> {
+        let inner = l
+            .split_once('{')
+            .and_then(|(_, r)| r.rsplit_once('}'))
+            .map_or("", |(i, _)| i);
+        inner
+            .split("\",")
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn process_series_carry_container_and_pod_labels() {
+        // pid 10 in a containerd pod, pid 11 on the host, pid 12 beyond the cap (overflow).
+        let mut state = state_with(
+            &[
+                (10, "gunicorn", 64 * MIB),
+                (11, "cron", 32 * MIB),
+                (12, "sh", 1),
+            ],
+            2,
+        );
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/\
+             cri-containerd-{CID}.scope",
+            UID.replace('-', "_")
+        );
+        state.table.get_mut(10).unwrap().container = crate::container::from_cgroup_path(&path);
+        state.assess(crate::state::boot_ns());
+        let text = render(&state).unwrap();
+        assert!(
+            !text.contains("leakscope_pod_info"),
+            "no pod names outside a cluster"
+        );
+        state.pods.replace(
+            [(
+                UID.to_string(),
+                crate::kube::PodName {
+                    namespace: "shop".into(),
+                    name: "web-1".into(),
+                },
+            )]
+            .into(),
+        );
+        let text = render(&state).unwrap();
+        assert!(
+            line(
+                &text,
+                &format!(
+                    "leakscope_pod_info{{pod_uid=\"{UID}\",pod_namespace=\"shop\",pod_name=\"web-1\"}} 1"
+                )
+            )
+            .is_some(),
+            "{text}"
+        );
+
+        let in_pod =
+            format!("{{pid=\"10\",comm=\"gunicorn\",container_id=\"{CID}\",pod_uid=\"{UID}\"");
+        let on_host = "{pid=\"11\",comm=\"cron\",container_id=\"\",pod_uid=\"\"";
+        for family in [
+            "leakscope_process_rss_bytes",
+            "leakscope_process_peak_rss_bytes",
+            "leakscope_process_rss_growth_bytes_per_second",
+            "leakscope_process_leak_suspected",
+            "leakscope_process_leak_confidence",
+        ] {
+            assert!(
+                line(&text, &format!("{family}{in_pod}")).is_some(),
+                "{family} lacks the pod's labels:\n{text}"
+            );
+            assert!(
+                line(&text, &format!("{family}{on_host}")).is_some(),
+                "{family} lacks empty container labels:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("{pid=\"overflow\",comm=\"overflow\",container_id=\"\",pod_uid=\"\""),
+            "{text}"
+        );
+        // Within a family every series has the same label names.
+        let mut seen: std::collections::HashMap<&str, Vec<String>> = Default::default();
+        for l in text.lines().filter(|l| l.starts_with("leakscope_process_")) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let names = label_names(l);
+            let first = seen.entry(name).or_insert_with(|| names.clone());
+            assert_eq!(*first, names, "{l}");
+        }
+        assert!(seen.len() >= 5, "{seen:?}");
+    }
+
+    #[test]
+    fn label_values_are_escaped_not_trusted() {
+        // comm is chosen by the process (prctl PR_SET_NAME): quotes and backslashes must not
+        // break the exposition.
+        let state = state_with(&[(7, "a\"b\\c", MIB)], 10);
+        let text = render(&state).unwrap();
+        assert!(
+            text.contains("comm=\"a\\\"b\\\\c\",container_id=\"\""),
+            "{text}"
+        );
     }
 }

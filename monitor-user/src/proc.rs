@@ -109,6 +109,26 @@ pub fn cgroup_paths(pid: u32) -> (Option<String>, Option<String>) {
     }
 }
 
+/// [`cgroup_paths`] and the container those paths name, from a single read of the file.
+pub fn cgroup_paths_and_container(
+    pid: u32,
+) -> (
+    Option<String>,
+    Option<String>,
+    crate::container::ContainerInfo,
+) {
+    match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        Ok(text) => (
+            parse_cgroup_v2(&text),
+            parse_memcg_v1(&text),
+            // The whole file, not just the v2 line: on v1/hybrid hosts the container is named
+            // by the memory (or pids) hierarchy while the unified line names a systemd unit.
+            crate::container::from_proc_cgroup(&text),
+        ),
+        Err(_) => (None, None, crate::container::ContainerInfo::default()),
+    }
+}
+
 pub fn parse_cgroup_v2(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))

@@ -37,6 +37,12 @@ pub struct AgentState {
     pub cgroups: CgroupRoots,
     pub pools: Pools,
     pub ooms: OomKills,
+    /// Pod names by UID, filled from the Kubernetes API when the agent runs in a cluster.
+    pub pods: crate::kube::Pods,
+    /// Jobs and task names (task markers).
+    pub tasks: crate::tasks::Tasks,
+    /// Per-thread accounting: who has it, and the top threads of each.
+    pub threads: crate::threads::Threads,
     /// Total of dropped lifecycle events, and when that total last grew.
     last_drop: Option<(u64, u64)>,
 }
@@ -88,6 +94,10 @@ impl AgentState {
             cgroups: CgroupRoots::discover(),
             pools: Pools::new(settings.max_pools),
             ooms: OomKills::default(),
+            pods: crate::kube::Pods::default(),
+            // Configured after start-up (agent.rs); the defaults suit tests.
+            tasks: crate::tasks::Tasks::default(),
+            threads: crate::threads::Threads::default(),
             last_drop: None,
         }
     }
@@ -269,6 +279,15 @@ impl AgentState {
             start_time_seconds: self.unix_seconds(p.start_ns),
             cgroup_id: p.cgroup_id,
             cgroup: p.cgroup_path.clone(),
+            runtime: p.container.runtime,
+            container_id: p.container.container_id.clone(),
+            pod_uid: p.container.pod_uid.clone(),
+            pod: p
+                .container
+                .pod_uid
+                .as_deref()
+                .and_then(|uid| self.pods.get(uid)),
+            qos: p.container.qos,
             rss_bytes: RssJson {
                 anon: kind(RssKind::Anon),
                 file: kind(RssKind::File),
@@ -289,6 +308,7 @@ impl AgentState {
                 swap: p.rss(RssKind::Swap).1,
             },
             series: if own_series { "own" } else { "overflow" },
+            threads: self.threads.top_of(p.pid).map(<[_]>::to_vec),
         }
     }
 }
@@ -317,6 +337,16 @@ pub struct ProcessJson {
     pub start_time_seconds: f64,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// Container runtime named by the cgroup path (`unknown` outside containers).
+    pub runtime: crate::container::Runtime,
+    /// 64-hex container id, when the cgroup path names one.
+    pub container_id: Option<String>,
+    /// Kubernetes pod UID, when the process runs in a pod.
+    pub pod_uid: Option<String>,
+    /// The pod's namespace and name, when the Kubernetes API could be asked (in a cluster).
+    pub pod: Option<crate::kube::PodName>,
+    /// Kubernetes QoS class of the pod (guaranteed, burstable, besteffort).
+    pub qos: Option<crate::container::QosClass>,
     pub rss_bytes: RssJson,
     pub resident_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -333,6 +363,9 @@ pub struct ProcessJson {
     pub source: SourceJson,
     /// Whether the process has series of its own in /metrics or is summed into the overflow.
     pub series: &'static str,
+    /// Top threads by the memory growth they caused, when the process has per-thread
+    /// accounting (it sends task markers, or matches --threads-for).
+    pub threads: Option<Vec<crate::threads::ThreadView>>,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
 use serde::Serialize;
 
-use crate::{leaks::LeakState, proc::ProcSnapshot};
+use crate::{container::ContainerInfo, leaks::LeakState, proc::ProcSnapshot};
 
 /// Where a number came from: the kernel's own counters, or a `/proc` read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -34,6 +34,8 @@ pub struct Process {
     pub selected: Option<bool>,
     /// A per-worker limit given with `--limit`.
     pub configured_limit: Option<u64>,
+    /// Container and pod, derived from `/proc/<pid>/cgroup` when selection reads it.
+    pub container: ContainerInfo,
     pub leak: Option<LeakState>,
     kernel: Option<ProcStats>,
     seed: Option<ProcSnapshot>,
@@ -52,6 +54,7 @@ impl Process {
             memcg_v1_path: None,
             selected: None,
             configured_limit: None,
+            container: ContainerInfo::default(),
             leak: None,
             kernel: None,
             seed: Some(s),
@@ -70,6 +73,7 @@ impl Process {
             memcg_v1_path: None,
             selected: None,
             configured_limit: None,
+            container: ContainerInfo::default(),
             leak: None,
             kernel: None,
             seed: None,

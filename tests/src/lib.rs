@@ -75,11 +75,22 @@ impl Agent {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("leakscope-test-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log).expect("create agent log");
+        // A task socket of its own, so that test agents never contend for the default path
+        // with each other or with an agent running on the host.
+        let socket = std::env::temp_dir().join(format!("leakscope-test-{}.sock", addr.port()));
+        let own_socket = !extra
+            .iter()
+            .any(|a| *a == "--task-socket" || *a == "--no-task-socket");
         let child = Command::new(agent_bin())
             .arg("run")
             .arg("--listen")
             .arg(addr.to_string())
             .args(["--interval", "200ms"])
+            .args(if own_socket {
+                vec!["--task-socket".into(), socket.into_os_string()]
+            } else {
+                Vec::new()
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -841,6 +841,7 @@ impl Agent {
             .port();
         let mut cmd = Command::new(bin);
         cmd.arg("run")
+            .arg("--no-task-socket")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--interval", &format!("{}ms", agent_interval_ms(f))])
             .args(["--detector-time-scale", &f.to_string()]);

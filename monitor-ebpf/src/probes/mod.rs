@@ -1,5 +1,6 @@
 //! One module per hook family; programs are named `<family>_<event>`.
 
+pub mod mem;
 pub mod oom;
 pub mod rss;
 pub mod sched;

@@ -28,7 +28,10 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, KernelLayout, ProcStats, RSS_UNKNOWN, RssKind, RssStatOffsets};
 
-use super::{ProbeError, cgroup_id, current_tgid, field};
+use super::{
+    ProbeError, cgroup_id, current_tgid, field,
+    mem::{on_rss_change, threads_on},
+};
 use crate::maps::{MM_OWNERS, PROCS, count};
 
 #[unsafe(no_mangle)]
@@ -47,6 +50,7 @@ pub static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     counter_count: 0,
     page_shift: 12,
     task_exit_code: 0,
+    mm_brk: 0,
 });
 
 #[raw_tracepoint(tracepoint = "rss_stat")]
@@ -78,6 +82,9 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
     if let Some(stats) = PROCS.get_ptr_mut(tgid) {
         let stats = unsafe { &mut *stats };
         if stats.mm == mm {
+            if threads_on(tgid, stats) {
+                on_rss_change(tgid, member_value(stats, member), size);
+            }
             apply(stats, member, size);
             return Ok(());
         }
@@ -150,8 +157,23 @@ fn on_own_mm(tgid: u32, mm: u64, member: u32, size: i64) {
     let stats = unsafe { &mut *stats };
     if stats.mm != mm {
         adopt_mm(tgid, stats, mm);
+    } else if threads_on(tgid, stats) {
+        // The classic tracepoint's path (the BTF one does this on its fast path).
+        on_rss_change(tgid, member_value(stats, member), size);
     }
     apply(stats, member, size);
+}
+
+/// The member's last known count, with constant indexes as in `apply`.
+#[inline(always)]
+fn member_value(stats: &ProcStats, member: u32) -> i64 {
+    match member {
+        0 => stats.rss[0],
+        1 => stats.rss[1],
+        2 => stats.rss[2],
+        3 => stats.rss[3],
+        _ => RSS_UNKNOWN,
+    }
 }
 
 /// `tgid` runs on a new address space (exec, or a vfork child borrowing its parent's):

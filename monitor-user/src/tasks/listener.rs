@@ -1,0 +1,668 @@
+//! The marker listener: a thread of its own that drains the task socket as markers arrive,
+//! reads the sender's memory at that moment, and hands both to the job tracker.
+//!
+//! A thread rather than a task on the shared runtime: the process's memory is read when the
+//! marker is received, so the time between a worker's `begin` and that read is the listener's
+//! wake-up latency; it must not wait behind a scrape or a /proc scan.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use monitor_common::{ProcStats, RSS_UNKNOWN, RssKind, ThreadStats};
+
+use super::{
+    jobs::{Snapshot, reason},
+    protocol::{self, MAX_DATAGRAM, MarkerError},
+    socket::{Datagram, TaskSocket},
+};
+use crate::{
+    loader::KernelMaps,
+    shared::Shared,
+    state::boot_ns,
+    table::Source,
+    threads::{self, ThreadMaps},
+};
+
+/// What the listener reads from the kernel when a marker arrives.
+pub trait KernelView: Send + Sync {
+    /// The process's entry in the kernel's per-process map, read now.
+    fn proc_stats(&self, pid: u32) -> Option<ProcStats>;
+    /// Per-thread counters of the process's live threads.
+    fn threads(&self, pid: u32) -> Vec<(u32, ThreadStats)>;
+    /// Applies per-thread accounting changes; returns the pids the kernel refused.
+    fn want(&self, changes: &[(u32, bool)]) -> Vec<u32>;
+}
+
+/// The real kernel maps.
+pub struct Kernel {
+    pub procs: Arc<KernelMaps>,
+    pub threads: Option<Arc<ThreadMaps>>,
+}
+
+impl KernelView for Kernel {
+    fn proc_stats(&self, pid: u32) -> Option<ProcStats> {
+        self.procs.proc_stats(pid)
+    }
+
+    fn threads(&self, pid: u32) -> Vec<(u32, ThreadStats)> {
+        self.threads
+            .as_ref()
+            .map(|t| t.of_process(pid))
+            .unwrap_or_default()
+    }
+
+    fn want(&self, changes: &[(u32, bool)]) -> Vec<u32> {
+        self.threads
+            .as_ref()
+            .map(|t| t.apply(changes))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// Markers per second one process may send, on average...
+    pub rate_per_sec: f64,
+    /// ...and in a burst.
+    pub burst: f64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            // Far above any real worker (two markers a job), far below what would let one
+            // process monopolise the listener.
+            rate_per_sec: 5_000.0,
+            burst: 10_000.0,
+        }
+    }
+}
+
+/// Per-process state the listener keeps for itself, each map bounded by [`MAX_TRACKED`].
+const MAX_TRACKED: usize = 4096;
+
+/// Threads kept in a job's samples: the marker's own, then the busiest. Bounds what an open
+/// job costs however many threads its process has.
+const THREADS_PER_SAMPLE: usize = 32;
+
+/// Keeps the marker's thread and the busiest others, in a stable order so that a job's begin
+/// and end samples keep the same threads.
+fn keep_threads(threads: &mut Vec<(u32, ThreadStats)>, tid: Option<u32>) {
+    if threads.len() <= THREADS_PER_SAMPLE {
+        return;
+    }
+    threads.sort_by_key(|(t, s)| {
+        (
+            Some(*t) != tid,
+            std::cmp::Reverse(s.rss_added + s.mapped),
+            *t,
+        )
+    });
+    threads.truncate(THREADS_PER_SAMPLE);
+}
+
+struct Bucket {
+    tokens: f64,
+    at_ns: u64,
+}
+
+pub struct Listener {
+    socket: TaskSocket,
+    shared: Arc<Shared>,
+    kernel: Arc<dyn KernelView>,
+    config: ListenerConfig,
+    buckets: HashMap<u32, Bucket>,
+    /// Whether each sender runs in a pid namespace below the agent's.
+    nested: HashMap<u32, bool>,
+    /// Processes already asked per-thread accounting for.
+    asked: HashSet<u32>,
+}
+
+impl Listener {
+    pub fn new(
+        socket: TaskSocket,
+        shared: Arc<Shared>,
+        kernel: Arc<dyn KernelView>,
+        config: ListenerConfig,
+    ) -> Self {
+        Self {
+            socket,
+            shared,
+            kernel,
+            config,
+            buckets: HashMap::new(),
+            nested: HashMap::new(),
+            asked: HashSet::new(),
+        }
+    }
+
+    /// Serves until the socket fails for good.
+    pub fn run(mut self) {
+        raise_priority();
+        let mut failures = 0u32;
+        loop {
+            match self.drain(true) {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    log::warn!("task socket receive failed: {e}");
+                    if failures >= 100 {
+                        let note = format!("task marker listener stopped: {e}");
+                        self.shared.state().notes.push(note);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Handles every datagram waiting (after waiting for the first one when `block`);
+    /// returns how many there were.
+    pub fn drain(&mut self, block: bool) -> io::Result<usize> {
+        // One more than the largest valid marker, so an oversized one is seen as such.
+        let mut buf = [0u8; MAX_DATAGRAM + 1];
+        let mut n = 0;
+        loop {
+            match self.socket.recv(&mut buf, !(block && n == 0)) {
+                Ok(d) => {
+                    self.handle(&buf, d);
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        // A queue's worth in one go: the queue was (near) full and senders, who never
+        // wait, may have dropped markers. The agent cannot see those drops; it counts this.
+        if n >= self.socket.queue_len as usize {
+            self.shared.state().tasks.counters.queue_full += 1;
+        }
+        Ok(n)
+    }
+
+    fn drop_marker(&self, why: &'static str) {
+        self.shared.state().tasks.drop_marker(why);
+    }
+
+    fn handle(&mut self, buf: &[u8], d: Datagram) {
+        if d.ancillary {
+            return self.drop_marker(reason::ANCILLARY_DATA);
+        }
+        let Some(creds) = d.creds else {
+            return self.drop_marker(reason::NO_CREDENTIALS);
+        };
+        if d.truncated {
+            return self.drop_marker(MarkerError::TooLong.reason());
+        }
+        let marker = match protocol::parse(&buf[..d.len]) {
+            Ok(m) => m,
+            Err(e) => return self.drop_marker(e.reason()),
+        };
+        let pid = creds.pid;
+        let now = boot_ns();
+        if !self.take_token(pid, now) {
+            return self.drop_marker(reason::RATE_LIMITED);
+        }
+        // Read memory first: the job has just begun or ended.
+        let mut snap = self.snapshot(pid, now);
+        let tid = marker.tid.and_then(|t| self.verify_tid(pid, t));
+        keep_threads(&mut snap.threads, tid);
+        let first = self.asked.insert(pid);
+        let mut state = self.shared.state();
+        if marker.tid.is_some() && tid.is_none() {
+            state.tasks.counters.tid_unverified += 1;
+        }
+        state.tasks.on_marker(pid, &marker, tid, snap);
+        if first {
+            // The first marker of a process: from now on its threads are counted.
+            let changes = threads::request_for_sender(&mut state, pid);
+            drop(state);
+            let refused = self.kernel.want(&changes);
+            if !refused.is_empty() {
+                self.shared.state().threads.refused_by_kernel(&refused);
+            }
+        }
+        if self.asked.len() > MAX_TRACKED {
+            self.asked.clear();
+        }
+    }
+
+    fn take_token(&mut self, pid: u32, now: u64) -> bool {
+        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&pid) {
+            // Many senders: start everyone afresh rather than grow without bound.
+            self.buckets.clear();
+        }
+        let (rate, burst) = (self.config.rate_per_sec, self.config.burst);
+        let b = self.buckets.entry(pid).or_insert(Bucket {
+            tokens: burst,
+            at_ns: now,
+        });
+        let elapsed = now.saturating_sub(b.at_ns) as f64 / 1e9;
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at_ns = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The process's memory now: the kernel's numbers when it has them, else /proc.
+    fn snapshot(&self, pid: u32, now: u64) -> Snapshot {
+        let kernel = self
+            .kernel
+            .proc_stats(pid)
+            .filter(|s| s.rss[RssKind::Anon as usize] != RSS_UNKNOWN);
+        let (rss, source) = match kernel {
+            Some(s) => (s.rss, Source::Kernel),
+            None => match crate::proc::read(pid) {
+                Ok(p) => (p.rss.map(|v| v as i64), Source::Proc),
+                Err(_) => ([RSS_UNKNOWN; RssKind::COUNT], Source::Unknown),
+            },
+        };
+        let threads = if self.asked.contains(&pid) {
+            self.kernel.threads(pid)
+        } else {
+            Vec::new()
+        };
+        Snapshot {
+            at_ns: now,
+            rss,
+            source,
+            threads,
+        }
+    }
+
+    /// The marker's `tid=` in the agent's pid namespace, if it is a thread of `pid`; the tid
+    /// is the sender's claim, in the sender's namespace.
+    fn verify_tid(&mut self, pid: u32, tid: u32) -> Option<u32> {
+        if self.nested.len() >= MAX_TRACKED {
+            self.nested.clear();
+        }
+        let nested = *self
+            .nested
+            .entry(pid)
+            .or_insert_with(|| ns_pids(&format!("/proc/{pid}/status")).len() > 1);
+        if !nested {
+            // /proc/<pid>/task/<tid> only resolves for threads of pid's own group.
+            return Path::new(&format!("/proc/{pid}/task/{tid}"))
+                .exists()
+                .then_some(tid);
+        }
+        threads::live_tids(pid).into_iter().find(|t| {
+            ns_pids(&format!("/proc/{pid}/task/{t}/status"))
+                .last()
+                .is_some_and(|inner| *inner == tid)
+        })
+    }
+}
+
+/// Asks the scheduler to run this thread first when a marker wakes it: the sender goes on
+/// with its job at once, and every microsecond of wake-up latency moves the job's first
+/// allocations before its `begin` sample. Nice -20 alone is not enough with EEVDF, which lets
+/// the running task finish its slice (~3 ms); a short slice of its own (Linux >= 6.12) lets
+/// the listener preempt at wake-up. It stays a normal (not real-time) thread: each marker
+/// costs it a few microseconds, senders are rate-limited, so the priority buys little CPU.
+fn raise_priority() {
+    /// `struct sched_attr` (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER1.
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+        util_min: u32,
+        util_max: u32,
+    }
+    let attr = SchedAttr {
+        size: size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice: -20,
+        priority: 0,
+        // The shortest slice the kernel accepts: 100 us.
+        runtime: 100_000,
+        deadline: 0,
+        period: 0,
+        util_min: 0,
+        util_max: 0,
+    };
+    // SAFETY: attr is a valid sched_attr of the size it states; 0 means this thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if rc == 0 {
+        return;
+    }
+    // Older kernels reject a slice for normal threads: settle for the nice value.
+    // SAFETY: setpriority has no memory preconditions; who=0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } != 0 {
+        log::debug!(
+            "cannot raise the task listener's priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// The `NSpid:` line of a status file: the task's id in each pid namespace, outermost first.
+fn ns_pids(status_path: &str) -> Vec<u32> {
+    std::fs::read_to_string(status_path)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("NSpid:").map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Abandons open jobs of processes that are gone; called every interval.
+pub fn prune(shared: &Shared) {
+    let pids: Vec<u32> = {
+        let state = shared.state();
+        state
+            .tasks
+            .open_pids()
+            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .collect()
+    };
+    if !pids.is_empty() {
+        shared
+            .state()
+            .tasks
+            .prune(|pid| !pids.contains(&pid), boot_ns());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::{fd::AsRawFd as _, unix::net::UnixDatagram},
+        path::PathBuf,
+        sync::Mutex,
+    };
+
+    use super::*;
+    use crate::{
+        detector::DetectorConfig,
+        select::Selector,
+        state::{AgentState, Settings},
+        tasks::socket::SocketOptions,
+    };
+
+    const MIB: i64 = 1 << 20;
+
+    /// A kernel whose process grows 4 MiB between consecutive reads.
+    #[derive(Default)]
+    struct FakeKernel {
+        reads: Mutex<i64>,
+        wanted: Mutex<Vec<(u32, bool)>>,
+    }
+
+    impl KernelView for FakeKernel {
+        fn proc_stats(&self, _pid: u32) -> Option<ProcStats> {
+            let mut reads = self.reads.lock().unwrap();
+            let mut s = ProcStats::new(0, 1, 0);
+            s.rss = [MIB, 100 * MIB + *reads * 4 * MIB, 0, 0];
+            *reads += 1;
+            Some(s)
+        }
+        fn threads(&self, _pid: u32) -> Vec<(u32, ThreadStats)> {
+            Vec::new()
+        }
+        fn want(&self, changes: &[(u32, bool)]) -> Vec<u32> {
+            self.wanted.lock().unwrap().extend_from_slice(changes);
+            Vec::new()
+        }
+    }
+
+    struct Setup {
+        dir: PathBuf,
+        path: PathBuf,
+        shared: Arc<Shared>,
+        kernel: Arc<FakeKernel>,
+        listener: Listener,
+        client: UnixDatagram,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn setup(name: &str, config: ListenerConfig) -> Setup {
+        let dir = std::env::temp_dir().join(format!("leakscope-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("tasks.sock");
+        let socket = TaskSocket::bind(&SocketOptions::new(&path)).unwrap();
+        let mut state = AgentState::new(Settings {
+            selector: Selector::default(),
+            max_processes: 10,
+            detector: DetectorConfig::default(),
+            limits: Vec::new(),
+            max_pools: 4,
+        });
+        state.threads.available = true;
+        let shared = Arc::new(Shared::new(state, None));
+        let kernel = Arc::new(FakeKernel::default());
+        let listener = Listener::new(socket, shared.clone(), kernel.clone(), config);
+        Setup {
+            dir,
+            path,
+            shared,
+            kernel,
+            listener,
+            client: UnixDatagram::unbound().unwrap(),
+        }
+    }
+
+    impl Setup {
+        fn send(&self, bytes: &[u8]) {
+            self.client.send_to(bytes, &self.path).unwrap();
+        }
+        fn drain(&mut self) -> usize {
+            self.listener.drain(false).unwrap()
+        }
+        fn dropped(&self, reason: &str) -> u64 {
+            self.shared.state().tasks.counters.dropped[reason]
+        }
+    }
+
+    fn gettid() -> u32 {
+        // SAFETY: no preconditions.
+        unsafe { libc::gettid() as u32 }
+    }
+
+    #[test]
+    fn a_job_is_measured_with_the_kernel_given_pid() {
+        let mut s = setup("listen-job", ListenerConfig::default());
+        let tid = gettid();
+        s.send(format!("LS1 begin app.leak job=j1 tid={tid}").as_bytes());
+        s.send(format!("LS1 end app.leak job=j1 tid={tid} status=ok\n").as_bytes());
+        assert_eq!(s.drain(), 2);
+        let state = s.shared.state();
+        let t = state.tasks.get("app.leak").expect("task recorded");
+        assert_eq!(t.runs, 1);
+        let job = &t.recent[0];
+        assert_eq!(job.pid, std::process::id(), "pid from SCM_CREDENTIALS");
+        assert_eq!(job.tid, Some(tid), "our own thread is verified");
+        assert_eq!(job.retained_bytes, 4 * MIB);
+        assert_eq!(job.source, Source::Kernel);
+        assert_eq!(state.tasks.counters.received, 2);
+        // The sender was asked for per-thread accounting once.
+        assert_eq!(
+            *s.kernel.wanted.lock().unwrap(),
+            [(std::process::id(), true)]
+        );
+        assert_eq!(
+            state.threads.wanted.get(&std::process::id()),
+            Some(&threads::WantReason::Markers)
+        );
+    }
+
+    #[test]
+    fn malformed_oversized_and_hostile_markers_are_counted_and_dropped() {
+        let mut s = setup("listen-bad", ListenerConfig::default());
+        s.send(b"");
+        s.send(b"hello");
+        s.send(b"LS2 begin t");
+        s.send(b"LS1 begin t job=");
+        s.send(b"LS1 begin bad\xffname");
+        s.send(b"LS1 begin t status=ok");
+        s.send(b"LS1 end never.begun");
+        s.send(&[b'A'; MAX_DATAGRAM + 88]);
+        // A valid marker padded to exactly the limit with a long job id stays valid...
+        s.send(format!("LS1 begin t job={}", "j".repeat(64)).as_bytes());
+        assert_eq!(s.drain(), 9);
+        for reason in [
+            "empty",
+            "bad_magic",
+            "unsupported_version",
+            "job_id_invalid",
+            "not_utf8",
+            "status_on_begin",
+            "unmatched_end",
+            "too_long",
+        ] {
+            assert_eq!(s.dropped(reason), 1, "{reason}");
+        }
+        let state = s.shared.state();
+        assert_eq!(state.tasks.counters.received, 1);
+        assert_eq!(state.tasks.open_jobs(), 1);
+    }
+
+    #[test]
+    fn a_tid_that_is_not_the_senders_is_not_trusted() {
+        let mut s = setup("listen-tid", ListenerConfig::default());
+        // pid 1's thread is not ours: the job is attributed to the process.
+        s.send(b"LS1 begin t job=1 tid=1");
+        assert_eq!(s.drain(), 1);
+        let state = s.shared.state();
+        assert_eq!(state.tasks.counters.tid_unverified, 1);
+        drop(state);
+        // ...so its end, keyed by the process, pairs with it whatever tid it claims.
+        s.send(b"LS1 end t job=1 tid=1");
+        s.drain();
+        let state = s.shared.state();
+        let job = &state.tasks.get("t").unwrap().recent[0];
+        assert_eq!(job.tid, None);
+    }
+
+    #[test]
+    fn descriptors_sent_with_a_marker_are_closed_and_the_marker_dropped() {
+        let mut s = setup("listen-fds", ListenerConfig::default());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // sendmsg with SCM_RIGHTS, by hand.
+        let payload = b"LS1 begin t";
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        };
+        let mut control = [0u64; 4];
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let raw = s.path.as_os_str().as_encoded_bytes();
+        for (d, c) in addr.sun_path.iter_mut().zip(raw) {
+            *d = *c as libc::c_char;
+        }
+        // SAFETY: test-only FFI with buffers that outlive the call.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = (&mut addr as *mut libc::sockaddr_un).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_un>() as u32;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize;
+            libc::CMSG_DATA(c).cast::<libc::c_int>().write_unaligned(fd);
+            assert!(libc::sendmsg(s.client.as_raw_fd(), &msg, 0) >= 0);
+        }
+        assert_eq!(s.drain(), 1);
+        assert_eq!(s.dropped(reason::ANCILLARY_DATA), 1);
+        let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert_eq!(before, after, "the passed descriptor was closed");
+        assert_eq!(s.shared.state().tasks.open_jobs(), 0);
+    }
+
+    #[test]
+    fn a_flood_is_rate_limited_and_a_full_queue_is_noticed() {
+        let mut s = setup(
+            "listen-flood",
+            ListenerConfig {
+                rate_per_sec: 0.001,
+                burst: 3.0,
+            },
+        );
+        let qlen = s.listener.socket.queue_len as usize;
+        // Senders never block: past the queue's length they get EAGAIN and drop.
+        s.client.set_nonblocking(true).unwrap();
+        let mut sent = 0;
+        for i in 0..qlen + 20 {
+            match s
+                .client
+                .send_to(format!("LS1 begin t{i}").as_bytes(), &s.path)
+            {
+                Ok(_) => sent += 1,
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            }
+        }
+        assert!(
+            sent >= qlen && sent < qlen + 20,
+            "sent {sent}, queue {qlen}"
+        );
+        assert_eq!(s.drain(), sent);
+        let state = s.shared.state();
+        assert_eq!(state.tasks.counters.received, 3, "the burst");
+        assert_eq!(
+            state.tasks.counters.dropped[reason::RATE_LIMITED],
+            sent as u64 - 3
+        );
+        assert_eq!(state.tasks.counters.queue_full, 1);
+    }
+
+    #[test]
+    fn samples_keep_the_markers_thread_and_the_busiest() {
+        let mut threads: Vec<(u32, ThreadStats)> = (1..=40)
+            .map(|tid| {
+                let mut t = ThreadStats::new(7, [0; 16]);
+                t.rss_added = u64::from(tid) * 4096;
+                (tid, t)
+            })
+            .collect();
+        keep_threads(&mut threads, Some(3));
+        let tids: Vec<u32> = threads.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tids.len(), THREADS_PER_SAMPLE);
+        assert_eq!(tids[0], 3, "the marker's thread first");
+        assert_eq!(tids[1], 40, "then the busiest");
+        assert!(!tids.contains(&4));
+    }
+
+    #[test]
+    fn ns_pids_reads_the_status_line() {
+        let me = ns_pids("/proc/self/status");
+        assert_eq!(me.first().copied(), Some(std::process::id()));
+        assert!(ns_pids("/nonexistent").is_empty());
+    }
+}

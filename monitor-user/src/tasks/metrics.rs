@@ -1,0 +1,231 @@
+//! Task and marker metrics, built from the agent's state at scrape time.
+//!
+//! Series per task name (at most `--max-tasks` names plus `task="(overflow)"`):
+//! `leakscope_task_runs_total`, `leakscope_task_retained_bytes` (histogram),
+//! `leakscope_task_leak_suspected`. Marker traffic: `leakscope_markers_received_total`,
+//! `leakscope_markers_dropped_total{reason}` (every reason from the start),
+//! `leakscope_marker_queue_full_total`, `leakscope_task_jobs_abandoned_total`.
+
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+
+use super::jobs::{Histogram, RETAINED_BUCKETS};
+use crate::state::AgentState;
+
+/// Every metric name this module exports.
+pub const NAMES: &[&str] = &[
+    "leakscope_task_runs_total",
+    "leakscope_task_retained_bytes",
+    "leakscope_task_leak_suspected",
+    "leakscope_task_jobs_abandoned_total",
+    "leakscope_markers_received_total",
+    "leakscope_markers_dropped_total",
+    "leakscope_marker_queue_full_total",
+];
+
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut lp = LabelPair::default();
+            lp.set_name((*k).to_string());
+            lp.set_value((*v).to_string());
+            lp
+        })
+        .collect()
+}
+
+pub(crate) fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<proto::Metric>,
+) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(name.to_string());
+    mf.set_help(help.to_string());
+    mf.set_field_type(kind);
+    mf.set_metric(metrics);
+    mf
+}
+
+pub(crate) fn counter(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = proto::Metric::from_label(labels(pairs));
+    let mut c = proto::Counter::default();
+    c.set_value(value);
+    m.set_counter(c);
+    m
+}
+
+pub(crate) fn gauge(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = proto::Metric::from_label(labels(pairs));
+    let mut g = proto::Gauge::default();
+    g.set_value(value);
+    m.set_gauge(g);
+    m
+}
+
+fn histogram(pairs: &[(&str, &str)], h: &Histogram) -> proto::Metric {
+    let mut m = proto::Metric::from_label(labels(pairs));
+    let mut out = proto::Histogram::default();
+    out.set_sample_count(h.count);
+    out.set_sample_sum(h.sum);
+    out.set_bucket(
+        RETAINED_BUCKETS
+            .iter()
+            .zip(h.buckets)
+            .map(|(bound, count)| {
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(count);
+                b
+            })
+            .collect(),
+    );
+    m.set_histogram(out);
+    m
+}
+
+pub fn families(state: &AgentState) -> Vec<MetricFamily> {
+    let tasks = &state.tasks;
+    let (mut runs, mut retained, mut suspected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut names: Vec<_> = tasks.iter().collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in names {
+        let l = [("task", t.name.as_str())];
+        runs.push(counter(&l, t.runs as f64));
+        retained.push(histogram(&l, &t.retained));
+        suspected.push(gauge(&l, f64::from(u8::from(t.verdict.leak_suspected))));
+    }
+    let c = &tasks.counters;
+    let dropped = c
+        .dropped
+        .iter()
+        .map(|(reason, n)| counter(&[("reason", reason)], *n as f64))
+        .collect();
+    vec![
+        family(
+            "leakscope_task_runs_total",
+            "Completed runs of a task (a begin marker paired with its end).",
+            MetricType::COUNTER,
+            runs,
+        ),
+        family(
+            "leakscope_task_retained_bytes",
+            "Memory a run left its process holding (anon+shmem+swap at end minus at begin, \
+             from the kernel's counters at the markers); runs that gave memory back count as 0.",
+            MetricType::HISTOGRAM,
+            retained,
+        ),
+        family(
+            "leakscope_task_leak_suspected",
+            "1 when most recent runs of the task retain memory and the process floor rises \
+             with them (see /api/v1/tasks for the evidence).",
+            MetricType::GAUGE,
+            suspected,
+        ),
+        family(
+            "leakscope_task_jobs_abandoned_total",
+            "Jobs that began and never ended: their end marker was lost or their process exited.",
+            MetricType::COUNTER,
+            vec![counter(&[], c.abandoned as f64)],
+        ),
+        family(
+            "leakscope_markers_received_total",
+            "Task markers accepted from workers.",
+            MetricType::COUNTER,
+            vec![counter(&[], c.received as f64)],
+        ),
+        family(
+            "leakscope_markers_dropped_total",
+            "Task markers dropped, by reason: malformed (the parser's reasons), no credentials, \
+             ancillary data, rate limited, unmatched end, too many open jobs.",
+            MetricType::COUNTER,
+            dropped,
+        ),
+        family(
+            "leakscope_marker_queue_full_total",
+            "Times the agent drained a full queue's worth of markers at once: workers, who never \
+             wait, may have dropped markers meanwhile.",
+            MetricType::COUNTER,
+            vec![counter(&[], c.queue_full as f64)],
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        detector::DetectorConfig,
+        select::Selector,
+        state::Settings,
+        table::Source,
+        tasks::{jobs::Snapshot, protocol::parse},
+    };
+
+    fn state() -> AgentState {
+        AgentState::new(Settings {
+            selector: Selector::default(),
+            max_processes: 10,
+            detector: DetectorConfig::default(),
+            limits: Vec::new(),
+            max_pools: 4,
+        })
+    }
+
+    fn render(families: Vec<MetricFamily>) -> String {
+        use prometheus::Encoder as _;
+        let families: Vec<_> = families
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&families, &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn drop_reasons_exist_at_zero_before_any_marker() {
+        let text = render(families(&state()));
+        assert!(text.contains("leakscope_markers_dropped_total{reason=\"bad_magic\"} 0"));
+        assert!(text.contains("leakscope_markers_dropped_total{reason=\"rate_limited\"} 0"));
+        assert!(text.contains("leakscope_markers_received_total 0"));
+        assert!(!text.contains("leakscope_task_runs_total{"));
+    }
+
+    #[test]
+    fn a_task_renders_runs_histogram_and_verdict() {
+        let mut s = state();
+        let snap = |at, anon| Snapshot {
+            at_ns: at,
+            rss: [0, anon, 0, 0],
+            source: Source::Kernel,
+            threads: Vec::new(),
+        };
+        for i in 0..3 {
+            let b = parse(b"LS1 begin app.t").unwrap();
+            s.tasks.on_marker(1, &b, None, snap(i, 0));
+            let e = parse(b"LS1 end app.t").unwrap();
+            s.tasks.on_marker(1, &e, None, snap(i, 2 << 20));
+        }
+        let text = render(families(&s));
+        assert!(
+            text.contains("leakscope_task_runs_total{task=\"app.t\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE leakscope_task_retained_bytes histogram"));
+        assert!(
+            text.contains("leakscope_task_retained_bytes_bucket{task=\"app.t\",le=\"1048576\"} 0")
+        );
+        assert!(
+            text.contains("leakscope_task_retained_bytes_bucket{task=\"app.t\",le=\"4194304\"} 3")
+        );
+        assert!(
+            text.contains("leakscope_task_retained_bytes_bucket{task=\"app.t\",le=\"+Inf\"} 3")
+        );
+        assert!(text.contains("leakscope_task_retained_bytes_count{task=\"app.t\"} 3"));
+        assert!(text.contains("leakscope_task_leak_suspected{task=\"app.t\"} 0"));
+    }
+}

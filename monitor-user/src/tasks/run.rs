@@ -1,0 +1,142 @@
+//! Start-up of per-job and per-thread accounting, kept out of agent.rs: configuration from the
+//! command line, the kernel maps, the socket, the listener thread and the interval loops.
+
+use std::{sync::Arc, time::Duration};
+
+use aya::Ebpf;
+use log::{info, warn};
+
+use super::{
+    TasksConfig,
+    jobs::SocketStatus,
+    listener::{self, Kernel, Listener, ListenerConfig},
+    socket::{SocketFile, SocketOptions, TaskSocket},
+};
+use crate::{
+    cli::RunArgs,
+    loader::KernelMaps,
+    select::Selector,
+    shared::Shared,
+    state::AgentState,
+    threads::{self, ThreadMaps, ThreadsConfig},
+};
+
+/// What start-up prepared before the agent's state is shared.
+pub struct PerJob {
+    threads: Option<Arc<ThreadMaps>>,
+    socket: Option<TaskSocket>,
+}
+
+/// Running parts; dropping it stops the loops and removes the socket file.
+pub struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _file: Option<SocketFile>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl PerJob {
+    /// Configures `state` from the command line, takes the per-thread maps and binds the
+    /// task socket. Failures turn the feature off with a note; the agent runs on.
+    pub fn prepare(ebpf: &mut Ebpf, state: &mut AgentState, args: &RunArgs) -> Self {
+        state.tasks = super::Tasks::new(TasksConfig {
+            max_tasks: args.max_tasks as usize,
+            ..TasksConfig::default()
+        });
+        state.threads = threads::Threads::new(ThreadsConfig {
+            matchers: Selector::new(args.threads_for.clone()),
+            has_matchers: !args.threads_for.is_empty(),
+            max_processes: args.max_thread_processes as usize,
+            top_n: args.top_threads as usize,
+        });
+        let threads = match ThreadMaps::take(ebpf) {
+            Ok(m) => {
+                state.threads.available = true;
+                Some(Arc::new(m))
+            }
+            Err(e) => {
+                state
+                    .notes
+                    .push(format!("per-thread accounting is off: {e}"));
+                None
+            }
+        };
+        let socket = if args.no_task_socket {
+            None
+        } else {
+            let opts = SocketOptions {
+                path: args.task_socket.clone(),
+                mode: args.task_socket_mode,
+                group: args.task_socket_group.clone(),
+                queue_len: args.task_queue_len,
+            };
+            match TaskSocket::bind(&opts) {
+                Ok(s) => {
+                    info!(
+                        "task markers on {} (mode {:04o}, queue {} datagrams)",
+                        s.path().display(),
+                        s.mode,
+                        s.queue_len
+                    );
+                    state.tasks.socket = Some(SocketStatus {
+                        path: s.path().display().to_string(),
+                        queue_len: s.queue_len,
+                        mode: format!("{:04o}", s.mode),
+                    });
+                    Some(s)
+                }
+                Err(e) => {
+                    warn!("task markers are off: {e}");
+                    state.notes.push(format!("task markers are off: {e}"));
+                    None
+                }
+            }
+        };
+        Self { threads, socket }
+    }
+
+    /// Starts the listener thread and the interval loops.
+    pub fn start(self, shared: Arc<Shared>, procs: Arc<KernelMaps>, every: Duration) -> Running {
+        let mut tasks = Vec::new();
+        if let Some(maps) = &self.threads {
+            tasks.push(tokio::spawn(threads::run(
+                maps.clone(),
+                shared.clone(),
+                every,
+            )));
+        }
+        let mut file = None;
+        if let Some(socket) = self.socket {
+            file = Some(socket.file());
+            let kernel = Arc::new(Kernel {
+                procs,
+                threads: self.threads.clone(),
+            });
+            let listener = Listener::new(socket, shared.clone(), kernel, ListenerConfig::default());
+            if let Err(e) = std::thread::Builder::new()
+                .name("leakscope-tasks".into())
+                .spawn(move || listener.run())
+            {
+                let note = format!("task markers are off: cannot start the listener: {e}");
+                warn!("{note}");
+                shared.state().notes.push(note);
+            }
+            let pruned = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    listener::prune(&pruned);
+                }
+            }));
+        }
+        Running { tasks, _file: file }
+    }
+}

@@ -1,0 +1,727 @@
+//! Per-thread attribution: which thread of a process maps, unmaps and faults in its memory.
+//!
+//! The kernel counts (probes/mem.rs) only for processes the agent asks for, so the page-fault
+//! path of every other process pays one inlined load. The agent asks for:
+//! - processes that send task markers (and the pool parent that forked them, so that its
+//!   next children are asked for at their fork);
+//! - processes matching `--threads-for`.
+//!
+//! Every interval it reads the kernel's per-thread map, keeps the top threads of each process
+//! for `/api/v1/processes` and `/metrics`, and prunes entries of processes that are gone.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd as _,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData},
+    programs::TracePoint,
+    sys::SyscallError,
+};
+use monitor_common::{
+    Counter, SyscallOffsets, THREAD_CONFIG_MAP, THREAD_WANT_MAP, THREADS_MAP, ThreadStats,
+};
+use serde::Serialize;
+
+use crate::{
+    loader::ProbeStatus,
+    select::{Candidate, Selector},
+    shared::Shared,
+    state::{AgentState, boot_ns},
+    table::comm_str,
+    tracefs::{Format, TracefsError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    #[error("map {0} is missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Threads read from `/proc/<pid>/task` for one snapshot, at most: a process with thousands of
+/// threads must not stall the marker listener.
+const MAX_TASKS_READ: usize = 512;
+
+/// Processes decided against `--threads-for` per interval (each costs /proc reads).
+const DECISIONS_PER_INTERVAL: usize = 256;
+
+// ---- loading -----------------------------------------------------------------------------
+
+/// Offsets of the syscall tracepoint fields the mem programs read, or why they are unusable.
+pub fn read_layout(tracefs: Result<&Path, &TracefsError>) -> Result<SyscallOffsets, String> {
+    let root = tracefs.map_err(|e| e.to_string())?;
+    let fmt = |name: &str| Format::read(root, "syscalls", name).map_err(|e| e.to_string());
+    let off = |f: &Format, field: &str| f.offset(field).map_err(|e| e.to_string());
+    let mmap = fmt("sys_enter_mmap")?;
+    let munmap = fmt("sys_enter_munmap")?;
+    let mremap = fmt("sys_enter_mremap")?;
+    let exit = fmt("sys_exit_mmap")?;
+    Ok(SyscallOffsets {
+        mmap_len: off(&mmap, "len")?,
+        munmap_len: off(&munmap, "len")?,
+        mremap_old_len: off(&mremap, "old_len")?,
+        mremap_new_len: off(&mremap, "new_len")?,
+        ret: off(&exit, "ret")?,
+        _pad: 0,
+    })
+}
+
+/// The address-space probes: one enter program per syscall and one exit program shared by all.
+const SYSCALLS: [(&str, &str); 4] = [
+    ("mmap", "mem_mmap_enter"),
+    ("munmap", "mem_munmap_enter"),
+    ("mremap", "mem_mremap_enter"),
+    ("brk", "mem_brk_enter"),
+];
+const EXIT_PROGRAM: &str = "mem_syscall_exit";
+pub const PROBE_NAME: &str = "mem_syscalls";
+const FALLBACK: &str = "per-thread mapped/unmapped bytes are not counted (page faults still are, \
+                        through rss_stat)";
+
+/// Attaches the syscall programs; all or nothing, since an enter without its exit would apply
+/// a stale length to the thread's next call.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    layout: &Result<SyscallOffsets, String>,
+    break_probes: &[String],
+) -> ProbeStatus {
+    let names: Vec<String> = SYSCALLS
+        .iter()
+        .map(|(s, _)| format!("syscalls:sys_{{enter,exit}}_{s}"))
+        .collect();
+    let result = layout
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|_| attach_all(ebpf, break_probes.iter().any(|b| b == PROBE_NAME)));
+    if let Err(e) = &result {
+        // Detach whatever did attach: dropping the links is done by unloading the programs.
+        for (_, program) in SYSCALLS {
+            unload(ebpf, program);
+        }
+        unload(ebpf, EXIT_PROGRAM);
+        log::debug!("mem syscall probes off: {e}");
+    }
+    ProbeStatus {
+        name: PROBE_NAME,
+        tracepoint: names.join(", "),
+        attached: result.is_ok(),
+        error: result.err(),
+        fallback: FALLBACK,
+    }
+}
+
+fn unload(ebpf: &mut Ebpf, program: &str) {
+    if let Some(p) = ebpf.program_mut(program)
+        && let Ok(tp) = <&mut TracePoint>::try_from(p)
+    {
+        let _ = tp.unload();
+    }
+}
+
+fn attach_all(ebpf: &mut Ebpf, broken: bool) -> Result<(), String> {
+    let load = |ebpf: &mut Ebpf, program: &str| -> Result<(), String> {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} is missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("program {program}: {e}"))?;
+        prog.load()
+            .map_err(|e| format!("the verifier rejected {program}: {e}"))
+    };
+    load(ebpf, EXIT_PROGRAM)?;
+    for (_, program) in SYSCALLS {
+        load(ebpf, program)?;
+    }
+    let attach = |ebpf: &mut Ebpf, program: &str, event: &str| -> Result<(), String> {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} is missing"))?
+            .try_into()
+            .map_err(|e| format!("program {program}: {e}"))?;
+        let (category, event) = if broken {
+            ("leakscope_fault_injection", "no_such_tracepoint")
+        } else {
+            ("syscalls", event)
+        };
+        prog.attach(category, event)
+            .map(|_| ())
+            .map_err(|e| format!("attaching {program} to {category}:{event} failed: {e}"))
+    };
+    // Exits first: an enter is only ever recorded once its exit is watched.
+    for (syscall, _) in SYSCALLS {
+        attach(ebpf, EXIT_PROGRAM, &format!("sys_exit_{syscall}"))?;
+    }
+    for (syscall, program) in SYSCALLS {
+        attach(ebpf, program, &format!("sys_enter_{syscall}"))?;
+    }
+    Ok(())
+}
+
+// ---- kernel maps -------------------------------------------------------------------------
+
+/// The per-thread maps. Readers (the marker listener, the interval loop) use a handle of their
+/// own on THREADS, so a marker never waits for pruning, which holds the writer's.
+pub struct ThreadMaps {
+    reader: BpfHashMap<MapData, u32, ThreadStats>,
+    writer: Mutex<BpfHashMap<MapData, u32, ThreadStats>>,
+    want: Mutex<Want>,
+}
+
+struct Want {
+    map: BpfHashMap<MapData, u32, u32>,
+    config: Array<MapData, u32>,
+    generation: u32,
+}
+
+impl ThreadMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ThreadsError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ThreadsError::MissingMap(name))
+        };
+        let wrap = |name: &'static str| move |source| ThreadsError::Map { name, source };
+        let threads = take(ebpf, THREADS_MAP)?;
+        let dup = |data: &MapData| {
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|io_error| {
+                    aya::maps::MapError::SyscallError(SyscallError {
+                        call: "dup",
+                        io_error,
+                    })
+                })
+                .and_then(MapData::from_fd)
+                .map_err(wrap(THREADS_MAP))
+        };
+        let second = match &threads {
+            Map::LruHashMap(data) => Map::LruHashMap(dup(data)?),
+            Map::HashMap(data) => Map::HashMap(dup(data)?),
+            _ => return Err(ThreadsError::MissingMap(THREADS_MAP)),
+        };
+        let reader = BpfHashMap::try_from(second).map_err(wrap(THREADS_MAP))?;
+        let writer = BpfHashMap::try_from(threads).map_err(wrap(THREADS_MAP))?;
+        let map =
+            BpfHashMap::try_from(take(ebpf, THREAD_WANT_MAP)?).map_err(wrap(THREAD_WANT_MAP))?;
+        let config =
+            Array::try_from(take(ebpf, THREAD_CONFIG_MAP)?).map_err(wrap(THREAD_CONFIG_MAP))?;
+        Ok(Self {
+            reader,
+            writer: Mutex::new(writer),
+            want: Mutex::new(Want {
+                map,
+                config,
+                generation: 0,
+            }),
+        })
+    }
+
+    /// Applies (pid, wanted) changes and bumps the generation once, so each affected process
+    /// re-reads its flag at its next event. Returns the pids the kernel refused (map full).
+    pub fn apply(&self, changes: &[(u32, bool)]) -> Vec<u32> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut refused = Vec::new();
+        for &(pid, on) in changes {
+            let result = if on {
+                want.map.insert(pid, 1, 0)
+            } else {
+                match want.map.remove(&pid) {
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    r => r,
+                }
+            };
+            if let Err(e) = result {
+                log::debug!("THREAD_WANT update for pid {pid} failed: {e}");
+                if on {
+                    refused.push(pid);
+                }
+            }
+        }
+        want.generation = want.generation.wrapping_add(1).max(1);
+        let generation = want.generation;
+        if let Err(e) = want.config.set(0, generation, 0) {
+            log::warn!("cannot publish the per-thread generation: {e}");
+        }
+        refused
+    }
+
+    /// The kernel's numbers for the threads of `pid` now alive (at most [`MAX_TASKS_READ`]);
+    /// entries of other processes (reused tids not yet reset) are left out.
+    pub fn of_process(&self, pid: u32) -> Vec<(u32, ThreadStats)> {
+        live_tids(pid)
+            .into_iter()
+            .filter_map(|tid| self.reader.get(&tid, 0).ok().map(|t| (tid, t)))
+            .filter(|(_, t)| t.tgid == pid)
+            .collect()
+    }
+
+    /// Every entry of the map.
+    pub fn all(&self) -> Vec<(u32, ThreadStats)> {
+        self.reader.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Removes entries; returns how many went.
+    pub fn remove(&self, tids: &[u32]) -> u64 {
+        if tids.is_empty() {
+            return 0;
+        }
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        tids.iter().filter(|tid| writer.remove(tid).is_ok()).count() as u64
+    }
+}
+
+/// Thread ids of `pid` from `/proc/<pid>/task`, in the agent's pid namespace.
+pub fn live_tids(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .take(MAX_TASKS_READ)
+        .collect()
+}
+
+// ---- agent state -------------------------------------------------------------------------
+
+/// Why a process has per-thread accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WantReason {
+    /// It sent task markers.
+    Markers,
+    /// It forked a process that sent markers, with its own name: a worker pool's parent.
+    PoolParent,
+    /// Forked by a pool parent.
+    PoolChild,
+    /// `--threads-for` matched it.
+    Matcher,
+}
+
+/// One thread's numbers, as shown and exported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ThreadView {
+    pub tid: u32,
+    pub comm: String,
+    /// Faulted in minus released: the RSS this thread's own actions added to its process.
+    pub rss_growth_bytes: i64,
+    pub rss_added_bytes: u64,
+    pub rss_removed_bytes: u64,
+    /// Mapped minus unmapped address space (mmap, munmap, mremap, brk).
+    pub mapped_growth_bytes: i64,
+    pub mapped_bytes: u64,
+    pub unmapped_bytes: u64,
+    /// False once the thread has exited (its process lives on, and may hold what it took).
+    pub alive: bool,
+}
+
+impl ThreadView {
+    pub fn new(tid: u32, t: &ThreadStats, alive: bool) -> Self {
+        Self {
+            tid,
+            comm: comm_str(&t.comm),
+            rss_growth_bytes: t.rss_growth(),
+            rss_added_bytes: t.rss_added,
+            rss_removed_bytes: t.rss_removed,
+            mapped_growth_bytes: t.mapped_growth(),
+            mapped_bytes: t.mapped,
+            unmapped_bytes: t.unmapped,
+            alive,
+        }
+    }
+}
+
+/// Sorts threads by the growth they caused, largest first, and keeps `n`.
+pub fn top(mut threads: Vec<ThreadView>, n: usize) -> Vec<ThreadView> {
+    threads.sort_by(|a, b| {
+        b.rss_growth_bytes
+            .cmp(&a.rss_growth_bytes)
+            .then(b.mapped_growth_bytes.cmp(&a.mapped_growth_bytes))
+            .then(a.tid.cmp(&b.tid))
+    });
+    threads.truncate(n);
+    threads
+}
+
+#[derive(Clone, Debug)]
+pub struct ThreadsConfig {
+    /// `--threads-for`; empty selects nothing (unlike `--match`).
+    pub matchers: Selector,
+    pub has_matchers: bool,
+    pub max_processes: usize,
+    pub top_n: usize,
+}
+
+impl Default for ThreadsConfig {
+    fn default() -> Self {
+        Self {
+            matchers: Selector::default(),
+            has_matchers: false,
+            max_processes: monitor_common::DEFAULT_MAX_THREAD_PROCS as usize,
+            top_n: 5,
+        }
+    }
+}
+
+/// What the agent knows of per-thread accounting; lives in [`AgentState`].
+#[derive(Debug, Default)]
+pub struct Threads {
+    pub config: ThreadsConfig,
+    /// Processes with per-thread accounting, and why.
+    pub wanted: HashMap<u32, WantReason>,
+    /// Processes already looked at for `--threads-for` and pool inheritance.
+    decided: HashSet<u32>,
+    /// Top threads of each wanted process, as of the last interval.
+    pub top: HashMap<u32, Vec<ThreadView>>,
+    /// Entries in the kernel's THREADS map at the last interval.
+    pub entries: u64,
+    /// Entries the agent removed (their process is gone).
+    pub removed: u64,
+    /// Processes refused because `--max-thread-processes` (or the kernel map) was full.
+    pub refused: u64,
+    /// Whether the kernel side is there at all (maps present).
+    pub available: bool,
+}
+
+impl Threads {
+    pub fn new(config: ThreadsConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Asks for per-thread accounting of `pid`; returns the change to make in the kernel, if
+    /// any. Refused (and counted) beyond the cap.
+    pub fn request(&mut self, pid: u32, reason: WantReason) -> Option<(u32, bool)> {
+        if !self.available || self.wanted.contains_key(&pid) {
+            return None;
+        }
+        if self.wanted.len() >= self.config.max_processes {
+            self.refused += 1;
+            return None;
+        }
+        self.wanted.insert(pid, reason);
+        Some((pid, true))
+    }
+
+    /// The kernel refused these: forget them.
+    pub fn refused_by_kernel(&mut self, pids: &[u32]) {
+        for pid in pids {
+            self.wanted.remove(pid);
+            self.refused += 1;
+        }
+    }
+
+    /// LRU evictions from the kernel's THREADS map: what went in and neither left nor stayed.
+    pub fn evictions(&self, state_counters: &AgentState) -> u64 {
+        state_counters
+            .counter(Counter::ThreadInserted)
+            .saturating_sub(self.removed)
+            .saturating_sub(self.entries)
+    }
+
+    pub fn top_of(&self, pid: u32) -> Option<&[ThreadView]> {
+        self.top.get(&pid).map(Vec::as_slice)
+    }
+}
+
+/// Asks for `pid` (a marker sender) and, when its parent is a pool of the same name, for the
+/// parent too. Returns the kernel changes to apply.
+pub fn request_for_sender(state: &mut AgentState, pid: u32) -> Vec<(u32, bool)> {
+    let mut changes = Vec::new();
+    if state.threads.wanted.contains_key(&pid) || !state.threads.available {
+        return changes;
+    }
+    changes.extend(state.threads.request(pid, WantReason::Markers));
+    let parent = state.table.get(pid).and_then(|p| {
+        let parent = state.table.get(p.ppid)?;
+        (parent.comm == p.comm && p.ppid > 1).then_some(p.ppid)
+    });
+    if let Some(ppid) = parent {
+        changes.extend(state.threads.request(ppid, WantReason::PoolParent));
+    }
+    changes
+}
+
+// ---- metrics -----------------------------------------------------------------------------
+
+/// Every metric name this module exports.
+pub const METRIC_NAMES: &[&str] = &[
+    "leakscope_thread_rss_growth_bytes",
+    "leakscope_thread_mapped_growth_bytes",
+    "leakscope_threads_processes",
+    "leakscope_thread_tracking_refused_total",
+];
+
+/// The top threads (`--top-threads`) of each process that has series of its own: at most
+/// that many series per exported process.
+pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::proto::MetricType;
+
+    use crate::tasks::metrics::{counter, family, gauge};
+    let (mut rss, mut mapped) = (Vec::new(), Vec::new());
+    for p in state.export().own {
+        let Some(top) = state.threads.top_of(p.pid) else {
+            continue;
+        };
+        let pid = p.pid.to_string();
+        for t in top {
+            let tid = t.tid.to_string();
+            let l = [
+                ("pid", pid.as_str()),
+                ("tid", tid.as_str()),
+                ("comm", t.comm.as_str()),
+            ];
+            rss.push(gauge(&l, t.rss_growth_bytes as f64));
+            mapped.push(gauge(&l, t.mapped_growth_bytes as f64));
+        }
+    }
+    vec![
+        family(
+            "leakscope_thread_rss_growth_bytes",
+            "RSS a thread's own page faults added to its process, minus what it released, \
+             since per-thread accounting began (top threads of exported processes).",
+            MetricType::GAUGE,
+            rss,
+        ),
+        family(
+            "leakscope_thread_mapped_growth_bytes",
+            "Address space a thread mapped minus unmapped (mmap, munmap, mremap, brk) since \
+             per-thread accounting began (top threads of exported processes).",
+            MetricType::GAUGE,
+            mapped,
+        ),
+        family(
+            "leakscope_threads_processes",
+            "Processes with per-thread accounting (they send task markers, or match \
+             --threads-for).",
+            MetricType::GAUGE,
+            vec![gauge(&[], state.threads.wanted.len() as f64)],
+        ),
+        family(
+            "leakscope_thread_tracking_refused_total",
+            "Processes refused per-thread accounting because --max-thread-processes was reached.",
+            MetricType::COUNTER,
+            vec![counter(&[], state.threads.refused as f64)],
+        ),
+    ]
+}
+
+// ---- the interval loop -------------------------------------------------------------------
+
+struct Lazy {
+    pid: u32,
+    comm: String,
+}
+
+impl Candidate for Lazy {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn comm(&self) -> &str {
+        &self.comm
+    }
+    fn cmdline(&self) -> Option<String> {
+        crate::proc::cmdline(self.pid)
+    }
+    fn cgroup_path(&self) -> Option<String> {
+        crate::proc::cgroup_paths(self.pid).0
+    }
+}
+
+pub async fn run(maps: Arc<ThreadMaps>, shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let maps = maps.clone();
+        let shared = shared.clone();
+        // Map iteration and /proc reads block: keep them off the runtime's worker threads.
+        if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&maps, &shared)).await {
+            log::warn!("per-thread sync failed: {e}");
+        }
+    }
+}
+
+/// One interval: decide who is wanted, apply it, read the kernel's numbers, prune.
+pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
+    let now = boot_ns();
+    // 1. Processes gone, pool children, and candidates for --threads-for.
+    let (mut changes, candidates, matchers) = {
+        let mut guard = shared.state();
+        let state = &mut *guard;
+        let mut changes = Vec::new();
+        let table = &state.table;
+        let threads = &mut state.threads;
+        let gone: Vec<u32> = threads
+            .wanted
+            .keys()
+            .filter(|pid| table.get(**pid).is_none())
+            .copied()
+            .collect();
+        for pid in gone {
+            threads.wanted.remove(&pid);
+            threads.top.remove(&pid);
+            changes.push((pid, false));
+        }
+        threads.decided.retain(|pid| table.get(*pid).is_some());
+        // A sender whose parent the table did not know at its first marker: ask now.
+        let parents: Vec<u32> = threads
+            .wanted
+            .iter()
+            .filter(|(_, r)| **r == WantReason::Markers)
+            .filter_map(|(pid, _)| {
+                let p = table.get(*pid)?;
+                let parent = table.get(p.ppid)?;
+                (p.ppid > 1 && parent.comm == p.comm).then_some(p.ppid)
+            })
+            .collect();
+        for ppid in parents {
+            changes.extend(threads.request(ppid, WantReason::PoolParent));
+        }
+        let mut candidates = Vec::new();
+        let undecided: Vec<(u32, u32, String, u64)> = table
+            .iter()
+            .filter(|p| !threads.decided.contains(&p.pid))
+            .map(|p| (p.pid, p.ppid, p.comm.clone(), p.start_ns))
+            .collect();
+        for (pid, ppid, comm, start_ns) in undecided {
+            if threads.wanted.get(&ppid) == Some(&WantReason::PoolParent) {
+                threads.decided.insert(pid);
+                changes.extend(threads.request(pid, WantReason::PoolChild));
+            } else if !threads.config.has_matchers {
+                threads.decided.insert(pid);
+            } else if (now.saturating_sub(start_ns) >= 500_000_000 || start_ns == 0)
+                && candidates.len() < DECISIONS_PER_INTERVAL
+            {
+                // Decided once it has lived a little, as selection does: short-lived forks
+                // never cost a /proc read.
+                candidates.push(Lazy { pid, comm });
+            }
+        }
+        (changes, candidates, threads.config.matchers.clone())
+    };
+    let chosen: Vec<u32> = candidates
+        .iter()
+        .filter(|c| matchers.selects(*c))
+        .map(|c| c.pid)
+        .collect();
+    {
+        let mut state = shared.state();
+        for c in &candidates {
+            state.threads.decided.insert(c.pid);
+        }
+        for pid in chosen {
+            changes.extend(state.threads.request(pid, WantReason::Matcher));
+        }
+    }
+    // 2. Tell the kernel.
+    let refused = maps.apply(&changes);
+    // 3. Read the kernel's numbers and prune entries of processes nobody wants any more.
+    let entries = maps.all();
+    let (tops, stale, count) = {
+        let mut state = shared.state();
+        state.threads.refused_by_kernel(&refused);
+        let wanted = &state.threads.wanted;
+        let mut by_pid: HashMap<u32, Vec<(u32, ThreadStats)>> = HashMap::new();
+        let mut stale = Vec::new();
+        for (tid, t) in &entries {
+            if wanted.contains_key(&t.tgid) {
+                by_pid.entry(t.tgid).or_default().push((*tid, *t));
+            } else {
+                stale.push(*tid);
+            }
+        }
+        (by_pid, stale, entries.len() as u64)
+    };
+    let removed = maps.remove(&stale);
+    let top_n = shared.state().threads.config.top_n;
+    let views: HashMap<u32, Vec<ThreadView>> = tops
+        .into_iter()
+        .map(|(pid, threads)| {
+            let all = threads
+                .iter()
+                .map(|(tid, t)| ThreadView::new(*tid, t, true))
+                .collect();
+            let mut best = top(all, top_n);
+            // Only the shown threads are checked for liveness: a bounded number of stats.
+            for v in &mut best {
+                v.alive = Path::new(&format!("/proc/{pid}/task/{}", v.tid)).exists();
+            }
+            (pid, best)
+        })
+        .collect();
+    let mut state = shared.state();
+    state.threads.top = views;
+    state.threads.entries = count.saturating_sub(removed);
+    state.threads.removed += removed;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(tgid: u32, added: u64, removed: u64, mapped: u64) -> ThreadStats {
+        let mut t = ThreadStats::new(tgid, *b"worker\0\0\0\0\0\0\0\0\0\0");
+        t.rss_added = added;
+        t.rss_removed = removed;
+        t.mapped = mapped;
+        t
+    }
+
+    #[test]
+    fn top_ranks_by_rss_growth_then_mapping() {
+        let views = vec![
+            ThreadView::new(1, &stats(9, 10, 0, 0), true),
+            ThreadView::new(2, &stats(9, 50, 10, 0), true),
+            ThreadView::new(3, &stats(9, 40, 0, 100), true),
+            ThreadView::new(4, &stats(9, 40, 0, 0), true),
+        ];
+        let best = top(views, 3);
+        let tids: Vec<u32> = best.iter().map(|v| v.tid).collect();
+        // Equal growth: more mapping first, then the lower tid.
+        assert_eq!(tids, [3, 2, 4]);
+        assert_eq!(best[0].rss_growth_bytes, 40);
+        assert_eq!(best[0].comm, "worker");
+    }
+
+    #[test]
+    fn requests_are_capped_and_counted() {
+        let mut t = Threads::new(ThreadsConfig {
+            max_processes: 2,
+            ..ThreadsConfig::default()
+        });
+        assert_eq!(
+            t.request(1, WantReason::Markers),
+            None,
+            "unavailable: no-op"
+        );
+        t.available = true;
+        assert_eq!(t.request(1, WantReason::Markers), Some((1, true)));
+        assert_eq!(t.request(1, WantReason::Markers), None, "already wanted");
+        assert_eq!(t.request(2, WantReason::Matcher), Some((2, true)));
+        assert_eq!(t.request(3, WantReason::Matcher), None);
+        assert_eq!(t.refused, 1);
+        t.refused_by_kernel(&[2]);
+        assert!(!t.wanted.contains_key(&2));
+        assert_eq!(t.refused, 2);
+    }
+
+    #[test]
+    fn syscall_layout_needs_tracefs() {
+        let err = TracefsError::NotMounted(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(read_layout(Err(&err)).is_err());
+    }
+}
