@@ -20,7 +20,7 @@ use crate::{
     http,
     loader::{self, KernelMaps, Options},
     proc::{self, ProcError},
-    select::{Candidate, Selector},
+    select::Selector,
     shared::Shared,
     state::{AgentState, Settings, boot_ns},
     tracefs,
@@ -333,27 +333,6 @@ fn adopt_unknown(
     }
 }
 
-struct Lazy {
-    pid: u32,
-    comm: String,
-    cgroup: Option<String>,
-}
-
-impl Candidate for Lazy {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn comm(&self) -> &str {
-        &self.comm
-    }
-    fn cmdline(&self) -> Option<String> {
-        proc::cmdline(self.pid)
-    }
-    fn cgroup_path(&self) -> Option<String> {
-        self.cgroup.clone()
-    }
-}
-
 /// Decides selection (and any `--limit`) for processes that have lived at least half a
 /// second, so short-lived forks never cost a /proc read.
 fn evaluate_selection(shared: &Shared) {
@@ -375,7 +354,7 @@ fn evaluate_selection(shared: &Shared) {
         .into_iter()
         .map(|(pid, comm)| {
             let (v2, v1, container) = proc::cgroup_paths_and_container(pid);
-            let candidate = Lazy {
+            let candidate = proc::ProcCandidate {
                 pid,
                 comm,
                 cgroup: v2.clone(),

@@ -453,17 +453,14 @@ pub fn render(state: &AgentState) -> Result<String, prometheus::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{proc::ProcSnapshot, select::Selector};
+    use crate::proc::ProcSnapshot;
 
     const MIB: u64 = 1 << 20;
 
     fn state_with(sizes: &[(u32, &str, u64)], cap: usize) -> AgentState {
         let mut state = AgentState::new(crate::state::Settings {
-            selector: Selector::default(),
             max_processes: cap,
-            detector: crate::detector::DetectorConfig::default(),
-            limits: Vec::new(),
-            max_pools: 8,
+            ..Default::default()
         });
         state
             .table

@@ -59,6 +59,19 @@ pub struct Settings {
     pub max_pools: usize,
 }
 
+impl Default for Settings {
+    /// The CLI's defaults: every process, 500 series, 64 pools, no configured limits.
+    fn default() -> Self {
+        Self {
+            selector: Selector::default(),
+            max_processes: 500,
+            detector: DetectorConfig::default(),
+            limits: Vec::new(),
+            max_pools: 64,
+        }
+    }
+}
+
 /// The overflow series: every selected process beyond the cap, summed.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Overflow {
@@ -391,13 +404,7 @@ mod tests {
     use super::*;
 
     fn state() -> AgentState {
-        AgentState::new(Settings {
-            selector: Selector::default(),
-            max_processes: 10,
-            detector: DetectorConfig::default(),
-            limits: Vec::new(),
-            max_pools: 4,
-        })
+        AgentState::new(Settings::default())
     }
 
     #[test]

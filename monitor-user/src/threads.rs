@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::{
     loader::ProbeStatus,
-    select::{Candidate, Selector},
+    select::Selector,
     shared::Shared,
     state::{AgentState, boot_ns},
     table::comm_str,
@@ -521,26 +521,6 @@ pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
 
 // ---- the interval loop -------------------------------------------------------------------
 
-struct Lazy {
-    pid: u32,
-    comm: String,
-}
-
-impl Candidate for Lazy {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn comm(&self) -> &str {
-        &self.comm
-    }
-    fn cmdline(&self) -> Option<String> {
-        crate::proc::cmdline(self.pid)
-    }
-    fn cgroup_path(&self) -> Option<String> {
-        crate::proc::cgroup_paths(self.pid).0
-    }
-}
-
 pub async fn run(maps: Arc<ThreadMaps>, shared: Arc<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -608,7 +588,11 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
             {
                 // Decided once it has lived a little, as selection does: short-lived forks
                 // never cost a /proc read.
-                candidates.push(Lazy { pid, comm });
+                candidates.push(crate::proc::ProcCandidate {
+                    pid,
+                    comm,
+                    cgroup: None,
+                });
             }
         }
         (changes, candidates, threads.config.matchers.clone())

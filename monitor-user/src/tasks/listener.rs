@@ -399,8 +399,6 @@ mod tests {
 
     use super::*;
     use crate::{
-        detector::DetectorConfig,
-        select::Selector,
         state::{AgentState, Settings},
         tasks::socket::SocketOptions,
     };
@@ -451,13 +449,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("tasks.sock");
         let socket = TaskSocket::bind(&SocketOptions::new(&path)).unwrap();
-        let mut state = AgentState::new(Settings {
-            selector: Selector::default(),
-            max_processes: 10,
-            detector: DetectorConfig::default(),
-            limits: Vec::new(),
-            max_pools: 4,
-        });
+        let mut state = AgentState::new(Settings::default());
         state.threads.available = true;
         let shared = Arc::new(Shared::new(state, None));
         let kernel = Arc::new(FakeKernel::default());

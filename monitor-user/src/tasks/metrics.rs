@@ -11,17 +11,6 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use super::jobs::{Histogram, RETAINED_BUCKETS};
 use crate::state::AgentState;
 
-/// Every metric name this module exports.
-pub const NAMES: &[&str] = &[
-    "leakscope_task_runs_total",
-    "leakscope_task_retained_bytes",
-    "leakscope_task_leak_suspected",
-    "leakscope_task_jobs_abandoned_total",
-    "leakscope_markers_received_total",
-    "leakscope_markers_dropped_total",
-    "leakscope_marker_queue_full_total",
-];
-
 pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
@@ -156,21 +145,13 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
 mod tests {
     use super::*;
     use crate::{
-        detector::DetectorConfig,
-        select::Selector,
         state::Settings,
         table::Source,
         tasks::{jobs::Snapshot, protocol::parse},
     };
 
     fn state() -> AgentState {
-        AgentState::new(Settings {
-            selector: Selector::default(),
-            max_processes: 10,
-            detector: DetectorConfig::default(),
-            limits: Vec::new(),
-            max_pools: 4,
-        })
+        AgentState::new(Settings::default())
     }
 
     fn render(families: Vec<MetricFamily>) -> String {
