@@ -397,7 +397,9 @@ impl Drop for TestCgroup {
     }
 }
 
-fn memory_cgroup_root() -> Option<(PathBuf, bool)> {
+/// The memory controller's hierarchy and whether it is cgroup v2 (preferred when it has the
+/// controller) or v1.
+pub fn memory_cgroup_root() -> Option<(PathBuf, bool)> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut v1 = None;
     for line in mounts.lines() {

@@ -408,7 +408,9 @@ const CONTAINER_ID: &str = "4c5d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f
 
 impl PodCgroup {
     fn create() -> Self {
-        let root = memory_hierarchy().expect("no memory cgroup hierarchy on this host");
+        let root = integration_tests::memory_cgroup_root()
+            .map(|(root, _)| root)
+            .expect("no memory cgroup hierarchy on this host");
         let mut dirs = Vec::new();
         let mut dir = root.join(format!("leakscope-test-{}", std::process::id()));
         for part in [
@@ -445,31 +447,6 @@ impl Drop for PodCgroup {
             }
         }
     }
-}
-
-/// The memory controller's hierarchy: cgroup v2 when it has the controller, else v1.
-fn memory_hierarchy() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut v1 = None;
-    for line in mounts.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = PathBuf::from(left.split_whitespace().nth(4)?);
-        let mut right = right.split_whitespace();
-        match (right.next(), right.nth(1)) {
-            (Some("cgroup2"), _) => {
-                let controllers = std::fs::read_to_string(mount_point.join("cgroup.controllers"))
-                    .unwrap_or_default();
-                if controllers.split_whitespace().any(|c| c == "memory") {
-                    return Some(mount_point);
-                }
-            }
-            (Some("cgroup"), Some(opts)) if opts.split(',').any(|o| o == "memory") => {
-                v1 = Some(mount_point);
-            }
-            _ => {}
-        }
-    }
-    v1
 }
 
 #[test]

@@ -18,6 +18,7 @@ Framework hooks are submodules imported on first use, so importing
 import importlib
 from typing import Any
 
+from . import _client
 from ._client import (
     DEFAULT_SOCKET,
     ENV_SOCKET,
@@ -37,22 +38,7 @@ from ._client import (
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_SOCKET",
-    "ENV_SOCKET",
-    "MAX_DATAGRAM",
-    "MAX_JOB_ID_LEN",
-    "MAX_TASK_LEN",
-    "begin",
-    "configure",
-    "end",
-    "format_marker",
-    "get_socket_path",
-    "sanitize_job_id",
-    "sanitize_task_name",
-    "stats",
-    "task",
-]
+__all__ = list(_client.__all__)
 
 _HOOKS = frozenset({"celery", "rq", "dramatiq", "django_q"})
 
