@@ -6,4 +6,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/bin}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-exec make -C "$here" OUT="$out" CFLAGS="${CFLAGS:--O2 -g -Wall -Wextra}"
+exec make -C "$here" OUT="$out" CFLAGS="${CFLAGS:--O2 -g -fno-omit-frame-pointer -Wall -Wextra}"

@@ -4,6 +4,8 @@
 //! byte layout the kernel writes is the one user space reads.
 #![no_std]
 
+pub mod stacks;
+
 /// Per-process state, keyed by tgid. Written by the rss/sched programs, read by the agent.
 pub const PROCS_MAP: &str = "PROCS";
 /// Which process owns an address space, keyed by [`ProcStats::mm`].
@@ -299,7 +301,8 @@ pub struct SyscallOffsets {
     pub mremap_new_len: u32,
     /// `sys_exit_*`: `long ret`
     pub ret: u32,
-    pub _pad: u32,
+    /// `sys_enter_brk`: `unsigned long brk` (the requested break)
+    pub brk: u32,
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files

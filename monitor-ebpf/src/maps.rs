@@ -2,11 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use monitor_common::{
     Counter, DEFAULT_MAX_PROCS, DEFAULT_MAX_THREAD_PROCS, DEFAULT_MAX_THREADS, EVENTS_RING_BYTES,
     LifecycleEvent, ProcStats, ThreadStats,
+    stacks::{DEFAULT_MAX_STACKS, StackCounter},
 };
 
 /// LRU so a burst of short-lived processes the agent cannot drain in time evicts the coldest
@@ -40,6 +41,21 @@ pub static THREAD_WANT: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MA
 /// verifier, so checking it on every page fault costs a load, not a hash lookup.
 #[map(name = "THREAD_CONFIG")]
 pub static THREAD_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// User stacks of the stack-sampling programs (growth and alloc), deduplicated by the kernel.
+#[map(name = "STACKS")]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
+
+#[map(name = "STACK_COUNTERS")]
+pub static STACK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(StackCounter::COUNT, 0);
+
+#[inline(always)]
+pub fn count_stack(counter: StackCounter) {
+    if let Some(slot) = STACK_COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot, as in `count`.
+        unsafe { *slot += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -140,6 +140,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
 
+    // The object moves to the profiler, which attaches growth programs on request only.
+    let _programs = match crate::investigate::endpoint::Profiler::new(loaded.ebpf) {
+        Ok(p) => {
+            shared.set_profiler(p);
+            None
+        }
+        Err((e, ebpf)) => {
+            warn!("/debug/pprof/growth is off: {e}");
+            Some(ebpf)
+        }
+    };
     let events_task = tokio::spawn(event_loop(shared.clone()));
     let per_job = per_job.start(shared.clone(), maps.clone(), args.interval);
     let sync_task = tokio::spawn(interval_loop(maps, shared.clone(), args.interval));
@@ -161,18 +172,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Stops its loops and removes the task socket's file.
     drop(per_job);
-    drop(loaded);
     result.map_err(Into::into)
 }
 
 /// Parsing kernel BTF (ours, then aya's) briefly needs tens of MiB; hand it back to the
 /// kernel rather than keeping it in malloc's free lists for the agent's whole life.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own heaps.
     unsafe { libc::malloc_trim(0) };
 }
 
-fn bump_memlock_rlimit() {
+pub(crate) fn bump_memlock_rlimit() {
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,

@@ -20,7 +20,73 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: trace every process's memory and serve /metrics, /api/v1/processes, /healthz.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Find the code paths a process's memory grows from: growth stacks (any allocator) and/or
+    /// allocator tracing. Prints a ranked table; --out also writes pprof and flame graphs.
+    Investigate(InvestigateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InvestigateMode {
+    /// Stacks of page faults that add RSS (sampled) and of mmap/brk growth: cheap, works
+    /// with any allocator.
+    Growth,
+    /// uprobes on the process's allocator: outstanding allocations by stack and age. Costs
+    /// 1-5 µs per allocator call while attached.
+    Alloc,
+    Both,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InvestigateArgs {
+    /// The process to investigate.
+    #[arg(long)]
+    pub pid: u32,
+
+    /// How long to trace (Ctrl-C stops early and still reports).
+    #[arg(long, default_value = "60s", value_parser = parse_trace_duration)]
+    pub duration: Duration,
+
+    #[arg(long, value_enum, default_value_t = InvestigateMode::Growth)]
+    pub mode: InvestigateMode,
+
+    /// Directory for growth.pb.gz / alloc.pb.gz (pprof), *.svg (flame graphs) and
+    /// report.json; created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+
+    /// Stacks shown in the table (0: all).
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+
+    /// Growth: sample one page fault in this many.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sample_period: u32,
+
+    /// Alloc: only blocks at least this old at the end count (short-lived ones are not leaks).
+    #[arg(long, default_value = "5s", value_parser = parse_window)]
+    pub min_age: Duration,
+
+    /// Alloc: detach after this many allocator calls, bounding the cost on a busy process.
+    #[arg(long, default_value_t = 100_000_000)]
+    pub max_calls: u64,
+
+    /// Alloc: capacity of the kernel's table of outstanding blocks (full: counted, not evicted).
+    #[arg(long, default_value_t = monitor_common::stacks::DEFAULT_MAX_ALLOCS,
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_allocations: u32,
+
+    /// Print the reports as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_trace_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}` is out of range: use 1s to 1h"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,7 +242,9 @@ mod tests {
 
     #[test]
     fn defaults_are_loopback_and_every_process() {
-        let Command::Run(run) = parse(&["run"]).unwrap().command;
+        let Command::Run(run) = parse(&["run"]).unwrap().command else {
+            panic!("not run")
+        };
         assert_eq!(run.listen.to_string(), "127.0.0.1:9633");
         assert!(run.matchers.is_empty());
         assert_eq!(run.interval, Duration::from_secs(1));
@@ -201,13 +269,35 @@ mod tests {
 
     #[test]
     fn task_socket_defaults() {
-        let Command::Run(run) = parse(&["run"]).unwrap().command;
+        let Command::Run(run) = parse(&["run"]).unwrap().command else {
+            panic!("not run")
+        };
         assert_eq!(run.task_socket.to_str(), Some("/run/leakscope/tasks.sock"));
         assert_eq!(run.task_socket_mode, 0o666);
         assert!(!run.no_task_socket && run.threads_for.is_empty());
         let Command::Run(run) = parse(&["run", "--task-socket-mode", "0660"])
             .unwrap()
-            .command;
+            .command
+        else {
+            panic!("not run")
+        };
         assert_eq!(run.task_socket_mode, 0o660);
+    }
+
+    #[test]
+    fn investigate_defaults_and_bad_values() {
+        let Command::Investigate(inv) = parse(&["investigate", "--pid", "42"]).unwrap().command
+        else {
+            panic!("not investigate")
+        };
+        assert_eq!((inv.pid, inv.mode), (42, InvestigateMode::Growth));
+        assert_eq!(inv.duration, Duration::from_secs(60));
+        assert!(inv.out.is_none() && !inv.json);
+        let err = |a: &[&str]| parse(a).unwrap_err().to_string();
+        assert!(err(&["investigate"]).contains("--pid"));
+        assert!(err(&["investigate", "--pid", "x"]).contains("invalid value"));
+        assert!(err(&["investigate", "--pid", "1", "--mode", "deep"]).contains("growth"));
+        assert!(err(&["investigate", "--pid", "1", "--duration", "2h"]).contains("out of range"));
+        assert!(err(&["investigate", "--pid", "1", "--sample-period", "0"]).contains("0"));
     }
 }

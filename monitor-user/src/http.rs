@@ -43,6 +43,10 @@ pub fn router(state: Arc<Shared>) -> Router {
         .route("/api/v1/pools", get(pools_handler))
         .route("/api/v1/oom", get(oom_handler))
         .route("/api/v1/tasks", get(crate::tasks::api::handler))
+        .route(
+            "/debug/pprof/growth",
+            get(crate::investigate::endpoint::growth_handler),
+        )
         .route("/healthz", get(health_handler))
         .route("/", get(index_handler))
         .with_state(state)

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod container;
 pub mod detector;
 pub mod http;
+pub mod investigate;
 pub mod kube;
 pub mod leaks;
 pub mod limits;

@@ -195,6 +195,10 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
     loader
         .map_max_entries(monitor_common::THREADS_MAP, opts.max_kernel_threads)
         .map_max_entries(monitor_common::THREAD_WANT_MAP, opts.max_thread_processes);
+    crate::investigate::tracer::configure(
+        &mut loader,
+        crate::investigate::endpoint::AGENT_CAPACITY,
+    );
     let mut ebpf = loader.load(object)?;
 
     let ready = |spec: &ProbeSpec| -> Result<(), String> {

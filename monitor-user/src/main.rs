@@ -9,7 +9,8 @@ async fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => agent::run(args).await,
+        Command::Run(args) => agent::run(*args).await,
+        Command::Investigate(args) => monitor_user::investigate::command::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -66,13 +66,14 @@ pub fn read_layout(tracefs: Result<&Path, &TracefsError>) -> Result<SyscallOffse
     let munmap = fmt("sys_enter_munmap")?;
     let mremap = fmt("sys_enter_mremap")?;
     let exit = fmt("sys_exit_mmap")?;
+    let brk = fmt("sys_enter_brk")?;
     Ok(SyscallOffsets {
         mmap_len: off(&mmap, "len")?,
         munmap_len: off(&munmap, "len")?,
         mremap_old_len: off(&mremap, "old_len")?,
         mremap_new_len: off(&mremap, "new_len")?,
         ret: off(&exit, "ret")?,
-        _pad: 0,
+        brk: off(&brk, "brk")?,
     })
 }
 

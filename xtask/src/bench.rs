@@ -12,6 +12,8 @@ use clap::Subcommand;
 use crate::{setup, util};
 
 // Declared here rather than in main.rs: `bench` owns the benchmark subcommands.
+#[path = "bench_alloc.rs"]
+mod bench_alloc;
 #[path = "bench_metrics.rs"]
 mod bench_metrics;
 #[path = "detection.rs"]
@@ -39,6 +41,13 @@ pub enum Which {
         #[arg(long, num_args = 1.., value_name = "NAME")]
         only: Vec<String>,
     },
+    /// `leakscope investigate` against an allocator-heavy microbenchmark and a page-fault
+    /// workload: its slowdown per mode, interleaved with untraced runs and a bpftrace baseline.
+    Alloc {
+        /// Interleaved rounds (each: every variant once, in rotated order).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// /metrics with many tracked processes (real `sleep`s, each with series of its own):
     /// exposition size and scrape time against the targets (< 4 MiB, median < 50 ms).
     Metrics {
@@ -64,6 +73,7 @@ pub fn run(which: Which) -> Result<()> {
             duration,
             only,
         }),
+        Which::Alloc { rounds } => bench_alloc::run(bench_alloc::Opts { rounds }),
         Which::Metrics { processes, scrapes } => {
             bench_metrics::run(bench_metrics::Opts { processes, scrapes })
         }
@@ -75,11 +85,13 @@ struct Workload {
     args: &'static [&'static str],
 }
 
+const PAGE_FAULTS: Workload = Workload {
+    name: "page faults (256 MiB x 8 touch+unmap)",
+    args: &["faults", "256", "8"],
+};
+
 const WORKLOADS: [Workload; 2] = [
-    Workload {
-        name: "page faults (256 MiB x 8 touch+unmap)",
-        args: &["faults", "256", "8"],
-    },
+    PAGE_FAULTS,
     Workload {
         name: "fork/exit (3000 children)",
         args: &["forks", "3000"],
@@ -91,15 +103,7 @@ fn overhead(rounds: usize) -> Result<()> {
         bail!("the overhead benchmark loads BPF programs: run it as root");
     }
     let agent_bin = util::build_agent(true)?;
-    util::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "integration-tests",
-        "--bin",
-        "workload",
-    ])?;
-    let workload = agent_bin.with_file_name("workload");
+    let workload = build_workload(&agent_bin)?;
 
     // Warm caches and the page allocator before measuring.
     for w in &WORKLOADS {
@@ -139,6 +143,19 @@ fn overhead(rounds: usize) -> Result<()> {
         agent_peak as f64 / (1 << 20) as f64
     );
     Ok(())
+}
+
+/// Builds the `workload` binary (tests/src/bin/workload.rs) next to the release agent.
+fn build_workload(agent_bin: &Path) -> Result<PathBuf> {
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "integration-tests",
+        "--bin",
+        "workload",
+    ])?;
+    Ok(agent_bin.with_file_name("workload"))
 }
 
 fn time_workload(bin: &Path, args: &[&str]) -> Result<f64> {

@@ -17,6 +17,15 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
 ];
 
+/// What `cargo xtask bench alloc` drives besides the agent: the C benchmark's toolchain, the
+/// bpftrace baseline, and bpftool (it confirms that bpftrace's probes are in place).
+const BENCH_ALLOC_PACKAGES: &[(&str, &str)] = &[
+    ("cc", "gcc"),
+    ("make", "make"),
+    ("bpftrace", "bpftrace"),
+    ("bpftool", "bpftool"),
+];
+
 /// The test suite's Python packages, installed into [`venv_dir`].
 const TEST_REQUIREMENTS: &str = "tests/requirements.txt";
 
@@ -28,12 +37,23 @@ pub fn run(with_tests: bool) -> Result<()> {
     ensure_llvm_dev(&mut apt, major)?;
     ensure_bpf_linker(major)?;
     if with_tests {
-        for (binary, package) in TEST_PACKAGES {
-            if which(binary).is_none() {
-                apt.install(package)?;
-            }
-        }
+        install_missing(&mut apt, TEST_PACKAGES)?;
         ensure_test_venv(&mut apt)?;
+    }
+    Ok(())
+}
+
+/// Installs what `cargo xtask bench alloc` needs on top of [`run`]'s toolchain.
+pub fn ensure_bench_alloc_tools() -> Result<()> {
+    install_missing(&mut Apt::default(), BENCH_ALLOC_PACKAGES)
+}
+
+/// `(binary, Debian package)` pairs: installs the package of each binary not on PATH.
+fn install_missing(apt: &mut Apt, packages: &[(&str, &str)]) -> Result<()> {
+    for (binary, package) in packages {
+        if which(binary).is_none() {
+            apt.install(package)?;
+        }
     }
     Ok(())
 }

@@ -39,13 +39,13 @@ use super::{
 use crate::maps::{PROCS, THREAD_CONFIG, THREAD_WANT, THREADS, count};
 
 #[unsafe(no_mangle)]
-static SYSCALL_OFFSETS: Global<SyscallOffsets> = Global::new(SyscallOffsets {
+pub static SYSCALL_OFFSETS: Global<SyscallOffsets> = Global::new(SyscallOffsets {
     mmap_len: 24,
     munmap_len: 24,
     mremap_old_len: 24,
     mremap_new_len: 32,
     ret: 16,
-    _pad: 0,
+    brk: 16,
 });
 
 /// Whether the agent wants per-thread numbers for `tgid`. The hash lookup happens only when
@@ -141,7 +141,7 @@ fn enter(ctx: &TracePointContext, call: Syscall) -> u32 {
 
 /// Lengths the kernel rounds up to whole pages.
 #[inline(always)]
-fn pages(len: u64, page_shift: u32) -> i64 {
+pub fn pages(len: u64, page_shift: u32) -> i64 {
     let page = 1u64 << page_shift;
     // A length this large fails the call anyway; keep the arithmetic from wrapping.
     (len.min(1 << 56).saturating_add(page - 1) & !(page - 1)) as i64

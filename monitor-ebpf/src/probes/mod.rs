@@ -1,9 +1,12 @@
 //! One module per hook family; programs are named `<family>_<event>`.
 
+pub mod alloc;
+pub mod growth;
 pub mod mem;
 pub mod oom;
 pub mod rss;
 pub mod sched;
+pub mod stack;
 
 /// Why a program gave up on an event; every variant is counted before returning.
 #[derive(Clone, Copy)]

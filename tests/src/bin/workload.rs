@@ -4,6 +4,9 @@
 //! times (one page fault and one rss_stat event per page).
 //! `workload forks COUNT`: fork, exit and reap COUNT children.
 //! Prints the elapsed seconds on stdout.
+//! `workload --wait-go faults|forks ...`: first prints `ready`, then starts (and its clock) only
+//! after a line on stdin, and exits only once stdin is closed: a tracer can attach to the pid
+//! before the work and be stopped while the process still exists (`bench alloc`).
 
 use std::time::Instant;
 
@@ -47,8 +50,23 @@ fn forks(count: usize) {
     }
 }
 
+fn wait_for_go() {
+    use std::io::{BufRead as _, Write as _};
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "ready")
+        .and_then(|()| stdout.flush())
+        .expect("stdout");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("stdin");
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let wait_go = args.get(1).is_some_and(|a| a == "--wait-go");
+    if wait_go {
+        args.remove(1);
+        wait_for_go();
+    }
     let num = |i: usize, default: usize| {
         args.get(i)
             .map(|s| s.parse().expect("a number"))
@@ -59,9 +77,14 @@ fn main() {
         Some("faults") => faults(num(2, 256), num(3, 8)),
         Some("forks") => forks(num(2, 2000)),
         _ => {
-            eprintln!("usage: workload faults [MIB] [ROUNDS] | workload forks [COUNT]");
+            eprintln!(
+                "usage: workload [--wait-go] faults [MIB] [ROUNDS] | workload [--wait-go] forks [COUNT]"
+            );
             std::process::exit(2);
         }
     }
     println!("{:.6}", start.elapsed().as_secs_f64());
+    if wait_go {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    }
 }

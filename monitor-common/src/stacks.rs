@@ -1,0 +1,183 @@
+//! Types of the stack-sampling programs (`leakscope investigate` and `/debug/pprof/growth`):
+//! growth stacks for any allocator, and outstanding allocations from allocator uprobes.
+
+/// tgid -> [`GrowthTarget`]: the processes whose growth is sampled; written by user space.
+pub const GROWTH_TARGETS_MAP: &str = "GROWTH_TARGETS";
+/// [`GrowthKey`] -> [`GrowthValue`]: growth aggregated by stack in the kernel.
+pub const GROWTH_MAP: &str = "GROWTH";
+/// [`PageKey`] -> stack id of the last sampled fault that brought the page in. User space
+/// checks which of these pages are still resident at the end (`/proc/PID/pagemap`), so
+/// memory faulted in and released again does not count as growth.
+pub const GROWTH_PAGES_MAP: &str = "GROWTH_PAGES";
+/// Stack id -> user stack (frame-pointer walk), shared by growth and alloc.
+pub const STACKS_MAP: &str = "STACKS";
+/// Address -> [`AllocInfo`]: allocations not freed yet. A plain hash, not LRU: the oldest
+/// entries are the leaks, so a full table refuses new entries (counted) instead of evicting.
+pub const ALLOCS_MAP: &str = "ALLOCS";
+/// tid -> [`AllocPending`]: an allocator call between its entry and its return.
+pub const ALLOC_PENDING_MAP: &str = "ALLOC_PENDING";
+/// Per-CPU counters indexed by [`StackCounter`].
+pub const STACK_COUNTERS_MAP: &str = "STACK_COUNTERS";
+
+pub const DEFAULT_MAX_STACKS: u32 = 16_384;
+pub const DEFAULT_MAX_GROWTH_KEYS: u32 = 16_384;
+pub const DEFAULT_MAX_GROWTH_TARGETS: u32 = 64;
+/// Sampled pages remembered: at one fault in 16, 16 GiB of growth.
+pub const DEFAULT_MAX_GROWTH_PAGES: u32 = 262_144;
+pub const DEFAULT_MAX_ALLOCS: u32 = 1_000_000;
+pub const DEFAULT_MAX_PENDING: u32 = 16_384;
+
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct GrowthTarget {
+    /// Sample one fault in `period` (1 = every fault).
+    pub period: u32,
+    /// Faults seen since the last sample; racy across threads by design (it only spaces
+    /// samples out).
+    pub seen: u32,
+}
+
+/// Where growth came from; also [`GrowthKey::source`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum GrowthSource {
+    PageFault = 0,
+    Mmap = 1,
+    Brk = 2,
+}
+
+impl GrowthSource {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::PageFault),
+            1 => Some(Self::Mmap),
+            2 => Some(Self::Brk),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct GrowthKey {
+    pub tgid: u32,
+    /// Id in [`STACKS_MAP`]; negative when the stack could not be taken.
+    pub stack_id: i32,
+    pub source: u32,
+    pub _pad: u32,
+    /// The word at the user stack pointer when the event was raised inside a syscall wrapper:
+    /// the return address into the wrapper's caller, which a frame-pointer walk skips because
+    /// libc's wrappers keep no frame. 0 for page faults. User space keeps it only if it points
+    /// just after a call instruction.
+    pub return_hint: u64,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct PageKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Page-aligned user address.
+    pub page: u64,
+}
+
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct GrowthValue {
+    /// Sampled events.
+    pub events: u64,
+    /// Estimated bytes: pages x sample period for faults, lengths for mmap/brk.
+    pub bytes: u64,
+}
+
+/// Allocator entry points, by the arguments they take.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AllocKind {
+    /// size in arg0: malloc, valloc, pvalloc, mallocx, operator new
+    Malloc = 0,
+    /// count in arg0, size in arg1: calloc
+    Calloc = 1,
+    /// old pointer in arg0, size in arg1: realloc, rallocx
+    Realloc = 2,
+    /// alignment in arg0, size in arg1: aligned_alloc, memalign
+    Memalign = 3,
+    /// result pointer in arg0, size in arg2: posix_memalign
+    PosixMemalign = 4,
+}
+
+/// What the return probe needs from the entry.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct AllocPending {
+    pub size: u64,
+    /// posix_memalign: where the pointer is written.
+    pub out_ptr: u64,
+    pub return_address: u64,
+    pub stack_id: i32,
+    pub kind: u32,
+}
+
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// CLOCK_BOOTTIME, ns.
+    pub timestamp_ns: u64,
+    /// The allocator call's return address, read at its entry: the caller's frame, which a
+    /// frame-pointer walk from inside an allocator that keeps no frame pointer misses.
+    pub return_address: u64,
+    pub stack_id: i32,
+    pub tgid: u32,
+}
+
+/// Counters of the stack-sampling programs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum StackCounter {
+    /// Events sampled into [`GROWTH_MAP`].
+    GrowthSampled = 0,
+    /// Stacks the stack map could not take (full, or a hash collision).
+    StackLost,
+    /// Failed inserts into [`GROWTH_MAP`] or [`GROWTH_PAGES_MAP`].
+    GrowthKeyLost,
+    /// Allocator calls seen at entry.
+    AllocCalls,
+    /// Allocations recorded in [`ALLOCS_MAP`].
+    AllocTracked,
+    /// Frees that removed a recorded allocation.
+    AllocFreed,
+    /// Allocations [`ALLOCS_MAP`] had no room for.
+    AllocLost,
+    /// Returns without a pending entry (the entry probe was attached mid-call, or its pending
+    /// entry did not fit).
+    AllocUnpaired,
+    /// Free calls seen.
+    FreeCalls,
+}
+
+impl StackCounter {
+    pub const COUNT: u32 = 9;
+    pub const ALL: [StackCounter; Self::COUNT as usize] = [
+        Self::GrowthSampled,
+        Self::StackLost,
+        Self::GrowthKeyLost,
+        Self::AllocCalls,
+        Self::AllocTracked,
+        Self::AllocFreed,
+        Self::AllocLost,
+        Self::AllocUnpaired,
+        Self::FreeCalls,
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for GrowthTarget {}
+    unsafe impl aya::Pod for GrowthKey {}
+    unsafe impl aya::Pod for GrowthValue {}
+    unsafe impl aya::Pod for PageKey {}
+    unsafe impl aya::Pod for AllocPending {}
+    unsafe impl aya::Pod for AllocInfo {}
+}

@@ -1,0 +1,181 @@
+//! Growth stacks, whatever the allocator: for the processes in GROWTH_TARGETS, user stacks of
+//! the page faults that map a new page (sampled) and of the calls that grow the address space
+//! (mmap, mremap, brk), summed per stack in GROWTH.
+//!
+//! Page faults come from the raw tracepoint `page_fault_user`, whose arguments are
+//! `(unsigned long address, struct pt_regs *regs, unsigned long error_code)`: a raw
+//! tracepoint skips the record the classic one builds on every fault of every process.
+//! Bit 0 of the x86 error code is set when the page was present (a write to a read-only or
+//! copy-on-write page): such faults replace a page or change its rights and add nothing to
+//! RSS, so they are skipped.
+//! Sources: <https://github.com/torvalds/linux/blob/v6.18/arch/x86/include/asm/trace/exceptions.h>,
+//! <https://github.com/torvalds/linux/blob/v6.18/arch/x86/include/asm/trap_pf.h>.
+//!
+//! These programs are attached only while someone investigates: the page-fault tracepoint
+//! costs every process on the host, not only the targets.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_get_current_task,
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::HashMap,
+    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
+};
+use monitor_common::stacks::{
+    DEFAULT_MAX_GROWTH_KEYS, DEFAULT_MAX_GROWTH_PAGES, DEFAULT_MAX_GROWTH_TARGETS, GrowthKey,
+    GrowthSource, GrowthTarget, GrowthValue, PageKey, StackCounter,
+};
+
+use super::{
+    ProbeError, current_tgid, field,
+    mem::{SYSCALL_OFFSETS, pages},
+    rss::{KERNEL_LAYOUT, read_kernel},
+    stack::{current_return_hint, user_stack_id},
+};
+use crate::maps::count_stack;
+
+#[map(name = "GROWTH_TARGETS")]
+static GROWTH_TARGETS: HashMap<u32, GrowthTarget> =
+    HashMap::with_max_entries(DEFAULT_MAX_GROWTH_TARGETS, 0);
+
+#[map(name = "GROWTH")]
+static GROWTH: HashMap<GrowthKey, GrowthValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_GROWTH_KEYS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GROWTH_PAGES")]
+static GROWTH_PAGES: HashMap<PageKey, i64> =
+    HashMap::with_max_entries(DEFAULT_MAX_GROWTH_PAGES, BPF_F_NO_PREALLOC);
+
+const PF_PRESENT: u64 = 1;
+/// Indexes of `address` and `error_code` in the raw tracepoint's arguments.
+const ARG_ADDRESS: usize = 0;
+const ARG_ERROR_CODE: usize = 2;
+
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn growth_fault(ctx: RawTracePointContext) -> i32 {
+    try_fault(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_fault(ctx: &RawTracePointContext) {
+    let tgid = current_tgid();
+    let Some(target) = GROWTH_TARGETS.get_ptr_mut(tgid) else {
+        return;
+    };
+    // SAFETY: raw tracepoint arguments are an array of u64, and page_fault_user has three.
+    let error_code = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ERROR_CODE) };
+    if error_code & PF_PRESENT != 0 {
+        return;
+    }
+    // SAFETY: a map value pointer, valid for this program's run.
+    let target = unsafe { &mut *target };
+    target.seen += 1;
+    if target.seen < target.period {
+        return;
+    }
+    target.seen = 0;
+    let shift = KERNEL_LAYOUT.load().page_shift;
+    let bytes = u64::from(target.period) << shift;
+    let stack_id = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
+    // SAFETY: as above.
+    let address = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ADDRESS) };
+    let key = PageKey {
+        tgid,
+        _pad: 0,
+        page: address >> shift << shift,
+    };
+    if GROWTH_PAGES.insert(&key, &i64::from(stack_id), 0).is_err() {
+        count_stack(StackCounter::GrowthKeyLost);
+    }
+}
+
+#[tracepoint]
+pub fn growth_mmap(ctx: TracePointContext) -> u32 {
+    let _ = try_syscall(&ctx, GrowthSource::Mmap, false);
+    0
+}
+
+#[tracepoint]
+pub fn growth_mremap(ctx: TracePointContext) -> u32 {
+    let _ = try_syscall(&ctx, GrowthSource::Mmap, true);
+    0
+}
+
+#[tracepoint]
+pub fn growth_brk(ctx: TracePointContext) -> u32 {
+    let _ = try_syscall(&ctx, GrowthSource::Brk, false);
+    0
+}
+
+/// Counted at entry: a failed call is rare enough not to pay for a second program at exit.
+fn try_syscall(
+    ctx: &TracePointContext,
+    source: GrowthSource,
+    remap: bool,
+) -> Result<(), ProbeError> {
+    let tgid = current_tgid();
+    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
+        return Ok(());
+    }
+    let off = SYSCALL_OFFSETS.load();
+    let layout = KERNEL_LAYOUT.load();
+    let added = match source {
+        GrowthSource::Mmap if remap => {
+            let old = pages(field(ctx, off.mremap_old_len)?, layout.page_shift);
+            let new = pages(field(ctx, off.mremap_new_len)?, layout.page_shift);
+            new - old
+        }
+        GrowthSource::Mmap => pages(field(ctx, off.mmap_len)?, layout.page_shift),
+        _ => {
+            let requested: u64 = field(ctx, off.brk)?;
+            if layout.mm_brk == 0 || layout.task_mm == 0 || requested == 0 {
+                return Ok(());
+            }
+            let task = unsafe { bpf_get_current_task() };
+            let mm: u64 = read_kernel(task + u64::from(layout.task_mm))?;
+            if mm == 0 {
+                return Ok(());
+            }
+            let current: u64 = read_kernel(mm + u64::from(layout.mm_brk))?;
+            requested as i64 - current as i64
+        }
+    };
+    if added > 0 {
+        record(ctx, tgid, source, current_return_hint(), added as u64);
+    }
+    Ok(())
+}
+
+/// Adds to the stack's entry; returns the stack id.
+#[inline(always)]
+fn record<C: StackIdContext>(
+    ctx: &C,
+    tgid: u32,
+    source: GrowthSource,
+    hint: u64,
+    bytes: u64,
+) -> i32 {
+    let key = GrowthKey {
+        tgid,
+        stack_id: user_stack_id(ctx),
+        source: source as u32,
+        _pad: 0,
+        return_hint: hint,
+    };
+    count_stack(StackCounter::GrowthSampled);
+    if let Some(v) = GROWTH.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer; concurrent updates of one stack from two CPUs can lose
+        // an increment, which a sampled estimate tolerates.
+        let v = unsafe { &mut *v };
+        v.events += 1;
+        v.bytes += bytes;
+        return key.stack_id;
+    }
+    let fresh = GrowthValue { events: 1, bytes };
+    if GROWTH.insert(&key, &fresh, 0).is_err() {
+        count_stack(StackCounter::GrowthKeyLost);
+    }
+    key.stack_id
+}

@@ -1,0 +1,253 @@
+//! `leakscope investigate --pid PID`: attach, trace for a while, report.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use monitor_common::stacks::StackCounter;
+
+use super::{
+    alloc::AllocTrace,
+    allocators,
+    collect::{self, Target},
+    flame,
+    growth::Growth,
+    maps_snapshot, pprof,
+    report::{Report, human_duration},
+    table,
+    tracer::{self, Capacity},
+};
+use crate::{
+    caps::CapSet,
+    cli::{InvestigateArgs, InvestigateMode},
+    state::boot_ns,
+};
+
+const POLL: Duration = Duration::from_millis(200);
+const MAPS_REFRESH: Duration = Duration::from_secs(1);
+const STACK_CAPACITY: u32 = 16_384;
+
+pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
+    let pid = args.pid;
+    let comm = read_comm(pid)?;
+    if pid == std::process::id() {
+        bail!("pid {pid} is leakscope itself");
+    }
+    let missing = CapSet::current()
+        .context("reading leakscope's capabilities")?
+        .missing_required();
+    if !missing.is_empty() {
+        let names: Vec<_> = missing.iter().map(|c| c.name).collect();
+        bail!("missing capabilities: {}; run as root", names.join(", "));
+    }
+    if crate::agent::OBJECT.is_empty() {
+        bail!("this binary was built with AYA_BUILD_SKIP: it carries no BPF object");
+    }
+    crate::agent::bump_memlock_rlimit();
+    let tracefs = crate::tracefs::ensure_mounted().ok();
+    let capacity = Capacity {
+        stacks: STACK_CAPACITY,
+        allocations: args.max_allocations,
+    };
+    let mut ebpf =
+        tracer::load_for_investigation(crate::agent::OBJECT, tracefs.as_deref(), capacity)
+            .context("loading the BPF programs")?;
+    let shared = tracer::Shared::take(&mut ebpf)?;
+    let mut mappings = maps_snapshot::read(pid).with_context(|| gone(pid, &comm))?;
+
+    let wants_growth = args.mode != InvestigateMode::Alloc;
+    let wants_alloc = args.mode != InvestigateMode::Growth;
+    let mut growth = None;
+    if wants_growth {
+        let mut g = Growth::new(&mut ebpf)?;
+        g.add(&mut ebpf, pid, args.sample_period)?;
+        growth = Some(g);
+    }
+    let mut alloc = None;
+    if wants_alloc {
+        let found = allocators::discover(pid, &mappings)?;
+        let mut trace = AllocTrace::new(&mut ebpf)?;
+        trace.attach(&mut ebpf, pid, &found)?;
+        log::info!("allocator probes: {}", trace.attached.join(", "));
+        for off in &trace.off {
+            log::warn!("allocator probe off: {off}");
+        }
+        alloc = Some(trace);
+    }
+    let mode = match args.mode {
+        InvestigateMode::Growth => "growth",
+        InvestigateMode::Alloc => "alloc",
+        InvestigateMode::Both => "growth+alloc",
+    };
+    // Harnesses wait for this line: every probe is in place once it is printed.
+    eprintln!(
+        "tracing pid {pid} ({comm}) mode {mode} for {}; Ctrl-C stops early",
+        human_duration(args.duration)
+    );
+
+    let started = Instant::now();
+    let mut last_maps = Instant::now();
+    let mut exited = None;
+    let mut budget_note = None;
+    let mut interrupt = interrupt_signals()?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = interrupt.recv() => break,
+        }
+        if !running(pid) {
+            exited = Some(started.elapsed());
+            break;
+        }
+        if last_maps.elapsed() >= MAPS_REFRESH {
+            if let Ok(m) = maps_snapshot::read(pid) {
+                mappings = m;
+            }
+            last_maps = Instant::now();
+        }
+        if let Some(trace) = alloc.as_mut().filter(|t| t.is_attached()) {
+            let calls =
+                shared.counter(StackCounter::AllocCalls) + shared.counter(StackCounter::FreeCalls);
+            if calls >= args.max_calls {
+                trace.detach(&mut ebpf);
+                let note = format!(
+                    "allocator probes detached after {calls} calls ({} in): --max-calls spent",
+                    human_duration(started.elapsed())
+                );
+                log::warn!("{note}");
+                budget_note = Some(note);
+                if growth.is_none() {
+                    break;
+                }
+            }
+        }
+        if started.elapsed() >= args.duration {
+            break;
+        }
+    }
+    let traced = started.elapsed();
+    // Stop the probes before reading: the process no longer pays while we symbolize.
+    if let Some(trace) = alloc.as_mut() {
+        trace.detach(&mut ebpf);
+    }
+    let now = boot_ns();
+    let alive = exited.is_none();
+    if alive && let Ok(m) = maps_snapshot::read(pid) {
+        mappings = m;
+    }
+    let target = Target {
+        pid,
+        comm: &comm,
+        alive,
+        mappings: &mappings,
+    };
+    let mut reports = Vec::new();
+    if let Some(g) = &growth {
+        reports.push(collect::growth_report(
+            &target,
+            g,
+            &shared,
+            traced,
+            args.sample_period,
+        ));
+    }
+    if let Some(trace) = &alloc {
+        let mut r = collect::alloc_report(&target, trace, &shared, traced, args.min_age, now);
+        r.notes.extend(budget_note.clone());
+        reports.push(r);
+    }
+    if let Some(after) = exited {
+        for r in &mut reports {
+            r.notes.push(format!(
+                "pid {pid} exited {} into the run: symbolized from the files its mappings \
+                 named, as seen from the host",
+                human_duration(after)
+            ));
+        }
+    }
+    print(&reports, &args)?;
+    if let Some(dir) = &args.out {
+        write_out(dir, &reports)?;
+        eprintln!("wrote {}", dir.display());
+    }
+    if let Some(after) = exited {
+        bail!(
+            "pid {pid} ({comm}) exited {} into the {} run; the report covers what it did until then",
+            human_duration(after),
+            human_duration(args.duration)
+        );
+    }
+    Ok(())
+}
+
+fn read_comm(pid: u32) -> anyhow::Result<String> {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(c) => Ok(c.trim_end().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("no process with pid {pid}")
+        }
+        Err(e) => bail!("cannot read /proc/{pid}/comm: {e}"),
+    }
+}
+
+/// Whether `pid` still runs: a zombie has exited, whether or not its parent has reaped it.
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised comm, which may itself hold parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+fn gone(pid: u32, comm: &str) -> String {
+    format!("pid {pid} ({comm}) exited before it could be traced")
+}
+
+fn interrupt_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+        let mut s = signal(kind).context("installing a signal handler")?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    Ok(rx)
+}
+
+fn print(reports: &[Report], args: &InvestigateArgs) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+    } else {
+        for r in reports {
+            println!("{}", table::render(r, args.top));
+        }
+    }
+    Ok(())
+}
+
+fn write_out(dir: &Path, reports: &[Report]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: String, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    };
+    for r in reports {
+        let mode = r.mode.as_str();
+        write(format!("{mode}.pb.gz"), &pprof::encode(r))?;
+        write(format!("{mode}.svg"), &flame::svg(r)?)?;
+        write(format!("{mode}.txt"), table::render(r, 0).as_bytes())?;
+    }
+    write(
+        "report.json".to_owned(),
+        serde_json::to_string_pretty(reports)?.as_bytes(),
+    )
+}

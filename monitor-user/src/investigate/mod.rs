@@ -1,0 +1,16 @@
+//! `leakscope investigate`: which code path a process's memory grows from.
+
+pub mod alloc;
+pub mod allocators;
+pub mod collect;
+pub mod command;
+pub mod endpoint;
+pub mod flame;
+pub mod growth;
+pub mod maps_snapshot;
+pub mod pprof;
+pub mod probe_point;
+pub mod report;
+pub mod symbolize;
+pub mod table;
+pub mod tracer;
