@@ -182,7 +182,8 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_comm(pid: u32) -> anyhow::Result<String> {
+/// The process's name, or "no process with pid N" when it does not exist.
+pub fn read_comm(pid: u32) -> anyhow::Result<String> {
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
         Ok(c) => Ok(c.trim_end().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

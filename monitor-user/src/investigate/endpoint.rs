@@ -91,10 +91,10 @@ pub async fn growth_handler(
             format!("unknown format `{format}`: use pprof, svg or txt"),
         );
     }
-    let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
-        return bad(StatusCode::NOT_FOUND, format!("no process with pid {pid}"));
+    let comm = match super::command::read_comm(pid) {
+        Ok(comm) => comm,
+        Err(e) => return bad(StatusCode::NOT_FOUND, e.to_string()),
     };
-    let comm = comm.trim_end().to_owned();
 
     let added = {
         let mut p = profiler.lock().await;
