@@ -225,6 +225,17 @@ pub struct KernelLayout {
     pub task_exit_code: u32,
     /// `offsetof(struct mm_struct, brk)`; 0 when unknown (brk is then not accounted).
     pub mm_brk: u32,
+    /// `offsetof(struct task_struct, pid)` and `comm`: the raw `task_newtask` program reads the
+    /// new task through them. 0 when unknown (the classic tracepoint is used instead).
+    pub task_pid: u32,
+    pub task_comm: u32,
+}
+
+impl KernelLayout {
+    /// Whether the raw `task_newtask` program can read what it needs.
+    pub fn knows_new_tasks(&self) -> bool {
+        self.task_pid != 0 && self.task_comm != 0
+    }
 }
 
 /// What one thread did to its process's memory, since the agent asked for its process.
@@ -303,6 +314,12 @@ pub struct SyscallOffsets {
     pub ret: u32,
     /// `sys_enter_brk`: `unsigned long brk` (the requested break)
     pub brk: u32,
+    /// `sys_enter_munmap`: `unsigned long addr`
+    pub munmap_addr: u32,
+    /// `sys_enter_madvise`: `unsigned long start`, `size_t len_in`, `int behavior`
+    pub madvise_start: u32,
+    pub madvise_len: u32,
+    pub madvise_behavior: u32,
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files

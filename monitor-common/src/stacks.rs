@@ -5,10 +5,14 @@
 pub const GROWTH_TARGETS_MAP: &str = "GROWTH_TARGETS";
 /// [`GrowthKey`] -> [`GrowthValue`]: growth aggregated by stack in the kernel.
 pub const GROWTH_MAP: &str = "GROWTH";
-/// [`PageKey`] -> stack id of the last sampled fault that brought the page in. User space
-/// checks which of these pages are still resident at the end (`/proc/PID/pagemap`), so
-/// memory faulted in and released again does not count as growth.
+/// [`PageKey`] -> [`PageSample`]: the last sampled fault that brought the page in. User space
+/// checks which of these pages are still resident at the end (`/proc/PID/pagemap`) and were
+/// not released since (GROWTH_RELEASES), so memory faulted in and released again does not
+/// count as growth, even when a later mapping reuses its addresses.
 pub const GROWTH_PAGES_MAP: &str = "GROWTH_PAGES";
+/// [`ReleaseKey`] -> [`Release`]: address ranges the targets gave back (munmap, madvise
+/// DONTNEED/FREE/REMOVE, brk shrinking), latest per start address.
+pub const GROWTH_RELEASES_MAP: &str = "GROWTH_RELEASES";
 /// Stack id -> user stack (frame-pointer walk), shared by growth and alloc.
 pub const STACKS_MAP: &str = "STACKS";
 /// Address -> [`AllocInfo`]: allocations not freed yet. A plain hash, not LRU: the oldest
@@ -24,18 +28,42 @@ pub const DEFAULT_MAX_GROWTH_KEYS: u32 = 16_384;
 pub const DEFAULT_MAX_GROWTH_TARGETS: u32 = 64;
 /// Sampled pages remembered: at one fault in 16, 16 GiB of growth.
 pub const DEFAULT_MAX_GROWTH_PAGES: u32 = 262_144;
+pub const DEFAULT_MAX_GROWTH_RELEASES: u32 = 65_536;
 pub const DEFAULT_MAX_ALLOCS: u32 = 1_000_000;
 pub const DEFAULT_MAX_PENDING: u32 = 16_384;
 
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
 pub struct GrowthTarget {
-    /// Sample one fault in `period` (1 = every fault).
+    /// The sampling period in force when the process became a target (for its reports).
     pub period: u32,
-    /// Faults seen since the last sample; racy across threads by design (it only spaces
-    /// samples out).
-    pub seen: u32,
+    pub _pad: u32,
 }
+
+/// Per-CPU page-fault sampler ([`GROWTH_SAMPLER_MAP`]). It counts down on the faults of every
+/// process, so that a fault that is not sampled costs no hash lookup: only a sampled one asks
+/// whether its process is a target. Each fault has the same chance, so each target is
+/// sampled at the same rate.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct GrowthSampler {
+    /// Sample one fault in `period` on average (1 = every fault).
+    pub period: u32,
+    /// Faults left before the next sample, drawn at random in `1..2 * period` after each one
+    /// so that a fault pattern repeating with the period cannot hide a call site.
+    pub countdown: u32,
+}
+
+/// [`GrowthSampler`], one per CPU.
+pub const GROWTH_SAMPLER_MAP: &str = "GROWTH_SAMPLER";
+
+/// Growth sampling's default: one page fault in 64, about 1.5% of a fault-bound process's
+/// faults paying for a user stack.
+pub const DEFAULT_SAMPLE_PERIOD: u32 = 64;
+
+/// Allocation sampling's default: on average one sampled block per this many bytes allocated.
+/// Global of the kernel object: `ALLOC_SAMPLE_BYTES` (0 or 1: every block).
+pub const DEFAULT_ALLOC_SAMPLE_BYTES: u64 = 64 << 10;
 
 /// Where growth came from; also [`GrowthKey::source`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -131,6 +159,32 @@ pub struct AllocInfo {
     pub tgid: u32,
 }
 
+/// A sampled page fault: its stack and when (`bpf_ktime_get_ns`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct PageSample {
+    pub stack_id: i64,
+    pub sampled_ns: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct ReleaseKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Page-aligned start of the range.
+    pub start: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Release {
+    /// End of the range (exclusive).
+    pub end: u64,
+    /// When (`bpf_ktime_get_ns`, at the syscall's entry).
+    pub released_ns: u64,
+}
+
 /// Counters of the stack-sampling programs.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -154,10 +208,12 @@ pub enum StackCounter {
     AllocUnpaired,
     /// Free calls seen.
     FreeCalls,
+    /// Released ranges [`GROWTH_RELEASES_MAP`] had no room for.
+    ReleaseLost,
 }
 
 impl StackCounter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [StackCounter; Self::COUNT as usize] = [
         Self::GrowthSampled,
         Self::StackLost,
@@ -168,6 +224,7 @@ impl StackCounter {
         Self::AllocLost,
         Self::AllocUnpaired,
         Self::FreeCalls,
+        Self::ReleaseLost,
     ];
 }
 
@@ -175,9 +232,13 @@ impl StackCounter {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for GrowthTarget {}
+    unsafe impl aya::Pod for GrowthSampler {}
     unsafe impl aya::Pod for GrowthKey {}
     unsafe impl aya::Pod for GrowthValue {}
     unsafe impl aya::Pod for PageKey {}
+    unsafe impl aya::Pod for PageSample {}
+    unsafe impl aya::Pod for ReleaseKey {}
+    unsafe impl aya::Pod for Release {}
     unsafe impl aya::Pod for AllocPending {}
     unsafe impl aya::Pod for AllocInfo {}
 }

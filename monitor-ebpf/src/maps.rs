@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     Counter, DEFAULT_MAX_PROCS, DEFAULT_MAX_THREAD_PROCS, DEFAULT_MAX_THREADS, EVENTS_RING_BYTES,
-    LifecycleEvent, ProcStats, ThreadStats,
+    LifecycleEvent, ProcStats, RssKind, ThreadStats,
     stacks::{DEFAULT_MAX_STACKS, StackCounter},
 };
 
@@ -19,6 +19,32 @@ pub static PROCS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(DEFA
 /// exit teardown and remote accesses (made by other tasks) still land on the right process.
 #[map(name = "MM_OWNERS")]
 pub static MM_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(DEFAULT_MAX_PROCS, 0);
+
+/// What the rss program last found for an mm, in a slot chosen by the mm's address: who
+/// raised the event, which tracked process owns the mm, and the counts applied. A slot holds
+/// one (mm, observer) pair; two pairs sharing a slot only take the full path more often.
+#[map(name = "RSS_SEEN")]
+pub static RSS_SEEN: Array<RssSeen> = Array::with_max_entries(RSS_SEEN_SLOTS, 0);
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct RssSeen {
+    pub mm: u64,
+    /// The process whose event filled the slot.
+    pub observer: u32,
+    /// The process the counts were applied to; 0 when no tracked process owns the mm.
+    pub owner: u32,
+    /// Raw page counts by member, as read from the counter.
+    pub pages: [i64; RssKind::COUNT],
+}
+
+pub const RSS_SEEN_SLOTS: u32 = 4096;
+
+/// `mm_struct`s sit in a slab at least 1 KiB apart: the bits above that spread them.
+#[inline(always)]
+pub fn rss_seen_slot(mm: u64) -> u32 {
+    ((mm >> 10) as u32) & (RSS_SEEN_SLOTS - 1)
+}
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

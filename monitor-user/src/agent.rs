@@ -18,6 +18,7 @@ use crate::{
     cli::RunArgs,
     detector::DetectorConfig,
     http,
+    investigate::auto::{self, AutoGrowth},
     loader::{self, KernelMaps, Options},
     proc::{self, ProcError},
     select::Selector,
@@ -153,7 +154,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let events_task = tokio::spawn(event_loop(shared.clone()));
     let per_job = per_job.start(shared.clone(), maps.clone(), args.interval);
-    let sync_task = tokio::spawn(interval_loop(maps, shared.clone(), args.interval));
+    let auto_growth = args.auto_growth.then_some(AutoGrowth {
+        period: args.auto_growth_period,
+        max: args.auto_growth_max as usize,
+    });
+    if auto_growth.is_some() && shared.profiler().is_none() {
+        warn!("--auto-growth is off: growth profiling is unavailable (see above)");
+    }
+    let sync_task = tokio::spawn(interval_loop(
+        maps,
+        shared.clone(),
+        args.interval,
+        auto_growth,
+    ));
     let logger_task = logger.map(|l| tokio::spawn(log_loop(l)));
     // Pod names from the Kubernetes API: only inside a cluster (kube.rs says when).
     let pods = shared.state().pods.clone();
@@ -275,12 +288,22 @@ async fn event_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn interval_loop(maps: Arc<KernelMaps>, shared: Arc<Shared>, every: Duration) {
+async fn interval_loop(
+    maps: Arc<KernelMaps>,
+    shared: Arc<Shared>,
+    every: Duration,
+    auto_growth: Option<AutoGrowth>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         sync_once(&maps, &shared);
+        if let (Some(cfg), Some(profiler)) = (auto_growth, shared.profiler()) {
+            let leaking = shared.state().leakers();
+            let sampled = auto::follow(&mut *profiler.lock().await, &leaking, cfg);
+            shared.state().growth_sampled = sampled;
+        }
     }
 }
 

@@ -100,6 +100,8 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
         task_exit_code: member(&btf, "task_struct", "exit_code").map_or(0, |m| m.offset),
         // Optional: without it brk calls are not accounted per thread.
         mm_brk: member(&btf, "mm_struct", "brk").map_or(0, |m| m.offset),
+        task_pid: member(&btf, "task_struct", "pid").map_or(0, |m| m.offset),
+        task_comm: member(&btf, "task_struct", "comm").map_or(0, |m| m.offset),
     })
 }
 
@@ -121,6 +123,8 @@ mod tests {
         assert!(l.counter_count < l.counter_size, "{l:?}");
         assert_eq!(l.page_shift, 12);
         assert!(l.task_exit_code > 0 && l.task_exit_code < 16384, "{l:?}");
+        assert!(l.knows_new_tasks(), "{l:?}");
+        assert_ne!(l.task_pid, l.task_comm, "{l:?}");
     }
 
     #[test]

@@ -59,13 +59,19 @@ pub struct InvestigateArgs {
     #[arg(long, default_value_t = 20)]
     pub top: usize,
 
-    /// Growth: sample one page fault in this many.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Growth: sample one page fault in this many, on average.
+    #[arg(long, default_value_t = monitor_common::stacks::DEFAULT_SAMPLE_PERIOD, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sample_period: u32,
 
     /// Alloc: only blocks at least this old at the end count (short-lived ones are not leaks).
     #[arg(long, default_value = "5s", value_parser = parse_window)]
     pub min_age: Duration,
+
+    /// Alloc: sample one block per this many bytes allocated, on average (bytes and counts
+    /// are then unbiased estimates); 0 traces every block, exactly, at a stack walk per call.
+    #[arg(long, default_value_t = monitor_common::stacks::DEFAULT_ALLOC_SAMPLE_BYTES,
+          value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    pub sample_bytes: u64,
 
     /// Alloc: detach after this many allocator calls, bounding the cost on a busy process.
     #[arg(long, default_value_t = 100_000_000)]
@@ -191,6 +197,21 @@ pub struct RunArgs {
     /// leakscope_thread_* series.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub top_threads: u32,
+
+    /// Sample growth stacks (page faults, as `investigate --mode growth`) of processes whose
+    /// verdict becomes leaking, until they stop leaking or exit; served at
+    /// /debug/pprof/growth?pid=PID.
+    #[arg(long)]
+    pub auto_growth: bool,
+
+    /// --auto-growth: one page fault sampled in this many, on average.
+    #[arg(long, default_value_t = monitor_common::stacks::DEFAULT_SAMPLE_PERIOD,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub auto_growth_period: u32,
+
+    /// --auto-growth: at most this many processes sampled at once (the fastest leakers).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub auto_growth_max: u32,
 
     /// Fault injection for tests: attach this probe to a tracepoint that does not exist.
     #[arg(long, hide = true, value_name = "PROBE")]

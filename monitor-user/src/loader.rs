@@ -34,6 +34,9 @@ pub struct ProbeSpec {
     pub name: &'static str,
     pub category: &'static str,
     pub tracepoint: &'static str,
+    /// The raw-tracepoint variant, preferred where the kernel has BTF: it builds no trace
+    /// record, which is most of a classic tracepoint's cost on hot paths.
+    pub raw: Option<&'static str>,
     pub fallback: &'static str,
 }
 
@@ -42,24 +45,28 @@ pub const PROBES: [ProbeSpec; 4] = [
         name: "rss_stat",
         category: "kmem",
         tracepoint: "rss_stat",
+        raw: Some("rss_stat_btf"),
         fallback: "RSS is polled from /proc/<pid>/status every interval (not kernel-exact)",
     },
     ProbeSpec {
         name: "sched_newtask",
         category: "task",
         tracepoint: "task_newtask",
+        raw: Some("sched_newtask_btf"),
         fallback: "new processes are found through their first RSS change",
     },
     ProbeSpec {
         name: "sched_exec",
         category: "sched",
         tracepoint: "sched_process_exec",
+        raw: None,
         fallback: "names are not refreshed after exec",
     },
     ProbeSpec {
         name: "sched_exit",
         category: "sched",
         tracepoint: "sched_process_exit",
+        raw: Some("sched_exit_btf"),
         fallback: "exited processes are found by checking /proc every interval",
     },
 ];
@@ -68,6 +75,7 @@ pub const OOM_PROBE: ProbeSpec = ProbeSpec {
     name: "oom_mark_victim",
     category: "oom",
     tracepoint: "mark_victim",
+    raw: None,
     fallback: "OOM kills are not reported",
 };
 
@@ -197,7 +205,7 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
         .map_max_entries(monitor_common::THREAD_WANT_MAP, opts.max_thread_processes);
     crate::investigate::tracer::configure(
         &mut loader,
-        crate::investigate::endpoint::AGENT_CAPACITY,
+        &crate::investigate::endpoint::AGENT_CAPACITY,
     );
     let mut ebpf = loader.load(object)?;
 
@@ -225,29 +233,30 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
                 )
             })
         };
-        let (tracepoint, result) = if spec.name == "rss_stat" {
-            // The raw tracepoint is far cheaper on the page-fault path; the classic one only
-            // stands in where the kernel has no BTF or refuses the raw one.
-            let raw = opts.btf.clone().and_then(|_| {
-                attach_raw(
-                    &mut ebpf,
-                    "rss_stat_btf",
-                    spec.tracepoint,
-                    broken(spec.name),
-                )
-            });
-            match raw {
-                Ok(()) => (format!("raw_tracepoint:{} (BTF)", spec.tracepoint), Ok(())),
-                Err(why) => {
-                    log::warn!("raw tracepoint rss_stat unavailable ({why}); trying {classic}");
-                    let result =
-                        attach_classic(&mut ebpf).map_err(|e| format!("{e} (BTF variant: {why})"));
-                    (classic, result)
-                }
+        let raw = spec.raw.map(|program| {
+            opts.btf
+                .clone()
+                .and_then(|layout| {
+                    if spec.name == "sched_newtask" && !layout.knows_new_tasks() {
+                        Err("kernel BTF lacks task_struct.pid or .comm".to_string())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .and_then(|()| attach_raw(&mut ebpf, program, spec.tracepoint, broken(spec.name)))
+        });
+        let (tracepoint, result) = match raw {
+            Some(Ok(())) => (format!("raw_tracepoint:{} (BTF)", spec.tracepoint), Ok(())),
+            Some(Err(why)) => {
+                log::warn!(
+                    "raw tracepoint {} unavailable ({why}); trying {classic}",
+                    spec.tracepoint
+                );
+                let result =
+                    attach_classic(&mut ebpf).map_err(|e| format!("{e} (BTF variant: {why})"));
+                (classic, result)
             }
-        } else {
-            let result = attach_classic(&mut ebpf);
-            (classic, result)
+            None => (classic, attach_classic(&mut ebpf)),
         };
         probes.push(ProbeStatus {
             name: spec.name,

@@ -382,6 +382,11 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         vec![("map", "threads".into())],
         state.threads.entries as f64,
     );
+    let mut sampled = gauge(
+        "leakscope_growth_sampled_processes",
+        "Processes whose growth stacks the agent samples because they leak (--auto-growth).",
+    );
+    sampled.push(vec![], state.growth_sampled.len() as f64);
     let mut evictions = counter(
         "leakscope_kernel_map_evictions_total",
         "Entries the kernel's LRU maps (procs, threads) evicted to make room.",
@@ -426,6 +431,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         lost_f.build(),
         ignored.build(),
         entries.build(),
+        sampled.build(),
         evictions.build(),
         proc_errors.build(),
         degraded.build(),

@@ -43,6 +43,8 @@ pub struct AgentState {
     pub tasks: crate::tasks::Tasks,
     /// Per-thread accounting: who has it, and the top threads of each.
     pub threads: crate::threads::Threads,
+    /// Processes whose growth stacks the agent samples on its own (--auto-growth).
+    pub growth_sampled: std::collections::HashSet<u32>,
     /// Total of dropped lifecycle events, and when that total last grew.
     last_drop: Option<(u64, u64)>,
 }
@@ -111,6 +113,7 @@ impl AgentState {
             // Configured after start-up (agent.rs); the defaults suit tests.
             tasks: crate::tasks::Tasks::default(),
             threads: crate::threads::Threads::default(),
+            growth_sampled: Default::default(),
             last_drop: None,
         }
     }
@@ -322,7 +325,26 @@ impl AgentState {
             },
             series: if own_series { "own" } else { "overflow" },
             threads: self.threads.top_of(p.pid).map(<[_]>::to_vec),
+            growth_sampled: self.growth_sampled.contains(&p.pid),
         }
+    }
+
+    /// Selected processes the detector calls leaking.
+    pub fn leakers(&self) -> Vec<crate::investigate::auto::Leaker> {
+        self.table
+            .iter()
+            .filter(|p| p.selected == Some(true))
+            .filter_map(|p| {
+                let a = &p.leak.as_ref()?.assessment;
+                (a.verdict == crate::detector::Verdict::Leaking).then(|| {
+                    crate::investigate::auto::Leaker {
+                        pid: p.pid,
+                        comm: p.comm.clone(),
+                        bytes_per_sec: a.rate_bytes_per_sec,
+                    }
+                })
+            })
+            .collect()
     }
 }
 
@@ -379,6 +401,8 @@ pub struct ProcessJson {
     /// Top threads by the memory growth they caused, when the process has per-thread
     /// accounting (it sends task markers, or matches --threads-for).
     pub threads: Option<Vec<crate::threads::ThreadView>>,
+    /// Whether the agent samples this process's growth stacks (--auto-growth).
+    pub growth_sampled: bool,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {

@@ -67,6 +67,7 @@ pub fn read_layout(tracefs: Result<&Path, &TracefsError>) -> Result<SyscallOffse
     let mremap = fmt("sys_enter_mremap")?;
     let exit = fmt("sys_exit_mmap")?;
     let brk = fmt("sys_enter_brk")?;
+    let madvise = fmt("sys_enter_madvise")?;
     Ok(SyscallOffsets {
         mmap_len: off(&mmap, "len")?,
         munmap_len: off(&munmap, "len")?,
@@ -74,6 +75,10 @@ pub fn read_layout(tracefs: Result<&Path, &TracefsError>) -> Result<SyscallOffse
         mremap_new_len: off(&mremap, "new_len")?,
         ret: off(&exit, "ret")?,
         brk: off(&brk, "brk")?,
+        munmap_addr: off(&munmap, "addr")?,
+        madvise_start: off(&madvise, "start")?,
+        madvise_len: off(&madvise, "len_in")?,
+        madvise_behavior: off(&madvise, "behavior")?,
     })
 }
 

@@ -142,7 +142,11 @@ fn growth_mode_catches_a_leak_through_mmap_without_malloc() {
     // unmaps 8 MiB/s.
     let target = Spawned::new(&mut Command::new(scenario_bin("mmap_leak")));
     std::thread::sleep(Duration::from_millis(300));
-    let all = reports(&investigate(target.pid(), &["--duration", "6s"]));
+    // One fault in 16: the default (64) could miss a 64-pages-a-second leak in 6 s.
+    let all = reports(&investigate(
+        target.pid(),
+        &["--duration", "6s", "--sample-period", "16"],
+    ));
     let growth = report(&all, "growth");
     let faults = stacks(growth, "page_fault");
     let top = faults.first().expect("no page-fault stacks");
@@ -239,7 +243,7 @@ fn the_agent_serves_growth_profiles_on_request() {
     let target = Spawned::new(&mut Command::new(scenario_bin("mmap_leak")));
     let pid = target.pid();
     let (status, text) = agent.get(&format!(
-        "/debug/pprof/growth?pid={pid}&seconds=3&format=txt"
+        "/debug/pprof/growth?pid={pid}&seconds=3&format=txt&period=16"
     ));
     assert_eq!(status, 200, "{text}");
     let first_row = text
@@ -261,4 +265,93 @@ fn the_agent_serves_growth_profiles_on_request() {
     assert_eq!((status, text.trim()), (404, "no process with pid 4000000"));
     let (status, _) = agent.get(&format!("/debug/pprof/growth?pid={pid}&seconds=0"));
     assert_eq!(status, 400);
+    let (status, text) = agent.get(&format!("/debug/pprof/growth?pid={pid}&period=0"));
+    assert_eq!(status, 400);
+    assert!(text.contains("period must be"), "{text}");
+}
+
+#[test]
+fn auto_growth_samples_a_process_once_it_is_called_leaking() {
+    if !kernel_tests_enabled("auto_growth_samples_a_process_once_it_is_called_leaking") {
+        return;
+    }
+    // Detector time runs 10x: 2 MiB/s of real time is 12 MiB per nominal minute.
+    let agent = Agent::start(&[
+        "--no-task-socket",
+        "--detector-time-scale",
+        "0.1",
+        "--match",
+        "comm=^mmap_leak$",
+        "--auto-growth",
+        "--auto-growth-period",
+        "16",
+    ]);
+    let target = Spawned::new(Command::new(scenario_bin("mmap_leak")).args([
+        "--leak-kib-per-s",
+        "2048",
+        "--churn-kib-per-s",
+        "4096",
+    ]));
+    let pid = target.pid();
+    let sampled = integration_tests::wait_for(Duration::from_secs(40), || {
+        agent
+            .process(pid)
+            .filter(|p| p["growth_sampled"] == true)
+            .map(|p| p["leak"]["verdict"].clone())
+    });
+    assert_eq!(
+        sampled,
+        Some(Value::from("leaking")),
+        "not sampled: {:?}\n{}",
+        agent.process(pid),
+        agent.log()
+    );
+    assert!(
+        agent
+            .log()
+            .contains(&format!("growth sampling on for pid {pid} (mmap_leak)")),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent
+            .metrics()
+            .value("leakscope_growth_sampled_processes", &[]),
+        Some(1.0)
+    );
+    // Let stacks gather, then the profile comes at once: no `seconds`, no waiting.
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    let (status, text) = agent.get(&format!("/debug/pprof/growth?pid={pid}&format=txt"));
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let first_row = text
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_default();
+    assert!(
+        first_row.contains("write_every_page") || first_row.contains("map_and_keep"),
+        "{text}"
+    );
+    assert!(text.contains("map_and_keep"), "{text}");
+
+    // Gone from the table, gone from sampling.
+    drop(target);
+    let off = integration_tests::wait_for(Duration::from_secs(10), || {
+        (agent
+            .metrics()
+            .value("leakscope_growth_sampled_processes", &[])
+            == Some(0.0))
+        .then_some(())
+    });
+    assert!(off.is_some(), "{}", agent.log());
+    assert!(
+        agent
+            .log()
+            .contains(&format!("growth sampling off for pid {pid}"))
+    );
 }

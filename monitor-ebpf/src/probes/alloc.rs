@@ -1,13 +1,20 @@
 //! Allocation tracing: uprobes on an allocator's entry points and a uretprobe on those that
 //! return a pointer, attached by user space to one process at a time and for a bounded time.
 //!
-//! Every allocation the process has not freed is in ALLOCS with its size, time and stack;
-//! user space ranks the stacks by the bytes they hold that are older than a minimum age.
-//! realloc counts as a free of the old block at entry and an allocation at return.
+//! Sampled allocations the process has not freed are in ALLOCS with their size, time and
+//! stack; user space ranks the stacks by the bytes they hold that are older than a minimum
+//! age. realloc counts as a free of the old block at entry and an allocation at return.
+//!
+//! Sampling, as heap profilers do it: a block of `size` bytes is taken with probability
+//! `size / ALLOC_SAMPLE_BYTES` (always when larger), so each sampled block stands for
+//! `max(size, ALLOC_SAMPLE_BYTES)` bytes and the estimate per stack is unbiased. An unsampled
+//! call costs its probes' traps and a few instructions: no stack walk, no map update; its
+//! return finds no pending entry. 0 or 1 traces every block.
 
 use aya_ebpf::{
+    Global,
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -29,6 +36,9 @@ static ALLOCS: HashMap<u64, AllocInfo> =
 #[map(name = "ALLOC_PENDING")]
 static ALLOC_PENDING: HashMap<u32, AllocPending> =
     HashMap::with_max_entries(DEFAULT_MAX_PENDING, 0);
+
+#[unsafe(no_mangle)]
+static ALLOC_SAMPLE_BYTES: Global<u64> = Global::new(0);
 
 #[uprobe]
 pub fn alloc_malloc(ctx: ProbeContext) -> u32 {
@@ -71,7 +81,10 @@ pub fn alloc_free(ctx: ProbeContext) -> u32 {
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = (unsafe { ALLOC_PENDING.get(tid) }).copied() else {
-        count_stack(StackCounter::AllocUnpaired);
+        // Sampled away, unless every block is traced.
+        if ALLOC_SAMPLE_BYTES.load() <= 1 {
+            count_stack(StackCounter::AllocUnpaired);
+        }
         return 0;
     };
     let _ = ALLOC_PENDING.remove(tid);
@@ -115,6 +128,9 @@ fn enter(ctx: &ProbeContext, kind: AllocKind) {
         AllocKind::Memalign => (arg(1), 0),
         AllocKind::PosixMemalign => (arg(2), arg(0)),
     };
+    if !sampled(size) {
+        return;
+    }
     // The probe sits on the entry point's first instruction, so the stack pointer still
     // points at the return address (see stack.rs).
     // SAFETY: the context's register set, valid for this program's run.
@@ -130,6 +146,15 @@ fn enter(ctx: &ProbeContext, kind: AllocKind) {
     if ALLOC_PENDING.insert(tid, pending, 0).is_err() {
         count_stack(StackCounter::AllocLost);
     }
+}
+
+#[inline(always)]
+fn sampled(size: u64) -> bool {
+    let every = ALLOC_SAMPLE_BYTES.load();
+    if every <= 1 || size >= every {
+        return true;
+    }
+    u64::from(unsafe { bpf_get_prandom_u32() }) % every < size
 }
 
 #[inline(always)]

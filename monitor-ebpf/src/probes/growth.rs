@@ -11,25 +11,33 @@
 //! Sources: <https://github.com/torvalds/linux/blob/v6.18/arch/x86/include/asm/trace/exceptions.h>,
 //! <https://github.com/torvalds/linux/blob/v6.18/arch/x86/include/asm/trap_pf.h>.
 //!
+//! A sampled page is remembered with its stack and time (GROWTH_PAGES); the ranges a target
+//! gives back (munmap, madvise DONTNEED/FREE/REMOVE, a shrinking brk) are remembered with
+//! theirs (GROWTH_RELEASES). A page counts as held only if it is resident at the end and no
+//! release covered it after its sample: addresses are reused, and the fault that maps a
+//! reused page may not be sampled.
+//!
 //! These programs are attached only while someone investigates: the page-fault tracepoint
 //! costs every process on the host, not only the targets.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_get_current_task,
+    helpers::{bpf_get_current_task, bpf_get_prandom_u32},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use monitor_common::stacks::{
-    DEFAULT_MAX_GROWTH_KEYS, DEFAULT_MAX_GROWTH_PAGES, DEFAULT_MAX_GROWTH_TARGETS, GrowthKey,
-    GrowthSource, GrowthTarget, GrowthValue, PageKey, StackCounter,
+    DEFAULT_MAX_GROWTH_KEYS, DEFAULT_MAX_GROWTH_PAGES, DEFAULT_MAX_GROWTH_RELEASES,
+    DEFAULT_MAX_GROWTH_TARGETS, GrowthKey, GrowthSampler, GrowthSource, GrowthTarget, GrowthValue,
+    PageKey, PageSample, Release, ReleaseKey, StackCounter,
 };
 
 use super::{
     ProbeError, current_tgid, field,
     mem::{SYSCALL_OFFSETS, pages},
+    now_ns,
     rss::{KERNEL_LAYOUT, read_kernel},
     stack::{current_return_hint, user_stack_id},
 };
@@ -43,9 +51,20 @@ static GROWTH_TARGETS: HashMap<u32, GrowthTarget> =
 static GROWTH: HashMap<GrowthKey, GrowthValue> =
     HashMap::with_max_entries(DEFAULT_MAX_GROWTH_KEYS, BPF_F_NO_PREALLOC);
 
+#[map(name = "GROWTH_SAMPLER")]
+static GROWTH_SAMPLER: PerCpuArray<GrowthSampler> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "GROWTH_PAGES")]
-static GROWTH_PAGES: HashMap<PageKey, i64> =
+static GROWTH_PAGES: HashMap<PageKey, PageSample> =
     HashMap::with_max_entries(DEFAULT_MAX_GROWTH_PAGES, BPF_F_NO_PREALLOC);
+
+#[map(name = "GROWTH_RELEASES")]
+static GROWTH_RELEASES: HashMap<ReleaseKey, Release> =
+    HashMap::with_max_entries(DEFAULT_MAX_GROWTH_RELEASES, BPF_F_NO_PREALLOC);
+
+/// `madvise` advice that drops pages: MADV_DONTNEED, MADV_FREE, MADV_REMOVE,
+/// MADV_DONTNEED_LOCKED (include/uapi/asm-generic/mman-common.h).
+const MADV_DROPS: [u64; 4] = [4, 8, 9, 24];
 
 const PF_PRESENT: u64 = 1;
 /// Indexes of `address` and `error_code` in the raw tracepoint's arguments.
@@ -60,24 +79,29 @@ pub fn growth_fault(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_fault(ctx: &RawTracePointContext) {
-    let tgid = current_tgid();
-    let Some(target) = GROWTH_TARGETS.get_ptr_mut(tgid) else {
-        return;
-    };
     // SAFETY: raw tracepoint arguments are an array of u64, and page_fault_user has three.
     let error_code = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ERROR_CODE) };
     if error_code & PF_PRESENT != 0 {
         return;
     }
-    // SAFETY: a map value pointer, valid for this program's run.
-    let target = unsafe { &mut *target };
-    target.seen += 1;
-    if target.seen < target.period {
+    let Some(sampler) = GROWTH_SAMPLER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; the program does not migrate while it runs.
+    let sampler = unsafe { &mut *sampler };
+    if sampler.countdown > 1 {
+        sampler.countdown -= 1;
         return;
     }
-    target.seen = 0;
+    // The gap's mean is `period`, so each sample stands for `period` faults.
+    let period = sampler.period.max(1);
+    sampler.countdown = 1 + unsafe { bpf_get_prandom_u32() } % (period * 2 - 1);
+    let tgid = current_tgid();
+    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
+        return;
+    }
     let shift = KERNEL_LAYOUT.load().page_shift;
-    let bytes = u64::from(target.period) << shift;
+    let bytes = u64::from(period) << shift;
     let stack_id = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
     // SAFETY: as above.
     let address = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ADDRESS) };
@@ -86,8 +110,74 @@ fn try_fault(ctx: &RawTracePointContext) {
         _pad: 0,
         page: address >> shift << shift,
     };
-    if GROWTH_PAGES.insert(&key, &i64::from(stack_id), 0).is_err() {
+    let sample = PageSample {
+        stack_id: i64::from(stack_id),
+        sampled_ns: now_ns(),
+    };
+    if GROWTH_PAGES.insert(&key, &sample, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
+    }
+}
+
+#[tracepoint]
+pub fn growth_munmap(ctx: TracePointContext) -> u32 {
+    let _ = try_munmap(&ctx);
+    0
+}
+
+fn try_munmap(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    let tgid = current_tgid();
+    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
+        return Ok(());
+    }
+    let off = SYSCALL_OFFSETS.load();
+    let start: u64 = field(ctx, off.munmap_addr)?;
+    let len: u64 = field(ctx, off.munmap_len)?;
+    released(tgid, start, len);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn growth_madvise(ctx: TracePointContext) -> u32 {
+    let _ = try_madvise(&ctx);
+    0
+}
+
+fn try_madvise(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    let tgid = current_tgid();
+    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
+        return Ok(());
+    }
+    let off = SYSCALL_OFFSETS.load();
+    let behavior: u64 = field::<u64>(ctx, off.madvise_behavior)? & 0xffff_ffff;
+    if !MADV_DROPS.contains(&behavior) {
+        return Ok(());
+    }
+    let start: u64 = field(ctx, off.madvise_start)?;
+    let len: u64 = field(ctx, off.madvise_len)?;
+    released(tgid, start, len);
+    Ok(())
+}
+
+/// Remembers that `tgid` gave `[start, start + len)` back (counted at entry, like growth: a
+/// failed call is rare and only makes a held page look released).
+#[inline(always)]
+fn released(tgid: u32, start: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    let shift = KERNEL_LAYOUT.load().page_shift;
+    let key = ReleaseKey {
+        tgid,
+        _pad: 0,
+        start: start >> shift << shift,
+    };
+    let value = Release {
+        end: start.saturating_add(len),
+        released_ns: now_ns(),
+    };
+    if GROWTH_RELEASES.insert(&key, &value, 0).is_err() {
+        count_stack(StackCounter::ReleaseLost);
     }
 }
 
@@ -139,6 +229,9 @@ fn try_syscall(
                 return Ok(());
             }
             let current: u64 = read_kernel(mm + u64::from(layout.mm_brk))?;
+            if requested < current {
+                released(tgid, requested, current - requested);
+            }
             requested as i64 - current as i64
         }
     };

@@ -46,6 +46,10 @@ pub static SYSCALL_OFFSETS: Global<SyscallOffsets> = Global::new(SyscallOffsets 
     mremap_new_len: 32,
     ret: 16,
     brk: 16,
+    munmap_addr: 16,
+    madvise_start: 16,
+    madvise_len: 24,
+    madvise_behavior: 32,
 });
 
 /// Whether the agent wants per-thread numbers for `tgid`. The hash lookup happens only when

@@ -16,7 +16,11 @@
 //! (6.18; offsets are read from tracefs at load time.)
 //!
 //! Either way the value is the member's whole count, so an ignored event never accumulates
-//! error: the next one corrects it.
+//! error: the next one corrects it. The kernel folds per-CPU deltas into that count in
+//! batches (32 pages or more), so most events repeat the count already applied. The BTF
+//! program keeps, in an array slot per mm (RSS_SEEN), the counts it last applied and the owner
+//! it found for the (mm, current process) pair: a repeated count costs no hash lookup, a new
+//! one a single PROCS lookup. Whatever moves an mm between owners clears its slot.
 //! Source: <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/kmem.h>,
 //! <https://github.com/torvalds/linux/blob/v6.18/include/linux/mm.h> (`add_mm_counter`).
 
@@ -32,7 +36,7 @@ use super::{
     ProbeError, cgroup_id, current_tgid, field,
     mem::{on_rss_change, threads_on},
 };
-use crate::maps::{MM_OWNERS, PROCS, count};
+use crate::maps::{MM_OWNERS, PROCS, RSS_SEEN, RssSeen, count, rss_seen_slot};
 
 #[unsafe(no_mangle)]
 static RSS_STAT_OFFSETS: Global<RssStatOffsets> = Global::new(RssStatOffsets {
@@ -51,6 +55,8 @@ pub static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     page_shift: 12,
     task_exit_code: 0,
     mm_brk: 0,
+    task_pid: 0,
+    task_comm: 0,
 });
 
 #[raw_tracepoint(tracepoint = "rss_stat")]
@@ -74,11 +80,73 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
         + u64::from(member) * u64::from(layout.counter_size)
         + u64::from(layout.counter_count);
     let pages: i64 = read_kernel(counter)?;
+    let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) else {
+        return Ok(());
+    };
+    // SAFETY: an array slot, valid for the program's run. Two CPUs may write it at once; the
+    // worst outcome is one event settled against the other's count, as with PROCS itself.
+    let seen = unsafe { &mut *seen };
+    let tgid = current_tgid();
     // percpu_counter_read_positive(): the same number the classic tracepoint reports.
     let size = pages.max(0) << layout.page_shift;
-    let tgid = current_tgid();
-    // Fast path: the current process's entry already describes this mm (a page fault of its
-    // own). Only otherwise is `current->mm` read to tell an exec from a foreign access.
+    if seen.mm == mm && seen.observer == tgid {
+        if seen_pages(seen, member) == pages {
+            return Ok(());
+        }
+        if seen.owner == NO_OWNER {
+            // Still nobody's, unless the observer now runs on it (its exec has finished).
+            let task = unsafe { bpf_get_current_task() };
+            let current_mm: u64 = read_kernel(task + u64::from(layout.task_mm))?;
+            if current_mm != mm {
+                count(Counter::RssUnowned);
+                set_seen_pages(seen, member, pages);
+                return Ok(());
+            }
+        } else if let Some(stats) = PROCS.get_ptr_mut(seen.owner) {
+            let stats = unsafe { &mut *stats };
+            if stats.mm == mm {
+                if seen.owner == tgid && threads_on(tgid, stats) {
+                    on_rss_change(tgid, member_value(stats, member), size);
+                }
+                apply(stats, member, size);
+                set_seen_pages(seen, member, pages);
+                return Ok(());
+            }
+        }
+        // The owner's entry is gone or moved on: resolve again.
+    }
+    match resolve(tgid, mm, member, size, &layout)? {
+        Resolved::Owner { tgid: owner, fresh } => remember(seen, mm, tgid, owner, fresh),
+        Resolved::Unowned => remember(seen, mm, tgid, NO_OWNER, false),
+        Resolved::Failed => return Ok(()),
+    }
+    set_seen_pages(seen, member, pages);
+    Ok(())
+}
+
+/// Where an rss value went: to the entry of the process that owns the mm (`fresh` when that
+/// entry's other members were reset on the way: a new or adopted address space), nowhere
+/// because no tracked process owns it, or nowhere because the entry could not be made.
+#[derive(Clone, Copy)]
+enum Resolved {
+    Owner { tgid: u32, fresh: bool },
+    Unowned,
+    Failed,
+}
+
+const NO_OWNER: u32 = 0;
+
+/// The full path: find the mm's owner through PROCS and MM_OWNERS, and apply the value there.
+#[inline(always)]
+fn resolve(
+    tgid: u32,
+    mm: u64,
+    member: u32,
+    size: i64,
+    layout: &KernelLayout,
+) -> Result<Resolved, ProbeError> {
+    // The current process's entry already describes this mm (a page fault of its own). Only
+    // otherwise is `current->mm` read to tell an exec from a foreign access.
     if let Some(stats) = PROCS.get_ptr_mut(tgid) {
         let stats = unsafe { &mut *stats };
         if stats.mm == mm {
@@ -86,17 +154,62 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
                 on_rss_change(tgid, member_value(stats, member), size);
             }
             apply(stats, member, size);
-            return Ok(());
+            return Ok(Resolved::Owner { tgid, fresh: false });
         }
     }
     let task = unsafe { bpf_get_current_task() };
     let current_mm: u64 = read_kernel(task + u64::from(layout.task_mm))?;
-    if current_mm == mm {
-        on_own_mm(tgid, mm, member, size);
+    Ok(if current_mm == mm {
+        on_own_mm(tgid, mm, member, size)
     } else {
-        on_foreign_mm(mm, member, size);
+        on_foreign_mm(mm, member, size)
+    })
+}
+
+#[inline(always)]
+fn seen_pages(seen: &RssSeen, member: u32) -> i64 {
+    match member {
+        0 => seen.pages[0],
+        1 => seen.pages[1],
+        2 => seen.pages[2],
+        3 => seen.pages[3],
+        _ => i64::MIN,
     }
-    Ok(())
+}
+
+#[inline(always)]
+fn set_seen_pages(seen: &mut RssSeen, member: u32, pages: i64) {
+    match member {
+        0 => seen.pages[0] = pages,
+        1 => seen.pages[1] = pages,
+        2 => seen.pages[2] = pages,
+        3 => seen.pages[3] = pages,
+        _ => {}
+    }
+}
+
+/// Caches what the full path found for (mm, observer); counts of other members are dropped
+/// when anything about the pair changed.
+#[inline(always)]
+fn remember(seen: &mut RssSeen, mm: u64, observer: u32, owner: u32, fresh: bool) {
+    if fresh || seen.mm != mm || seen.observer != observer || seen.owner != owner {
+        seen.mm = mm;
+        seen.observer = observer;
+        seen.owner = owner;
+        seen.pages = [i64::MIN; RssKind::COUNT];
+    }
+}
+
+/// The mm changes hands or goes away: its next events must reach an entry again.
+#[inline(always)]
+fn forget_seen(mm: u64) {
+    if let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) {
+        // SAFETY: an array slot, valid for the program's run.
+        let seen = unsafe { &mut *seen };
+        if seen.mm == mm {
+            seen.mm = 0;
+        }
+    }
 }
 
 #[inline(always)]
@@ -135,7 +248,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<(), ProbeError> {
 /// The event was raised by a task of the mm: the current tgid owns it. The common case (the
 /// entry already describes this mm) costs one map lookup.
 #[inline(always)]
-fn on_own_mm(tgid: u32, mm: u64, member: u32, size: i64) {
+fn on_own_mm(tgid: u32, mm: u64, member: u32, size: i64) -> Resolved {
     let stats = match PROCS.get_ptr_mut(tgid) {
         Some(s) => s,
         None => {
@@ -145,23 +258,25 @@ fn on_own_mm(tgid: u32, mm: u64, member: u32, size: i64) {
                 .is_err()
             {
                 count(Counter::ProcInsertFailed);
-                return;
+                return Resolved::Failed;
             }
             count(Counter::ProcInserted);
             match PROCS.get_ptr_mut(tgid) {
                 Some(s) => s,
-                None => return,
+                None => return Resolved::Failed,
             }
         }
     };
     let stats = unsafe { &mut *stats };
-    if stats.mm != mm {
+    let fresh = stats.mm != mm;
+    if fresh {
         adopt_mm(tgid, stats, mm);
     } else if threads_on(tgid, stats) {
         // The classic tracepoint's path (the BTF one does this on its fast path).
         on_rss_change(tgid, member_value(stats, member), size);
     }
     apply(stats, member, size);
+    Resolved::Owner { tgid, fresh }
 }
 
 /// The member's last known count, with constant indexes as in `apply`.
@@ -194,7 +309,11 @@ fn adopt_mm(tgid: u32, stats: &mut ProcStats, mm: u64) {
 /// that execs or exits), else forgotten.
 #[inline(always)]
 pub fn release_mm(tgid: u32, mm: u64, ppid: u32) {
-    if mm == 0 || !MM_OWNERS.get_ptr(mm).is_some_and(|o| unsafe { *o } == tgid) {
+    if mm == 0 {
+        return;
+    }
+    forget_seen(mm);
+    if !MM_OWNERS.get_ptr(mm).is_some_and(|o| unsafe { *o } == tgid) {
         return;
     }
     let parent_runs_on_it = PROCS
@@ -209,21 +328,22 @@ pub fn release_mm(tgid: u32, mm: u64, ppid: u32) {
 
 /// Reclaim, exit teardown, or another task touching the mm: find its owner.
 #[inline(always)]
-fn on_foreign_mm(mm: u64, member: u32, size: i64) {
+fn on_foreign_mm(mm: u64, member: u32, size: i64) -> Resolved {
     let Some(tgid) = MM_OWNERS.get_ptr(mm).map(|o| unsafe { *o }) else {
         count(Counter::RssUnowned);
-        return;
+        return Resolved::Unowned;
     };
     let Some(stats) = PROCS.get_ptr_mut(tgid) else {
         count(Counter::RssUnowned);
-        return;
+        return Resolved::Unowned;
     };
     let stats = unsafe { &mut *stats };
     if stats.mm != mm {
         count(Counter::RssStaleMm);
-        return;
+        return Resolved::Unowned;
     }
     apply(stats, member, size);
+    Resolved::Owner { tgid, fresh: false }
 }
 
 #[inline(always)]

@@ -4,6 +4,13 @@
 //! Fork is taken from `task_newtask` rather than `sched_process_fork` because only the former
 //! carries `clone_flags`, which tells a new process from a new thread.
 //!
+//! Fork and exit each have a raw tracepoint program, used where the kernel has BTF: no trace
+//! record is built for them, which matters to fork-heavy hosts. The new task's pid and comm
+//! are then read through `KERNEL_LAYOUT`. Raw arguments (6.18):
+//! `task_newtask(struct task_struct *task, u64 clone_flags)`,
+//! `sched_process_exit(struct task_struct *p, bool group_dead)`; `p` is the current task.
+//! The classic programs below stand in elsewhere:
+//!
 //! ```text
 //! task_newtask:       field:pid_t pid; offset:8;  field:char comm[16]; offset:12;
 //!                     field:u64 clone_flags; offset:32;
@@ -14,7 +21,10 @@
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sched.h>
 
 use aya_ebpf::{
-    Global, helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext,
+    Global,
+    helpers::bpf_get_current_comm,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
@@ -52,6 +62,26 @@ fn event(kind: EventKind, pid: u32, ppid: u32, cgroup_id: u64, comm: [u8; 16]) -
     }
 }
 
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn sched_newtask_btf(ctx: RawTracePointContext) -> i32 {
+    match try_newtask_btf(&ctx) {
+        Ok(()) | Err(ProbeError::ReadField) => 0,
+    }
+}
+
+fn try_newtask_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
+    let flags: u64 = ctx.arg(1);
+    if flags & CLONE_THREAD != 0 {
+        return Ok(());
+    }
+    let layout = KERNEL_LAYOUT.load();
+    let task: u64 = ctx.arg(0);
+    let pid: i32 = read_kernel(task + u64::from(layout.task_pid))?;
+    let comm: [u8; 16] = read_kernel(task + u64::from(layout.task_comm))?;
+    on_new_process(pid as u32, comm);
+    Ok(())
+}
+
 #[tracepoint]
 pub fn sched_newtask(ctx: TracePointContext) -> u32 {
     match try_newtask(&ctx) {
@@ -65,15 +95,21 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), ProbeError> {
     if flags & CLONE_THREAD != 0 {
         return Ok(());
     }
-    count(Counter::ForkEvents);
     let pid: i32 = field(ctx, off.pid)?;
     let comm: [u8; 16] = field(ctx, off.comm)?;
+    on_new_process(pid as u32, comm);
+    Ok(())
+}
+
+#[inline(always)]
+fn on_new_process(pid: u32, comm: [u8; 16]) {
+    count(Counter::ForkEvents);
     let ppid = current_tgid();
     let cgroup = cgroup_id();
-    let ev = event(EventKind::Fork, pid as u32, ppid, cgroup, comm);
+    let ev = event(EventKind::Fork, pid, ppid, cgroup, comm);
     // Overwrites whatever a previous holder of this pid left: a reused pid starts from zero.
     if PROCS
-        .insert(pid as u32, ProcStats::new(ev.ts_ns, ppid, cgroup), 0)
+        .insert(pid, ProcStats::new(ev.ts_ns, ppid, cgroup), 0)
         .is_err()
     {
         count(Counter::ProcInsertFailed);
@@ -81,7 +117,6 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), ProbeError> {
         count(Counter::ProcInserted);
     }
     emit(&ev);
-    Ok(())
 }
 
 #[tracepoint]
@@ -102,6 +137,15 @@ pub fn sched_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_exit_btf(ctx: RawTracePointContext) -> i32 {
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff != 0 {
+        on_group_exit();
+    }
+    0
+}
+
 #[tracepoint]
 pub fn sched_exit(ctx: TracePointContext) -> u32 {
     match try_exit(&ctx) {
@@ -112,17 +156,23 @@ pub fn sched_exit(ctx: TracePointContext) -> u32 {
 fn try_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
     let off = EXIT_OFFSETS.load();
     let pid: i32 = field(ctx, off.pid)?;
-    let tgid = current_tgid();
     let group_dead = if off.group_dead == u32::MAX {
         // Older kernels: the leader's exit is the best sign the group is gone.
-        pid as u32 == tgid
+        pid as u32 == current_tgid()
     } else {
         field::<u8>(ctx, off.group_dead)? != 0
     };
-    if !group_dead {
-        return Ok(());
+    if group_dead {
+        on_group_exit();
     }
+    Ok(())
+}
+
+/// The last thread of the current process is exiting.
+#[inline(always)]
+fn on_group_exit() {
     count(Counter::ExitEvents);
+    let tgid = current_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
     let exit_code_at = KERNEL_LAYOUT.load().task_exit_code;
@@ -142,5 +192,4 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
         }
     }
     emit(&ev);
-    Ok(())
 }

@@ -166,16 +166,23 @@ impl AllocTrace {
     }
 
     /// Outstanding blocks of `pid` allocated at or before `born_before_ns`, per (stack id,
-    /// return address).
-    pub fn outstanding(&self, pid: u32, born_before_ns: u64) -> HashMap<(i32, u64), Outstanding> {
+    /// return address); with `sample_bytes` > 1 each sampled block stands for what it was
+    /// drawn from.
+    pub fn outstanding(
+        &self,
+        pid: u32,
+        born_before_ns: u64,
+        sample_bytes: u64,
+    ) -> HashMap<(i32, u64), Outstanding> {
         let mut per: HashMap<(i32, u64), Outstanding> = HashMap::new();
         for (_, info) in self.allocs.iter().filter_map(Result::ok) {
             if info.tgid != pid || info.timestamp_ns > born_before_ns {
                 continue;
             }
+            let (bytes, count) = weight(info.size, sample_bytes);
             let o = per.entry((info.stack_id, info.return_address)).or_default();
-            o.bytes += info.size;
-            o.count += 1;
+            o.bytes += bytes;
+            o.count += count;
             o.oldest_ns = if o.oldest_ns == 0 {
                 info.timestamp_ns
             } else {
@@ -186,9 +193,55 @@ impl AllocTrace {
     }
 }
 
+/// Bytes and blocks one sampled block of `size` stands for: it was taken with probability
+/// `size / sample_bytes` (1 when larger, or when every block is traced).
+pub fn weight(size: u64, sample_bytes: u64) -> (u64, u64) {
+    if sample_bytes <= 1 || size >= sample_bytes {
+        (size, 1)
+    } else {
+        (sample_bytes, sample_bytes.div_ceil(size.max(1)))
+    }
+}
+
 fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe, String> {
     ebpf.program_mut(name)
         .ok_or_else(|| format!("program {name} is missing from the object"))?
         .try_into()
         .map_err(|e| format!("program {name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weight;
+
+    #[test]
+    fn a_sampled_block_stands_for_what_it_was_drawn_from() {
+        // Every block traced: each counts as itself.
+        assert_eq!(weight(100, 0), (100, 1));
+        assert_eq!(weight(100, 1), (100, 1));
+        // Larger than the period: always taken, counts as itself.
+        assert_eq!(weight(1 << 20, 64 << 10), (1 << 20, 1));
+        // Smaller: taken with probability size/period, so it stands for a period's worth.
+        assert_eq!(weight(1024, 64 << 10), (64 << 10, 64));
+        assert_eq!(weight(1000, 4096), (4096, 5));
+    }
+
+    #[test]
+    fn weighting_is_unbiased_over_many_draws() {
+        // The kernel's rule: taken when rand % period < size.
+        let (size, period) = (3000u64, 65_536u64);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let (mut estimate, draws) = (0u64, 200_000u64);
+        for _ in 0..draws {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if (state as u32 as u64) % period < size {
+                estimate += weight(size, period).0;
+            }
+        }
+        let truth = size * draws;
+        let error = estimate.abs_diff(truth) as f64 / truth as f64;
+        assert!(error < 0.05, "estimate {estimate} vs {truth}");
+    }
 }

@@ -101,17 +101,29 @@ pub fn growth_report(
     report
 }
 
+pub struct AllocWindow {
+    pub duration: Duration,
+    pub min_age: Duration,
+    pub now_ns: u64,
+    /// One sampled block per this many bytes (0: every block).
+    pub sample_bytes: u64,
+}
+
 pub fn alloc_report(
     target: &Target<'_>,
     trace: &AllocTrace,
     shared: &Shared,
-    duration: Duration,
-    min_age: Duration,
-    now_ns: u64,
+    window: AllocWindow,
 ) -> Report {
+    let AllocWindow {
+        duration,
+        min_age,
+        now_ns,
+        sample_bytes,
+    } = window;
     let born_before = now_ns.saturating_sub(min_age.as_nanos() as u64);
     let raws = trace
-        .outstanding(target.pid, born_before)
+        .outstanding(target.pid, born_before, sample_bytes)
         .into_iter()
         .map(|((stack_id, ret), o)| Raw {
             ips: stack_with_caller(shared, stack_id, ret, target.mappings),
@@ -130,6 +142,13 @@ pub fn alloc_report(
     if unpaired > 0 {
         notes.push(format!(
             "{unpaired} allocator returns had no matching entry (calls in flight at attach)"
+        ));
+    }
+    if sample_bytes > 1 {
+        notes.push(format!(
+            "blocks sampled, one per {} allocated on average: bytes and counts are estimates \
+             (--sample-bytes 0 traces every block)",
+            super::table::human_bytes(sample_bytes)
         ));
     }
     notes.push(format!(
@@ -165,6 +184,13 @@ fn loss_notes(shared: &Shared) -> Vec<String> {
     if keys > 0 {
         notes.push(format!(
             "{keys} growth samples lost: the growth map was full"
+        ));
+    }
+    let releases = shared.counter(StackCounter::ReleaseLost);
+    if releases > 0 {
+        notes.push(format!(
+            "{releases} released ranges not recorded (table full): pages at reused addresses \
+             may be credited to an earlier stack"
         ));
     }
     let allocs = shared.counter(StackCounter::AllocLost);

@@ -50,6 +50,7 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     let capacity = Capacity {
         stacks: STACK_CAPACITY,
         allocations: args.max_allocations,
+        alloc_sample_bytes: args.sample_bytes,
     };
     let mut ebpf =
         tracer::load_for_investigation(crate::agent::OBJECT, tracefs.as_deref(), capacity)
@@ -154,7 +155,13 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         ));
     }
     if let Some(trace) = &alloc {
-        let mut r = collect::alloc_report(&target, trace, &shared, traced, args.min_age, now);
+        let window = collect::AllocWindow {
+            duration: traced,
+            min_age: args.min_age,
+            now_ns: now,
+            sample_bytes: args.sample_bytes,
+        };
+        let mut r = collect::alloc_report(&target, trace, &shared, window);
         r.notes.extend(budget_note.clone());
         reports.push(r);
     }

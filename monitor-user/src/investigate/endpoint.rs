@@ -1,7 +1,13 @@
-//! The agent's `/debug/pprof/growth?pid=PID[&seconds=S][&format=pprof|svg|txt]`: growth
-//! stacks of one process over a few seconds, as `investigate --mode growth` would report.
+//! The agent's `/debug/pprof/growth?pid=PID[&seconds=S][&format=pprof|svg|txt][&period=N]`:
+//! growth stacks of one process over a few seconds, as `investigate --mode growth` would
+//! report. A process the agent already samples on its own (`--auto-growth`) is answered at
+//! once with everything gathered since its sampling began.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::{Query, State},
@@ -19,16 +25,34 @@ use super::{
     tracer::{self, Shared as Stacks},
 };
 use crate::shared::Shared;
+use monitor_common::stacks::DEFAULT_SAMPLE_PERIOD;
 
 const DEFAULT_SECONDS: u64 = 10;
 const MAX_SECONDS: u64 = 300;
-const DEFAULT_PERIOD: u32 = 16;
+const MAX_PERIOD: u32 = 1_000_000;
 
 /// The agent's kernel object and what growth sampling needs of it.
 pub struct Profiler {
     ebpf: Ebpf,
     growth: Growth,
     stacks: Stacks,
+    /// Who wants each sampled pid: a pid stops being sampled when the last holder leaves.
+    holders: HashMap<u32, Holders>,
+}
+
+#[derive(Default)]
+struct Holders {
+    /// Requests in flight.
+    requests: u32,
+    /// Set while the agent samples the pid on its own (--auto-growth), since then.
+    auto_since: Option<Instant>,
+}
+
+/// On whose behalf a pid is sampled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Request,
+    Auto,
 }
 
 impl Profiler {
@@ -42,9 +66,60 @@ impl Profiler {
                 ebpf,
                 growth,
                 stacks,
+                holders: HashMap::new(),
             }),
             Err(e) => Err((e, ebpf)),
         }
+    }
+
+    /// Samples `pid` (one fault in `period`) unless it already is, on behalf of `holder`.
+    pub fn hold(
+        &mut self,
+        pid: u32,
+        period: u32,
+        holder: Holder,
+    ) -> Result<(), super::growth::GrowthError> {
+        if !self.growth.is_target(pid) {
+            self.growth.add(&mut self.ebpf, pid, period)?;
+        }
+        let h = self.holders.entry(pid).or_default();
+        match holder {
+            Holder::Request => h.requests += 1,
+            Holder::Auto => {
+                h.auto_since.get_or_insert_with(Instant::now);
+            }
+        }
+        Ok(())
+    }
+
+    /// `holder` is done with `pid`; sampling stops, and its stacks go, with the last holder.
+    pub fn release(&mut self, pid: u32, holder: Holder) {
+        let Some(h) = self.holders.get_mut(&pid) else {
+            return;
+        };
+        match holder {
+            Holder::Request => h.requests = h.requests.saturating_sub(1),
+            Holder::Auto => h.auto_since = None,
+        }
+        if h.requests == 0 && h.auto_since.is_none() {
+            self.holders.remove(&pid);
+            self.growth.remove(&mut self.ebpf, pid);
+            if self.growth.targets().is_empty() {
+                self.stacks.clear_stacks();
+            }
+        }
+    }
+
+    /// Pids the agent samples on its own, with when that began.
+    pub fn auto_targets(&self) -> Vec<(u32, Instant)> {
+        self.holders
+            .iter()
+            .filter_map(|(pid, h)| h.auto_since.map(|since| (*pid, since)))
+            .collect()
+    }
+
+    fn auto_since(&self, pid: u32) -> Option<Instant> {
+        self.holders.get(&pid).and_then(|h| h.auto_since)
     }
 }
 
@@ -53,6 +128,7 @@ pub struct GrowthQuery {
     pid: Option<String>,
     seconds: Option<String>,
     format: Option<String>,
+    period: Option<String>,
 }
 
 fn bad(status: StatusCode, why: String) -> Response {
@@ -75,12 +151,23 @@ pub async fn growth_handler(
         None => return bad(StatusCode::BAD_REQUEST, "missing ?pid=PID".into()),
     };
     let seconds = match q.seconds.as_deref().map(str::parse::<u64>) {
+        None if profiler.lock().await.auto_since(pid).is_some() => 0,
         None => DEFAULT_SECONDS,
         Some(Ok(s)) if (1..=MAX_SECONDS).contains(&s) => s,
         Some(_) => {
             return bad(
                 StatusCode::BAD_REQUEST,
                 format!("seconds must be 1 to {MAX_SECONDS}"),
+            );
+        }
+    };
+    let period = match q.period.as_deref().map(str::parse::<u32>) {
+        None => DEFAULT_SAMPLE_PERIOD,
+        Some(Ok(p)) if (1..=MAX_PERIOD).contains(&p) => p,
+        Some(_) => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("period must be 1 to {MAX_PERIOD} (one page fault sampled in that many)"),
             );
         }
     };
@@ -96,21 +183,18 @@ pub async fn growth_handler(
         Err(e) => return bad(StatusCode::NOT_FOUND, e.to_string()),
     };
 
-    let added = {
-        let mut p = profiler.lock().await;
-        let p = &mut *p;
-        if p.growth.is_target(pid) {
-            false
-        } else if let Err(e) = p.growth.add(&mut p.ebpf, pid, DEFAULT_PERIOD) {
-            return bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        } else {
-            true
-        }
-    };
-    let started = std::time::Instant::now();
+    if let Err(e) = profiler.lock().await.hold(pid, period, Holder::Request) {
+        return bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    let requested = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let mut p = profiler.lock().await;
     let p = &mut *p;
+    // A pid the agent already samples keeps its period, and the profile covers all of it.
+    let period = p.growth.period(pid).unwrap_or(period);
+    let started = p
+        .auto_since(pid)
+        .map_or(requested, |since| since.min(requested));
     let mappings = super::command::running(pid)
         .then(|| maps_snapshot::read(pid).ok())
         .flatten();
@@ -121,24 +205,17 @@ pub async fn growth_handler(
             alive: true,
             mappings: m,
         };
-        collect::growth_report(
-            &target,
-            &p.growth,
-            &p.stacks,
-            started.elapsed(),
-            DEFAULT_PERIOD,
-        )
+        collect::growth_report(&target, &p.growth, &p.stacks, started.elapsed(), period)
     });
-    if added {
-        p.growth.remove(&mut p.ebpf, pid);
-        if p.growth.targets().is_empty() {
-            p.stacks.clear_stacks();
-        }
-    }
+    p.release(pid, Holder::Request);
     let Some(report) = report else {
         return bad(
             StatusCode::GONE,
-            format!("pid {pid} ({comm}) exited during the {seconds}s profile"),
+            if seconds == 0 {
+                format!("pid {pid} ({comm}) has exited")
+            } else {
+                format!("pid {pid} ({comm}) exited during the {seconds}s profile")
+            },
         );
     };
     match format {
@@ -169,4 +246,5 @@ pub async fn growth_handler(
 pub const AGENT_CAPACITY: tracer::Capacity = tracer::Capacity {
     stacks: 4096,
     allocations: 1024,
+    alloc_sample_bytes: 0,
 };

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{RawTracePoint, TracePoint},
 };
 use monitor_common::stacks::{
-    GROWTH_MAP, GROWTH_PAGES_MAP, GROWTH_TARGETS_MAP, GrowthKey, GrowthTarget, GrowthValue, PageKey,
+    GROWTH_MAP, GROWTH_PAGES_MAP, GROWTH_RELEASES_MAP, GROWTH_SAMPLER_MAP, GROWTH_TARGETS_MAP,
+    GrowthKey, GrowthSampler, GrowthTarget, GrowthValue, PageKey, PageSample, Release, ReleaseKey,
 };
 
 use super::tracer::{TracerError, take};
@@ -17,17 +18,22 @@ use super::tracer::{TracerError, take};
 /// The page-fault program, on a raw tracepoint: required.
 const FAULT_PROGRAM: (&str, &str) = ("growth_fault", "page_fault_user");
 
-/// Program, tracepoint category and name: optional, they add mmap/brk growth.
-const SYSCALL_PROGRAMS: [(&str, &str, &str); 3] = [
+/// Program, tracepoint category and name: optional, they add mmap/brk growth and the
+/// releases that keep reused addresses from being credited to an old stack.
+const SYSCALL_PROGRAMS: [(&str, &str, &str); 5] = [
     ("growth_mmap", "syscalls", "sys_enter_mmap"),
     ("growth_mremap", "syscalls", "sys_enter_mremap"),
     ("growth_brk", "syscalls", "sys_enter_brk"),
+    ("growth_munmap", "syscalls", "sys_enter_munmap"),
+    ("growth_madvise", "syscalls", "sys_enter_madvise"),
 ];
 
 pub struct Growth {
     targets: BpfHashMap<MapData, u32, GrowthTarget>,
     growth: BpfHashMap<MapData, GrowthKey, GrowthValue>,
-    pages: BpfHashMap<MapData, PageKey, i64>,
+    pages: BpfHashMap<MapData, PageKey, PageSample>,
+    releases: BpfHashMap<MapData, ReleaseKey, Release>,
+    sampler: PerCpuArray<MapData, GrowthSampler>,
     /// Owned links: dropping one detaches it.
     links: Vec<Box<dyn std::any::Any + Send + Sync>>,
     /// Why an optional program is off (reported with each result).
@@ -52,6 +58,8 @@ impl Growth {
         let targets = take(ebpf, GROWTH_TARGETS_MAP, BpfHashMap::try_from)?;
         let growth = take(ebpf, GROWTH_MAP, BpfHashMap::try_from)?;
         let pages = take(ebpf, GROWTH_PAGES_MAP, BpfHashMap::try_from)?;
+        let releases = take(ebpf, GROWTH_RELEASES_MAP, BpfHashMap::try_from)?;
+        let sampler = take(ebpf, GROWTH_SAMPLER_MAP, PerCpuArray::try_from)?;
         let (fault, _) = FAULT_PROGRAM;
         raw_program(ebpf, fault)
             .and_then(|p| p.load().map_err(|e| verifier(fault, &e)))
@@ -70,6 +78,8 @@ impl Growth {
             targets,
             growth,
             pages,
+            releases,
+            sampler,
             links: Vec::new(),
             off,
         })
@@ -79,16 +89,25 @@ impl Growth {
         self.targets.get(&pid, 0).is_ok()
     }
 
+    /// The sample period `pid` is traced with, if it is a target.
+    pub fn period(&self, pid: u32) -> Option<u32> {
+        self.targets.get(&pid, 0).ok().map(|t| t.period)
+    }
+
     pub fn targets(&self) -> Vec<u32> {
         self.targets.keys().filter_map(Result::ok).collect()
     }
 
-    /// Starts sampling `pid`, one fault in `period`.
+    /// Starts sampling `pid`, one fault in `period`. The sampler is shared: while others are
+    /// sampled, `pid` gets the period already in force (see [`Growth::period`]).
     pub fn add(&mut self, ebpf: &mut Ebpf, pid: u32, period: u32) -> Result<(), GrowthError> {
-        let target = GrowthTarget {
-            period: period.max(1),
-            seen: 0,
+        let period = if self.links.is_empty() {
+            self.set_period(period.max(1))?;
+            period.max(1)
+        } else {
+            self.period_in_force().unwrap_or(period.max(1))
         };
+        let target = GrowthTarget { period, _pad: 0 };
         self.targets.insert(pid, target, 0).map_err(|e| match e {
             aya::maps::MapError::SyscallError(ref s)
                 if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
@@ -106,27 +125,30 @@ impl Growth {
         Ok(())
     }
 
+    fn set_period(&mut self, period: u32) -> Result<(), GrowthError> {
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, e)| GrowthError::Unavailable(e.to_string()))?;
+        let each = GrowthSampler {
+            period,
+            countdown: 0,
+        };
+        let values = PerCpuValues::try_from(vec![each; cpus])
+            .map_err(|e| GrowthError::Unavailable(e.to_string()))?;
+        self.sampler.set(0, values, 0)?;
+        Ok(())
+    }
+
+    fn period_in_force(&self) -> Option<u32> {
+        let values = self.sampler.get(&0, 0).ok()?;
+        values.iter().map(|s| s.period).max()
+    }
+
     /// Stops sampling `pid` and forgets its stacks; detaches when nobody is sampled.
     pub fn remove(&mut self, ebpf: &mut Ebpf, pid: u32) {
         let _ = self.targets.remove(&pid);
-        let keys: Vec<GrowthKey> = self
-            .growth
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.tgid == pid)
-            .collect();
-        for k in keys {
-            let _ = self.growth.remove(&k);
-        }
-        let pages: Vec<PageKey> = self
-            .pages
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.tgid == pid)
-            .collect();
-        for k in pages {
-            let _ = self.pages.remove(&k);
-        }
+        remove_keys(&mut self.growth, |k| k.tgid == pid);
+        remove_keys(&mut self.pages, |k| k.tgid == pid);
+        remove_keys(&mut self.releases, |k| k.tgid == pid);
         if self.targets.keys().next().is_none() {
             self.detach(ebpf);
         }
@@ -141,26 +163,40 @@ impl Growth {
             .collect()
     }
 
-    /// Sampled pages of `pid` still resident or swapped out now, per stack id of the fault
-    /// that brought each in. None when /proc/PID/pagemap cannot be read (the process exited).
+    /// Sampled pages of `pid` still resident or swapped out now, and not released since
+    /// their sample, per stack id of the fault that brought each in. None when
+    /// /proc/PID/pagemap cannot be read (the process exited).
     pub fn retained(&self, pid: u32) -> Option<HashMap<i32, u64>> {
         use std::os::unix::fs::FileExt as _;
         let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).ok()?;
         let page_size = page_size();
+        let samples: Vec<(u64, PageSample)> = self
+            .pages
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.tgid == pid)
+            .map(|(k, s)| (k.page, s))
+            .collect();
+        let releases: Vec<(u64, Release)> = self
+            .releases
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.tgid == pid)
+            .map(|(k, r)| (k.start, r))
+            .collect();
         let mut per = HashMap::new();
-        for (key, stack_id) in self.pages.iter().filter_map(Result::ok) {
-            if key.tgid != pid {
-                continue;
-            }
+        for (page, sample) in unreleased(samples, &releases) {
             let mut entry = [0u8; 8];
-            let at = key.page / page_size * 8;
-            if pagemap.read_exact_at(&mut entry, at).is_err() {
+            if pagemap
+                .read_exact_at(&mut entry, page / page_size * 8)
+                .is_err()
+            {
                 continue;
             }
             // Bit 63: present in RAM; bit 62: swapped out. Either way the process holds it.
             let bits = u64::from_le_bytes(entry);
             if bits & (3 << 62) != 0 {
-                *per.entry(stack_id as i32).or_default() += 1;
+                *per.entry(sample.stack_id as i32).or_default() += 1;
             }
         }
         Some(per)
@@ -206,6 +242,45 @@ impl Growth {
     }
 }
 
+/// Removes the entries whose key `matches` (keys first: a map cannot be changed while iterated).
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    matches: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| matches(k))
+        .collect();
+    for k in keys {
+        let _ = map.remove(&k);
+    }
+}
+
+/// The samples whose page no release covered after the sample was taken: a later mapping
+/// that reuses the address was faulted in by some other, unsampled, code path.
+fn unreleased(
+    mut samples: Vec<(u64, PageSample)>,
+    releases: &[(u64, Release)],
+) -> Vec<(u64, PageSample)> {
+    samples.sort_unstable_by_key(|(page, _)| *page);
+    let mut gone = vec![false; samples.len()];
+    for (start, r) in releases {
+        let from = samples.partition_point(|(page, _)| page < start);
+        let to = samples.partition_point(|(page, _)| *page < r.end);
+        for (i, (_, s)) in samples.iter().enumerate().take(to).skip(from) {
+            if r.released_ns > s.sampled_ns {
+                gone[i] = true;
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .zip(gone)
+        .filter_map(|(s, gone)| (!gone).then_some(s))
+        .collect()
+}
+
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
@@ -230,4 +305,53 @@ fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut TracePoint,
         .ok_or_else(|| format!("program {name} is missing from the object"))?
         .try_into()
         .map_err(|e| format!("program {name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(stack_id: i64, sampled_ns: u64) -> PageSample {
+        PageSample {
+            stack_id,
+            sampled_ns,
+        }
+    }
+
+    #[test]
+    fn a_release_after_the_sample_drops_the_page_and_one_before_it_does_not() {
+        let samples = vec![
+            (0x3000, sample(1, 100)), // released at 200: the address was reused since
+            (0x1000, sample(2, 300)), // released at 200, before it was sampled again
+            (0x9000, sample(3, 100)), // outside every range
+            (0x5000, sample(4, 100)), // at a range's end: not inside it
+        ];
+        let releases = [
+            (
+                0x1000,
+                Release {
+                    end: 0x5000,
+                    released_ns: 200,
+                },
+            ),
+            (
+                0x8000,
+                Release {
+                    end: 0x9000,
+                    released_ns: 400,
+                },
+            ),
+        ];
+        let kept: Vec<i64> = unreleased(samples, &releases)
+            .into_iter()
+            .map(|(_, s)| s.stack_id)
+            .collect();
+        assert_eq!(kept, vec![2, 4, 3]);
+    }
+
+    #[test]
+    fn no_releases_keep_every_sample() {
+        let samples = vec![(0x2000, sample(7, 1)), (0x1000, sample(8, 1))];
+        assert_eq!(unreleased(samples, &[]).len(), 2);
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod allocators;
+pub mod auto;
 pub mod collect;
 pub mod command;
 pub mod endpoint;

@@ -223,7 +223,7 @@ fn without_parameters(name: &str) -> &str {
     name
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     ByteSize(bytes).display().iec().to_string()
 }
 

@@ -14,6 +14,8 @@ use monitor_common::stacks::{ALLOCS_MAP, STACK_COUNTERS_MAP, STACKS_MAP, StackCo
 pub struct Capacity {
     pub stacks: u32,
     pub allocations: u32,
+    /// One sampled allocation per this many bytes on average (0: every one).
+    pub alloc_sample_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +33,11 @@ pub enum TracerError {
 
 /// Sizes the maps of the growth and alloc programs. Their globals (KERNEL_LAYOUT from BTF,
 /// SYSCALL_OFFSETS from tracefs) are the agent's programs' too: the caller sets them.
-pub fn configure(loader: &mut EbpfLoader<'_>, capacity: Capacity) {
+pub fn configure<'a>(loader: &mut EbpfLoader<'a>, capacity: &'a Capacity) {
     loader
         .map_max_entries(STACKS_MAP, capacity.stacks)
-        .map_max_entries(ALLOCS_MAP, capacity.allocations);
+        .map_max_entries(ALLOCS_MAP, capacity.allocations)
+        .override_global("ALLOC_SAMPLE_BYTES", &capacity.alloc_sample_bytes, true);
 }
 
 /// Loads the whole object for `leakscope investigate`, with the agent's own maps made small:
@@ -62,7 +65,7 @@ pub fn load_for_investigation(
     if let Some(off) = &syscalls {
         loader.override_global("SYSCALL_OFFSETS", off, true);
     }
-    configure(&mut loader, capacity);
+    configure(&mut loader, &capacity);
     Ok(loader.load(object)?)
 }
 
