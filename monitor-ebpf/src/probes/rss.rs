@@ -86,13 +86,15 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
     // SAFETY: an array slot, valid for the program's run. Two CPUs may write it at once; the
     // worst outcome is one event settled against the other's count, as with PROCS itself.
     let seen = unsafe { &mut *seen };
+    // A repeated count needs nothing, whoever raised it: an owner still to be found for this
+    // mm (a process whose first own event this is) is found at its next change.
+    if seen.mm == mm && seen_pages(seen, member) == pages {
+        return Ok(());
+    }
     let tgid = current_tgid();
     // percpu_counter_read_positive(): the same number the classic tracepoint reports.
     let size = pages.max(0) << layout.page_shift;
     if seen.mm == mm && seen.observer == tgid {
-        if seen_pages(seen, member) == pages {
-            return Ok(());
-        }
         if seen.owner == NO_OWNER {
             // Still nobody's, unless the observer now runs on it (its exec has finished).
             let task = unsafe { bpf_get_current_task() };
