@@ -141,14 +141,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
 
-    // The object moves to the profiler, which attaches growth programs on request only.
+    // The object moves to the profiler, which attaches growth programs on request only, and
+    // the per-thread syscall probes while some process has per-thread accounting.
     let _programs = match crate::investigate::endpoint::Profiler::new(loaded.ebpf) {
-        Ok(p) => {
+        Ok(mut p) => {
+            p.syscalls = loaded.syscalls;
             shared.set_profiler(p);
             None
         }
-        Err((e, ebpf)) => {
+        Err((e, mut ebpf)) => {
             warn!("/debug/pprof/growth is off: {e}");
+            // Nobody could attach them later: attach them now.
+            if let Some(mut s) = loaded.syscalls
+                && let Err(e) = s.attach(&mut ebpf)
+            {
+                shared.state().probe_failed(crate::threads::PROBE_NAME, e);
+            }
             Some(ebpf)
         }
     };

@@ -106,6 +106,8 @@ pub struct Options<'a> {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub probes: Vec<ProbeStatus>,
+    /// Per-thread syscall programs, loaded, to attach on demand.
+    pub syscalls: Option<crate::threads::SyscallProbes>,
 }
 
 /// Offsets for every probe, or the reason a probe cannot be used on this kernel.
@@ -266,12 +268,13 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
             fallback: spec.fallback,
         });
     }
-    probes.push(crate::threads::attach(
-        &mut ebpf,
-        &mem_layout,
-        opts.break_probes,
-    ));
-    Ok(Loaded { ebpf, probes })
+    let (status, syscalls) = crate::threads::prepare(&mut ebpf, &mem_layout, opts.break_probes);
+    probes.push(status);
+    Ok(Loaded {
+        ebpf,
+        probes,
+        syscalls,
+    })
 }
 
 /// Where fault injection sends a probe: a tracepoint no kernel has.

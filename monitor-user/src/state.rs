@@ -329,6 +329,15 @@ impl AgentState {
         }
     }
 
+    /// A probe the kernel refused after start-up: off, with the reason, from now on.
+    pub fn probe_failed(&mut self, name: &str, why: String) {
+        if let Some(p) = self.probes.iter_mut().find(|p| p.name == name) {
+            log::warn!("probe {name} is off: {why}");
+            p.attached = false;
+            p.error = Some(why);
+        }
+    }
+
     /// Selected processes the detector calls leaking.
     pub fn leakers(&self) -> Vec<crate::investigate::auto::Leaker> {
         self.table

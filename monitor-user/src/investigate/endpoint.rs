@@ -38,6 +38,8 @@ pub struct Profiler {
     stacks: Stacks,
     /// Who wants each sampled pid: a pid stops being sampled when the last holder leaves.
     holders: HashMap<u32, Holders>,
+    /// The per-thread syscall programs, which live in the same object.
+    pub syscalls: Option<crate::threads::SyscallProbes>,
 }
 
 #[derive(Default)]
@@ -67,6 +69,7 @@ impl Profiler {
                 growth,
                 stacks,
                 holders: HashMap::new(),
+                syscalls: None,
             }),
             Err(e) => Err((e, ebpf)),
         }
@@ -108,6 +111,13 @@ impl Profiler {
                 self.stacks.clear_stacks();
             }
         }
+    }
+
+    /// Attaches or detaches the per-thread syscall programs as `wanted` says; None when the
+    /// object has none.
+    pub fn follow_thread_wants(&mut self, wanted: bool) -> Option<Result<(), String>> {
+        let probes = self.syscalls.as_mut()?;
+        Some(probes.follow(&mut self.ebpf, wanted))
     }
 
     /// Pids the agent samples on its own, with when that began.
