@@ -219,8 +219,9 @@ impl SyscallProbes {
         Ok(())
     }
 
+    /// Enters first, the reverse of attaching: a call in flight still meets its exit.
     pub fn detach(&mut self, ebpf: &mut Ebpf) {
-        for (program, id) in self.links.drain(..) {
+        for (program, id) in self.links.drain(..).rev() {
             if let Ok(tp) = tracepoint(ebpf, program) {
                 let _ = tp.detach(id);
             }
