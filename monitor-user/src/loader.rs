@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{RawTracePoint, TracePoint},
+    programs::{Program, ProgramError, RawTracePoint, TracePoint},
 };
 use monitor_common::{
     COUNTERS_MAP, Counter, ExitOffsets, KernelLayout, MM_OWNERS_MAP, MarkVictimOffsets,
@@ -278,7 +278,7 @@ pub fn load(object: &[u8], opts: &Options<'_>) -> Result<Loaded, LoadError> {
 }
 
 /// Where fault injection sends a probe: a tracepoint no kernel has.
-const NO_SUCH_TRACEPOINT: (&str, &str) = ("leakscope_fault_injection", "no_such_tracepoint");
+pub const NO_SUCH_TRACEPOINT: (&str, &str) = ("leakscope_fault_injection", "no_such_tracepoint");
 
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
@@ -287,11 +287,7 @@ fn attach_tracepoint(
     name: &str,
     broken: bool,
 ) -> Result<(), String> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program {program}: {e}"))?;
+    let prog: &mut TracePoint = self::program(ebpf, program)?;
     prog.load()
         .map_err(|e| format!("the verifier rejected {program}: {}", verifier_summary(&e)))?;
     let (category, name) = if broken {
@@ -305,11 +301,7 @@ fn attach_tracepoint(
 }
 
 fn attach_raw(ebpf: &mut Ebpf, program: &str, name: &str, broken: bool) -> Result<(), String> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program {program}: {e}"))?;
+    let prog: &mut RawTracePoint = self::program(ebpf, program)?;
     prog.load()
         .map_err(|e| format!("the verifier rejected {program}: {}", verifier_summary(&e)))?;
     let name = if broken { NO_SUCH_TRACEPOINT.1 } else { name };
@@ -319,6 +311,17 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, name: &str, broken: bool) -> Resul
 }
 
 /// The verifier log is long; the lines before its closing statistics say why.
+/// The object's program `name`, as the program type it was built as.
+pub fn program<'e, P>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut P, String>
+where
+    &'e mut P: TryFrom<&'e mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("program {name}: {e}"))
+}
+
 fn verifier_summary(e: &aya::programs::ProgramError) -> String {
     use std::error::Error as _;
     let mut text = e.to_string();

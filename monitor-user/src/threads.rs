@@ -28,6 +28,8 @@ use monitor_common::{
 };
 use serde::Serialize;
 
+use crate::loader::NO_SUCH_TRACEPOINT;
+
 use crate::{
     loader::ProbeStatus,
     select::Selector,
@@ -141,10 +143,7 @@ fn load_all(ebpf: &mut Ebpf) -> Result<(), String> {
 }
 
 fn tracepoint<'e>(ebpf: &'e mut Ebpf, program: &str) -> Result<&'e mut TracePoint, String> {
-    ebpf.program_mut(program)
-        .ok_or_else(|| format!("program {program} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program {program}: {e}"))
+    crate::loader::program(ebpf, program)
 }
 
 /// The per-thread syscall programs, attached on demand. While attached, `syscalls:*`
@@ -193,7 +192,7 @@ impl SyscallProbes {
     pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
         let event = |prefix: &str, syscall: &str| {
             if self.broken {
-                (NO_SUCH.0, NO_SUCH.1.to_string())
+                (NO_SUCH_TRACEPOINT.0, NO_SUCH_TRACEPOINT.1.to_string())
             } else {
                 ("syscalls", format!("{prefix}_{syscall}"))
             }
@@ -228,9 +227,6 @@ impl SyscallProbes {
         }
     }
 }
-
-/// Where fault injection sends the probes: a tracepoint no kernel has.
-const NO_SUCH: (&str, &str) = ("leakscope_fault_injection", "no_such_tracepoint");
 
 // ---- kernel maps -------------------------------------------------------------------------
 

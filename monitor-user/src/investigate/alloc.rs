@@ -204,10 +204,7 @@ pub fn weight(size: u64, sample_bytes: u64) -> (u64, u64) {
 }
 
 fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program {name}: {e}"))
+    crate::loader::program(ebpf, name)
 }
 
 #[cfg(test)]

@@ -294,17 +294,11 @@ fn verifier(program: &str, e: &aya::programs::ProgramError) -> String {
 }
 
 fn raw_program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut RawTracePoint, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program {name}: {e}"))
+    crate::loader::program(ebpf, name)
 }
 
 fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut TracePoint, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program {name}: {e}"))
+    crate::loader::program(ebpf, name)
 }
 
 #[cfg(test)]
