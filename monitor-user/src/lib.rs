@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cli;
 pub mod container;
 pub mod detector;
+pub mod floor;
 pub mod http;
 pub mod investigate;
 pub mod kube;

@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => agent::run(*args).await,
         Command::Investigate(args) => monitor_user::investigate::command::run(args).await,
+        Command::BenchFloor => monitor_user::floor::run().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

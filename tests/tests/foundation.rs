@@ -379,3 +379,38 @@ fn syscall_probes_attach_only_while_a_process_has_per_thread_accounting() {
     assert!(counted.is_some(), "{}", agent.log());
     assert_eq!(agent.get("/healthz").1.trim(), "ok");
 }
+
+/// `cargo xtask bench overhead` measures the agent against empty programs on the same hooks:
+/// they must really be attached there, and go away on SIGTERM.
+#[test]
+fn bench_floor_holds_empty_programs_on_the_agents_hooks() {
+    if !kernel_tests_enabled("bench_floor_holds_empty_programs_on_the_agents_hooks") {
+        return;
+    }
+    use std::io::BufRead as _;
+    let mut floor = Command::new(agent_bin())
+        .arg("bench-floor")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start leakscope bench-floor");
+    let mut line = String::new();
+    std::io::BufReader::new(floor.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "floor programs attached");
+    let mut hooks: Vec<String> = std::fs::read_dir(format!("/proc/{}/fdinfo", floor.id()))
+        .expect("fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("tp_name:"))
+                .map(|t| t.trim().to_string())
+        })
+        .collect();
+    hooks.sort();
+    assert_eq!(hooks, ["rss_stat", "sched_process_exit", "task_newtask"]);
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(floor.id() as i32, libc::SIGTERM) };
+    let exited = wait_for(Duration::from_secs(5), || floor.try_wait().ok().flatten());
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}

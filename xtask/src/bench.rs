@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use clap::Subcommand;
 
 use crate::{setup, util};
@@ -21,11 +21,16 @@ mod detection;
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
-    /// Workload slowdown with and without the agent (page faults, fork/exit), interleaved.
+    /// Workload slowdown (page faults, fork/exit): untraced, under empty programs on the
+    /// agent's hot tracepoints (the floor), and under the agent, interleaved.
     Overhead {
-        /// Interleaved rounds (each: baseline run, then a run under the agent).
-        #[arg(long, default_value_t = 7)]
+        /// Rounds; each runs the workloads untraced, under the floor programs and under the
+        /// agent, in rotated order.
+        #[arg(long, default_value_t = 11)]
         rounds: usize,
+        /// CPU the workloads are pinned to [default: the first this process may use].
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// Leak detection on the scenario corpus (scenarios/scenarios.toml), all scenarios under
     /// one agent: time to the first `leaking` verdict against each target, precision, recall.
@@ -63,7 +68,7 @@ pub enum Which {
 pub fn run(which: Which) -> Result<()> {
     setup::run(false)?;
     match which {
-        Which::Overhead { rounds } => overhead(rounds),
+        Which::Overhead { rounds, cpu } => overhead(rounds, cpu),
         Which::Detection {
             time_scale,
             duration,
@@ -98,51 +103,123 @@ const WORKLOADS: [Workload; 2] = [
     },
 ];
 
-fn overhead(rounds: usize) -> Result<()> {
+/// What the workloads run under in a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Baseline,
+    /// Empty programs on the agent's hot tracepoints (`leakscope bench-floor`).
+    Floor,
+    Agent,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Baseline, Variant::Floor, Variant::Agent];
+
+fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     if !util::is_root() {
         bail!("the overhead benchmark loads BPF programs: run it as root");
     }
+    ensure!(rounds > 0, "--rounds must be at least 1");
+    let cpu = match cpu {
+        Some(c) => c,
+        None => first_allowed_cpu()?,
+    };
     let agent_bin = util::build_agent(true)?;
     let workload = build_workload(&agent_bin)?;
+    let run = |w: &Workload| time_workload(&workload, w.args, cpu);
 
     // Warm caches and the page allocator before measuring.
     for w in &WORKLOADS {
-        time_workload(&workload, w.args)?;
+        run(w)?;
     }
-    let mut base = vec![Vec::new(); WORKLOADS.len()];
-    let mut traced = vec![Vec::new(); WORKLOADS.len()];
+    // times[variant][workload][round]
+    let mut times = vec![vec![Vec::new(); WORKLOADS.len()]; VARIANTS.len()];
     let mut agent_cpu = Vec::new();
     let mut agent_peak = 0u64;
     for round in 0..rounds {
-        for (i, w) in WORKLOADS.iter().enumerate() {
-            base[i].push(time_workload(&workload, w.args)?);
+        // Rotated order, so no variant always runs first (or last) in a round.
+        for k in 0..VARIANTS.len() {
+            let v = (round + k) % VARIANTS.len();
+            let tracer = match VARIANTS[v] {
+                Variant::Baseline => None,
+                Variant::Floor => Some(Tracer::floor(&agent_bin)?),
+                Variant::Agent => Some(Tracer::agent(&agent_bin)?),
+            };
+            for (i, w) in WORKLOADS.iter().enumerate() {
+                times[v][i].push(run(w)?);
+            }
+            if let Some(t) = tracer {
+                let (cpu_s, peak) = t.stop()?;
+                if VARIANTS[v] == Variant::Agent {
+                    agent_cpu.push(cpu_s);
+                    agent_peak = agent_peak.max(peak);
+                }
+            }
         }
-        let agent = RunningAgent::start(&agent_bin)?;
-        for (i, w) in WORKLOADS.iter().enumerate() {
-            traced[i].push(time_workload(&workload, w.args)?);
-        }
-        let (cpu, peak) = agent.stop()?;
-        agent_cpu.push(cpu);
-        agent_peak = agent_peak.max(peak);
         eprintln!("round {}/{rounds} done", round + 1);
     }
     println!();
-    println!("overhead: {rounds} interleaved rounds, median wall seconds per workload run");
     println!(
-        "{:<40} {:>10} {:>12} {:>9}",
-        "workload", "baseline", "with agent", "ratio"
+        "overhead: {rounds} rounds (baseline, floor, agent in rotated order), workloads pinned \
+         to CPU {cpu}"
     );
+    println!(
+        "floor = empty programs on the agent's hot tracepoints: the kernel's cost of any program there"
+    );
+    println!("seconds: median per run; ratios: median (min..max) of the per-round ratios");
+    println!(
+        "{:<40} {:>9} {:>9} {:>9}  {:<22} {:<22} {:<22}",
+        "workload", "baseline", "floor", "agent", "floor/baseline", "agent/baseline", "agent/floor"
+    );
+    let (b, f, a) = (0, 1, 2);
     for (i, w) in WORKLOADS.iter().enumerate() {
-        let b = median(&mut base[i]);
-        let t = median(&mut traced[i]);
-        println!("{:<40} {:>10.4} {:>12.4} {:>8.3}x", w.name, b, t, t / b);
+        println!(
+            "{:<40} {:>9.4} {:>9.4} {:>9.4}  {:<22} {:<22} {:<22}",
+            w.name,
+            median(&times[b][i]),
+            median(&times[f][i]),
+            median(&times[a][i]),
+            ratio_summary(&times[f][i], &times[b][i]),
+            ratio_summary(&times[a][i], &times[b][i]),
+            ratio_summary(&times[a][i], &times[f][i]),
+        );
     }
     println!(
         "agent CPU per round (both workloads under it): median {:.3} s; agent peak RSS {:.1} MiB",
-        median(&mut agent_cpu),
+        median(&agent_cpu),
         agent_peak as f64 / (1 << 20) as f64
     );
     Ok(())
+}
+
+/// Per-round ratios `num[r] / den[r]`: each pair ran minutes apart at most, so drift of the
+/// machine cancels out of it.
+fn round_ratios(num: &[f64], den: &[f64]) -> Vec<f64> {
+    num.iter().zip(den).map(|(n, d)| n / d).collect()
+}
+
+fn ratio_summary(num: &[f64], den: &[f64]) -> String {
+    let r = round_ratios(num, den);
+    let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.3}x ({min:.3}..{max:.3})", median(&r))
+}
+
+/// The workloads run on one CPU: on a VM the CPUs can differ by several percent, more than
+/// the effect measured, and a fork/exit loop that spans two CPUs measures the scheduler.
+fn first_allowed_cpu() -> Result<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is ours and its size is passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    ensure!(
+        rc == 0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: the index is below CPU_SETSIZE.
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .context("this process may run on no CPU")
 }
 
 /// Builds the `workload` binary (tests/src/bin/workload.rs) next to the release agent.
@@ -158,28 +235,49 @@ fn build_workload(agent_bin: &Path) -> Result<PathBuf> {
     Ok(agent_bin.with_file_name("workload"))
 }
 
-fn time_workload(bin: &Path, args: &[&str]) -> Result<f64> {
-    let out = util::output(Command::new(bin).args(args))?;
+fn time_workload(bin: &Path, args: &[&str], cpu: usize) -> Result<f64> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    pin(&mut cmd, cpu);
+    let out = util::output(&mut cmd)?;
     out.trim()
         .parse()
         .with_context(|| format!("workload printed {out:?}"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn pin(cmd: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs between fork and exec and only calls sched_setaffinity, which
+    // is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-struct RunningAgent {
+/// The agent or the floor programs, running while the workloads do.
+struct Tracer {
     child: Child,
 }
 
-impl RunningAgent {
-    fn start(bin: &PathBuf) -> Result<Self> {
+impl Tracer {
+    fn agent(bin: &Path) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args([
                 "run",
                 "--no-task-socket",
@@ -192,7 +290,11 @@ impl RunningAgent {
             .context("starting the agent")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("the agent exited before serving: {status}");
+            }
             if Instant::now() > deadline {
+                let _ = child.kill();
                 bail!("agent did not start serving within 30 s");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -202,7 +304,25 @@ impl RunningAgent {
         Ok(Self { child })
     }
 
-    /// Stops the agent; returns its CPU seconds and peak RSS bytes.
+    fn floor(bin: &Path) -> Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = Command::new(bin)
+            .arg("bench-floor")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting leakscope bench-floor")?;
+        let stdout = child.stdout.take().context("bench-floor stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if !line.contains("attached") {
+            let status = child.wait()?;
+            bail!("leakscope bench-floor did not attach its programs ({status})");
+        }
+        Ok(Self { child })
+    }
+
+    /// Stops the tracer; returns its CPU seconds and peak RSS bytes.
     fn stop(mut self) -> Result<(f64, u64)> {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -222,5 +342,25 @@ impl RunningAgent {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
         Ok((ticks / hz, hwm_kb * 1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_pair_runs_of_the_same_round() {
+        // Round 2 ran on a slower machine for both variants: paired, it is a 1.5x like the others.
+        let agent = [1.5, 3.0, 0.9];
+        let baseline = [1.0, 2.0, 1.0];
+        assert_eq!(round_ratios(&agent, &baseline), vec![1.5, 1.5, 0.9]);
+        assert_eq!(ratio_summary(&agent, &baseline), "1.500x (0.900..1.500)");
+    }
+
+    #[test]
+    fn median_takes_the_middle_run() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
     }
 }

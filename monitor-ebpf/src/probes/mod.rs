@@ -1,6 +1,7 @@
 //! One module per hook family; programs are named `<family>_<event>`.
 
 pub mod alloc;
+pub mod floor;
 pub mod growth;
 pub mod mem;
 pub mod oom;

@@ -20,7 +20,10 @@
 //! batches (32 pages or more), so most events repeat the count already applied. The BTF
 //! program keeps, in an array slot per mm (RSS_SEEN), the counts it last applied and the owner
 //! it found for the (mm, current process) pair: a repeated count costs no hash lookup, a new
-//! one a single PROCS lookup. Whatever moves an mm between owners clears its slot.
+//! one a single PROCS lookup. Whatever moves an mm between owners clears its slot, except
+//! for the two moves every fork/exit makes: fork hands the child its new mm with the counts
+//! the copy raised (`adopt_forked_mm`), and exit marks its mm retired, so the teardown's
+//! event per page table stops at the slot (`retire_seen`).
 //! Source: <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/kmem.h>,
 //! <https://github.com/torvalds/linux/blob/v6.18/include/linux/mm.h> (`add_mm_counter`).
 
@@ -95,6 +98,11 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
     // percpu_counter_read_positive(): the same number the classic tracepoint reports.
     let size = pages.max(0) << layout.page_shift;
     if seen.mm == mm && seen.observer == tgid {
+        if seen.owner == RETIRED {
+            // Teardown of an address space whose owner has exited.
+            count(Counter::RssUnowned);
+            return Ok(());
+        }
         if seen.owner == NO_OWNER {
             // Still nobody's, unless the observer now runs on it (its exec has finished).
             let task = unsafe { bpf_get_current_task() };
@@ -137,6 +145,8 @@ enum Resolved {
 }
 
 const NO_OWNER: u32 = 0;
+/// The owner exited and the mm is being torn down by it: nothing left to account.
+const RETIRED: u32 = u32::MAX;
 
 /// The full path: find the mm's owner through PROCS and MM_OWNERS, and apply the value there.
 #[inline(always)]
@@ -297,7 +307,7 @@ fn member_value(stats: &ProcStats, member: u32) -> i64 {
 /// numbers of the old one no longer apply, and the new one is owned from now on.
 #[inline(never)]
 fn adopt_mm(tgid: u32, stats: &mut ProcStats, mm: u64) {
-    release_mm(tgid, stats.mm, stats.ppid);
+    let _ = release_mm(tgid, stats.mm, stats.ppid);
     stats.mm = mm;
     stats.rss = [RSS_UNKNOWN; RssKind::COUNT];
     stats.peak_bytes = 0;
@@ -308,15 +318,15 @@ fn adopt_mm(tgid: u32, stats: &mut ProcStats, mm: u64) {
 }
 
 /// Gives up ownership of `mm`: back to the parent when the parent runs on it (a vfork child
-/// that execs or exits), else forgotten.
+/// that execs or exits), else forgotten. True when the mm went back to the parent.
 #[inline(always)]
-pub fn release_mm(tgid: u32, mm: u64, ppid: u32) {
+pub fn release_mm(tgid: u32, mm: u64, ppid: u32) -> bool {
     if mm == 0 {
-        return;
+        return false;
     }
     forget_seen(mm);
     if !MM_OWNERS.get_ptr(mm).is_some_and(|o| unsafe { *o } == tgid) {
-        return;
+        return false;
     }
     let parent_runs_on_it = PROCS
         .get_ptr(ppid)
@@ -325,6 +335,51 @@ pub fn release_mm(tgid: u32, mm: u64, ppid: u32) {
         let _ = MM_OWNERS.insert(mm, ppid, 0);
     } else {
         let _ = MM_OWNERS.remove(mm);
+    }
+    parent_runs_on_it
+}
+
+/// `tgid` exits and takes `mm` with it: the teardown it is about to run raises an event per
+/// page table, which its slot now turns away at the first check.
+#[inline(always)]
+pub fn retire_seen(mm: u64, tgid: u32) {
+    if let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) {
+        // SAFETY: an array slot, valid for the program's run.
+        let seen = unsafe { &mut *seen };
+        seen.mm = mm;
+        seen.observer = tgid;
+        seen.owner = RETIRED;
+    }
+}
+
+/// A forked child's own address space. The kernel filled it before the fork tracepoint,
+/// raising rss_stat for an mm nobody owned yet, and the slot kept the counts: the child
+/// starts with them instead of waiting for each kind's next change.
+#[inline(always)]
+pub fn adopt_forked_mm(pid: u32, stats: &mut ProcStats, mm: u64) {
+    stats.mm = mm;
+    let shift = KERNEL_LAYOUT.load().page_shift;
+    if let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) {
+        // SAFETY: an array slot, valid for the program's run.
+        let seen = unsafe { &mut *seen };
+        if seen.mm == mm {
+            for kind in 0..RssKind::COUNT {
+                let pages = seen.pages[kind];
+                if pages != i64::MIN {
+                    stats.rss[kind] = pages.max(0) << shift;
+                }
+            }
+        } else {
+            seen.mm = mm;
+            seen.pages = [i64::MIN; RssKind::COUNT];
+        }
+        // The child's own events now take the cached path.
+        seen.observer = pid;
+        seen.owner = pid;
+    }
+    stats.peak_bytes = stats.resident_bytes();
+    if MM_OWNERS.insert(mm, pid, 0).is_err() {
+        count(Counter::MmInsertFailed);
     }
 }
 

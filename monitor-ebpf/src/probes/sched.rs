@@ -6,7 +6,8 @@
 //!
 //! Fork and exit each have a raw tracepoint program, used where the kernel has BTF: no trace
 //! record is built for them, which matters to fork-heavy hosts. The new task's pid and comm
-//! are then read through `KERNEL_LAYOUT`. Raw arguments (6.18):
+//! are then read through `KERNEL_LAYOUT`, and so is the child's new mm, which it owns from
+//! birth. Raw arguments (6.18):
 //! `task_newtask(struct task_struct *task, u64 clone_flags)`,
 //! `sched_process_exit(struct task_struct *p, bool group_dead)`; `p` is the current task.
 //! The classic programs below stand in elsewhere:
@@ -28,10 +29,11 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
-use super::rss::{KERNEL_LAYOUT, read_kernel, release_mm};
+use super::rss::{KERNEL_LAYOUT, adopt_forked_mm, read_kernel, release_mm, retire_seen};
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
 use crate::maps::{PROCS, count, emit};
 
+const CLONE_VM: u64 = 0x0000_0100;
 const CLONE_THREAD: u64 = 0x0001_0000;
 
 #[unsafe(no_mangle)]
@@ -78,7 +80,14 @@ fn try_newtask_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
     let task: u64 = ctx.arg(0);
     let pid: i32 = read_kernel(task + u64::from(layout.task_pid))?;
     let comm: [u8; 16] = read_kernel(task + u64::from(layout.task_comm))?;
-    on_new_process(pid as u32, comm);
+    // A CLONE_VM child (vfork, posix_spawn) runs on its parent's mm until it execs: the
+    // parent keeps it.
+    let own_mm = if flags & CLONE_VM == 0 {
+        read_kernel::<u64>(task + u64::from(layout.task_mm)).unwrap_or(0)
+    } else {
+        0
+    };
+    on_new_process(pid as u32, comm, own_mm);
     Ok(())
 }
 
@@ -97,21 +106,24 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), ProbeError> {
     }
     let pid: i32 = field(ctx, off.pid)?;
     let comm: [u8; 16] = field(ctx, off.comm)?;
-    on_new_process(pid as u32, comm);
+    // Without BTF the rss program keys address spaces by a hash the fork record lacks.
+    on_new_process(pid as u32, comm, 0);
     Ok(())
 }
 
+/// `own_mm`: the child's new address space, 0 when it shares its parent's or is unknown.
 #[inline(always)]
-fn on_new_process(pid: u32, comm: [u8; 16]) {
+fn on_new_process(pid: u32, comm: [u8; 16], own_mm: u64) {
     count(Counter::ForkEvents);
     let ppid = current_tgid();
     let cgroup = cgroup_id();
     let ev = event(EventKind::Fork, pid, ppid, cgroup, comm);
+    let mut stats = ProcStats::new(ev.ts_ns, ppid, cgroup);
+    if own_mm != 0 {
+        adopt_forked_mm(pid, &mut stats, own_mm);
+    }
     // Overwrites whatever a previous holder of this pid left: a reused pid starts from zero.
-    if PROCS
-        .insert(pid, ProcStats::new(ev.ts_ns, ppid, cgroup), 0)
-        .is_err()
-    {
+    if PROCS.insert(pid, stats, 0).is_err() {
         count(Counter::ProcInsertFailed);
     } else {
         count(Counter::ProcInserted);
@@ -186,7 +198,9 @@ fn on_group_exit() {
         ev.ppid = stats.ppid;
         ev.rss = stats.rss;
         ev.peak_bytes = stats.peak_bytes;
-        release_mm(tgid, stats.mm, stats.ppid);
+        if !release_mm(tgid, stats.mm, stats.ppid) && stats.mm != 0 {
+            retire_seen(stats.mm, tgid);
+        }
         if PROCS.remove(tgid).is_ok() {
             count(Counter::ProcRemoved);
         }

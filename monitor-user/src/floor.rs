@@ -1,0 +1,32 @@
+//! `leakscope bench-floor` (hidden): attaches empty programs to the tracepoints the agent
+//! runs on every page fault, fork and exit, and holds them until SIGINT or SIGTERM. The
+//! overhead benchmark runs its workloads under it to tell the kernel's cost of running any
+//! program on those hooks from the cost of the agent's own programs.
+
+use anyhow::Context as _;
+use aya::{EbpfLoader, programs::RawTracePoint};
+
+/// (program, raw tracepoint): the same hooks the agent's raw-tracepoint programs use.
+const FLOOR: [(&str, &str); 3] = [
+    ("floor_rss_stat", "rss_stat"),
+    ("floor_newtask", "task_newtask"),
+    ("floor_exit", "sched_process_exit"),
+];
+
+pub async fn run() -> anyhow::Result<()> {
+    crate::agent::bump_memlock_rlimit();
+    let mut ebpf = EbpfLoader::new()
+        .load(crate::agent::OBJECT)
+        .context("loading the eBPF object")?;
+    for (program, tracepoint) in FLOOR {
+        let prog: &mut RawTracePoint =
+            crate::loader::program(&mut ebpf, program).map_err(anyhow::Error::msg)?;
+        prog.load().with_context(|| format!("loading {program}"))?;
+        prog.attach(tracepoint)
+            .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+    }
+    // The benchmark waits for this line before it measures.
+    println!("floor programs attached");
+    crate::agent::shutdown_signal().await;
+    Ok(())
+}
