@@ -40,10 +40,14 @@ pub struct RssSeen {
 
 pub const RSS_SEEN_SLOTS: u32 = 4096;
 
-/// `mm_struct`s sit in a slab at least 1 KiB apart: the bits above that spread them.
+/// The RSS_SEEN slot of `mm`. `mm_struct`s sit in a slab at least 1 KiB apart: the bits
+/// above that spread them.
 #[inline(always)]
-pub fn rss_seen_slot(mm: u64) -> u32 {
-    ((mm >> 10) as u32) & (RSS_SEEN_SLOTS - 1)
+pub fn rss_seen(mm: u64) -> Option<&'static mut RssSeen> {
+    let slot = ((mm >> 10) as u32) & (RSS_SEEN_SLOTS - 1);
+    // SAFETY: an array slot, valid for the program's run. Two CPUs may write it at once; the
+    // worst outcome is one event settled against the other's count, as with PROCS itself.
+    RSS_SEEN.get_ptr_mut(slot).map(|seen| unsafe { &mut *seen })
 }
 
 #[map(name = "EVENTS")]

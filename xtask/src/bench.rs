@@ -119,9 +119,11 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
         bail!("the overhead benchmark loads BPF programs: run it as root");
     }
     ensure!(rounds > 0, "--rounds must be at least 1");
+    let allowed = allowed_cpus()?;
     let cpu = match cpu {
-        Some(c) => c,
-        None => first_allowed_cpu()?,
+        Some(c) if allowed.contains(&c) => c,
+        Some(c) => bail!("--cpu {c}: this process may only run on CPUs {allowed:?}"),
+        None => *allowed.first().context("this process may run on no CPU")?,
     };
     let agent_bin = util::build_agent(true)?;
     let workload = build_workload(&agent_bin)?;
@@ -137,8 +139,7 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     let mut agent_peak = 0u64;
     for round in 0..rounds {
         // Rotated order, so no variant always runs first (or last) in a round.
-        for k in 0..VARIANTS.len() {
-            let v = (round + k) % VARIANTS.len();
+        for v in rotated(VARIANTS.len(), round) {
             let tracer = match VARIANTS[v] {
                 Variant::Baseline => None,
                 Variant::Floor => Some(Tracer::floor(&agent_bin)?),
@@ -191,6 +192,11 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// Indices 0..n, starting at a different one each round.
+fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + round) % n)
+}
+
 /// Per-round ratios `num[r] / den[r]`: each pair ran minutes apart at most, so drift of the
 /// machine cancels out of it.
 fn round_ratios(num: &[f64], den: &[f64]) -> Vec<f64> {
@@ -206,7 +212,7 @@ fn ratio_summary(num: &[f64], den: &[f64]) -> String {
 
 /// The workloads run on one CPU: on a VM the CPUs can differ by several percent, more than
 /// the effect measured, and a fork/exit loop that spans two CPUs measures the scheduler.
-fn first_allowed_cpu() -> Result<usize> {
+fn allowed_cpus() -> Result<Vec<usize>> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the set is ours and its size is passed.
@@ -216,10 +222,10 @@ fn first_allowed_cpu() -> Result<usize> {
         "sched_getaffinity: {}",
         std::io::Error::last_os_error()
     );
-    (0..libc::CPU_SETSIZE as usize)
+    Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: the index is below CPU_SETSIZE.
-        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .context("this process may run on no CPU")
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
 }
 
 /// Builds the `workload` binary (tests/src/bin/workload.rs) next to the release agent.

@@ -36,6 +36,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::Deserialize;
 
+use super::rotated;
 use crate::{setup, util};
 
 pub struct Opts {
@@ -174,11 +175,6 @@ fn build_scenario(name: &str) -> Result<PathBuf> {
         .arg(format!("OUT={}", out.display()));
     util::check(make)?;
     Ok(out.join(name))
-}
-
-/// Indices 0..n, starting at a different one each round.
-fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
-    (0..n).map(move |k| (k + round) % n)
 }
 
 /// One run of `v`: ns per malloc/free pair (alloc_bench) or elapsed seconds (page faults).

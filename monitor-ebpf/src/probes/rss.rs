@@ -39,7 +39,7 @@ use super::{
     ProbeError, cgroup_id, current_tgid, field,
     mem::{on_rss_change, threads_on},
 };
-use crate::maps::{MM_OWNERS, PROCS, RSS_SEEN, RssSeen, count, rss_seen_slot};
+use crate::maps::{MM_OWNERS, PROCS, RssSeen, count, rss_seen};
 
 #[unsafe(no_mangle)]
 static RSS_STAT_OFFSETS: Global<RssStatOffsets> = Global::new(RssStatOffsets {
@@ -83,12 +83,9 @@ fn try_rss_stat_btf(ctx: &RawTracePointContext) -> Result<(), ProbeError> {
         + u64::from(member) * u64::from(layout.counter_size)
         + u64::from(layout.counter_count);
     let pages: i64 = read_kernel(counter)?;
-    let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) else {
+    let Some(seen) = rss_seen(mm) else {
         return Ok(());
     };
-    // SAFETY: an array slot, valid for the program's run. Two CPUs may write it at once; the
-    // worst outcome is one event settled against the other's count, as with PROCS itself.
-    let seen = unsafe { &mut *seen };
     // A repeated count needs nothing, whoever raised it: an owner still to be found for this
     // mm (a process whose first own event this is) is found at its next change.
     if seen.mm == mm && seen_pages(seen, member) == pages {
@@ -215,9 +212,7 @@ fn remember(seen: &mut RssSeen, mm: u64, observer: u32, owner: u32, fresh: bool)
 /// The mm changes hands or goes away: its next events must reach an entry again.
 #[inline(always)]
 fn forget_seen(mm: u64) {
-    if let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) {
-        // SAFETY: an array slot, valid for the program's run.
-        let seen = unsafe { &mut *seen };
+    if let Some(seen) = rss_seen(mm) {
         if seen.mm == mm {
             seen.mm = 0;
         }
@@ -343,9 +338,7 @@ pub fn release_mm(tgid: u32, mm: u64, ppid: u32) -> bool {
 /// page table, which its slot now turns away at the first check.
 #[inline(always)]
 pub fn retire_seen(mm: u64, tgid: u32) {
-    if let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) {
-        // SAFETY: an array slot, valid for the program's run.
-        let seen = unsafe { &mut *seen };
+    if let Some(seen) = rss_seen(mm) {
         seen.mm = mm;
         seen.observer = tgid;
         seen.owner = RETIRED;
@@ -359,9 +352,7 @@ pub fn retire_seen(mm: u64, tgid: u32) {
 pub fn adopt_forked_mm(pid: u32, stats: &mut ProcStats, mm: u64) {
     stats.mm = mm;
     let shift = KERNEL_LAYOUT.load().page_shift;
-    if let Some(seen) = RSS_SEEN.get_ptr_mut(rss_seen_slot(mm)) {
-        // SAFETY: an array slot, valid for the program's run.
-        let seen = unsafe { &mut *seen };
+    if let Some(seen) = rss_seen(mm) {
         if seen.mm == mm {
             for kind in 0..RssKind::COUNT {
                 let pages = seen.pages[kind];
