@@ -66,9 +66,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: args.limits.clone(),
         max_pools: args.max_pools as usize,
     });
+    state.detector.check_sampling(args.interval)?;
     for c in caps.missing_optional() {
         warn!("without {} the agent cannot {}", c.name, c.why);
     }
+    // Before anything is loaded: a stop request during start-up still stops the agent.
+    let mut signals =
+        crate::shutdown::Signals::install().context("installing the signal handlers")?;
     // Bind first: a port in use should fail before anything is loaded into the kernel.
     let listener = http::bind(args.listen).await?;
     if OBJECT.is_empty() {
@@ -143,7 +147,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The object moves to the profiler, which attaches growth programs on request only, and
     // the per-thread syscall probes while some process has per-thread accounting.
-    let _programs = match crate::investigate::endpoint::Profiler::new(loaded.ebpf) {
+    let _programs = match crate::investigate::profiler::Profiler::new(
+        loaded.ebpf,
+        Duration::from_secs(crate::investigate::endpoint::MAX_SECONDS),
+        args.auto_growth_max_duration,
+    ) {
         Ok(mut p) => {
             p.syscalls = loaded.syscalls;
             shared.set_profiler(p);
@@ -180,9 +188,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pods = shared.state().pods.clone();
     let kube_task =
         crate::kube::ApiConfig::from_env().map(|cfg| tokio::spawn(crate::kube::run(cfg, pods)));
-    let result = crate::web::serve(listener, http::router(shared), shutdown_signal(), &web)
-        .await
-        .map_err(http::HttpError::Serve);
+    let access = http::Access {
+        expose_api: args.expose_api,
+        profiling: args.enable_profiling,
+        credentials: web.has_auth(),
+    };
+    if args.expose_api && !web.has_auth() && !args.listen.ip().is_loopback() {
+        warn!(
+            "--expose-api without basic auth: anyone who can reach {} can list this host's \
+             processes",
+            args.listen
+        );
+    }
+    let result = crate::web::serve(
+        listener,
+        http::router(shared, access),
+        async move {
+            signals.recv().await;
+            info!("shutting down");
+        },
+        &web,
+    )
+    .await
+    .map_err(http::HttpError::Serve);
     events_task.abort();
     sync_task.abort();
     if let Some(t) = kube_task {
@@ -216,22 +244,6 @@ pub(crate) fn bump_memlock_rlimit() {
             std::io::Error::last_os_error()
         );
     }
-}
-
-pub(crate) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    info!("shutting down");
 }
 
 async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -307,10 +319,17 @@ async fn interval_loop(
     loop {
         tick.tick().await;
         sync_once(&maps, &shared);
-        if let (Some(cfg), Some(profiler)) = (auto_growth, shared.profiler()) {
-            let leaking = shared.state().leakers();
-            let sampled = auto::follow(&mut *profiler.lock().await, &leaking, cfg);
-            shared.state().growth_sampled = sampled;
+        if let Some(profiler) = shared.profiler() {
+            let leaking = auto_growth.map(|_| shared.state().leakers());
+            let mut profiler = profiler.lock().await;
+            for line in profiler.expire() {
+                info!("{line}");
+            }
+            if let (Some(cfg), Some(leaking)) = (auto_growth, leaking) {
+                auto::follow(&mut profiler, &leaking, cfg);
+            }
+            // Every holder counts: a request's profile taxes the host as much as auto's.
+            shared.state().growth_sampled = profiler.sampled();
         }
     }
 }

@@ -123,8 +123,8 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_kernel_processes: u32,
 
-    /// History the leak detector looks at, per process.
-    #[arg(long, default_value = "10m", value_parser = parse_window)]
+    /// History the leak detector looks at, per process: 90s (the least it judges) to 24h.
+    #[arg(long, default_value = "10m", value_parser = parse_leak_window)]
     pub leak_window: Duration,
 
     /// Growth this soon after start or exec is warm-up, not a leak.
@@ -142,7 +142,8 @@ pub struct RunArgs {
     #[arg(long = "limit", value_name = "MATCHER:SIZE")]
     pub limits: Vec<ConfiguredLimit>,
 
-    /// At most this many worker pools are tracked.
+    /// At most this many worker pools are tracked; the processes of one uid own at most a
+    /// quarter of them (at least 4).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_pools: u32,
 
@@ -153,7 +154,10 @@ pub struct RunArgs {
     pub web_config_file: Option<std::path::PathBuf>,
 
     /// Unix datagram socket workers send task markers to (integrations/PROTOCOL.md); its
-    /// directory is created. Workers find it through LEAKSCOPE_SOCKET.
+    /// directory is created (root-owned, 0755). An existing directory must be owned by root
+    /// and writable by nobody else, or be sticky like /tmp; a symlink is never followed. A
+    /// directory that fails the check turns task markers off, with the reason in /healthz.
+    /// Workers find the socket through LEAKSCOPE_SOCKET.
     #[arg(long, value_name = "PATH", default_value = crate::tasks::socket::DEFAULT_PATH)]
     pub task_socket: std::path::PathBuf,
 
@@ -161,13 +165,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_task_socket: bool,
 
-    /// Permissions of the task socket. 0666 lets any local user's workers send markers, which
-    /// is safe: the sender's pid comes from the kernel, and what one sender can make the agent
-    /// keep is bounded. Use 0660 with --task-socket-group to allow one group only.
+    /// Permissions of the task socket. 0666 lets any local user's workers (also those in
+    /// other containers) send markers, which is safe: the sender's pid and uid come from the
+    /// kernel, and each uid (and cgroup) has a bounded share of the agent's marker rate and
+    /// tables. Use 0660 with --task-socket-group to allow one group only.
     #[arg(long, value_name = "OCTAL", default_value = "0666", value_parser = parse_mode)]
     pub task_socket_mode: u32,
 
-    /// Group (name or gid) owning the task socket.
+    /// Group (name or gid) that owns the task socket file: with --task-socket-mode 0660, only
+    /// root and members of this group may send markers. Workers in containers need this gid
+    /// among their supplementary groups (e.g. Kubernetes securityContext.supplementalGroups).
+    /// Only the socket file gets the group; its directory stays root's and must not be
+    /// group-writable.
     #[arg(long, value_name = "GROUP")]
     pub task_socket_group: Option<String>,
 
@@ -177,17 +186,35 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     pub task_queue_len: u32,
 
+    /// Task markers per second each uid may send, however many processes it runs, in bursts
+    /// of as many; each cgroup (where the agent knows the sender's) twice that. Beyond, they
+    /// are dropped and counted
+    /// (leakscope_markers_dropped_total{reason="uid_rate_limited"|"cgroup_rate_limited"}).
+    #[arg(long, value_name = "N", default_value_t = crate::tasks::listener::DEFAULT_MARKER_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub marker_rate: u32,
+
     /// At most this many task names get series of their own; runs of others are summed into
-    /// task="(overflow)" (a name idle for an hour gives its place up).
+    /// task="(overflow)" (a name idle for an hour gives its place up). One uid registers at
+    /// most a quarter of them (at least 16), one cgroup twice that.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_tasks: u32,
 
-    /// Per-thread accounting for processes that match (same syntax as --match), besides
-    /// those that send task markers (which always get it).
+    /// Per-thread accounting for processes that match (same syntax as --match). It attaches
+    /// host-wide syscalls:* tracepoints while any process has it (every syscall on the host
+    /// takes the kernel's slow path), so it is never turned on by task markers alone: see
+    /// --threads-for-uid.
     #[arg(long = "threads-for", value_name = "KEY=VALUE")]
     pub threads_for: Vec<Matcher>,
 
-    /// At most this many processes get per-thread accounting.
+    /// Per-thread accounting for task-marker senders whose uid (from the kernel) is UID, and
+    /// for their worker pool. Repeat for more uids. Markers from other uids are measured from
+    /// their process's RSS only and never turn per-thread accounting on.
+    #[arg(long = "threads-for-uid", value_name = "UID")]
+    pub threads_for_uid: Vec<u32>,
+
+    /// At most this many processes get per-thread accounting; one uid at most a quarter of
+    /// them (at least 8), one cgroup twice that.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_thread_processes: u32,
 
@@ -201,11 +228,28 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub top_threads: u32,
 
+    /// Serve the process API (/api/v1/*) to non-loopback peers too. Without it, peers on the
+    /// network get /metrics and /healthz only. Pair it with basic auth (--web-config-file).
+    #[arg(long)]
+    pub expose_api: bool,
+
+    /// Serve growth profiles at /debug/pprof/growth. Profiles show a process's code paths:
+    /// without credentials they go only to a local user (over loopback) for their own
+    /// processes, root for any; network peers need a web-config user named in
+    /// profiling_users.
+    #[arg(long)]
+    pub enable_profiling: bool,
+
     /// Sample growth stacks (page faults, as `investigate --mode growth`) of processes whose
     /// verdict becomes leaking, until they stop leaking or exit; served at
     /// /debug/pprof/growth?pid=PID.
-    #[arg(long)]
+    #[arg(long, requires = "enable_profiling")]
     pub auto_growth: bool,
+
+    /// --auto-growth: the longest one process is sampled on the agent's own behalf (every
+    /// page fault on the host pays for the sampling program while any process is sampled).
+    #[arg(long, default_value = "30m", value_parser = parse_auto_growth_duration)]
+    pub auto_growth_max_duration: Duration,
 
     /// --auto-growth: one page fault sampled in this many, on average.
     #[arg(long, default_value_t = monitor_common::stacks::DEFAULT_SAMPLE_PERIOD,
@@ -233,6 +277,34 @@ fn parse_window(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 60s, 10m)"))?;
     if d > Duration::from_secs(24 * 3600) {
         return Err(format!("`{s}` is out of range: at most 24h"));
+    }
+    Ok(d)
+}
+
+fn parse_auto_growth_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30m, 2h)"))?;
+    if d < Duration::from_secs(10) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("`{s}` is out of range: use 10s to 24h"));
+    }
+    Ok(d)
+}
+
+/// Refuses what could never give a verdict. The minimum history and the window are both
+/// multiplied by --detector-time-scale, so comparing nominal values holds at any scale; what
+/// the sampling interval adds is checked at start-up (`DetectorConfig::check_sampling`).
+fn parse_leak_window(s: &str) -> Result<Duration, String> {
+    let d = parse_window(s)?;
+    let min = crate::detector::MIN_HISTORY_SECS;
+    if d.is_zero() {
+        return Err(format!(
+            "`{s}` would keep no history (an unlimited window is not offered): use {min}s to 24h"
+        ));
+    }
+    if d.as_secs_f64() < min {
+        return Err(format!(
+            "`{s}` is shorter than the {min}s of history the detector needs for any verdict: \
+             use {min}s to 24h"
+        ));
     }
     Ok(d)
 }
@@ -272,6 +344,10 @@ mod tests {
         assert_eq!(run.listen.to_string(), "127.0.0.1:9633");
         assert!(run.matchers.is_empty());
         assert_eq!(run.interval, Duration::from_secs(1));
+        assert!(
+            !run.enable_profiling && !run.expose_api,
+            "off the network by default"
+        );
     }
 
     #[test]
@@ -289,6 +365,29 @@ mod tests {
         assert!(err(&["run", "--task-socket-mode", "999"]).contains("octal"));
         assert!(err(&["run", "--task-socket-mode", "01777"]).contains("out of range"));
         assert!(err(&["run", "--threads-for", "who=x"]).contains("unknown match key"));
+        assert!(err(&["run", "--auto-growth"]).contains("--enable-profiling"));
+        assert!(err(&["run", "--auto-growth-max-duration", "1s"]).contains("out of range"));
+    }
+
+    #[test]
+    fn a_leak_window_that_could_never_give_a_verdict_is_refused() {
+        let window = |w: &str| match parse(&["run", "--leak-window", w]).map(|c| c.command) {
+            Ok(Command::Run(run)) => Ok(run.leak_window),
+            Ok(_) => panic!("not run"),
+            Err(e) => Err(e.to_string()),
+        };
+        let zero = window("0s").unwrap_err();
+        assert!(
+            zero.contains("no history") && zero.contains("90s to 24h"),
+            "{zero}"
+        );
+        let short = window("89s").unwrap_err();
+        assert!(short.contains("shorter than the 90s"), "{short}");
+        assert_eq!(window("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(window("10m"), Ok(Duration::from_secs(600)));
+        assert!(window("25h").unwrap_err().contains("at most 24h"));
+        // The warm-up may be zero.
+        assert!(parse(&["run", "--leak-warmup", "0s"]).is_ok());
     }
 
     #[test]

@@ -21,9 +21,13 @@
 //! `stable`. Confidence grows with the analysed span, the consistency and the
 //! size of the rise relative to the residual noise.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, time::Duration};
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The shortest history, in nominal seconds, the detector gives a verdict on (the default
+/// `min_window_secs`). A `--leak-window` below it could never give one.
+pub const MIN_HISTORY_SECS: f64 = 90.0;
 
 /// Fewer fitted points than this cannot tell a trend from noise.
 const MIN_FIT_POINTS: usize = 6;
@@ -85,7 +89,7 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             window_secs: 600.0,
-            min_window_secs: 90.0,
+            min_window_secs: MIN_HISTORY_SECS,
             warmup_secs: 60.0,
             // 0.1 MiB/min: below this, growth is not worth reporting.
             growing_rate_bytes_per_sec: 0.1 * MIB / 60.0,
@@ -108,7 +112,64 @@ impl Default for DetectorConfig {
     }
 }
 
+/// A configuration under which no verdict could ever be given.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DetectorError {
+    #[error(
+        "--detector-time-scale {scale} makes the detector's minimum history {min_history:.3}s \
+         of real time, fewer than {MIN_FIT_POINTS} samples at --interval {interval:?}: no \
+         verdict could ever be given; use a larger scale or a shorter interval"
+    )]
+    TooFewSamples {
+        scale: f64,
+        min_history: f64,
+        interval: Duration,
+    },
+    #[error(
+        "--leak-window at --detector-time-scale {scale} is {window:.3}s of real time, which \
+         leaves less than two samples at --interval {interval:?} beyond the detector's \
+         {min_history:.3}s minimum history: verdicts would come and go with timer jitter; use \
+         a --leak-window of at least {at_least}s or a shorter --interval"
+    )]
+    NoRoom {
+        scale: f64,
+        window: f64,
+        min_history: f64,
+        interval: Duration,
+        at_least: u64,
+    },
+}
+
 impl DetectorConfig {
+    /// Whether a history sampled every `interval` can ever reach a verdict. The detector's
+    /// durations follow `time_scale` and the interval does not, so this is known only once
+    /// both are.
+    pub fn check_sampling(&self, interval: Duration) -> Result<(), DetectorError> {
+        let step = interval.as_secs_f64();
+        let min_history = self.secs(self.min_window_secs);
+        if min_history < MIN_FIT_POINTS as f64 * step {
+            return Err(DetectorError::TooFewSamples {
+                scale: self.scale(),
+                min_history,
+                interval,
+            });
+        }
+        let window = self.secs(self.window_secs);
+        // The oldest sample kept lies up to one interval inside the window, and timer jitter
+        // can cost one more.
+        if window > 0.0 && window - min_history < 2.0 * step {
+            let nominal = nonneg(self.min_window_secs) + 2.0 * step / self.scale();
+            return Err(DetectorError::NoRoom {
+                scale: self.scale(),
+                window,
+                min_history,
+                interval,
+                at_least: nominal.ceil() as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// The effective time scale; a nonsensical value falls back to real time
     /// rather than producing NaN windows.
     fn scale(&self) -> f64 {
@@ -639,6 +700,61 @@ pub fn time_to_limit(current_bytes: u64, limit_bytes: u64, rate_bytes_per_sec: f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_that_can_never_give_a_verdict_is_refused() {
+        let at = |window_secs: f64, time_scale: f64, interval_ms: u64| {
+            DetectorConfig {
+                window_secs,
+                time_scale,
+                ..DetectorConfig::default()
+            }
+            .check_sampling(Duration::from_millis(interval_ms))
+        };
+        // The CLI's defaults, and the tests' ten-times-faster runs.
+        assert_eq!(at(600.0, 1.0, 1000), Ok(()));
+        assert_eq!(at(600.0, 0.1, 200), Ok(()));
+        assert_eq!(at(92.0, 1.0, 1000), Ok(()));
+        let e = at(91.0, 1.0, 1000).unwrap_err();
+        assert!(
+            matches!(e, DetectorError::NoRoom { at_least: 92, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("at least 92s"), "{e}");
+        // The window scales with the minimum, the interval does not.
+        let e = at(93.0, 0.1, 200).unwrap_err();
+        assert!(
+            matches!(e, DetectorError::NoRoom { at_least: 94, .. }),
+            "{e}"
+        );
+        let e = at(600.0, 0.005, 100).unwrap_err();
+        assert!(matches!(e, DetectorError::TooFewSamples { .. }), "{e}");
+        assert!(e.to_string().contains("--detector-time-scale 0.005"), "{e}");
+        // Why two intervals: 1 s samples, every seventh a millisecond late. With a window equal
+        // to the minimum history, the span drops below the minimum whenever the newest sample
+        // is late (the oldest one is pushed out) or the oldest one is: no verdict then.
+        let misses = |window_secs: f64| {
+            let cfg = DetectorConfig {
+                window_secs,
+                warmup_secs: 0.0,
+                ..DetectorConfig::default()
+            };
+            let mut h = RssHistory::new(&cfg, 0.0);
+            let mut misses = 0;
+            for i in 0..200u32 {
+                let t = f64::from(i) + if i.is_multiple_of(7) { 0.001 } else { 0.0 };
+                h.observe(t, (100 << 20) + u64::from(i) * (1 << 20));
+                if i >= 100 && h.assess(&cfg).verdict != Verdict::Leaking {
+                    misses += 1;
+                }
+            }
+            misses
+        };
+        assert_eq!(misses(92.0), 0);
+        let late = |i: u32| i.is_multiple_of(7);
+        let short = (100..200u32).filter(|&i| late(i) || late(i - 90)).count();
+        assert_eq!(misses(MIN_HISTORY_SECS), short);
+    }
 
     const BASE: f64 = 200.0 * MIB;
 

@@ -25,8 +25,10 @@ pub async fn run() -> anyhow::Result<()> {
         prog.attach(tracepoint)
             .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
     }
-    // The benchmark waits for this line before it measures.
+    let mut signals =
+        crate::shutdown::Signals::install().context("installing the signal handlers")?;
+    // The benchmark waits for this line before it measures, and may stop us right after.
     println!("floor programs attached");
-    crate::agent::shutdown_signal().await;
+    signals.recv().await;
     Ok(())
 }

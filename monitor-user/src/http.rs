@@ -1,11 +1,22 @@
-//! The agent's HTTP endpoints: `/metrics`, `/api/v1/processes`, `/healthz`.
+//! The agent's HTTP endpoints: `/metrics`, `/healthz`, the process API (`/api/v1/*`) and,
+//! with `--enable-profiling`, `/debug/pprof/growth`.
+//!
+//! Who may reach what: `/metrics` and `/healthz` are for the network (Prometheus, kubelet).
+//! The process API is served to loopback peers, and to the network only with `--expose-api`.
+//! Profiles disclose every tenant's code paths: they go to web-config `profiling_users`, or to
+//! a local user asking about their own processes (root about any), never to an anonymous
+//! network peer. Credentials, when configured, are checked before any of this (`web`).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{ConnectInfo, Query, Request, State},
     http::{StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -13,14 +24,38 @@ use serde::Deserialize;
 
 use crate::{metrics, shared::Shared};
 
+/// What the agent serves beyond `/metrics` and `/healthz`, as its flags say.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access {
+    /// `--expose-api`: the process API to non-loopback peers too.
+    pub expose_api: bool,
+    /// `--enable-profiling`.
+    pub profiling: bool,
+    /// Basic auth is on: the credentials layer has already admitted the request (and, for
+    /// profiles, checked that its user is in `profiling_users`).
+    pub credentials: bool,
+}
+
+/// On what grounds a profile request was let through, for the handler's last check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileAccess {
+    /// A user named in `profiling_users`.
+    Credentials,
+    /// A process of this uid on this host's loopback, without credentials.
+    LocalUser(u32),
+}
+
+const API_PREFIX: &str = "/api/";
+const PROFILE_PREFIX: &str = "/debug/pprof/";
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("cannot listen on {addr}: address already in use (is another leakscope running?)")]
     InUse { addr: SocketAddr },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -31,12 +66,15 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
         if source.kind() == std::io::ErrorKind::AddrInUse {
             HttpError::InUse { addr }
         } else {
-            HttpError::Bind { addr, source }
+            HttpError::Bind {
+                addr,
+                cause: source,
+            }
         }
     })
 }
 
-pub fn router(state: Arc<Shared>) -> Router {
+pub fn router(state: Arc<Shared>, access: Access) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/processes", get(processes_handler))
@@ -49,18 +87,77 @@ pub fn router(state: Arc<Shared>) -> Router {
         )
         .route("/healthz", get(health_handler))
         .route("/", get(index_handler))
+        .layer(axum::middleware::from_fn_with_state(access, gate))
         .with_state(state)
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<Shared>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), HttpError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(HttpError::Serve)
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, format!("{why}\n")).into_response()
+}
+
+/// Applies [`Access`] to the request's path and peer (see the module documentation).
+async fn gate(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    // No peer address is not a loopback peer: refuse rather than guess.
+    let loopback = peer.is_some_and(|p| is_loopback(p.ip()));
+    if path.starts_with(API_PREFIX) && !loopback && !access.expose_api {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the process API is served on loopback only; start the agent with --expose-api \
+             to serve it to the network (with basic auth: see README, Security)",
+        );
+    }
+    if path.starts_with(PROFILE_PREFIX) {
+        if !access.profiling {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "profiling is off: start the agent with --enable-profiling (see README, Security)",
+            );
+        }
+        // With credentials on, the credentials layer named the user (and checked it against
+        // profiling_users); a request that reached here without one is refused, not trusted.
+        let granted = if access.credentials {
+            if req
+                .extensions()
+                .get::<crate::web::AuthenticatedUser>()
+                .is_none()
+            {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "profiles need a web-config user listed under profiling_users",
+                );
+            }
+            ProfileAccess::Credentials
+        } else {
+            let Some(peer) = peer.filter(|_| loopback) else {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "profiles are served to network peers only with credentials: name the \
+                     user under profiling_users in --web-config-file",
+                );
+            };
+            match tokio::task::spawn_blocking(move || crate::peer::loopback_uid(peer)).await {
+                Ok(Ok(uid)) => ProfileAccess::LocalUser(uid),
+                Ok(Err(e)) => {
+                    return refuse(
+                        StatusCode::FORBIDDEN,
+                        &format!("cannot tell which local user is asking: {e}"),
+                    );
+                }
+                Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        };
+        req.extensions_mut().insert(granted);
+    }
+    next.run(req).await
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 async fn metrics_handler(State(state): State<Arc<Shared>>) -> Response {
@@ -87,6 +184,9 @@ struct ProcessQuery {
     pid: Option<u32>,
 }
 
+/// Processes with series of their own (the same `--max-processes` cap and overflow rule as
+/// `/metrics`, so a host with thousands of processes cannot make a response of megabytes),
+/// or any selected process by `?pid=`.
 async fn processes_handler(
     State(state): State<Arc<Shared>>,
     Query(q): Query<ProcessQuery>,
@@ -98,7 +198,10 @@ async fn processes_handler(
         .table
         .iter()
         .filter(|p| p.selected == Some(true))
-        .filter(|p| q.pid.is_none_or(|pid| pid == p.pid))
+        .filter(|p| match q.pid {
+            Some(pid) => pid == p.pid,
+            None => own.contains(&p.pid),
+        })
         .map(|p| state.process_json(p, own.contains(&p.pid)))
         .collect();
     list.sort_by_key(|p| std::cmp::Reverse(p.resident_bytes));
@@ -149,4 +252,89 @@ async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
 
 async fn index_handler() -> &'static str {
     "leakscope agent: /metrics /api/v1/processes /api/v1/pools /api/v1/oom /api/v1/tasks /healthz\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::state::{AgentState, Settings};
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(AgentState::new(Settings::default()), None))
+    }
+
+    async fn status(access: Access, peer: &str, path: &str) -> (StatusCode, String) {
+        let mut req = Request::get(path).body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let resp = router(shared(), access).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const NETWORK: &str = "192.0.2.7:40000";
+    const LOCAL: &str = "127.0.0.1:40000";
+
+    #[tokio::test]
+    async fn network_peers_get_metrics_and_health_only_by_default() {
+        let access = Access::default();
+        for path in ["/metrics", "/healthz"] {
+            assert_eq!(
+                status(access, NETWORK, path).await.0,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+        for path in [
+            "/api/v1/processes",
+            "/api/v1/pools",
+            "/api/v1/oom",
+            "/api/v1/tasks",
+        ] {
+            let (code, body) = status(access, NETWORK, path).await;
+            assert_eq!(code, StatusCode::FORBIDDEN, "{path}");
+            assert!(body.contains("--expose-api"), "{body}");
+            assert_eq!(
+                status(access, LOCAL, path).await.0,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+        // An IPv4 peer of an IPv6 listener is still a network peer.
+        let mapped = "[::ffff:192.0.2.7]:40000";
+        assert_eq!(
+            status(access, mapped, "/api/v1/processes").await.0,
+            StatusCode::FORBIDDEN
+        );
+        let expose = Access {
+            expose_api: true,
+            ..access
+        };
+        assert_eq!(
+            status(expose, NETWORK, "/api/v1/processes").await.0,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn profiles_are_off_by_default_and_never_for_anonymous_network_peers() {
+        let path = "/debug/pprof/growth?pid=1&seconds=1";
+        let (code, body) = status(Access::default(), LOCAL, path).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert!(body.contains("--enable-profiling"), "{body}");
+        let on = Access {
+            profiling: true,
+            expose_api: true,
+            credentials: false,
+        };
+        let (code, body) = status(on, NETWORK, path).await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(body.contains("profiling_users"), "{body}");
+    }
 }

@@ -32,6 +32,8 @@ use tokio_rustls::{
     },
 };
 
+use crate::error::chain;
+
 pub const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 pub const CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// How often the node's pods are listed again.
@@ -44,24 +46,21 @@ const MAX_BODY: usize = 64 << 20;
 pub enum KubeError {
     #[error("cannot read the service account CA {path}: {detail}")]
     Ca { path: PathBuf, detail: String },
-    #[error("cannot read the service account token {path}: {source}")]
+    #[error("cannot read the service account token {path}: {cause}")]
     Token {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("`{0}` is not a usable API server host")]
     Host(String),
-    #[error("cannot reach the API server at {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot reach the API server at {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error("HTTP to the API server failed: {0}")]
     Http(String),
     #[error("the API server answered {status}: {body}")]
     Status { status: StatusCode, body: String },
     #[error("the API server's pod list is not what was expected: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("the API server did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -220,7 +219,7 @@ async fn list_pods_inner(cfg: &ApiConfig) -> Result<HashMap<String, PodName>, Ku
     let connector = connector(&cfg.ca_file)?;
     let token = std::fs::read_to_string(&cfg.token_file).map_err(|source| KubeError::Token {
         path: cfg.token_file.clone(),
-        source,
+        cause: source,
     })?;
     let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
     let server_name =
@@ -234,18 +233,18 @@ async fn list_pods_inner(cfg: &ApiConfig) -> Result<HashMap<String, PodName>, Ku
         .await
         .map_err(|source| KubeError::Connect {
             addr: authority.clone(),
-            source,
+            cause: source,
         })?;
     let tls = connector
         .connect(server_name, tcp)
         .await
         .map_err(|source| KubeError::Connect {
             addr: authority.clone(),
-            source,
+            cause: source,
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
-        .map_err(|e| KubeError::Http(e.to_string()))?;
+        .map_err(|e| KubeError::Http(chain(&e).to_string()))?;
     // Drives the connection; it ends when the response is read and `sender` dropped.
     let driver = tokio::spawn(conn);
     let request = Request::get(cfg.path())
@@ -261,12 +260,12 @@ async fn list_pods_inner(cfg: &ApiConfig) -> Result<HashMap<String, PodName>, Ku
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| KubeError::Http(e.to_string()))?;
+        .map_err(|e| KubeError::Http(chain(&e).to_string()))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| KubeError::Http(e.to_string()))?
+        .map_err(|e| KubeError::Http(chain(&*e).to_string()))?
         .to_bytes();
     drop(sender);
     driver.abort();
@@ -277,7 +276,7 @@ async fn list_pods_inner(cfg: &ApiConfig) -> Result<HashMap<String, PodName>, Ku
             body: text.chars().take(300).collect(),
         });
     }
-    Ok(parse_pod_list(&body)?)
+    parse_pod_list(&body).map_err(KubeError::Json)
 }
 
 /// Keeps `pods` current until the task is dropped. A failed list keeps the previous names

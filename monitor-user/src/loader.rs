@@ -13,19 +13,28 @@ use monitor_common::{
     NewTaskOffsets, PROCS_MAP, ProcStats, RssStatOffsets,
 };
 
-use crate::tracefs::{Format, TracefsError};
+use crate::{
+    error::chain,
+    tracefs::{Format, TracefsError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the kernel refused the BPF object: {0}")]
-    Object(#[from] aya::EbpfError),
+    #[error("the kernel refused the BPF object: {}", chain(.0))]
+    Object(aya::EbpfError),
     #[error("map {0} is missing from the BPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {}", chain(.cause))]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
+}
+
+impl From<aya::EbpfError> for LoadError {
+    fn from(e: aya::EbpfError) -> Self {
+        Self::Object(e)
+    }
 }
 
 /// One program, the tracepoint it needs, and what the agent does without it.
@@ -356,12 +365,12 @@ impl KernelMaps {
         let procs =
             BpfHashMap::try_from(take(ebpf, PROCS_MAP)?).map_err(|source| LoadError::Map {
                 name: PROCS_MAP,
-                source,
+                cause: source,
             })?;
         let counters =
             PerCpuArray::try_from(take(ebpf, COUNTERS_MAP)?).map_err(|source| LoadError::Map {
                 name: COUNTERS_MAP,
-                source,
+                cause: source,
             })?;
         Ok(Self { procs, counters })
     }

@@ -34,6 +34,13 @@ pub const METRIC_NAMES: &[&str] = &[
     "leakscope_proc_read_errors_total",
     "leakscope_agent_degraded",
     "leakscope_build_info",
+    // The HTTP server's own bounds (web.rs).
+    "leakscope_http_connections_open",
+    "leakscope_http_connections_refused_total",
+    "leakscope_http_write_timeouts_total",
+    "leakscope_http_connections_dropped_at_shutdown_total",
+    "leakscope_http_auth_bcrypt_verifications_total",
+    "leakscope_http_auth_rate_limited_total",
     // Per job (tasks/metrics.rs) and per thread (threads.rs).
     "leakscope_task_runs_total",
     "leakscope_task_retained_bytes",
@@ -42,6 +49,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "leakscope_markers_received_total",
     "leakscope_markers_dropped_total",
     "leakscope_marker_queue_full_total",
+    "leakscope_share_refused_total",
     "leakscope_thread_rss_growth_bytes",
     "leakscope_thread_mapped_growth_bytes",
     "leakscope_threads_processes",
@@ -142,6 +150,7 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
     out.extend(pod_families(state));
     out.extend(crate::tasks::metrics::families(state));
     out.extend(crate::threads::families(state));
+    out.extend(crate::web::metric_families());
     out
 }
 
@@ -384,7 +393,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
     );
     let mut sampled = gauge(
         "leakscope_growth_sampled_processes",
-        "Processes whose growth stacks the agent samples because they leak (--auto-growth).",
+        "Processes whose growth stacks are being sampled, for a profile request or --auto-growth.",
     );
     sampled.push(vec![], state.growth_sampled.len() as f64);
     let mut evictions = counter(

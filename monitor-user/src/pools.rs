@@ -1,6 +1,10 @@
 //! Worker pools: children of one parent with one name (a prefork pool). Recycling (max tasks,
 //! max memory, crashes) hides a leak from any per-process view; the pool's record of what its
 //! children held when they went does not.
+//!
+//! Any local user can make a pool (a parent whose same-named children live a few seconds and
+//! exit), so the table is shared: the processes of one uid may own at most a quarter of it,
+//! that uid read from `/proc/<parent>/status` when a pool would be made.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -15,6 +19,9 @@ const EXITS_KEPT: usize = 16;
 const MIN_WORKER_LIFETIME_NS: u64 = 2_000_000_000;
 /// Growth per child, from its first sample to its exit, that counts as holding on to memory.
 const CHILD_GROWTH_BYTES: u64 = 16 * MIB;
+/// Pools one uid may own: a quarter of `--max-pools`, at least this many (a host's own
+/// services as root, or one user's few worker pools, fit in any configuration).
+const SHARE_FLOOR: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,22 +162,56 @@ impl Pool {
     }
 }
 
-/// Pools by (parent pid, child name), bounded.
+/// The real uid of a process (`Uid:` in /proc/PID/status), which is what the kernel gives a
+/// task-marker receiver in `SCM_CREDENTIALS`; `None` once it has gone.
+pub fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Pools by (parent pid, child name), bounded, with a share per uid.
 #[derive(Debug)]
 pub struct Pools {
-    pools: HashMap<(u32, String), Pool>,
+    /// Each pool with the uid of its parent (`None`: unknown, charged to nobody).
+    pools: HashMap<(u32, String), (Pool, Option<u32>)>,
     max_pools: usize,
-    /// Recycles not recorded because `max_pools` pools exist already.
+    share: usize,
+    by_uid: HashMap<u32, usize>,
+    uid_of: fn(u32) -> Option<u32>,
+    /// Recycles not recorded because `max_pools` pools exist already, or because the parent's
+    /// uid owns its share of them.
     pub overflow_recycles: u64,
+    /// Of those, the ones refused for the uid's share.
+    pub share_refused: u64,
 }
 
 impl Pools {
     pub fn new(max_pools: usize) -> Self {
+        Self::with_uids(max_pools, process_uid)
+    }
+
+    /// With another way to learn a parent's uid (tests).
+    pub fn with_uids(max_pools: usize, uid_of: fn(u32) -> Option<u32>) -> Self {
         Self {
             pools: HashMap::new(),
             max_pools,
+            share: (max_pools / 4).max(SHARE_FLOOR).min(max_pools),
+            by_uid: HashMap::new(),
+            uid_of,
             overflow_recycles: 0,
+            share_refused: 0,
         }
+    }
+
+    /// The most pools one uid may own.
+    pub fn share(&self) -> usize {
+        self.share
     }
 
     /// Records a child's exit when it belongs to a pool: its parent lives on and either still
@@ -195,11 +236,21 @@ impl Pools {
                 self.overflow_recycles += 1;
                 return None;
             }
+            // Read only here, when a pool would be made: one small read per new pool.
+            let uid = (self.uid_of)(exited.ppid);
+            if let Some(uid) = uid {
+                let owned = self.by_uid.entry(uid).or_insert(0);
+                if *owned >= self.share {
+                    self.overflow_recycles += 1;
+                    self.share_refused += 1;
+                    return None;
+                }
+                *owned += 1;
+            }
+            let pool = Pool::new(exited.ppid, &exited.comm);
+            self.pools.insert(key.clone(), (pool, uid));
         }
-        let pool = self
-            .pools
-            .entry(key)
-            .or_insert_with(|| Pool::new(exited.ppid, &exited.comm));
+        let (pool, _) = self.pools.get_mut(&key)?;
         pool.record(ExitRecord {
             pid: exited.pid,
             lifetime_secs: exited.lifetime_ns as f64 / 1e9,
@@ -211,19 +262,33 @@ impl Pools {
         Some(pool)
     }
 
-    /// A parent that exits takes its pools with it.
+    /// A parent that exits takes its pools with it, and gives its uid's share back.
     pub fn parent_exited(&mut self, pid: u32) {
-        self.pools.retain(|(parent, _), _| *parent != pid);
+        let by_uid = &mut self.by_uid;
+        self.pools.retain(|(parent, _), (_, uid)| {
+            if *parent != pid {
+                return true;
+            }
+            if let Some(uid) = uid
+                && let Some(n) = by_uid.get_mut(uid)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    by_uid.remove(uid);
+                }
+            }
+            false
+        });
     }
 
     pub fn name_of(&self, parent_pid: u32, comm: &str) -> Option<&str> {
         self.pools
             .get(&(parent_pid, comm.to_string()))
-            .map(|p| p.pool.as_str())
+            .map(|(p, _)| p.pool.as_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Pool> {
-        self.pools.values()
+        self.pools.values().map(|(p, _)| p)
     }
 
     pub fn len(&self) -> usize {
@@ -349,6 +414,46 @@ mod tests {
         assert_eq!(pools.overflow_recycles, 1);
         pools.parent_exited(10);
         assert!(pools.is_empty());
+    }
+
+    #[test]
+    fn one_uid_owns_at_most_a_share_of_the_pools() {
+        // Parents 100..199 belong to uid 65534, the rest to root.
+        let mut pools = Pools::with_uids(64, |ppid| {
+            Some(if (100..200).contains(&ppid) { 65534 } else { 0 })
+        });
+        assert_eq!(pools.share(), 16);
+        for ppid in 100..150 {
+            pools.on_exit(
+                &exit(ppid * 10, ppid, 1, 60),
+                true,
+                1,
+                None,
+                RecycleReason::Clean,
+            );
+        }
+        assert_eq!(pools.len(), 16);
+        assert_eq!(pools.share_refused, 34);
+        assert_eq!(pools.overflow_recycles, 34);
+        // Root's Celery pool is still tracked.
+        let p = pools.on_exit(&exit(5001, 10, 1, 60), true, 1, None, RecycleReason::Clean);
+        assert_eq!(p.map(|p| p.pool.as_str()), Some("10/celery"));
+        // A parent that exits gives its place back to its uid.
+        pools.parent_exited(100);
+        assert!(
+            pools
+                .on_exit(&exit(1990, 199, 1, 60), true, 1, None, RecycleReason::Clean)
+                .is_some()
+        );
+        assert_eq!(pools.share_refused, 34);
+    }
+
+    #[test]
+    fn a_process_uid_is_read_from_proc() {
+        // SAFETY: no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(process_uid(std::process::id()), Some(uid));
+        assert_eq!(process_uid(u32::MAX), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use aya::maps::{MapData, RingBuf};
 use monitor_common::LifecycleEvent;
 
-use crate::{investigate::endpoint::Profiler, state::AgentState};
+use crate::{investigate::profiler::Profiler, state::AgentState};
 
 pub struct Shared {
     /// Locked before `state` whenever both are held.

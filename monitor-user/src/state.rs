@@ -253,6 +253,12 @@ impl AgentState {
     }
 
     pub fn health(&self) -> Health {
+        self.health_at(boot_ns())
+    }
+
+    /// Health as of `now_ns` on the boot clock (tests pass their own clock: a machine that
+    /// booted a minute ago has no "ten minutes ago").
+    pub fn health_at(&self, now_ns: u64) -> Health {
         let mut reasons: Vec<String> = self
             .probes
             .iter()
@@ -269,7 +275,7 @@ impl AgentState {
             .collect();
         reasons.extend(self.notes.iter().cloned());
         if let Some((total, at)) = self.last_drop
-            && boot_ns().saturating_sub(at) < DROP_MEMORY_NS
+            && now_ns.saturating_sub(at) < DROP_MEMORY_NS
         {
             reasons.push(format!(
                 "lifecycle events were dropped (ring buffer full) in the last 10 minutes; \
@@ -446,16 +452,22 @@ mod tests {
         assert!(!s.health().degraded);
         let mut c = [0; Counter::COUNT as usize];
         c[Counter::EventsDropped as usize] = 3;
-        s.set_counters(c, boot_ns());
-        let h = s.health();
+        // Any clock value works: nothing here depends on how long ago the machine booted.
+        let t0 = 5_000_000_000;
+        s.set_counters(c, t0);
+        let h = s.health_at(t0);
         assert!(
             h.degraded && h.reasons[0].contains("3 since start"),
             "{h:?}"
         );
         // The same total, long after: healthy again.
-        s.last_drop = Some((3, boot_ns().saturating_sub(DROP_MEMORY_NS + 1)));
-        s.set_counters(c, boot_ns());
-        assert!(!s.health().degraded);
+        let later = t0 + DROP_MEMORY_NS + 1;
+        s.set_counters(c, later);
+        assert!(!s.health_at(later).degraded);
+        // A new drop degrades again.
+        c[Counter::EventsDropped as usize] = 4;
+        s.set_counters(c, later);
+        assert!(s.health_at(later).degraded);
     }
 
     #[test]

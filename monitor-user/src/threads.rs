@@ -1,16 +1,21 @@
 //! Per-thread attribution: which thread of a process maps, unmaps and faults in its memory.
 //!
 //! The kernel counts (probes/mem.rs) only for processes the agent asks for, so the page-fault
-//! path of every other process pays one inlined load. The agent asks for:
-//! - processes that send task markers (and the pool parent that forked them, so that its
-//!   next children are asked for at their fork);
-//! - processes matching `--threads-for`.
+//! path of every other process pays one inlined load. But while any process has it, the
+//! `syscalls:*` probes are attached, and they slow every syscall on the host; so only the
+//! operator turns it on. The agent asks for:
+//! - processes matching `--threads-for`;
+//! - processes that send task markers *from a uid given with `--threads-for-uid`* (and the
+//!   pool parent that forked them, so that its next children are asked for at their fork).
+//!   Markers from any other uid never turn anything on.
+//!
+//! Each uid (and cgroup) holds at most a fair share of the `--max-thread-processes` slots.
 //!
 //! Every interval it reads the kernel's per-thread map, keeps the top threads of each process
 //! for `/api/v1/processes` and `/metrics`, and prunes entries of processes that are gone.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     os::fd::AsFd as _,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
@@ -36,6 +41,7 @@ use crate::{
     shared::Shared,
     state::{AgentState, boot_ns},
     table::comm_str,
+    tasks::budget::{Over, Principal, Shares},
     tracefs::{Format, TracefsError},
 };
 
@@ -43,10 +49,10 @@ use crate::{
 pub enum ThreadsError {
     #[error("map {0} is missing from the BPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {}", crate::error::chain(.cause))]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
 }
 
@@ -56,6 +62,10 @@ const MAX_TASKS_READ: usize = 512;
 
 /// Processes decided against `--threads-for` per interval (each costs /proc reads).
 const DECISIONS_PER_INTERVAL: usize = 256;
+
+/// The fewest per-thread slots one uid or cgroup may hold, however small
+/// `--max-thread-processes` is: a pool parent and a few children.
+const SHARE_FLOOR: usize = 8;
 
 // ---- loading -----------------------------------------------------------------------------
 
@@ -249,7 +259,7 @@ impl ThreadMaps {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ThreadsError::MissingMap(name))
         };
-        let wrap = |name: &'static str| move |source| ThreadsError::Map { name, source };
+        let wrap = |name: &'static str| move |cause| ThreadsError::Map { name, cause };
         let threads = take(ebpf, THREADS_MAP)?;
         let dup = |data: &MapData| {
             data.fd()
@@ -420,6 +430,8 @@ pub struct ThreadsConfig {
     /// `--threads-for`; empty selects nothing (unlike `--match`).
     pub matchers: Selector,
     pub has_matchers: bool,
+    /// `--threads-for-uid`: marker senders of these uids get per-thread accounting.
+    pub marker_uids: Vec<u32>,
     pub max_processes: usize,
     pub top_n: usize,
 }
@@ -429,6 +441,7 @@ impl Default for ThreadsConfig {
         Self {
             matchers: Selector::default(),
             has_matchers: false,
+            marker_uids: Vec::new(),
             max_processes: monitor_common::DEFAULT_MAX_THREAD_PROCS as usize,
             top_n: 5,
         }
@@ -436,11 +449,16 @@ impl Default for ThreadsConfig {
 }
 
 /// What the agent knows of per-thread accounting; lives in [`AgentState`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Threads {
     pub config: ThreadsConfig,
     /// Processes with per-thread accounting, and why.
     pub wanted: HashMap<u32, WantReason>,
+    /// Whose share each wanted process counts against (unknown: none).
+    owners: HashMap<u32, Principal>,
+    shares: Shares,
+    /// Requests refused because their uid or cgroup held its share, by `uid`/`cgroup`.
+    share_refused: BTreeMap<&'static str, u64>,
     /// Processes already looked at for `--threads-for` and pool inheritance.
     decided: HashSet<u32>,
     /// Top threads of each wanted process, as of the last interval.
@@ -455,17 +473,43 @@ pub struct Threads {
     pub available: bool,
 }
 
+impl Default for Threads {
+    fn default() -> Self {
+        Self::new(ThreadsConfig::default())
+    }
+}
+
 impl Threads {
     pub fn new(config: ThreadsConfig) -> Self {
         Self {
+            shares: Shares::new(config.max_processes, SHARE_FLOOR),
             config,
-            ..Self::default()
+            wanted: HashMap::new(),
+            owners: HashMap::new(),
+            share_refused: Over::ALL.iter().map(|o| (o.label(), 0)).collect(),
+            decided: HashSet::new(),
+            top: HashMap::new(),
+            entries: 0,
+            removed: 0,
+            refused: 0,
+            available: false,
         }
     }
 
-    /// Asks for per-thread accounting of `pid`; returns the change to make in the kernel, if
-    /// any. Refused (and counted) beyond the cap.
-    pub fn request(&mut self, pid: u32, reason: WantReason) -> Option<(u32, bool)> {
+    /// Whether markers from `uid` may turn per-thread accounting on (`--threads-for-uid`).
+    pub fn opted_in(&self, uid: u32) -> bool {
+        self.config.marker_uids.contains(&uid)
+    }
+
+    /// Asks for per-thread accounting of `pid`, charged to `owner` when known; returns the
+    /// change to make in the kernel, if any. Refused (and counted) beyond the cap or the
+    /// owner's share.
+    pub fn request(
+        &mut self,
+        pid: u32,
+        reason: WantReason,
+        owner: Option<Principal>,
+    ) -> Option<(u32, bool)> {
         if !self.available || self.wanted.contains_key(&pid) {
             return None;
         }
@@ -473,16 +517,37 @@ impl Threads {
             self.refused += 1;
             return None;
         }
+        if let Some(o) = owner {
+            if let Err(over) = self.shares.take(o) {
+                *self.share_refused.entry(over.label()).or_insert(0) += 1;
+                return None;
+            }
+            self.owners.insert(pid, o);
+        }
         self.wanted.insert(pid, reason);
         Some((pid, true))
+    }
+
+    /// `pid` no longer has per-thread accounting: its owner's share comes back.
+    fn forget(&mut self, pid: u32) {
+        self.wanted.remove(&pid);
+        self.top.remove(&pid);
+        if let Some(o) = self.owners.remove(&pid) {
+            self.shares.give_back(o);
+        }
     }
 
     /// The kernel refused these: forget them.
     pub fn refused_by_kernel(&mut self, pids: &[u32]) {
         for pid in pids {
-            self.wanted.remove(pid);
+            self.forget(*pid);
             self.refused += 1;
         }
+    }
+
+    /// Requests refused because the uid or cgroup behind them held its share.
+    pub fn share_refused(&self, over: Over) -> u64 {
+        self.share_refused.get(over.label()).copied().unwrap_or(0)
     }
 
     /// LRU evictions from the kernel's THREADS map: what went in and neither left nor stayed.
@@ -498,20 +563,26 @@ impl Threads {
     }
 }
 
-/// Asks for `pid` (a marker sender) and, when its parent is a pool of the same name, for the
-/// parent too. Returns the kernel changes to apply.
-pub fn request_for_sender(state: &mut AgentState, pid: u32) -> Vec<(u32, bool)> {
+/// Asks for `pid` (a marker sender, `who`) when its uid is opted in (`--threads-for-uid`)
+/// and, when its parent is a pool of the same name, for the parent too. Returns the kernel
+/// changes to apply: none for a uid that is not opted in, whatever it sends.
+pub fn request_for_sender(state: &mut AgentState, pid: u32, who: Principal) -> Vec<(u32, bool)> {
     let mut changes = Vec::new();
-    if state.threads.wanted.contains_key(&pid) || !state.threads.available {
+    let threads = &mut state.threads;
+    if !threads.opted_in(who.uid) || threads.wanted.contains_key(&pid) || !threads.available {
         return changes;
     }
-    changes.extend(state.threads.request(pid, WantReason::Markers));
+    changes.extend(threads.request(pid, WantReason::Markers, Some(who)));
     let parent = state.table.get(pid).and_then(|p| {
         let parent = state.table.get(p.ppid)?;
         (parent.comm == p.comm && p.ppid > 1).then_some(p.ppid)
     });
     if let Some(ppid) = parent {
-        changes.extend(state.threads.request(ppid, WantReason::PoolParent));
+        changes.extend(
+            state
+                .threads
+                .request(ppid, WantReason::PoolParent, Some(who)),
+        );
     }
     changes
 }
@@ -566,14 +637,16 @@ pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
         ),
         family(
             "leakscope_threads_processes",
-            "Processes with per-thread accounting (they send task markers, or match \
-             --threads-for).",
+            "Processes with per-thread accounting (they match --threads-for, or send task \
+             markers from a --threads-for-uid uid).",
             MetricType::GAUGE,
             vec![gauge(&[], state.threads.wanted.len() as f64)],
         ),
         family(
             "leakscope_thread_tracking_refused_total",
-            "Processes refused per-thread accounting because --max-thread-processes was reached.",
+            "Processes refused per-thread accounting because --max-thread-processes was reached \
+             (or the kernel's map was full); refusals for a uid's or cgroup's share are in \
+             leakscope_share_refused_total{table=\"thread_processes\"}.",
             MetricType::COUNTER,
             vec![counter(&[], state.threads.refused as f64)],
         ),
@@ -620,24 +693,24 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
             .copied()
             .collect();
         for pid in gone {
-            threads.wanted.remove(&pid);
-            threads.top.remove(&pid);
+            threads.forget(pid);
             changes.push((pid, false));
         }
         threads.decided.retain(|pid| table.get(*pid).is_some());
         // A sender whose parent the table did not know at its first marker: ask now.
-        let parents: Vec<u32> = threads
+        let parents: Vec<(u32, Option<Principal>)> = threads
             .wanted
             .iter()
             .filter(|(_, r)| **r == WantReason::Markers)
             .filter_map(|(pid, _)| {
                 let p = table.get(*pid)?;
                 let parent = table.get(p.ppid)?;
-                (p.ppid > 1 && parent.comm == p.comm).then_some(p.ppid)
+                (p.ppid > 1 && parent.comm == p.comm)
+                    .then(|| (p.ppid, threads.owners.get(pid).copied()))
             })
             .collect();
-        for ppid in parents {
-            changes.extend(threads.request(ppid, WantReason::PoolParent));
+        for (ppid, owner) in parents {
+            changes.extend(threads.request(ppid, WantReason::PoolParent, owner));
         }
         let mut candidates = Vec::new();
         let undecided: Vec<(u32, u32, String, u64)> = table
@@ -648,7 +721,9 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
         for (pid, ppid, comm, start_ns) in undecided {
             if threads.wanted.get(&ppid) == Some(&WantReason::PoolParent) {
                 threads.decided.insert(pid);
-                changes.extend(threads.request(pid, WantReason::PoolChild));
+                // The pool's children count against the share of whoever opted the pool in.
+                let owner = threads.owners.get(&ppid).copied();
+                changes.extend(threads.request(pid, WantReason::PoolChild, owner));
             } else if !threads.config.has_matchers {
                 threads.decided.insert(pid);
             } else if (now.saturating_sub(start_ns) >= 500_000_000 || start_ns == 0)
@@ -665,18 +740,30 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
         }
         (changes, candidates, threads.config.matchers.clone())
     };
-    let chosen: Vec<u32> = candidates
+    // A matcher names processes, not owners (any user can call a process `celery`): each
+    // chosen process counts against its uid's share too.
+    let chosen: Vec<(u32, Option<u32>)> = candidates
         .iter()
         .filter(|c| matchers.selects(*c))
-        .map(|c| c.pid)
+        .map(|c| (c.pid, crate::pools::process_uid(c.pid)))
         .collect();
     {
         let mut state = shared.state();
         for c in &candidates {
             state.threads.decided.insert(c.pid);
         }
-        for pid in chosen {
-            changes.extend(state.threads.request(pid, WantReason::Matcher));
+        for (pid, uid) in chosen {
+            let Some(uid) = uid else {
+                // Gone already.
+                continue;
+            };
+            let cgroup = state
+                .table
+                .get(pid)
+                .map(|p| p.cgroup_id)
+                .filter(|id| *id != 0);
+            let owner = Principal { uid, cgroup };
+            changes.extend(state.threads.request(pid, WantReason::Matcher, Some(owner)));
         }
     }
     // 2. Tell the kernel.
@@ -756,19 +843,88 @@ mod tests {
             ..ThreadsConfig::default()
         });
         assert_eq!(
-            t.request(1, WantReason::Markers),
+            t.request(1, WantReason::Markers, None),
             None,
             "unavailable: no-op"
         );
         t.available = true;
-        assert_eq!(t.request(1, WantReason::Markers), Some((1, true)));
-        assert_eq!(t.request(1, WantReason::Markers), None, "already wanted");
-        assert_eq!(t.request(2, WantReason::Matcher), Some((2, true)));
-        assert_eq!(t.request(3, WantReason::Matcher), None);
+        assert_eq!(t.request(1, WantReason::Markers, None), Some((1, true)));
+        assert_eq!(
+            t.request(1, WantReason::Markers, None),
+            None,
+            "already wanted"
+        );
+        assert_eq!(t.request(2, WantReason::Matcher, None), Some((2, true)));
+        assert_eq!(t.request(3, WantReason::Matcher, None), None);
         assert_eq!(t.refused, 1);
         t.refused_by_kernel(&[2]);
         assert!(!t.wanted.contains_key(&2));
         assert_eq!(t.refused, 2);
+    }
+
+    #[test]
+    fn one_uid_gets_a_share_of_per_thread_slots() {
+        let mut t = Threads::new(ThreadsConfig {
+            max_processes: 256,
+            ..ThreadsConfig::default()
+        });
+        t.available = true;
+        let squatter = Principal {
+            uid: 65534,
+            cgroup: Some(3),
+        };
+        let granted = (1000..1300)
+            .filter(|pid| {
+                t.request(*pid, WantReason::Matcher, Some(squatter))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(granted, 64, "a quarter of 256");
+        assert_eq!(t.share_refused(Over::Uid), 300 - 64);
+        assert_eq!(t.refused, 0, "the table itself is far from full");
+        // Other uids of the same container are held to the cgroup's share, twice a uid's.
+        let granted = (0..100u32)
+            .filter(|i| {
+                let sibling = Principal {
+                    uid: 100_000 + i,
+                    cgroup: Some(3),
+                };
+                t.request(2000 + i, WantReason::Matcher, Some(sibling))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(granted, 64);
+        assert_eq!(t.share_refused(Over::Cgroup), 36);
+        // Root's worker still gets its slot; a process that goes gives its slot back.
+        assert!(
+            t.request(1, WantReason::Markers, Some(Principal::uid(0)))
+                .is_some()
+        );
+        t.forget(1000);
+        assert!(
+            t.request(1400, WantReason::Matcher, Some(squatter))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn markers_turn_per_thread_accounting_on_only_for_opted_in_uids() {
+        let mut state = AgentState::new(crate::state::Settings::default());
+        state.threads = Threads::new(ThreadsConfig {
+            marker_uids: vec![1000],
+            ..ThreadsConfig::default()
+        });
+        state.threads.available = true;
+        assert!(request_for_sender(&mut state, 42, Principal::uid(65534)).is_empty());
+        assert!(
+            state.threads.wanted.is_empty(),
+            "not opted in: nothing turned on"
+        );
+        assert_eq!(
+            request_for_sender(&mut state, 43, Principal::uid(1000)),
+            [(43, true)]
+        );
+        assert_eq!(state.threads.wanted.get(&43), Some(&WantReason::Markers));
     }
 
     #[test]

@@ -17,10 +17,10 @@ pub enum TracefsError {
     NotMounted(std::io::Error),
     #[error("tracepoint {category}:{name} does not exist on this kernel")]
     NoTracepoint { category: String, name: String },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("tracepoint {tracepoint} has no field `{field}`")]
     NoField { tracepoint: String, field: String },
@@ -85,7 +85,10 @@ impl Format {
                     name: name.into(),
                 }
             } else {
-                TracefsError::Read { path, source }
+                TracefsError::Read {
+                    path,
+                    cause: source,
+                }
             }
         })?;
         Ok(Self::parse(&format!("{category}:{name}"), &text))

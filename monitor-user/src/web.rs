@@ -9,7 +9,19 @@
 //!   # RequireAndVerifyClientCert), client_ca_file, min_version / max_version (TLS12, TLS13)
 //! basic_auth_users:
 //!   prometheus: $2y$10$…         # bcrypt, e.g. `htpasswd -nBC 10 "" | tr -d ':\n'`
+//!   oncall: $2y$10$…
+//! profiling_users: [oncall]      # leakscope's own key: who may use /debug/pprof/
 //! ```
+//!
+//! `profiling_users` is not an exporter-toolkit key: a profile looks inside any process on the
+//! node, which the credentials Prometheus scrapes with must not allow. Under basic auth a path
+//! under `/debug/pprof/` needs a user listed there (403 otherwise); every other path takes any
+//! user of `basic_auth_users`. exporter-toolkit refuses keys it does not know, so a file that
+//! sets it is leakscope's alone.
+//!
+//! Failed logins are counted per client address: past [`AUTH_FAILURE_BURST`] in
+//! [`AUTH_FAILURE_WINDOW`], that address gets 429 without a bcrypt check until the window ends
+//! (credentials verified recently still work from it).
 //!
 //! `/healthz` never asks for credentials: kubelet probes cannot send any without writing the
 //! password into the pod spec, and it tells nothing `/metrics` does not (ok, or which probe is
@@ -20,26 +32,35 @@
 //! [`CERT_RECHECK`]), so a rotated Kubernetes Secret takes effect without a restart; a
 //! rotation caught half-way keeps the previous pair until both files match again.
 
+mod serve;
+
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
     Router,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use log::{debug, info, warn};
+use log::{info, warn};
+use prometheus::core::Collector as _;
 use serde::Deserialize;
-use tokio::{net::TcpStream, task::JoinSet};
+pub use serve::{
+    HANDSHAKE_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
+    MAX_HANDSHAKES, SHUTDOWN_GRACE, WRITE_TIMEOUT,
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -49,7 +70,6 @@ use tokio_rustls::{
         server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
         sign::CertifiedKey,
     },
-    server::TlsStream,
 };
 
 /// How long a successful password check is remembered. bcrypt costs tens of milliseconds by
@@ -57,30 +77,42 @@ use tokio_rustls::{
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(60);
 /// At most this many remembered credentials (only correct ones are remembered).
 const AUTH_CACHE_MAX: usize = 64;
-/// bcrypt checks running at once: a flood of wrong passwords must not take every core.
-/// Remembered credentials skip the queue, so scrapes keep working during such a flood.
-const BCRYPT_CONCURRENCY: usize = 2;
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight; accepting pauses above it.
-const MAX_HANDSHAKES: usize = 256;
+/// Failed logins one address may make per [`AUTH_FAILURE_WINDOW`] before it gets 429 without
+/// a bcrypt check: room for a person's typos and a misconfigured scraper's retries, while a
+/// guesser gets 10 tries a minute instead of as many as the CPU allows.
+pub const AUTH_FAILURE_BURST: u32 = 10;
+/// The window failed logins are counted in, from an address's first failure in it.
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses whose failures are tracked; past it, new addresses share one bucket (an attacker
+/// with that many addresses then slows only other new addresses, not known ones or cached
+/// credentials), so the table cannot grow without bound.
+const AUTH_FAILURE_PEERS: usize = 4096;
 /// How often the certificate files are checked for a change.
 pub const CERT_RECHECK: Duration = Duration::from_secs(10);
 const REALM: &str = "Basic realm=\"leakscope\", charset=\"UTF-8\"";
 /// Paths served without credentials (see the module documentation for why).
 const OPEN_PATHS: &[&str] = &["/healthz"];
+/// Paths under it need a user of `profiling_users`.
+const PROFILING_PREFIX: &str = "/debug/pprof";
+
+/// bcrypt checks running at once: one core fewer than the machine has, so a flood of wrong
+/// passwords leaves the agent a core. Remembered credentials skip the queue, so scrapes keep
+/// working during such a flood.
+fn bcrypt_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
-    #[error("cannot read the web config file {path}: {source}")]
+    #[error("cannot read the web config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("web config file {path}: {source}")]
+    #[error("web config file {path}: {}", crate::error::chain(.cause))]
     Yaml {
         path: PathBuf,
-        source: serde_norway::Error,
+        cause: serde_norway::Error,
     },
     #[error(
         "web config file {path}: `{key}` is an exporter-toolkit setting that leakscope does not \
@@ -119,6 +151,8 @@ struct FileConfig {
     tls_server_config: Option<TlsFileConfig>,
     basic_auth_users: Option<BTreeMap<String, String>>,
     http_server_config: Option<HttpFileConfig>,
+    /// leakscope's own: users of `basic_auth_users` who may use `/debug/pprof/`.
+    profiling_users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +193,10 @@ impl std::fmt::Debug for Web {
         f.debug_struct("Web")
             .field("tls", &self.tls.is_some())
             .field("basic_auth", &self.auth.is_some())
+            .field(
+                "profiling_users",
+                &self.auth.as_ref().map_or(0, |a| a.profiling_users.len()),
+            )
             .finish()
     }
 }
@@ -169,7 +207,7 @@ impl Web {
     pub fn load(path: &Path) -> Result<Self, WebConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::parse(path, &text)
     }
@@ -184,7 +222,7 @@ impl Web {
         } else {
             serde_norway::from_str(text).map_err(|source| WebConfigError::Yaml {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?
         };
         // A config that secures nothing is almost certainly a mistake (an empty Secret, a
@@ -207,11 +245,29 @@ impl Web {
             .tls_server_config
             .map(|t| tls_config(path, base, t).map(Arc::new))
             .transpose()?;
+        let profiling_users = file.profiling_users.unwrap_or_default();
         let auth = match file.basic_auth_users {
             Some(users) if users.is_empty() => {
                 return Err(invalid("basic_auth_users lists no user".into()));
             }
-            Some(users) => Some(Arc::new(BasicAuth::new(path, users)?)),
+            Some(users) => {
+                if let Some(stranger) = profiling_users.iter().find(|u| !users.contains_key(*u)) {
+                    return Err(invalid(format!(
+                        "profiling_users: `{stranger}` is not one of basic_auth_users (a \
+                         profiling user logs in with basic auth like any other)"
+                    )));
+                }
+                let mut auth = BasicAuth::new(path, users)?;
+                auth.profiling_users = profiling_users.into_iter().collect();
+                Some(Arc::new(auth))
+            }
+            None if !profiling_users.is_empty() => {
+                return Err(invalid(
+                    "profiling_users needs basic_auth_users: profiling users log in with basic \
+                     auth"
+                        .into(),
+                ));
+            }
             None => None,
         };
         if auth.is_some() && tls.is_none() {
@@ -229,6 +285,14 @@ impl Web {
 
     pub fn has_auth(&self) -> bool {
         self.auth.is_some()
+    }
+
+    /// True when basic auth is on and names at least one profiling user: `/debug/pprof/` then
+    /// reaches its handler only with such a user's credentials (see [`AuthenticatedUser`]).
+    pub fn profiling_users_configured(&self) -> bool {
+        self.auth
+            .as_ref()
+            .is_some_and(|a| !a.profiling_users.is_empty())
     }
 
     /// The router, behind basic auth when the config asks for it.
@@ -252,31 +316,103 @@ fn unsupported(path: &Path, key: &'static str, hint: &'static str) -> WebConfigE
 }
 
 /// Serves `router` on `listener`, over TLS and behind basic auth as `web` says, until
-/// `shutdown` completes.
+/// `shutdown` completes; then stops accepting, lets requests in flight finish for at most
+/// [`SHUTDOWN_GRACE`] and returns. Connection caps and timeouts: see `web/serve.rs`. Handlers
+/// find the peer's address as `axum::extract::ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     web: &Web,
 ) -> std::io::Result<()> {
-    let router = web.protect(router);
-    match &web.tls {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(config) => {
-            let listener = TlsListener {
-                tcp: listener,
-                acceptor: TlsAcceptor::from(config.clone()),
-                handshakes: JoinSet::new(),
-            };
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+    let limits = serve::Limits::default();
+    serve::serve(
+        listener,
+        web.protect(router),
+        shutdown,
+        web.tls.clone().map(TlsAcceptor::from),
+        limits,
+        serve::Peers::new(&limits),
+    )
+    .await
+}
+
+/// Counters of the HTTP server, for `/metrics` through [`metric_families`].
+#[derive(Debug)]
+pub struct HttpStats {
+    pub connections_open: AtomicU64,
+    pub refused_total_cap: AtomicU64,
+    pub refused_peer_cap: AtomicU64,
+    pub write_timeouts: AtomicU64,
+    pub dropped_at_shutdown: AtomicU64,
+    pub bcrypt_verifications: AtomicU64,
+    pub auth_rate_limited: AtomicU64,
+}
+
+/// One server per agent, so one set of counters for the process.
+pub static STATS: HttpStats = HttpStats {
+    connections_open: AtomicU64::new(0),
+    refused_total_cap: AtomicU64::new(0),
+    refused_peer_cap: AtomicU64::new(0),
+    write_timeouts: AtomicU64::new(0),
+    dropped_at_shutdown: AtomicU64::new(0),
+    bcrypt_verifications: AtomicU64::new(0),
+    auth_rate_limited: AtomicU64::new(0),
+};
+
+/// [`STATS`] as Prometheus families, every series present from the start.
+pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = Vec::new();
+    let open = prometheus::IntGauge::new(
+        "leakscope_http_connections_open",
+        "HTTP connections open now.",
+    )
+    .expect("valid metric");
+    open.set(i64::try_from(get(&STATS.connections_open)).unwrap_or(i64::MAX));
+    out.extend(open.collect());
+    let refused = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "leakscope_http_connections_refused_total",
+            "HTTP connections closed at accept: over the total cap, or over the per-address cap.",
+        ),
+        &["cap"],
+    )
+    .expect("valid metric");
+    refused
+        .with_label_values(&["total"])
+        .inc_by(get(&STATS.refused_total_cap));
+    refused
+        .with_label_values(&["peer"])
+        .inc_by(get(&STATS.refused_peer_cap));
+    out.extend(refused.collect());
+    for (name, help, value) in [
+        (
+            "leakscope_http_write_timeouts_total",
+            "HTTP connections closed because the client did not read the response.",
+            &STATS.write_timeouts,
+        ),
+        (
+            "leakscope_http_connections_dropped_at_shutdown_total",
+            "HTTP connections still busy at the shutdown deadline, dropped.",
+            &STATS.dropped_at_shutdown,
+        ),
+        (
+            "leakscope_http_auth_bcrypt_verifications_total",
+            "Basic-auth passwords checked with bcrypt (remembered credentials are not).",
+            &STATS.bcrypt_verifications,
+        ),
+        (
+            "leakscope_http_auth_rate_limited_total",
+            "Basic-auth attempts answered 429: too many failed logins from the address.",
+            &STATS.auth_rate_limited,
+        ),
+    ] {
+        let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+        c.inc_by(get(value));
+        out.extend(c.collect());
     }
+    out
 }
 
 // ---------------------------------------------------------------- TLS
@@ -586,84 +722,128 @@ fn load_pair(
     })
 }
 
-/// Accepts TCP connections and finishes TLS handshakes concurrently, so one slow or silent
-/// client cannot hold up the others.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let room = self.handshakes.len() < MAX_HANDSHAKES;
-            let busy = !self.handshakes.is_empty();
-            tokio::select! {
-                accepted = self.tcp.accept(), if room => match accepted {
-                    Ok((stream, addr)) => {
-                        let acceptor = self.acceptor.clone();
-                        self.handshakes.spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => Some((tls, addr)),
-                                // Scanners and plain-HTTP clients end up here: not worth more
-                                // than a debug line each.
-                                Ok(Err(e)) => {
-                                    debug!("TLS handshake with {addr} failed: {e}");
-                                    None
-                                }
-                                Err(_) => {
-                                    debug!("TLS handshake with {addr} timed out");
-                                    None
-                                }
-                            }
-                        });
-                    }
-                    Err(e) => accept_error(e).await,
-                },
-                Some(done) = self.handshakes.join_next(), if busy => {
-                    if let Ok(Some(conn)) = done {
-                        return conn;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// As axum's own listener does: a reset connection is nothing; anything else (EMFILE) is
-/// logged and retried after a pause rather than spinning.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    warn!("accept failed: {e}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 // ---------------------------------------------------------------- basic auth
+
+/// The user a request was authenticated as, in its extensions (absent without basic auth and
+/// on open paths). On a path under `/debug/pprof/` it is always one of `profiling_users`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthenticatedUser(pub String);
+
+/// What a request's credentials amount to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// A configured user with the right password.
+    User(String),
+    /// No credentials, a wrong password or an unknown user.
+    Denied,
+    /// Too many failed logins from this address: refused without a check, for this long.
+    Limited(Duration),
+}
 
 pub struct BasicAuth {
     users: HashMap<String, String>,
+    /// Users who may use `/debug/pprof/`; all of them are in `users`.
+    profiling_users: HashSet<String>,
     /// Checked instead of a real hash for unknown users, so a wrong user name costs the same
     /// time as a wrong password and names cannot be probed by timing.
     dummy_hash: String,
     /// SHA-256 of `user NUL password` of recently verified credentials, and when.
     cache: Mutex<HashMap<[u8; 32], Instant>>,
+    failures: Mutex<FailureTable>,
     bcrypt_slots: tokio::sync::Semaphore,
     /// bcrypt verifications run, for tests of the cache.
-    verifications: std::sync::atomic::AtomicU64,
+    verifications: AtomicU64,
+    /// Attempts answered [`AuthOutcome::Limited`].
+    rate_limited: AtomicU64,
+}
+
+/// Failed logins per client address in its current window.
+#[derive(Debug)]
+struct FailureTable {
+    by_peer: HashMap<IpAddr, Window>,
+    /// Shared by new addresses once `by_peer` is full of live windows.
+    overflow: Window,
+    burst: u32,
+    window: Duration,
+    max_peers: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    /// Failures, and checks still running (counted up front so that a burst sent in parallel
+    /// cannot start more bcrypt checks than the limit).
+    attempts: u32,
+    since: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bucket {
+    Peer(IpAddr),
+    Overflow,
+}
+
+impl FailureTable {
+    fn new(burst: u32, window: Duration, max_peers: usize) -> Self {
+        Self {
+            by_peer: HashMap::new(),
+            overflow: Window {
+                attempts: 0,
+                since: Instant::now(),
+            },
+            burst,
+            window,
+            max_peers,
+        }
+    }
+
+    /// Counts an attempt from `peer` before its password is checked, or says how long the
+    /// address must wait.
+    fn begin(&mut self, peer: IpAddr, now: Instant) -> Result<Bucket, Duration> {
+        let key = serve::peer_key(peer);
+        let window = self.window;
+        if !self.by_peer.contains_key(&key) && self.by_peer.len() >= self.max_peers {
+            self.by_peer
+                .retain(|_, w| now.saturating_duration_since(w.since) < window);
+        }
+        let bucket = if self.by_peer.contains_key(&key) || self.by_peer.len() < self.max_peers {
+            Bucket::Peer(key)
+        } else {
+            Bucket::Overflow
+        };
+        let fresh = Window {
+            attempts: 0,
+            since: now,
+        };
+        let w = match bucket {
+            Bucket::Peer(key) => self.by_peer.entry(key).or_insert(fresh),
+            Bucket::Overflow => &mut self.overflow,
+        };
+        if now.saturating_duration_since(w.since) >= window {
+            *w = fresh;
+        }
+        if w.attempts >= self.burst {
+            return Err((w.since + window).saturating_duration_since(now));
+        }
+        w.attempts += 1;
+        Ok(bucket)
+    }
+
+    /// The attempt counted by [`Self::begin`] had the right password: it was no failure.
+    fn succeeded(&mut self, bucket: Bucket) {
+        match bucket {
+            Bucket::Peer(key) => {
+                if let Some(w) = self.by_peer.get_mut(&key) {
+                    w.attempts = w.attempts.saturating_sub(1);
+                    if w.attempts == 0 {
+                        self.by_peer.remove(&key);
+                    }
+                }
+            }
+            Bucket::Overflow => {
+                self.overflow.attempts = self.overflow.attempts.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl BasicAuth {
@@ -702,17 +882,27 @@ impl BasicAuth {
             })?;
         Ok(Self {
             users: users.into_iter().collect(),
+            profiling_users: HashSet::new(),
             dummy_hash,
             cache: Mutex::new(HashMap::new()),
-            bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_CONCURRENCY),
+            failures: Mutex::new(FailureTable::new(
+                AUTH_FAILURE_BURST,
+                AUTH_FAILURE_WINDOW,
+                AUTH_FAILURE_PEERS,
+            )),
+            bcrypt_slots: tokio::sync::Semaphore::new(bcrypt_concurrency()),
             verifications: 0.into(),
+            rate_limited: 0.into(),
         })
     }
 
-    /// True when the `Authorization` header carries a configured user's password.
-    pub async fn check(&self, header: Option<&HeaderValue>) -> bool {
+    /// Checks the `Authorization` header of a request from `peer` (None when the address is
+    /// unknown, which shares one bucket of failures).
+    pub async fn check(&self, peer: Option<IpAddr>, header: Option<&HeaderValue>) -> AuthOutcome {
+        // No or malformed credentials cost nothing to refuse, and are what a browser sends
+        // first: not a failed login.
         let Some((user, password)) = header.and_then(parse_basic) else {
-            return false;
+            return AuthOutcome::Denied;
         };
         let key = cache_key(&user, &password);
         {
@@ -721,34 +911,61 @@ impl BasicAuth {
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < AUTH_CACHE_TTL)
             {
-                return true;
+                return AuthOutcome::User(user);
             }
         }
+        let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let bucket = match self
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .begin(peer, Instant::now())
+        {
+            Ok(bucket) => bucket,
+            Err(wait) => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                STATS.auth_rate_limited.fetch_add(1, Ordering::Relaxed);
+                return AuthOutcome::Limited(wait);
+            }
+        };
         let known = self.users.get(&user);
         let hash = known.unwrap_or(&self.dummy_hash).clone();
         let Ok(_slot) = self.bcrypt_slots.acquire().await else {
-            return false;
+            return AuthOutcome::Denied;
         };
-        self.verifications
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        STATS.bcrypt_verifications.fetch_add(1, Ordering::Relaxed);
         // bcrypt takes tens of milliseconds of CPU: off the async workers.
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .is_ok_and(|r| r.unwrap_or(false))
             && known.is_some();
-        if ok {
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.retain(|_, at| at.elapsed() < AUTH_CACHE_TTL);
-            if cache.len() < AUTH_CACHE_MAX {
-                cache.insert(key, Instant::now());
-            }
+        if !ok {
+            return AuthOutcome::Denied;
         }
-        ok
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .succeeded(bucket);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, at| at.elapsed() < AUTH_CACHE_TTL);
+        if cache.len() < AUTH_CACHE_MAX {
+            cache.insert(key, Instant::now());
+        }
+        AuthOutcome::User(user)
+    }
+
+    pub fn may_profile(&self, user: &str) -> bool {
+        self.profiling_users.contains(user)
     }
 
     pub fn verifications(&self) -> u64 {
-        self.verifications
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Attempts refused without a check because their address failed too often.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 }
 
@@ -785,19 +1002,63 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-async fn require_auth(State(auth): State<Arc<BasicAuth>>, req: Request, next: Next) -> Response {
-    if OPEN_PATHS.contains(&req.uri().path()) {
+/// Whether `path` is served by the profiler. The router matches paths as sent (no decoding,
+/// no merging of slashes), so a prefix test on the same string sees exactly what it routes.
+fn is_profiling_path(path: &str) -> bool {
+    path.strip_prefix(PROFILING_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+async fn require_auth(
+    State(auth): State<Arc<BasicAuth>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if OPEN_PATHS.contains(&path) {
         return next.run(req).await;
     }
-    if auth.check(req.headers().get(header::AUTHORIZATION)).await {
-        return next.run(req).await;
+    let profiling = is_profiling_path(path);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match auth
+        .check(peer, req.headers().get(header::AUTHORIZATION))
+        .await
+    {
+        AuthOutcome::User(user) if profiling && !auth.may_profile(&user) => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "403 Forbidden: user `{user}` may not profile: list it under profiling_users in \
+                 the web config file\n"
+            ),
+        )
+            .into_response(),
+        AuthOutcome::User(user) => {
+            req.extensions_mut().insert(AuthenticatedUser(user));
+            next.run(req).await
+        }
+        AuthOutcome::Denied => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, REALM)],
+            "401 Unauthorized\n",
+        )
+            .into_response(),
+        AuthOutcome::Limited(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let secs = secs.max(1);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                format!(
+                    "429 Too Many Requests: too many failed logins from this address; retry in \
+                     {secs} s\n"
+                ),
+            )
+                .into_response()
+        }
     }
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, REALM)],
-        "401 Unauthorized\n",
-    )
-        .into_response()
 }
 
 #[cfg(test)]
@@ -805,7 +1066,12 @@ mod tests {
     use std::io::Write as _;
 
     use axum::routing::get;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+        task::JoinSet,
+    };
+    use tower::ServiceExt as _;
 
     use super::*;
 
@@ -987,30 +1253,257 @@ mod tests {
         assert_eq!(parse_basic(&h(&format!("Basic {}", enc("no-colon")))), None);
     }
 
-    #[tokio::test]
-    async fn right_passwords_are_remembered_wrong_ones_are_not() {
-        let auth = BasicAuth::new(
+    fn basic(u: &str, p: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        ))
+        .unwrap()
+    }
+
+    fn prom_auth() -> BasicAuth {
+        BasicAuth::new(
             Path::new("web.yml"),
             BTreeMap::from([("prom".to_string(), hash_of("s3cret"))]),
         )
-        .unwrap();
-        let basic = |u: &str, p: &str| {
-            HeaderValue::from_str(&format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            ))
-            .unwrap()
-        };
-        assert!(auth.check(Some(&basic("prom", "s3cret"))).await);
-        assert!(auth.check(Some(&basic("prom", "s3cret"))).await);
+        .unwrap()
+    }
+
+    const A: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+
+    #[tokio::test]
+    async fn right_passwords_are_remembered_wrong_ones_are_not() {
+        let auth = prom_auth();
+        let user = AuthOutcome::User("prom".into());
+        assert_eq!(auth.check(A, Some(&basic("prom", "s3cret"))).await, user);
+        assert_eq!(auth.check(A, Some(&basic("prom", "s3cret"))).await, user);
         assert_eq!(auth.verifications(), 1, "the second check is cached");
-        assert!(!auth.check(Some(&basic("prom", "wrong"))).await);
-        assert!(!auth.check(Some(&basic("prom", "wrong"))).await);
+        let wrong = Some(basic("prom", "wrong"));
+        assert_eq!(auth.check(A, wrong.as_ref()).await, AuthOutcome::Denied);
+        assert_eq!(auth.check(A, wrong.as_ref()).await, AuthOutcome::Denied);
         assert_eq!(auth.verifications(), 3, "failures are never cached");
         // An unknown user costs a bcrypt check too (no timing oracle), and fails.
-        assert!(!auth.check(Some(&basic("nobody", "s3cret"))).await);
+        let stranger = Some(basic("nobody", "s3cret"));
+        assert_eq!(auth.check(A, stranger.as_ref()).await, AuthOutcome::Denied);
         assert_eq!(auth.verifications(), 4);
-        assert!(!auth.check(None).await);
+        assert_eq!(auth.check(A, None).await, AuthOutcome::Denied);
+        assert_eq!(auth.verifications(), 4, "no credentials, no bcrypt");
+    }
+
+    #[tokio::test]
+    async fn a_password_flood_is_refused_before_bcrypt_and_only_for_its_address() {
+        let auth = prom_auth();
+        let right = Some(basic("prom", "s3cret"));
+        let user = AuthOutcome::User("prom".into());
+        // Remembered before the flood: keeps working from the flooding address.
+        assert_eq!(auth.check(A, right.as_ref()).await, user);
+        let wrong = Some(basic("prom", "wrong"));
+        let mut limited = 0;
+        for _ in 0..40 {
+            match auth.check(A, wrong.as_ref()).await {
+                AuthOutcome::Denied => {}
+                AuthOutcome::Limited(wait) => {
+                    assert!(wait > Duration::ZERO && wait <= AUTH_FAILURE_WINDOW);
+                    limited += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(limited, 40 - AUTH_FAILURE_BURST);
+        assert_eq!(auth.rate_limited(), u64::from(limited));
+        assert_eq!(auth.verifications(), 1 + u64::from(AUTH_FAILURE_BURST));
+        assert_eq!(auth.check(A, right.as_ref()).await, user, "cached");
+        let other_user = Some(basic("nobody", "x"));
+        assert!(matches!(
+            auth.check(A, other_user.as_ref()).await,
+            AuthOutcome::Limited(_)
+        ));
+        // Another address is not affected, and is checked for real.
+        let before = auth.verifications();
+        assert_eq!(auth.check(B, wrong.as_ref()).await, AuthOutcome::Denied);
+        assert_eq!(auth.verifications(), before + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_parallel_flood_starts_no_more_checks_than_the_burst() {
+        let auth = Arc::new(prom_auth());
+        let mut tasks = JoinSet::new();
+        for _ in 0..40 {
+            let auth = auth.clone();
+            tasks.spawn(async move { auth.check(A, Some(&basic("prom", "wrong"))).await });
+        }
+        let outcomes = tasks.join_all().await;
+        let denied = outcomes
+            .iter()
+            .filter(|o| **o == AuthOutcome::Denied)
+            .count();
+        assert_eq!(denied, AUTH_FAILURE_BURST as usize);
+        assert_eq!(auth.verifications(), u64::from(AUTH_FAILURE_BURST));
+    }
+
+    #[test]
+    fn failure_windows_end_and_the_table_stays_bounded() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(60);
+        let mut table = FailureTable::new(2, window, 2);
+        let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        assert_eq!(table.begin(ip(1), t0), Ok(Bucket::Peer(ip(1))));
+        assert_eq!(table.begin(ip(1), t0), Ok(Bucket::Peer(ip(1))));
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(table.begin(ip(1), later), Err(Duration::from_secs(40)));
+        // A right password is no failure.
+        table.succeeded(Bucket::Peer(ip(1)));
+        assert_eq!(table.begin(ip(1), later), Ok(Bucket::Peer(ip(1))));
+        assert!(table.begin(ip(1), later).is_err());
+        assert_eq!(
+            table.begin(ip(1), t0 + window),
+            Ok(Bucket::Peer(ip(1))),
+            "a new window"
+        );
+        // Full of live windows: a new address goes to the overflow bucket, which has the same
+        // limit; once a window ends its slot is taken back.
+        assert_eq!(table.begin(ip(2), t0 + window), Ok(Bucket::Peer(ip(2))));
+        assert_eq!(table.begin(ip(3), t0 + window), Ok(Bucket::Overflow));
+        assert_eq!(table.begin(ip(4), t0 + window), Ok(Bucket::Overflow));
+        assert!(table.begin(ip(5), t0 + window).is_err());
+        assert_eq!(table.by_peer.len(), 2);
+        assert_eq!(table.begin(ip(6), t0 + 3 * window), Ok(Bucket::Peer(ip(6))));
+        // IPv6 addresses of one /64 are one peer.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            serve::peer_key(v6("2001:db8:1:2::5")),
+            serve::peer_key(v6("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            serve::peer_key(v6("2001:db8:1:2::5")),
+            serve::peer_key(v6("2001:db8:1:3::5"))
+        );
+        assert_eq!(serve::peer_key(v6("::ffff:192.0.2.7")), ip(7));
+    }
+
+    #[test]
+    fn profiling_users_must_be_basic_auth_users() {
+        let dir = Dir::new("profiling-users");
+        let (prom, oncall) = (hash_of("p"), hash_of("o"));
+        let p = dir.write(
+            "web.yml",
+            &format!(
+                "basic_auth_users:\n  prom: {prom}\n  oncall: {oncall}\nprofiling_users: [oncall]\n"
+            ),
+        );
+        let web = Web::load(&p).unwrap();
+        assert!(web.profiling_users_configured());
+        let auth = web.auth.as_ref().unwrap();
+        assert!(auth.may_profile("oncall") && !auth.may_profile("prom"));
+        let p = dir.write("web.yml", &format!("basic_auth_users:\n  prom: {prom}\n"));
+        assert!(!Web::load(&p).unwrap().profiling_users_configured());
+        let e = err(
+            &dir,
+            &format!("basic_auth_users:\n  prom: {prom}\nprofiling_users: [root]\n"),
+        );
+        assert!(
+            e.contains("profiling_users: `root` is not one of basic_auth_users"),
+            "{e}"
+        );
+        cert_pair(&dir, "server");
+        let e = err(
+            &dir,
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             profiling_users: [prom]\n",
+        );
+        assert!(e.contains("profiling_users needs basic_auth_users"), "{e}");
+    }
+
+    /// The router of a web config with `prom` (scrapes) and `oncall` (profiles); its growth
+    /// handler answers with the authenticated user it was given.
+    fn profiling_router() -> Router {
+        let dir = Dir::new("profiling-router");
+        let p = dir.write(
+            "web.yml",
+            &format!(
+                "basic_auth_users:\n  prom: {}\n  oncall: {}\nprofiling_users: [oncall]\n",
+                hash_of("p"),
+                hash_of("o")
+            ),
+        );
+        let web = Web::load(&p).unwrap();
+        let who = |axum::Extension(AuthenticatedUser(user)): axum::Extension<AuthenticatedUser>,
+                   ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+            format!("{user} from {}", peer.ip())
+        };
+        web.protect(
+            Router::new()
+                .route("/debug/pprof/growth", get(who))
+                .route("/metrics", get(who)),
+        )
+    }
+
+    async fn call(router: &Router, path: &str, auth: Option<(&str, &str)>) -> (u16, String) {
+        let mut req = axum::http::Request::get(path);
+        if let Some((u, p)) = auth {
+            req = req.header(header::AUTHORIZATION, basic(u, p));
+        }
+        let mut req = req.body(axum::body::Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 9], 4000))));
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn only_profiling_users_reach_the_profiler() {
+        let router = profiling_router();
+        let (status, body) = call(&router, "/metrics", Some(("prom", "p"))).await;
+        assert_eq!((status, body.as_str()), (200, "prom from 192.0.2.9"));
+        let (status, body) = call(&router, "/debug/pprof/growth?pid=1", Some(("prom", "p"))).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains("user `prom` may not profile: list it under profiling_users"),
+            "{body}"
+        );
+        let (status, body) = call(&router, "/debug/pprof/growth", Some(("oncall", "o"))).await;
+        assert_eq!((status, body.as_str()), (200, "oncall from 192.0.2.9"));
+        let (status, _) = call(&router, "/debug/pprof/growth", Some(("oncall", "bad"))).await;
+        assert_eq!(status, 401);
+        // Spellings of the path the prefix test does not see never reach the profiler either.
+        for path in [
+            "/debug/pprof",
+            "//debug/pprof/growth",
+            "/debug//pprof/growth",
+            "/debug/pprof/%67rowth",
+            "/DEBUG/pprof/growth",
+            "/debug/pprof/growth/",
+        ] {
+            let (status, body) = call(&router, path, Some(("prom", "p"))).await;
+            assert!(status == 403 || status == 404, "{path}: {status} {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flooding_address_gets_429_with_retry_after() {
+        let router = profiling_router();
+        for _ in 0..AUTH_FAILURE_BURST {
+            assert_eq!(call(&router, "/metrics", Some(("prom", "x"))).await.0, 401);
+        }
+        let mut req = axum::http::Request::get("/metrics")
+            .header(header::AUTHORIZATION, basic("prom", "x"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 9], 4001))));
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = resp.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=AUTH_FAILURE_WINDOW.as_secs()).contains(&retry));
     }
 
     /// One HTTP/1.1 GET over TLS, trusting `ca`; returns the status line and the headers.

@@ -73,6 +73,17 @@ pub struct Agent {
 impl Agent {
     pub fn start(extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_listening(addr, extra)
+    }
+
+    /// An agent serving on `listen`; an unspecified address (0.0.0.0) is reached, by the
+    /// harness, on loopback.
+    pub fn start_listening(listen: SocketAddr, extra: &[&str]) -> Self {
+        let addr = if listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        } else {
+            listen
+        };
         let log = std::env::temp_dir().join(format!("leakscope-test-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log).expect("create agent log");
         // A task socket of its own, so that test agents never contend for the default path
@@ -84,7 +95,7 @@ impl Agent {
         let child = Command::new(agent_bin())
             .arg("run")
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg(listen.to_string())
             .args(["--interval", "200ms"])
             .args(if own_socket {
                 vec!["--task-socket".into(), socket.into_os_string()]
@@ -112,6 +123,21 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then up to `within` for the agent to exit by itself: its status, or None while
+    /// it still runs (dropping the agent then kills it).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: a plain signal to our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_for(within, || self.child.try_wait().ok().flatten())
     }
 
     pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
@@ -153,6 +179,10 @@ impl Drop for Agent {
 
 /// SIGTERM, up to five seconds to exit, then SIGKILL; always reaped.
 pub fn stop(child: &mut Child) {
+    // Once reaped, its pid may belong to another process.
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
     // SAFETY: a plain signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -449,4 +479,104 @@ impl Drop for Spawned {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// The unprivileged user the security tests act as: any local account a root agent must not
+/// trust.
+pub const UNPRIVILEGED: &str = "nobody";
+
+/// `program args…` run as [`UNPRIVILEGED`]: `setpriv` drops every privilege (uid, gid,
+/// supplementary groups, and with them all capabilities) and execs `program` in place, so
+/// the child's pid is the program's (runuser would fork and wait).
+pub fn as_unprivileged(program: &str) -> Command {
+    let uid = unprivileged_uid().to_string();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        "--",
+        program,
+    ])
+    // As a login would: root's PATH can lead into /root, which the user cannot enter.
+    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+    .env("HOME", "/");
+    cmd
+}
+
+/// The uid of [`UNPRIVILEGED`].
+pub fn unprivileged_uid() -> u32 {
+    let out = Command::new("id")
+        .args(["-u", UNPRIVILEGED])
+        .output()
+        .expect("run id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no uid for {UNPRIVILEGED}"))
+}
+
+/// A fresh directory that every user may write into, sticky like /tmp: where the attacks on
+/// paths are staged. Removed when dropped.
+pub struct SharedTmp(pub PathBuf);
+
+impl SharedTmp {
+    pub fn new(name: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("leakscope-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("create shared tmp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod shared tmp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for SharedTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The tracepoints `pid` holds BPF links on, from its fds' `tp_name` in /proc/PID/fdinfo:
+/// what the kernel really has attached on its behalf.
+pub fn attached_tracepoints(pid: u32) -> Vec<String> {
+    let mut hooks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("tp_name:"))
+                .map(|t| t.trim().to_string())
+        })
+        .collect();
+    hooks.sort();
+    hooks
+}
+
+/// `status body` of a GET of `url` made by `python3` run through `launcher` (another user,
+/// another network namespace): a client that is not this test process.
+pub fn python_get(mut launcher: Command, url: &str) -> (u16, String) {
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('{url}', timeout=20)\n    \
+         print(r.status); print(r.read().decode(errors='replace'))\n\
+         except urllib.error.HTTPError as e:\n    \
+         print(e.code); print(e.read().decode(errors='replace'))\n"
+    );
+    let out = launcher
+        .args(["-c", &script])
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    let status = status.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "no status: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (status, body.to_string())
 }

@@ -398,16 +398,7 @@ fn bench_floor_holds_empty_programs_on_the_agents_hooks() {
         .read_line(&mut line)
         .expect("read");
     assert_eq!(line.trim(), "floor programs attached");
-    let mut hooks: Vec<String> = std::fs::read_dir(format!("/proc/{}/fdinfo", floor.id()))
-        .expect("fdinfo")
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("tp_name:"))
-                .map(|t| t.trim().to_string())
-        })
-        .collect();
-    hooks.sort();
+    let hooks = integration_tests::attached_tracepoints(floor.id());
     assert_eq!(hooks, ["rss_stat", "sched_process_exit", "task_newtask"]);
     // SAFETY: a plain signal to our own child.
     unsafe { libc::kill(floor.id() as i32, libc::SIGTERM) };

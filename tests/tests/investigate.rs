@@ -239,7 +239,7 @@ fn the_agent_serves_growth_profiles_on_request() {
     if !kernel_tests_enabled("the_agent_serves_growth_profiles_on_request") {
         return;
     }
-    let agent = Agent::start(&["--no-task-socket"]);
+    let agent = Agent::start(&["--no-task-socket", "--enable-profiling"]);
     let target = Spawned::new(&mut Command::new(scenario_bin("mmap_leak")));
     let pid = target.pid();
     let (status, text) = agent.get(&format!(
@@ -282,6 +282,7 @@ fn auto_growth_samples_a_process_once_it_is_called_leaking() {
         "0.1",
         "--match",
         "comm=^mmap_leak$",
+        "--enable-profiling",
         "--auto-growth",
         "--auto-growth-period",
         "16",

@@ -10,8 +10,15 @@ use crate::util::{self, check, output};
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
     ("make", "make"),
-    ("python3", "python3"),
+    // Debian's, by path: the security suite runs it as an unprivileged user, who cannot
+    // reach a python under /root.
+    ("/usr/bin/python3", "python3"),
     ("setpriv", "util-linux"),
+    ("runuser", "util-linux"),
+    // The security suite's network peer lives in a namespace of its own.
+    ("ip", "iproute2"),
+    // The security suite checks that no program outlives a killed agent.
+    ("bpftool", "bpftool"),
     ("redis-server", "redis-server"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),

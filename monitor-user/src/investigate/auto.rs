@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use log::{info, warn};
 
-use super::endpoint::{Holder, Profiler};
+use super::profiler::{Holder, Profiler};
 
 #[derive(Clone, Copy, Debug)]
 pub struct AutoGrowth {
@@ -51,8 +51,10 @@ pub fn follow(profiler: &mut Profiler, leaking: &[Leaker], cfg: AutoGrowth) -> H
         if sampled.len() >= cfg.max {
             break;
         }
-        match profiler.hold(l.pid, cfg.period, Holder::Auto) {
-            Ok(()) => {
+        match profiler.hold_auto(l.pid, cfg.period) {
+            // Sampled for its full time already: its place goes to the next leaker.
+            Ok(false) => {}
+            Ok(true) => {
                 sampled.insert(l.pid);
                 info!(
                     "growth sampling on for pid {} ({}): verdict leaking; stacks at \

@@ -38,6 +38,28 @@ pub fn growth_report(
     duration: Duration,
     period: u32,
 ) -> Report {
+    finish_growth(
+        target,
+        read_growth(target, growth, shared, period),
+        duration,
+    )
+}
+
+/// What growth sampling recorded for one process, read out of the kernel's maps: the part of
+/// a growth report that needs the maps (and their lock). Symbolizing it is the slow part and
+/// needs neither.
+pub struct GrowthRecords {
+    raws: Vec<Raw>,
+    notes: Vec<String>,
+    period: u32,
+}
+
+pub fn read_growth(
+    target: &Target<'_>,
+    growth: &Growth,
+    shared: &Shared,
+    period: u32,
+) -> GrowthRecords {
     let retained = growth.retained(target.pid);
     let page_bytes = |samples: u64| samples * u64::from(period) * page_size();
     let mut faulted = 0;
@@ -84,6 +106,20 @@ pub fn growth_report(
     }];
     notes.extend(growth.off.iter().cloned());
     notes.extend(loss_notes(shared));
+    GrowthRecords {
+        raws,
+        notes,
+        period,
+    }
+}
+
+/// Symbolizes and ranks what [`read_growth`] read: blocking work (ELF and DWARF reads).
+pub fn finish_growth(target: &Target<'_>, records: GrowthRecords, duration: Duration) -> Report {
+    let GrowthRecords {
+        raws,
+        notes,
+        period,
+    } = records;
     let mut report = Report {
         pid: target.pid,
         comm: target.comm.to_owned(),

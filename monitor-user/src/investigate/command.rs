@@ -1,9 +1,6 @@
 //! `leakscope investigate --pid PID`: attach, trace for a while, report.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use monitor_common::stacks::StackCounter;
@@ -14,9 +11,11 @@ use super::{
     collect::{self, Target},
     flame,
     growth::Growth,
-    maps_snapshot, pprof,
+    maps_snapshot::{self, MapsError},
+    out_dir::OutDir,
+    pprof,
     report::{Report, human_duration},
-    table,
+    table, target,
     tracer::{self, Capacity},
 };
 use crate::{
@@ -31,10 +30,10 @@ const STACK_CAPACITY: u32 = 16_384;
 
 pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     let pid = args.pid;
-    let comm = read_comm(pid)?;
     if pid == std::process::id() {
         bail!("pid {pid} is leakscope itself");
     }
+    let comm = target::check(pid)?;
     let missing = CapSet::current()
         .context("reading leakscope's capabilities")?
         .missing_required();
@@ -45,6 +44,9 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     if crate::agent::OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP: it carries no BPF object");
     }
+    // Refused before the run rather than after it; held open, so the directory that passed
+    // the checks is the one written to.
+    let out = args.out.as_deref().map(OutDir::open).transpose()?;
     crate::agent::bump_memlock_rlimit();
     let tracefs = crate::tracefs::ensure_mounted().ok();
     let capacity = Capacity {
@@ -56,7 +58,13 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         tracer::load_for_investigation(crate::agent::OBJECT, tracefs.as_deref(), capacity)
             .context("loading the BPF programs")?;
     let shared = tracer::Shared::take(&mut ebpf)?;
-    let mut mappings = maps_snapshot::read(pid).with_context(|| gone(pid, &comm))?;
+    let mut mappings = match maps_snapshot::read(pid) {
+        Ok(m) => m,
+        Err(MapsError::Gone { .. }) => {
+            bail!("pid {pid} ({comm}) exited before it could be traced")
+        }
+        Err(e) => bail!("pid {pid} ({comm}): {e}"),
+    };
 
     let wants_growth = args.mode != InvestigateMode::Alloc;
     let wants_alloc = args.mode != InvestigateMode::Growth;
@@ -92,7 +100,8 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     let mut last_maps = Instant::now();
     let mut exited = None;
     let mut budget_note = None;
-    let mut interrupt = interrupt_signals()?;
+    let mut interrupt =
+        crate::shutdown::Signals::install().context("installing the signal handlers")?;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -175,9 +184,9 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         }
     }
     print(&reports, &args)?;
-    if let Some(dir) = &args.out {
-        write_out(dir, &reports)?;
-        eprintln!("wrote {}", dir.display());
+    if let Some(out) = &out {
+        write_out(out, &reports)?;
+        eprintln!("wrote {}", out.shown());
     }
     if let Some(after) = exited {
         bail!(
@@ -187,17 +196,6 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The process's name, or "no process with pid N" when it does not exist.
-pub fn read_comm(pid: u32) -> anyhow::Result<String> {
-    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(c) => Ok(c.trim_end().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no process with pid {pid}")
-        }
-        Err(e) => bail!("cannot read /proc/{pid}/comm: {e}"),
-    }
 }
 
 /// Whether `pid` still runs: a zombie has exited, whether or not its parent has reaped it.
@@ -212,25 +210,6 @@ pub fn running(pid: u32) -> bool {
     !matches!(state, Some('Z' | 'X') | None)
 }
 
-fn gone(pid: u32, comm: &str) -> String {
-    format!("pid {pid} ({comm}) exited before it could be traced")
-}
-
-fn interrupt_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
-        let mut s = signal(kind).context("installing a signal handler")?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                let _ = tx.try_send(());
-            }
-        });
-    }
-    Ok(rx)
-}
-
 fn print(reports: &[Report], args: &InvestigateArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(reports)?);
@@ -242,20 +221,16 @@ fn print(reports: &[Report], args: &InvestigateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_out(dir: &Path, reports: &[Report]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let write = |name: String, bytes: &[u8]| {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
-    };
+fn write_out(out: &OutDir, reports: &[Report]) -> anyhow::Result<()> {
     for r in reports {
         let mode = r.mode.as_str();
-        write(format!("{mode}.pb.gz"), &pprof::encode(r))?;
-        write(format!("{mode}.svg"), &flame::svg(r)?)?;
-        write(format!("{mode}.txt"), table::render(r, 0).as_bytes())?;
+        out.write(&format!("{mode}.pb.gz"), &pprof::encode(r))?;
+        out.write(&format!("{mode}.svg"), &flame::svg(r)?)?;
+        out.write(&format!("{mode}.txt"), table::render(r, 0).as_bytes())?;
     }
-    write(
-        "report.json".to_owned(),
+    out.write(
+        "report.json",
         serde_json::to_string_pretty(reports)?.as_bytes(),
-    )
+    )?;
+    Ok(())
 }

@@ -2,134 +2,67 @@
 //! growth stacks of one process over a few seconds, as `investigate --mode growth` would
 //! report. A process the agent already samples on its own (`--auto-growth`) is answered at
 //! once with everything gathered since its sampling began.
+//!
+//! Served only with `--enable-profiling`; who may ask is decided in `http` (credentials named
+//! in `profiling_users`, or a local user for their own processes).
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
+    Extension,
     extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use aya::Ebpf;
 use serde::Deserialize;
 
 use super::{
     collect::{self, Target},
-    flame,
-    growth::Growth,
-    maps_snapshot, pprof, table,
-    tracer::{self, Shared as Stacks},
+    flame, maps_snapshot, pprof,
+    profiler::{HoldError, Holder, Profiler},
+    report::Report,
+    table, tracer,
 };
-use crate::shared::Shared;
+use crate::{
+    http::ProfileAccess,
+    peer::{may_inspect, process_owner},
+    shared::Shared,
+};
 use monitor_common::stacks::DEFAULT_SAMPLE_PERIOD;
 
 const DEFAULT_SECONDS: u64 = 10;
-const MAX_SECONDS: u64 = 300;
+/// The longest profile a request may ask for.
+pub const MAX_SECONDS: u64 = 300;
 const MAX_PERIOD: u32 = 1_000_000;
 
-/// The agent's kernel object and what growth sampling needs of it.
-pub struct Profiler {
-    ebpf: Ebpf,
-    growth: Growth,
-    stacks: Stacks,
-    /// Who wants each sampled pid: a pid stops being sampled when the last holder leaves.
-    holders: HashMap<u32, Holders>,
-    /// The per-thread syscall programs, which live in the same object.
-    pub syscalls: Option<crate::threads::SyscallProbes>,
+/// A request's hold on growth sampling of one pid. Released when dropped: a client that
+/// disconnects cancels the handler mid-wait, and the page-fault program must not stay
+/// attached host-wide because of it.
+struct RequestHold {
+    shared: Arc<Shared>,
+    pid: u32,
+    holder: Holder,
 }
 
-#[derive(Default)]
-struct Holders {
-    /// Requests in flight.
-    requests: u32,
-    /// Set while the agent samples the pid on its own (--auto-growth), since then.
-    auto_since: Option<Instant>,
-}
-
-/// On whose behalf a pid is sampled.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Holder {
-    Request,
-    Auto,
-}
-
-impl Profiler {
-    /// On failure the object comes back: the agent's own programs live in it.
-    pub fn new(mut ebpf: Ebpf) -> Result<Self, (String, Ebpf)> {
-        let parts = Stacks::take(&mut ebpf)
-            .map_err(|e| e.to_string())
-            .and_then(|s| Ok((s, Growth::new(&mut ebpf).map_err(|e| e.to_string())?)));
-        match parts {
-            Ok((stacks, growth)) => Ok(Self {
-                ebpf,
-                growth,
-                stacks,
-                holders: HashMap::new(),
-                syscalls: None,
-            }),
-            Err(e) => Err((e, ebpf)),
-        }
-    }
-
-    /// Samples `pid` (one fault in `period`) unless it already is, on behalf of `holder`.
-    pub fn hold(
-        &mut self,
-        pid: u32,
-        period: u32,
-        holder: Holder,
-    ) -> Result<(), super::growth::GrowthError> {
-        if !self.growth.is_target(pid) {
-            self.growth.add(&mut self.ebpf, pid, period)?;
-        }
-        let h = self.holders.entry(pid).or_default();
-        match holder {
-            Holder::Request => h.requests += 1,
-            Holder::Auto => {
-                h.auto_since.get_or_insert_with(Instant::now);
-            }
-        }
-        Ok(())
-    }
-
-    /// `holder` is done with `pid`; sampling stops, and its stacks go, with the last holder.
-    pub fn release(&mut self, pid: u32, holder: Holder) {
-        let Some(h) = self.holders.get_mut(&pid) else {
+impl Drop for RequestHold {
+    fn drop(&mut self) {
+        let Some(profiler) = self.shared.profiler() else {
             return;
         };
-        match holder {
-            Holder::Request => h.requests = h.requests.saturating_sub(1),
-            Holder::Auto => h.auto_since = None,
+        if let Ok(mut p) = profiler.try_lock() {
+            p.release(self.pid, self.holder);
+            return;
         }
-        if h.requests == 0 && h.auto_since.is_none() {
-            self.holders.remove(&pid);
-            self.growth.remove(&mut self.ebpf, pid);
-            if self.growth.targets().is_empty() {
-                self.stacks.clear_stacks();
-            }
+        // Someone holds the lock: release as soon as it is free. Should even that fail, the
+        // profiler's deadline releases the hold.
+        let (shared, pid, holder) = (self.shared.clone(), self.pid, self.holder);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Some(p) = shared.profiler() {
+                    p.lock().await.release(pid, holder);
+                }
+            });
         }
-    }
-
-    /// Attaches or detaches the per-thread syscall programs as `wanted` says; None when the
-    /// object has none.
-    pub fn follow_thread_wants(&mut self, wanted: bool) -> Option<Result<(), String>> {
-        let probes = self.syscalls.as_mut()?;
-        Some(probes.follow(&mut self.ebpf, wanted))
-    }
-
-    /// Pids the agent samples on its own, with when that began.
-    pub fn auto_targets(&self) -> Vec<(u32, Instant)> {
-        self.holders
-            .iter()
-            .filter_map(|(pid, h)| h.auto_since.map(|since| (*pid, since)))
-            .collect()
-    }
-
-    fn auto_since(&self, pid: u32) -> Option<Instant> {
-        self.holders.get(&pid).and_then(|h| h.auto_since)
     }
 }
 
@@ -145,8 +78,16 @@ fn bad(status: StatusCode, why: String) -> Response {
     (status, format!("{why}\n")).into_response()
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Pprof,
+    Svg,
+    Txt,
+}
+
 pub async fn growth_handler(
     State(state): State<Arc<Shared>>,
+    access: Option<Extension<ProfileAccess>>,
     Query(q): Query<GrowthQuery>,
 ) -> Response {
     let Some(profiler) = state.profiler() else {
@@ -181,64 +122,146 @@ pub async fn growth_handler(
             );
         }
     };
-    let format = q.format.as_deref().unwrap_or("pprof");
-    if !["pprof", "svg", "txt"].contains(&format) {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            format!("unknown format `{format}`: use pprof, svg or txt"),
-        );
-    }
-    let comm = match super::command::read_comm(pid) {
+    let format = match q.format.as_deref().unwrap_or("pprof") {
+        "pprof" => Format::Pprof,
+        "svg" => Format::Svg,
+        "txt" => Format::Txt,
+        other => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format `{other}`: use pprof, svg or txt"),
+            );
+        }
+    };
+    let comm = match super::target::check(pid) {
         Ok(comm) => comm,
-        Err(e) => return bad(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => return bad(e.status(), e.to_string()),
     };
-
-    if let Err(e) = profiler.lock().await.hold(pid, period, Holder::Request) {
-        return bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    if let Some(refused) = refusal(access.map(|Extension(a)| a), pid, &comm) {
+        return refused;
     }
+
+    let holder = match profiler.lock().await.hold_request(pid, period) {
+        Ok(holder) => holder,
+        Err(e @ HoldError::Busy) => return bad(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        Err(e) => return bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let hold = RequestHold {
+        shared: state.clone(),
+        pid,
+        holder,
+    };
     let requested = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let mut p = profiler.lock().await;
-    let p = &mut *p;
-    // A pid the agent already samples keeps its period, and the profile covers all of it.
-    let period = p.growth.period(pid).unwrap_or(period);
-    let started = p
-        .auto_since(pid)
-        .map_or(requested, |since| since.min(requested));
-    let mappings = super::command::running(pid)
-        .then(|| maps_snapshot::read(pid).ok())
-        .flatten();
-    let report = mappings.as_ref().map(|m| {
-        let target = Target {
-            pid,
-            comm: &comm,
-            alive: true,
-            mappings: m,
-        };
-        collect::growth_report(&target, &p.growth, &p.stacks, started.elapsed(), period)
-    });
-    p.release(pid, Holder::Request);
-    let Some(report) = report else {
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    // Reading the maps, symbolizing and rendering block for up to seconds: off the async
+    // workers, so /healthz and /metrics keep answering. The hold goes with the work and is
+    // released once the kernel's records are read, whatever happens to the connection.
+    let work = tokio::task::spawn_blocking(move || build(hold, &comm, requested, seconds, format));
+    match work.await {
+        Ok(response) => response,
+        Err(e) => bad(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the profile failed: {e}"),
+        ),
+    }
+}
+
+/// Who may profile `pid`: anyone the credentials layer let through (it checks
+/// `profiling_users`), and otherwise a local user for their own processes, root for all.
+/// The refusal, if any.
+fn refusal(access: Option<ProfileAccess>, pid: u32, comm: &str) -> Option<Response> {
+    match access {
+        Some(ProfileAccess::Credentials) => None,
+        Some(ProfileAccess::LocalUser(uid)) => match process_owner(pid) {
+            Err(e) => Some(bad(
+                StatusCode::NOT_FOUND,
+                format!("pid {pid} ({comm}): {e}"),
+            )),
+            Ok(owner) if may_inspect(uid, owner) => None,
+            Ok(owner) => Some(bad(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "uid {uid} may not profile pid {pid} ({comm}), which belongs to uid \
+                     {owner}: local users may profile their own processes, root any"
+                ),
+            )),
+        },
+        None => Some(bad(
+            StatusCode::FORBIDDEN,
+            "profiling is allowed only to local users and to web-config profiling_users".into(),
+        )),
+    }
+}
+
+fn build(
+    hold: RequestHold,
+    comm: &str,
+    requested: Instant,
+    seconds: u64,
+    format: Format,
+) -> Response {
+    let pid = hold.pid;
+    let Some(profiler) = hold.shared.profiler() else {
         return bad(
-            StatusCode::GONE,
-            if seconds == 0 {
-                format!("pid {pid} ({comm}) has exited")
-            } else {
-                format!("pid {pid} ({comm}) exited during the {seconds}s profile")
-            },
+            StatusCode::SERVICE_UNAVAILABLE,
+            "growth profiling is off".into(),
         );
     };
+    let mappings = match maps_snapshot::read(pid) {
+        Ok(m) if super::command::running(pid) => m,
+        Ok(_) => return gone(pid, comm, seconds),
+        Err(maps_snapshot::MapsError::Gone { .. }) => return gone(pid, comm, seconds),
+        Err(e @ maps_snapshot::MapsError::PermissionDenied { .. }) => {
+            return bad(StatusCode::FORBIDDEN, e.to_string());
+        }
+        Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let target = Target {
+        pid,
+        comm,
+        alive: true,
+        mappings: &mappings,
+    };
+    let (records, started) = {
+        let mut p = profiler.blocking_lock();
+        let p: &mut Profiler = &mut p;
+        // A pid the agent already samples keeps its period, and the profile covers all of it.
+        let period = p.growth.period(pid).unwrap_or(DEFAULT_SAMPLE_PERIOD);
+        let started = p
+            .auto_since(pid)
+            .map_or(requested, |since| since.min(requested));
+        let records = collect::read_growth(&target, &p.growth, &p.stacks, period);
+        p.release(pid, hold.holder);
+        (records, started)
+    };
+    drop(hold);
+    let report = collect::finish_growth(&target, records, started.elapsed());
+    render(&report, format)
+}
+
+fn gone(pid: u32, comm: &str, seconds: u64) -> Response {
+    bad(
+        StatusCode::GONE,
+        if seconds == 0 {
+            format!("pid {pid} ({comm}) has exited")
+        } else {
+            format!("pid {pid} ({comm}) exited during the {seconds}s profile")
+        },
+    )
+}
+
+fn render(report: &Report, format: Format) -> Response {
     match format {
-        "svg" => match flame::svg(&report) {
+        Format::Svg => match flame::svg(report) {
             Ok(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
             Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        "txt" => (
+        Format::Txt => (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            table::render(&report, 0),
+            table::render(report, 0),
         )
             .into_response(),
-        _ => (
+        Format::Pprof => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),
                 (
@@ -246,7 +269,7 @@ pub async fn growth_handler(
                     "attachment; filename=\"growth.pb.gz\"",
                 ),
             ],
-            pprof::encode(&report),
+            pprof::encode(report),
         )
             .into_response(),
     }

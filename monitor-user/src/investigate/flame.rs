@@ -12,7 +12,13 @@ use super::report::{Frame, Mode, Report, StackRecord, human_duration};
 #[derive(Debug, thiserror::Error)]
 pub enum FlameError {
     #[error("drawing the flame graph: {0}")]
-    Render(#[from] std::io::Error),
+    Render(std::io::Error),
+}
+
+impl From<std::io::Error> for FlameError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Render(e)
+    }
 }
 
 /// One folded line per stack: `[source];root;...;leaf BYTES`. The source comes first so the

@@ -48,8 +48,14 @@ pub enum GrowthError {
     Unavailable(String),
     #[error("at most {0} processes can be sampled at once")]
     Full(u32),
-    #[error("updating the growth targets failed: {0}")]
-    Map(#[from] aya::maps::MapError),
+    #[error("updating the growth targets failed: {}", crate::error::chain(.0))]
+    Map(aya::maps::MapError),
+}
+
+impl From<aya::maps::MapError> for GrowthError {
+    fn from(e: aya::maps::MapError) -> Self {
+        Self::Map(e)
+    }
 }
 
 impl Growth {

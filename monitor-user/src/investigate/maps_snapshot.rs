@@ -1,9 +1,12 @@
 //! The target's memory mappings, kept from the last time they could be read, so addresses
 //! can still be placed in their modules after the process has exited.
 
-use std::path::PathBuf;
+use std::{io, path::PathBuf};
 
-use procfs::process::{MMPermissions, MMapPath, Process};
+use procfs::{
+    FromBufRead as _,
+    process::{MMPermissions, MMapPath, MemoryMaps},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -38,19 +41,49 @@ impl Mapping {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read /proc/{pid}/maps: {source}")]
-pub struct MapsError {
-    pid: u32,
-    source: procfs::ProcError,
+/// Why a process's mappings could not be read. Gone and denied are told apart: a process
+/// leakscope may not look into has not exited.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapsError {
+    #[error("pid {pid} is gone (/proc/{pid}/maps: {detail})")]
+    Gone { pid: u32, detail: String },
+    #[error(
+        "permission denied reading /proc/{pid}/maps ({detail}): leakscope needs root or \
+         CAP_SYS_PTRACE to look into another user's process, and a security module may refuse \
+         even that"
+    )]
+    PermissionDenied { pid: u32, detail: String },
+    #[error("cannot read /proc/{pid}/maps: {detail}")]
+    Unreadable { pid: u32, detail: String },
 }
 
-/// Mappings of `pid`, in address order.
+impl MapsError {
+    /// Sorts a failed open or read of `/proc/PID/maps`: ENOENT when the pid is free, ESRCH
+    /// when the process exits between open and read, EACCES/EPERM when ptrace access is
+    /// refused.
+    pub fn from_io(pid: u32, e: &io::Error) -> Self {
+        let detail = e.to_string();
+        if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) {
+            Self::Gone { pid, detail }
+        } else if e.kind() == io::ErrorKind::PermissionDenied {
+            Self::PermissionDenied { pid, detail }
+        } else {
+            Self::Unreadable { pid, detail }
+        }
+    }
+}
+
+/// Mappings of `pid`, in address order. A process without user memory (a kernel thread, or
+/// one past the point of exit where its address space is released) has none.
 pub fn read(pid: u32) -> Result<Vec<Mapping>, MapsError> {
-    let err = |source| MapsError { pid, source };
-    let maps = Process::new(pid as i32)
-        .and_then(|p| p.maps())
-        .map_err(err)?;
+    let path = format!("/proc/{pid}/maps");
+    // Read whole first, so an I/O error keeps its errno for `from_io` instead of being
+    // folded into procfs's parse errors.
+    let text = std::fs::read(&path).map_err(|e| MapsError::from_io(pid, &e))?;
+    let maps = MemoryMaps::from_buf_read(text.as_slice()).map_err(|e| MapsError::Unreadable {
+        pid,
+        detail: e.to_string(),
+    })?;
     Ok(maps
         .into_iter()
         .map(|m| {
@@ -105,8 +138,45 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_process_is_an_error_naming_it() {
-        let e = read(u32::MAX - 1).unwrap_err().to_string();
-        assert!(e.contains(&(u32::MAX - 1).to_string()), "{e}");
+    fn a_missing_process_is_gone_and_named() {
+        let e = read(u32::MAX - 1).unwrap_err();
+        assert!(
+            matches!(e, MapsError::Gone { pid, .. } if pid == u32::MAX - 1),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&(u32::MAX - 1).to_string()), "{e}");
+    }
+
+    #[test]
+    fn errno_says_gone_or_denied_and_never_confuses_them() {
+        let from = |e: io::Error| MapsError::from_io(7, &e);
+        assert!(matches!(
+            from(io::ErrorKind::NotFound.into()),
+            MapsError::Gone { pid: 7, .. }
+        ));
+        assert!(matches!(
+            from(io::Error::from_raw_os_error(libc::ESRCH)),
+            MapsError::Gone { pid: 7, .. }
+        ));
+        for denied in [
+            io::ErrorKind::PermissionDenied.into(),
+            io::Error::from_raw_os_error(libc::EACCES),
+            io::Error::from_raw_os_error(libc::EPERM),
+        ] {
+            let e = from(denied);
+            assert!(
+                matches!(e, MapsError::PermissionDenied { pid: 7, .. }),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with("permission denied reading /proc/7/maps (")
+                    && !text.contains("gone"),
+                "{text}"
+            );
+        }
+        let e = from(io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(e, MapsError::Unreadable { pid: 7, .. }), "{e:?}");
+        assert!(e.to_string().contains("Input/output error"), "{e}");
     }
 }

@@ -154,9 +154,21 @@ pub struct Function {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("decompressing the profile: {0}")]
-    Gzip(#[from] std::io::Error),
+    Gzip(std::io::Error),
     #[error("decoding the profile protobuf: {0}")]
-    Proto(#[from] prost::DecodeError),
+    Proto(prost::DecodeError),
+}
+
+impl From<std::io::Error> for DecodeError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Gzip(e)
+    }
+}
+
+impl From<prost::DecodeError> for DecodeError {
+    fn from(e: prost::DecodeError) -> Self {
+        Self::Proto(e)
+    }
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];

@@ -9,6 +9,8 @@ use aya::{
 };
 use monitor_common::stacks::{ALLOCS_MAP, STACK_COUNTERS_MAP, STACKS_MAP, StackCounter};
 
+use crate::error::chain;
+
 /// Capacities of the maps the stack modes use.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
@@ -22,13 +24,13 @@ pub struct Capacity {
 pub enum TracerError {
     #[error("map {0} is missing from the BPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {}", chain(.cause))]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
-    #[error("the kernel refused the BPF object: {0}")]
-    Object(#[from] aya::EbpfError),
+    #[error("the kernel refused the BPF object: {}", chain(.0))]
+    Object(aya::EbpfError),
 }
 
 /// Sizes the maps of the growth and alloc programs. Their globals (KERNEL_LAYOUT from BTF,
@@ -66,7 +68,7 @@ pub fn load_for_investigation(
         loader.override_global("SYSCALL_OFFSETS", off, true);
     }
     configure(&mut loader, &capacity);
-    Ok(loader.load(object)?)
+    loader.load(object).map_err(TracerError::Object)
 }
 
 /// Maps both modes read.
@@ -111,5 +113,5 @@ pub fn take<T>(
     convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
 ) -> Result<T, TracerError> {
     let map = ebpf.take_map(name).ok_or(TracerError::MissingMap(name))?;
-    convert(map).map_err(|source| TracerError::Map { name, source })
+    convert(map).map_err(|cause| TracerError::Map { name, cause })
 }

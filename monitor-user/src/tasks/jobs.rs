@@ -5,6 +5,10 @@
 //! closes the innermost open job of its key with the same task (and job id, when both carry
 //! one), abandoning jobs above it; a repeated begin (same task and job id) abandons the earlier
 //! one; jobs of processes that exit are abandoned.
+//!
+//! Task names, open jobs and processes with open jobs are tables every sender shares: each
+//! uid (and cgroup) holds at most a fair share of each ([`super::budget`]), so that one user
+//! cannot push another's tasks into `(overflow)` or keep the agent from opening their jobs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -12,6 +16,7 @@ use monitor_common::{RSS_UNKNOWN, RssKind, ThreadStats};
 use serde::Serialize;
 
 use super::{
+    budget::{Over, Principal, Shares},
     protocol::{Marker, MarkerError, Phase},
     verdict::{RunSample, TaskVerdict, VerdictConfig, assess, median},
 };
@@ -42,20 +47,42 @@ pub mod reason {
     pub const NO_CREDENTIALS: &str = "no_credentials";
     /// The datagram carried file descriptors or other ancillary data no client sends.
     pub const ANCILLARY_DATA: &str = "ancillary_data";
-    /// Its process sent more than its share (`MARKERS_PER_SECOND`).
-    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The sender's uid spent its marker budget (`--marker-rate`), whatever its processes.
+    pub const UID_RATE_LIMITED: &str = "uid_rate_limited";
+    /// The sender's cgroup spent its marker budget (e.g. a container sending as many uids).
+    pub const CGROUP_RATE_LIMITED: &str = "cgroup_rate_limited";
     /// An `end` that matches no open job (its `begin` was lost or never sent).
     pub const UNMATCHED_END: &str = "unmatched_end";
     /// The agent's bound on open jobs (per process, or processes with open jobs) was reached.
     pub const TOO_MANY_OPEN_JOBS: &str = "too_many_open_jobs";
-    pub const ALL: [&str; 5] = [
+    /// The sender's uid holds its share of open jobs (or of processes with open jobs).
+    pub const UID_OPEN_JOBS_SHARE: &str = "uid_open_jobs_share";
+    /// The sender's cgroup holds its share of open jobs (or of processes with open jobs).
+    pub const CGROUP_OPEN_JOBS_SHARE: &str = "cgroup_open_jobs_share";
+    pub const ALL: [&str; 8] = [
         NO_CREDENTIALS,
         ANCILLARY_DATA,
-        RATE_LIMITED,
+        UID_RATE_LIMITED,
+        CGROUP_RATE_LIMITED,
         UNMATCHED_END,
         TOO_MANY_OPEN_JOBS,
+        UID_OPEN_JOBS_SHARE,
+        CGROUP_OPEN_JOBS_SHARE,
     ];
+
+    pub fn open_jobs_share(over: super::Over) -> &'static str {
+        match over {
+            super::Over::Uid => UID_OPEN_JOBS_SHARE,
+            super::Over::Cgroup => CGROUP_OPEN_JOBS_SHARE,
+        }
+    }
 }
+
+/// The least of each table one uid may hold, whatever the table's size: a quarter of a small
+/// table would not serve one ordinary deployment (see [`super::budget::fair_share`]).
+const NAME_SHARE_FLOOR: usize = 16;
+const OPEN_JOB_SHARE_FLOOR: usize = 64;
+const OPEN_PROCESS_SHARE_FLOOR: usize = 16;
 
 /// Every label `leakscope_markers_dropped_total{reason}` can take, parser's first.
 pub fn all_drop_reasons() -> impl Iterator<Item = &'static str> {
@@ -241,11 +268,14 @@ pub struct TaskStats {
     pub recent: VecDeque<JobRecord>,
     pub last_seen_ns: u64,
     pub verdict: TaskVerdict,
+    /// Whose share of task names this name counts against: the first to run it.
+    owner: Option<Principal>,
 }
 
 impl TaskStats {
-    fn new(name: &str, now_ns: u64) -> Self {
+    fn new(name: &str, now_ns: u64, owner: Option<Principal>) -> Self {
         Self {
+            owner,
             name: name.to_string(),
             runs: 0,
             failed: 0,
@@ -273,6 +303,7 @@ struct OpenJob {
     job_id: Option<String>,
     tid: Option<u32>,
     begin: Snapshot,
+    owner: Principal,
 }
 
 /// Marker traffic, for `/metrics` and `/api/v1/tasks`.
@@ -288,6 +319,9 @@ pub struct MarkerCounters {
     pub abandoned: u64,
     /// Markers whose `tid=` did not belong to the sender: attributed to the process.
     pub tid_unverified: u64,
+    /// New task names sent to `(overflow)` because their sender's uid or cgroup already held
+    /// its share of names, by `uid`/`cgroup`.
+    pub names_refused: BTreeMap<&'static str, u64>,
 }
 
 impl Default for MarkerCounters {
@@ -298,6 +332,7 @@ impl Default for MarkerCounters {
             queue_full: 0,
             abandoned: 0,
             tid_unverified: 0,
+            names_refused: Over::ALL.iter().map(|o| (o.label(), 0)).collect(),
         }
     }
 }
@@ -312,24 +347,52 @@ pub struct SocketStatus {
 }
 
 /// All per-job state; lives in [`crate::state::AgentState`].
-#[derive(Default)]
 pub struct Tasks {
     pub config: TasksConfig,
     by_name: HashMap<String, TaskStats>,
     overflow: Option<TaskStats>,
     open: HashMap<u32, HashMap<Option<u32>, Vec<OpenJob>>>,
+    /// Who holds each process's place in `open`: the sender of its first open job.
+    open_owner: HashMap<u32, Principal>,
     /// Jobs in `open`, kept as they come and go.
     open_total: usize,
+    names_share: Shares,
+    jobs_share: Shares,
+    processes_share: Shares,
     pub counters: MarkerCounters,
     pub socket: Option<SocketStatus>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Self::new(TasksConfig::default())
+    }
 }
 
 impl Tasks {
     pub fn new(config: TasksConfig) -> Self {
         Self {
+            names_share: Shares::new(config.max_tasks, NAME_SHARE_FLOOR),
+            jobs_share: Shares::new(config.max_open_jobs, OPEN_JOB_SHARE_FLOOR),
+            processes_share: Shares::new(config.max_processes, OPEN_PROCESS_SHARE_FLOOR),
             config,
-            ..Self::default()
+            by_name: HashMap::new(),
+            overflow: None,
+            open: HashMap::new(),
+            open_owner: HashMap::new(),
+            open_total: 0,
+            counters: MarkerCounters::default(),
+            socket: None,
         }
+    }
+
+    /// The most task names, open jobs and processes with open jobs one uid or cgroup may hold.
+    pub fn shares(&self) -> (usize, usize, usize) {
+        (
+            self.names_share.share(),
+            self.jobs_share.share(),
+            self.processes_share.share(),
+        )
     }
 
     pub fn drop_marker(&mut self, reason: &'static str) {
@@ -357,65 +420,131 @@ impl Tasks {
         self.open_total
     }
 
-    /// The stats of `name`: a place of its own while there is room (an idle name may give
-    /// up its place), else the overflow.
-    fn stats(&mut self, name: &str, now_ns: u64) -> &mut TaskStats {
-        if !self.by_name.contains_key(name) && self.by_name.len() >= self.config.max_tasks {
-            let idle = self
-                .by_name
-                .values()
-                .filter(|t| now_ns.saturating_sub(t.last_seen_ns) >= self.config.idle_evict_ns)
-                .min_by_key(|t| t.last_seen_ns)
-                .map(|t| t.name.clone());
-            match idle {
-                Some(old) => {
-                    log::info!("task {old:?} idle: its place goes to {name:?}");
-                    self.by_name.remove(&old);
-                }
-                None => {
-                    let o = self
-                        .overflow
-                        .get_or_insert_with(|| TaskStats::new(OVERFLOW_TASK, now_ns));
-                    o.last_seen_ns = now_ns;
-                    return o;
-                }
-            }
+    /// The stats of `name`: a place of its own while there is room and `owner` (who runs it)
+    /// holds less than its share of names (an idle name may give up its place), else the
+    /// overflow.
+    fn stats(&mut self, name: &str, now_ns: u64, owner: Principal) -> &mut TaskStats {
+        if !self.by_name.contains_key(name) && !self.make_room(name, now_ns, owner) {
+            let o = self
+                .overflow
+                .get_or_insert_with(|| TaskStats::new(OVERFLOW_TASK, now_ns, None));
+            o.last_seen_ns = now_ns;
+            return o;
         }
-        let s = self
-            .by_name
-            .entry(name.to_string())
-            .or_insert_with(|| TaskStats::new(name, now_ns));
+        let s = self.by_name.entry(name.to_string()).or_insert_with(|| {
+            // make_room took the share.
+            TaskStats::new(name, now_ns, Some(owner))
+        });
         s.last_seen_ns = now_ns;
         s
     }
 
-    fn abandon(&mut self, job: OpenJob, now_ns: u64) {
-        self.counters.abandoned += 1;
-        self.stats(&job.task, now_ns).abandoned += 1;
+    /// Whether a new name of `owner`'s may have a place of its own; takes its share if so. A
+    /// name idle for `idle_evict_ns` gives its place up: any one when the table is full, one
+    /// of `owner`'s own when `owner` is at its share.
+    fn make_room(&mut self, name: &str, now_ns: u64, owner: Principal) -> bool {
+        let at_share = self.names_share.check(owner).is_err();
+        if at_share || self.by_name.len() >= self.config.max_tasks {
+            let idle = self
+                .by_name
+                .values()
+                .filter(|t| now_ns.saturating_sub(t.last_seen_ns) >= self.config.idle_evict_ns)
+                .filter(|t| !at_share || t.owner == Some(owner))
+                .min_by_key(|t| t.last_seen_ns)
+                .map(|t| t.name.clone());
+            if let Some(old) = idle {
+                log::info!("task {old:?} idle: its place goes to {name:?}");
+                if let Some(gone) = self.by_name.remove(&old)
+                    && let Some(o) = gone.owner
+                {
+                    self.names_share.give_back(o);
+                }
+            }
+        }
+        if let Err(over) = self.names_share.check(owner) {
+            *self.counters.names_refused.entry(over.label()).or_insert(0) += 1;
+            return false;
+        }
+        self.by_name.len() < self.config.max_tasks && self.names_share.take(owner).is_ok()
     }
 
-    /// Applies one parsed marker from `pid` (kernel-given), with its thread verified by the
-    /// caller (`None`: the whole process). `snap` was read when the marker arrived.
-    pub fn on_marker(&mut self, pid: u32, m: &Marker<'_>, tid: Option<u32>, snap: Snapshot) {
+    /// A job leaves the open table: its owner's share of open jobs comes back.
+    fn close(&mut self, job: &OpenJob) {
+        self.open_total -= 1;
+        self.jobs_share.give_back(job.owner);
+    }
+
+    /// A process has no open job left: its place in the table comes back to its owner.
+    fn forget_process(&mut self, pid: u32) {
+        self.open.remove(&pid);
+        if let Some(owner) = self.open_owner.remove(&pid) {
+            self.processes_share.give_back(owner);
+        }
+    }
+
+    fn abandon(&mut self, job: OpenJob, now_ns: u64) {
+        self.counters.abandoned += 1;
+        self.stats(&job.task, now_ns, job.owner).abandoned += 1;
+    }
+
+    /// Applies one parsed marker from `pid` (kernel-given) sent by `who`, with its thread
+    /// verified by the caller (`None`: the whole process). `snap` was read when the marker
+    /// arrived.
+    pub fn on_marker(
+        &mut self,
+        pid: u32,
+        who: Principal,
+        m: &Marker<'_>,
+        tid: Option<u32>,
+        snap: Snapshot,
+    ) {
         match m.phase {
-            Phase::Begin => self.on_begin(pid, m, tid, snap),
+            Phase::Begin => self.on_begin(pid, who, m, tid, snap),
             Phase::End => self.on_end(pid, m, tid, snap),
         }
     }
 
-    fn on_begin(&mut self, pid: u32, m: &Marker<'_>, tid: Option<u32>, snap: Snapshot) {
+    fn on_begin(
+        &mut self,
+        pid: u32,
+        who: Principal,
+        m: &Marker<'_>,
+        tid: Option<u32>,
+        snap: Snapshot,
+    ) {
         let now = snap.at_ns;
+        let new_process = !self.open.contains_key(&pid);
         if self.open_total >= self.config.max_open_jobs
-            || (!self.open.contains_key(&pid) && self.open.len() >= self.config.max_processes)
+            || (new_process && self.open.len() >= self.config.max_processes)
         {
             self.drop_marker(reason::TOO_MANY_OPEN_JOBS);
             return;
         }
-        let keys = self.open.entry(pid).or_default();
-        if !keys.contains_key(&tid) && keys.len() >= self.config.max_keys_per_process {
+        if let Some(keys) = self.open.get(&pid)
+            && !keys.contains_key(&tid)
+            && keys.len() >= self.config.max_keys_per_process
+        {
             self.drop_marker(reason::TOO_MANY_OPEN_JOBS);
             return;
         }
+        let share = self.jobs_share.check(who).and_then(|()| {
+            if new_process {
+                self.processes_share.take(who)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(over) = share {
+            self.drop_marker(reason::open_jobs_share(over));
+            return;
+        }
+        if new_process {
+            self.open_owner.insert(pid, who);
+        }
+        // Checked above; taken before any job is abandoned, so the share never runs over.
+        let _ = self.jobs_share.take(who);
+        self.open_total += 1;
+        let keys = self.open.entry(pid).or_default();
         let stack = keys.entry(tid).or_default();
         let mut abandoned = Vec::new();
         // The same job (same task and job id) begun again: its end was lost. It and whatever
@@ -430,15 +559,16 @@ impl Tasks {
         if stack.len() >= self.config.max_depth {
             abandoned.push(stack.remove(0));
         }
-        self.open_total = self.open_total + 1 - abandoned.len();
         stack.push(OpenJob {
             task: m.task.to_string(),
             job_id: m.job_id.map(str::to_string),
             tid,
             begin: snap,
+            owner: who,
         });
         self.counters.received += 1;
         for job in abandoned {
+            self.close(&job);
             self.abandon(job, now);
         }
     }
@@ -461,18 +591,19 @@ impl Tasks {
             return;
         };
         let mut above: Vec<OpenJob> = stack.drain(i..).collect();
-        self.open_total -= above.len();
         let job = above.remove(0);
         if stack.is_empty()
             && let Some(keys) = self.open.get_mut(&pid)
         {
             keys.remove(&tid);
             if keys.is_empty() {
-                self.open.remove(&pid);
+                self.forget_process(pid);
             }
         }
         self.counters.received += 1;
+        self.close(&job);
         for j in above {
+            self.close(&j);
             self.abandon(j, now);
         }
         self.complete(pid, job, m.failed, snap);
@@ -500,7 +631,7 @@ impl Tasks {
         };
         let (window_runs, recent_jobs) = (self.config.window_runs, self.config.recent_jobs);
         let verdict_cfg = self.config.verdict.clone();
-        let s = self.stats(&job.task, end.at_ns);
+        let s = self.stats(&job.task, end.at_ns, job.owner);
         s.runs += 1;
         s.failed += u64::from(failed);
         s.retained.observe(record.retained_bytes);
@@ -537,12 +668,13 @@ impl Tasks {
     pub fn prune(&mut self, alive: impl Fn(u32) -> bool, now_ns: u64) {
         let gone: Vec<u32> = self.open.keys().filter(|p| !alive(**p)).copied().collect();
         for pid in gone {
-            if let Some(keys) = self.open.remove(&pid) {
-                let jobs: Vec<OpenJob> = keys.into_values().flatten().collect();
-                self.open_total -= jobs.len();
-                for job in jobs {
-                    self.abandon(job, now_ns);
-                }
+            let Some(keys) = self.open.remove(&pid) else {
+                continue;
+            };
+            self.forget_process(pid);
+            for job in keys.into_values().flatten() {
+                self.close(&job);
+                self.abandon(job, now_ns);
             }
         }
     }
@@ -564,9 +696,18 @@ mod tests {
         }
     }
 
+    const USER: Principal = Principal {
+        uid: 1000,
+        cgroup: None,
+    };
+
     fn feed(t: &mut Tasks, pid: u32, text: &str, tid: Option<u32>, s: Snapshot) {
+        feed_as(t, USER, pid, text, tid, s);
+    }
+
+    fn feed_as(t: &mut Tasks, who: Principal, pid: u32, text: &str, tid: Option<u32>, s: Snapshot) {
         let m = parse(text.as_bytes()).unwrap();
-        t.on_marker(pid, &m, tid, s);
+        t.on_marker(pid, who, &m, tid, s);
     }
 
     fn dropped(t: &Tasks, reason: &str) -> u64 {
@@ -726,6 +867,174 @@ mod tests {
         assert!(t.get("d").is_some());
         assert!(t.get("a").is_none());
         assert!(t.get("b").is_some());
+    }
+
+    #[test]
+    fn one_uid_gets_a_share_of_task_names_and_root_keeps_its_own() {
+        let mut t = Tasks::new(TasksConfig {
+            max_tasks: 40,
+            ..TasksConfig::default()
+        });
+        let share = t.shares().0;
+        assert_eq!(share, 16, "a quarter of 40 is under the floor");
+        let squatter = Principal {
+            uid: 65534,
+            cgroup: Some(7),
+        };
+        // Many processes of one uid, each with its own names.
+        for i in 0..60u32 {
+            let pid = 100 + i % 8;
+            feed_as(
+                &mut t,
+                squatter,
+                pid,
+                &format!("LS1 begin sq.{i}"),
+                None,
+                snap(0, 0),
+            );
+            feed_as(
+                &mut t,
+                squatter,
+                pid,
+                &format!("LS1 end sq.{i}"),
+                None,
+                snap(1, 0),
+            );
+        }
+        let own = (0..60)
+            .filter(|i| t.get(&format!("sq.{i}")).is_some())
+            .count();
+        assert_eq!(own, share);
+        assert_eq!(t.get(OVERFLOW_TASK).unwrap().runs, 60 - share as u64);
+        assert_eq!(t.counters.names_refused["uid"], 60 - share as u64);
+        // More uids of the same cgroup (a container with its own user namespace) are held to
+        // the cgroup's share, twice a uid's.
+        for uid in 100_000..100_020 {
+            let sibling = Principal {
+                uid,
+                cgroup: Some(7),
+            };
+            feed_as(
+                &mut t,
+                sibling,
+                200,
+                &format!("LS1 begin o.{uid}"),
+                None,
+                snap(2, 0),
+            );
+            feed_as(
+                &mut t,
+                sibling,
+                200,
+                &format!("LS1 end o.{uid}"),
+                None,
+                snap(3, 0),
+            );
+        }
+        assert_eq!(t.counters.names_refused["cgroup"], 20 - share as u64);
+        // Root's task has a series of its own.
+        let root = Principal::uid(0);
+        feed_as(
+            &mut t,
+            root,
+            1,
+            "LS1 begin app.send_email",
+            None,
+            snap(2, 0),
+        );
+        feed_as(&mut t, root, 1, "LS1 end app.send_email", None, snap(3, 0));
+        assert_eq!(t.get("app.send_email").unwrap().runs, 1);
+        // A name already there is shared, whoever owns it: runs are never refused.
+        feed_as(
+            &mut t,
+            squatter,
+            100,
+            "LS1 begin app.send_email",
+            None,
+            snap(4, 0),
+        );
+        feed_as(
+            &mut t,
+            squatter,
+            100,
+            "LS1 end app.send_email",
+            None,
+            snap(5, 0),
+        );
+        assert_eq!(t.get("app.send_email").unwrap().runs, 2);
+    }
+
+    #[test]
+    fn an_idle_name_gives_its_share_back() {
+        let mut t = Tasks::new(TasksConfig {
+            max_tasks: 16,
+            idle_evict_ns: 1_000,
+            ..TasksConfig::default()
+        });
+        let share = t.shares().0;
+        assert_eq!(share, 16);
+        for i in 0..share {
+            feed(&mut t, 1, &format!("LS1 begin n{i}"), None, snap(0, 0));
+            feed(&mut t, 1, &format!("LS1 end n{i}"), None, snap(0, 0));
+        }
+        feed(&mut t, 1, "LS1 begin late", None, snap(10, 0));
+        feed(&mut t, 1, "LS1 end late", None, snap(10, 0));
+        assert!(t.get("late").is_none(), "at its share");
+        // Much later, the idle names give their places and the share back.
+        feed(&mut t, 1, "LS1 begin later", None, snap(10_000, 0));
+        feed(&mut t, 1, "LS1 end later", None, snap(10_000, 0));
+        assert!(t.get("later").is_some());
+        assert_eq!(
+            t.names_share.held(super::super::budget::Owner::Uid(1000)),
+            share
+        );
+    }
+
+    #[test]
+    fn one_uid_gets_a_share_of_open_jobs_and_processes() {
+        let mut t = Tasks::new(TasksConfig {
+            max_open_jobs: 400,
+            max_processes: 64,
+            ..TasksConfig::default()
+        });
+        let (_, jobs, processes) = t.shares();
+        assert_eq!((jobs, processes), (100, 16));
+        let squatter = Principal::uid(65534);
+        // Jobs on many threads of many processes: each process is under its own bounds.
+        for i in 0..400u32 {
+            let (pid, tid) = (1000 + i % 8, i / 8);
+            feed_as(&mut t, squatter, pid, "LS1 begin j", Some(tid), snap(0, 0));
+        }
+        assert_eq!(t.open_jobs(), jobs);
+        assert_eq!(dropped(&t, reason::UID_OPEN_JOBS_SHARE), 300);
+        // Processes with open jobs: another uid's 16 fit its share, the next are refused.
+        for pid in 2000..2020 {
+            feed_as(
+                &mut t,
+                Principal::uid(7),
+                pid,
+                "LS1 begin p",
+                None,
+                snap(0, 0),
+            );
+        }
+        assert_eq!(dropped(&t, reason::UID_OPEN_JOBS_SHARE), 304);
+        // Root still opens (and closes) its jobs.
+        let root = Principal::uid(0);
+        feed_as(&mut t, root, 1, "LS1 begin r", None, snap(0, 0));
+        feed_as(&mut t, root, 1, "LS1 end r", None, snap(1, MIB));
+        assert_eq!(t.get("r").unwrap().runs, 1);
+        // Jobs that end or whose processes exit give the share back.
+        t.prune(|pid| !(1000..1008).contains(&pid), 5);
+        assert_eq!(t.open_jobs(), processes);
+        for pid in 3000..3004 {
+            feed_as(&mut t, squatter, pid, "LS1 begin again", None, snap(0, 0));
+        }
+        assert_eq!(dropped(&t, reason::UID_OPEN_JOBS_SHARE), 304);
+        assert_eq!(
+            t.jobs_share.held(super::super::budget::Owner::Uid(65534)),
+            4
+        );
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //!
 //! A thread rather than a task on the shared runtime: the process's memory is read when the
 //! marker is received, so the time between a worker's `begin` and that read is the listener's
-//! wake-up latency; it must not wait behind a scrape or a /proc scan.
+//! wake-up latency; it must not wait behind a scrape or a /proc scan. It runs at normal
+//! priority: anyone may send markers, and a raised priority would let any local user take CPU
+//! from the rest of the host through it.
+//!
+//! Every datagram is charged to its sender's uid (from the kernel) before anything else is
+//! read, then to its cgroup when the process table knows it ([`super::budget`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,6 +21,7 @@ use std::{
 use monitor_common::{ProcStats, RSS_UNKNOWN, RssKind, ThreadStats};
 
 use super::{
+    budget::{Principal, Rate, RateLimiter},
     jobs::{Snapshot, reason},
     protocol::{self, MAX_DATAGRAM, MarkerError},
     socket::{Datagram, TaskSocket},
@@ -64,26 +70,37 @@ impl KernelView for Kernel {
     }
 }
 
+/// Markers per second one uid may send, and the burst it may send at once (`--marker-rate`;
+/// a cgroup twice that): a host's worth of workers of one user (64 processes running 75 jobs
+/// a second each, two markers a job). It bounds the work one user can make the listener do
+/// beyond receiving: each accepted marker costs a kernel map read and a few /proc lookups.
+pub const DEFAULT_MARKER_RATE: u32 = 10_000;
+
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
-    /// Markers per second one process may send, on average...
-    pub rate_per_sec: f64,
-    /// ...and in a burst.
-    pub burst: f64,
+    /// Per uid and per cgroup.
+    pub rate: Rate,
 }
 
-impl Default for ListenerConfig {
-    fn default() -> Self {
+impl ListenerConfig {
+    /// `per_sec` markers a second, in bursts of as many.
+    pub fn with_rate(per_sec: u32) -> Self {
         Self {
-            // Far above any real worker (two markers a job), far below what would let one
-            // process monopolise the listener.
-            rate_per_sec: 5_000.0,
-            burst: 10_000.0,
+            rate: Rate {
+                per_sec: f64::from(per_sec),
+                burst: f64::from(per_sec),
+            },
         }
     }
 }
 
-/// Per-process state the listener keeps for itself, each map bounded by [`MAX_TRACKED`].
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self::with_rate(DEFAULT_MARKER_RATE)
+    }
+}
+
+/// Per-process caches the listener keeps for itself, each bounded by [`MAX_TRACKED`].
 const MAX_TRACKED: usize = 4096;
 
 /// Threads kept in a job's samples: the marker's own, then the busiest. Bounds what an open
@@ -106,20 +123,14 @@ fn keep_threads(threads: &mut Vec<(u32, ThreadStats)>, tid: Option<u32>) {
     threads.truncate(THREADS_PER_SAMPLE);
 }
 
-struct Bucket {
-    tokens: f64,
-    at_ns: u64,
-}
-
 pub struct Listener {
     socket: TaskSocket,
     shared: Arc<Shared>,
     kernel: Arc<dyn KernelView>,
-    config: ListenerConfig,
-    buckets: HashMap<u32, Bucket>,
+    limiter: RateLimiter,
     /// Whether each sender runs in a pid namespace below the agent's.
     nested: HashMap<u32, bool>,
-    /// Processes already asked per-thread accounting for.
+    /// Senders of opted-in uids already asked per-thread accounting for.
     asked: HashSet<u32>,
 }
 
@@ -134,8 +145,7 @@ impl Listener {
             socket,
             shared,
             kernel,
-            config,
-            buckets: HashMap::new(),
+            limiter: RateLimiter::new(config.rate),
             nested: HashMap::new(),
             asked: HashSet::new(),
         }
@@ -143,7 +153,6 @@ impl Listener {
 
     /// Serves until the socket fails for good.
     pub fn run(mut self) {
-        raise_priority();
         let mut failures = 0u32;
         loop {
             match self.drain(true) {
@@ -196,9 +205,15 @@ impl Listener {
         if d.ancillary {
             return self.drop_marker(reason::ANCILLARY_DATA);
         }
-        let Some(creds) = d.creds else {
+        // Pid 0: a sender outside the agent's pid namespace, whose memory cannot be read.
+        let Some(creds) = d.creds.filter(|c| c.pid != 0) else {
             return self.drop_marker(reason::NO_CREDENTIALS);
         };
+        let now = boot_ns();
+        // The uid first: a flood costs the agent this and nothing more.
+        if !self.limiter.take_uid(creds.uid, now) {
+            return self.drop_marker(reason::UID_RATE_LIMITED);
+        }
         if d.truncated {
             return self.drop_marker(MarkerError::TooLong.reason());
         }
@@ -207,52 +222,42 @@ impl Listener {
             Err(e) => return self.drop_marker(e.reason()),
         };
         let pid = creds.pid;
-        let now = boot_ns();
-        if !self.take_token(pid, now) {
-            return self.drop_marker(reason::RATE_LIMITED);
+        let cgroup = self
+            .shared
+            .state()
+            .table
+            .get(pid)
+            .map(|p| p.cgroup_id)
+            .filter(|id| *id != 0);
+        if let Some(id) = cgroup
+            && !self.limiter.take_cgroup(id, now)
+        {
+            return self.drop_marker(reason::CGROUP_RATE_LIMITED);
         }
+        let who = Principal {
+            uid: creds.uid,
+            cgroup,
+        };
         // Read memory first: the job has just begun or ended.
         let mut snap = self.snapshot(pid, now);
         let tid = marker.tid.and_then(|t| self.verify_tid(pid, t));
         keep_threads(&mut snap.threads, tid);
-        let first = self.asked.insert(pid);
         let mut state = self.shared.state();
         if marker.tid.is_some() && tid.is_none() {
             state.tasks.counters.tid_unverified += 1;
         }
-        state.tasks.on_marker(pid, &marker, tid, snap);
-        if first {
-            // The first marker of a process: from now on its threads are counted.
-            let changes = threads::request_for_sender(&mut state, pid);
+        state.tasks.on_marker(pid, who, &marker, tid, snap);
+        // Only the operator turns per-thread accounting on (it attaches host-wide probes):
+        // for the processes of the uids given with --threads-for-uid.
+        if state.threads.opted_in(who.uid) && !self.asked.contains(&pid) {
+            let changes = threads::request_for_sender(&mut state, pid, who);
             drop(state);
+            self.asked.insert(pid);
             let refused = self.kernel.want(&changes);
             if !refused.is_empty() {
                 self.shared.state().threads.refused_by_kernel(&refused);
             }
-        }
-        if self.asked.len() > MAX_TRACKED {
-            self.asked.clear();
-        }
-    }
-
-    fn take_token(&mut self, pid: u32, now: u64) -> bool {
-        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&pid) {
-            // Many senders: start everyone afresh rather than grow without bound.
-            self.buckets.clear();
-        }
-        let (rate, burst) = (self.config.rate_per_sec, self.config.burst);
-        let b = self.buckets.entry(pid).or_insert(Bucket {
-            tokens: burst,
-            at_ns: now,
-        });
-        let elapsed = now.saturating_sub(b.at_ns) as f64 / 1e9;
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.at_ns = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
+            bound(&mut self.asked, |pid| alive(*pid));
         }
     }
 
@@ -285,9 +290,7 @@ impl Listener {
     /// The marker's `tid=` in the agent's pid namespace, if it is a thread of `pid`; the tid
     /// is the sender's claim, in the sender's namespace.
     fn verify_tid(&mut self, pid: u32, tid: u32) -> Option<u32> {
-        if self.nested.len() >= MAX_TRACKED {
-            self.nested.clear();
-        }
+        bound_map(&mut self.nested, |pid| alive(*pid));
         let nested = *self
             .nested
             .entry(pid)
@@ -306,52 +309,28 @@ impl Listener {
     }
 }
 
-/// Asks the scheduler to run this thread first when a marker wakes it: the sender goes on
-/// with its job at once, and every microsecond of wake-up latency moves the job's first
-/// allocations before its `begin` sample. Nice -20 alone is not enough with EEVDF, which lets
-/// the running task finish its slice (~3 ms); a short slice of its own (Linux >= 6.12) lets
-/// the listener preempt at wake-up. It stays a normal (not real-time) thread: each marker
-/// costs it a few microseconds, senders are rate-limited, so the priority buys little CPU.
-fn raise_priority() {
-    /// `struct sched_attr` (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER1.
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-        util_min: u32,
-        util_max: u32,
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Keeps a per-process cache within [`MAX_TRACKED`]: entries of processes that are gone go
+/// first; only if every one is alive is the cache started afresh (it is a cache: what it
+/// forgets is read again).
+fn bound(set: &mut HashSet<u32>, alive: impl Fn(&u32) -> bool) {
+    if set.len() > MAX_TRACKED {
+        set.retain(|pid| alive(pid));
+        if set.len() > MAX_TRACKED {
+            set.clear();
+        }
     }
-    let attr = SchedAttr {
-        size: size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: 0,
-        nice: -20,
-        priority: 0,
-        // The shortest slice the kernel accepts: 100 us.
-        runtime: 100_000,
-        deadline: 0,
-        period: 0,
-        util_min: 0,
-        util_max: 0,
-    };
-    // SAFETY: attr is a valid sched_attr of the size it states; 0 means this thread.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if rc == 0 {
-        return;
-    }
-    // Older kernels reject a slice for normal threads: settle for the nice value.
-    // SAFETY: setpriority has no memory preconditions; who=0 is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } != 0 {
-        log::debug!(
-            "cannot raise the task listener's priority: {}",
-            io::Error::last_os_error()
-        );
+}
+
+fn bound_map<V>(map: &mut HashMap<u32, V>, alive: impl Fn(&u32) -> bool) {
+    if map.len() >= MAX_TRACKED {
+        map.retain(|pid, _| alive(pid));
+        if map.len() >= MAX_TRACKED {
+            map.clear();
+        }
     }
 }
 
@@ -445,11 +424,20 @@ mod tests {
     }
 
     fn setup(name: &str, config: ListenerConfig) -> Setup {
+        setup_opted(name, config, &[])
+    }
+
+    /// With per-thread accounting for markers from these uids.
+    fn setup_opted(name: &str, config: ListenerConfig, uids: &[u32]) -> Setup {
         let dir = std::env::temp_dir().join(format!("leakscope-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("tasks.sock");
         let socket = TaskSocket::bind(&SocketOptions::new(&path)).unwrap();
         let mut state = AgentState::new(Settings::default());
+        state.threads = threads::Threads::new(threads::ThreadsConfig {
+            marker_uids: uids.to_vec(),
+            ..threads::ThreadsConfig::default()
+        });
         state.threads.available = true;
         let shared = Arc::new(Shared::new(state, None));
         let kernel = Arc::new(FakeKernel::default());
@@ -481,9 +469,14 @@ mod tests {
         unsafe { libc::gettid() as u32 }
     }
 
+    fn euid() -> u32 {
+        // SAFETY: no preconditions.
+        unsafe { libc::geteuid() }
+    }
+
     #[test]
     fn a_job_is_measured_with_the_kernel_given_pid() {
-        let mut s = setup("listen-job", ListenerConfig::default());
+        let mut s = setup_opted("listen-job", ListenerConfig::default(), &[euid()]);
         let tid = gettid();
         s.send(format!("LS1 begin app.leak job=j1 tid={tid}").as_bytes());
         s.send(format!("LS1 end app.leak job=j1 tid={tid} status=ok\n").as_bytes());
@@ -497,7 +490,7 @@ mod tests {
         assert_eq!(job.retained_bytes, 4 * MIB);
         assert_eq!(job.source, Source::Kernel);
         assert_eq!(state.tasks.counters.received, 2);
-        // The sender was asked for per-thread accounting once.
+        // Its uid is opted in: the sender was asked for per-thread accounting once.
         assert_eq!(
             *s.kernel.wanted.lock().unwrap(),
             [(std::process::id(), true)]
@@ -506,6 +499,22 @@ mod tests {
             state.threads.wanted.get(&std::process::id()),
             Some(&threads::WantReason::Markers)
         );
+    }
+
+    #[test]
+    fn markers_from_a_uid_not_opted_in_turn_nothing_on() {
+        let mut s = setup_opted("listen-noopt", ListenerConfig::default(), &[euid() + 1]);
+        s.send(b"LS1 begin app.t job=1");
+        s.send(b"LS1 end app.t job=1");
+        assert_eq!(s.drain(), 2);
+        let state = s.shared.state();
+        assert_eq!(
+            state.tasks.get("app.t").unwrap().runs,
+            1,
+            "measured all the same"
+        );
+        assert!(s.kernel.wanted.lock().unwrap().is_empty());
+        assert!(state.threads.wanted.is_empty());
     }
 
     #[test]
@@ -603,8 +612,10 @@ mod tests {
         let mut s = setup(
             "listen-flood",
             ListenerConfig {
-                rate_per_sec: 0.001,
-                burst: 3.0,
+                rate: Rate {
+                    per_sec: 0.001,
+                    burst: 3.0,
+                },
             },
         );
         let qlen = s.listener.socket.queue_len as usize;
@@ -628,7 +639,7 @@ mod tests {
         let state = s.shared.state();
         assert_eq!(state.tasks.counters.received, 3, "the burst");
         assert_eq!(
-            state.tasks.counters.dropped[reason::RATE_LIMITED],
+            state.tasks.counters.dropped[reason::UID_RATE_LIMITED],
             sent as u64 - 3
         );
         assert_eq!(state.tasks.counters.queue_full, 1);
@@ -649,6 +660,19 @@ mod tests {
         assert_eq!(tids[0], 3, "the marker's thread first");
         assert_eq!(tids[1], 40, "then the busiest");
         assert!(!tids.contains(&4));
+    }
+
+    #[test]
+    fn caches_stay_bounded_and_keep_live_processes() {
+        let mut set: HashSet<u32> = (0..MAX_TRACKED as u32 + 1).collect();
+        bound(&mut set, |pid| *pid < 10);
+        assert_eq!(set.len(), 10, "the gone went, the live stayed");
+        let mut set: HashSet<u32> = (0..MAX_TRACKED as u32 + 1).collect();
+        bound(&mut set, |_| true);
+        assert!(set.is_empty(), "all alive: started afresh");
+        let mut map: HashMap<u32, bool> = (0..MAX_TRACKED as u32).map(|p| (p, true)).collect();
+        bound_map(&mut map, |pid| *pid % 2 == 0);
+        assert_eq!(map.len(), MAX_TRACKED / 2);
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! `leakscope_task_runs_total`, `leakscope_task_retained_bytes` (histogram),
 //! `leakscope_task_leak_suspected`. Marker traffic: `leakscope_markers_received_total`,
 //! `leakscope_markers_dropped_total{reason}` (every reason from the start),
-//! `leakscope_marker_queue_full_total`, `leakscope_task_jobs_abandoned_total`.
+//! `leakscope_marker_queue_full_total`, `leakscope_task_jobs_abandoned_total`. Shares of the
+//! agent's tables refused to a uid or cgroup: `leakscope_share_refused_total{table,owner}`.
 
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
-use super::jobs::{Histogram, RETAINED_BUCKETS};
+use super::{
+    budget::Over,
+    jobs::{Histogram, RETAINED_BUCKETS},
+};
 use crate::state::AgentState;
 
 pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -91,6 +95,25 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
         .iter()
         .map(|(reason, n)| counter(&[("reason", reason)], *n as f64))
         .collect();
+    let mut refused = Vec::new();
+    for over in Over::ALL {
+        let owner = over.label();
+        let names = c.names_refused.get(owner).copied().unwrap_or(0);
+        refused.push(counter(
+            &[("table", "task_names"), ("owner", owner)],
+            names as f64,
+        ));
+        let threads = state.threads.share_refused(over);
+        refused.push(counter(
+            &[("table", "thread_processes"), ("owner", owner)],
+            threads as f64,
+        ));
+    }
+    // Pools are charged to their parent's uid only.
+    refused.push(counter(
+        &[("table", "pools"), ("owner", Over::Uid.label())],
+        state.pools.share_refused as f64,
+    ));
     vec![
         family(
             "leakscope_task_runs_total",
@@ -127,9 +150,20 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
         family(
             "leakscope_markers_dropped_total",
             "Task markers dropped, by reason: malformed (the parser's reasons), no credentials, \
-             ancillary data, rate limited, unmatched end, too many open jobs.",
+             ancillary data, the sender's uid or cgroup over its rate (uid_rate_limited, \
+             cgroup_rate_limited) or its share of open jobs (uid_open_jobs_share, \
+             cgroup_open_jobs_share), unmatched end, too many open jobs.",
             MetricType::COUNTER,
             dropped,
+        ),
+        family(
+            "leakscope_share_refused_total",
+            "Entries of a shared table refused because the uid or cgroup (owner) behind them \
+             already held its share (a quarter, at least a floor): task names (their runs go \
+             to task=\"(overflow)\"), processes with per-thread accounting, worker pools. \
+             Open jobs refused this way are dropped markers (reason *_open_jobs_share).",
+            MetricType::COUNTER,
+            refused,
         ),
         family(
             "leakscope_marker_queue_full_total",
@@ -147,7 +181,7 @@ mod tests {
     use crate::{
         state::Settings,
         table::Source,
-        tasks::{jobs::Snapshot, protocol::parse},
+        tasks::{budget::Principal, jobs::Snapshot, protocol::parse},
     };
 
     fn state() -> AgentState {
@@ -171,7 +205,19 @@ mod tests {
     fn drop_reasons_exist_at_zero_before_any_marker() {
         let text = render(families(&state()));
         assert!(text.contains("leakscope_markers_dropped_total{reason=\"bad_magic\"} 0"));
-        assert!(text.contains("leakscope_markers_dropped_total{reason=\"rate_limited\"} 0"));
+        for reason in [
+            "uid_rate_limited",
+            "cgroup_rate_limited",
+            "uid_open_jobs_share",
+        ] {
+            let line = format!("leakscope_markers_dropped_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line}");
+        }
+        for table in ["task_names", "thread_processes", "pools"] {
+            let line =
+                format!("leakscope_share_refused_total{{table=\"{table}\",owner=\"uid\"}} 0");
+            assert!(text.contains(&line), "{line}");
+        }
         assert!(text.contains("leakscope_markers_received_total 0"));
         assert!(!text.contains("leakscope_task_runs_total{"));
     }
@@ -187,9 +233,10 @@ mod tests {
         };
         for i in 0..3 {
             let b = parse(b"LS1 begin app.t").unwrap();
-            s.tasks.on_marker(1, &b, None, snap(i, 0));
+            let who = Principal::uid(0);
+            s.tasks.on_marker(1, who, &b, None, snap(i, 0));
             let e = parse(b"LS1 end app.t").unwrap();
-            s.tasks.on_marker(1, &e, None, snap(i, 2 << 20));
+            s.tasks.on_marker(1, who, &e, None, snap(i, 2 << 20));
         }
         let text = render(families(&s));
         assert!(

@@ -25,6 +25,7 @@ use crate::{
 pub struct PerJob {
     threads: Option<Arc<ThreadMaps>>,
     socket: Option<TaskSocket>,
+    listener: ListenerConfig,
 }
 
 /// Running parts; dropping it stops the loops and removes the socket file.
@@ -52,6 +53,7 @@ impl PerJob {
         state.threads = threads::Threads::new(ThreadsConfig {
             matchers: Selector::new(args.threads_for.clone()),
             has_matchers: !args.threads_for.is_empty(),
+            marker_uids: args.threads_for_uid.clone(),
             max_processes: args.max_thread_processes as usize,
             top_n: args.top_threads as usize,
         });
@@ -78,11 +80,16 @@ impl PerJob {
             };
             match TaskSocket::bind(&opts) {
                 Ok(s) => {
+                    let (names, jobs, _) = state.tasks.shares();
                     info!(
-                        "task markers on {} (mode {:04o}, queue {} datagrams)",
+                        "task markers on {} (mode {:04o}, queue {} datagrams); each uid or \
+                         cgroup: {} markers/s, {names} task names, {jobs} open jobs; \
+                         per-thread accounting for markers from uids {:?}",
                         s.path().display(),
                         s.mode,
-                        s.queue_len
+                        s.queue_len,
+                        args.marker_rate,
+                        args.threads_for_uid,
                     );
                     state.tasks.socket = Some(SocketStatus {
                         path: s.path().display().to_string(),
@@ -98,7 +105,11 @@ impl PerJob {
                 }
             }
         };
-        Self { threads, socket }
+        Self {
+            threads,
+            socket,
+            listener: ListenerConfig::with_rate(args.marker_rate),
+        }
     }
 
     /// Starts the listener thread and the interval loops.
@@ -118,7 +129,7 @@ impl PerJob {
                 procs,
                 threads: self.threads.clone(),
             });
-            let listener = Listener::new(socket, shared.clone(), kernel, ListenerConfig::default());
+            let listener = Listener::new(socket, shared.clone(), kernel, self.listener);
             if let Err(e) = std::thread::Builder::new()
                 .name("leakscope-tasks".into())
                 .spawn(move || listener.run())

@@ -1,0 +1,274 @@
+//! `investigate --out DIR`, which runs as root: reports go only into a directory that
+//! leakscope created or that its user owns and alone can write, and every file is written
+//! through a descriptor of that directory, so a symbolic link planted by another user can
+//! neither redirect the directory nor a file in it.
+
+use std::{
+    fs::File,
+    io::{self, Write as _},
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use rustix::{
+    fs::{self as rfs, AtFlags, Mode, OFlags},
+    io::Errno,
+};
+
+const WHAT_TO_DO: &str = "give a directory only you can write to, or a path that does not \
+                          exist yet (leakscope then creates it, mode 0700)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutDirError {
+    #[error("--out {dir}: {what}: {cause}")]
+    Io {
+        dir: String,
+        what: String,
+        cause: io::Error,
+    },
+    #[error(
+        "refusing --out {dir}: it is a symbolic link, which leakscope does not follow; \
+         {WHAT_TO_DO}"
+    )]
+    Symlink { dir: String },
+    #[error("refusing --out {dir}: it exists and is not a directory")]
+    NotDirectory { dir: String },
+    #[error(
+        "refusing to write reports into {dir}: it is owned by uid {owner} (mode {mode:04o}), \
+         not by uid {euid} that leakscope runs as, and its owner could redirect them; \
+         {WHAT_TO_DO}"
+    )]
+    NotOwned {
+        dir: String,
+        owner: u32,
+        mode: u32,
+        euid: u32,
+    },
+    #[error(
+        "refusing to write reports into {dir}: it is group- or world-writable (owner uid \
+         {owner}, mode {mode:04o}), so another user could swap files in it; \
+         `chmod go-w` it, or {WHAT_TO_DO}"
+    )]
+    Writable { dir: String, owner: u32, mode: u32 },
+}
+
+/// An output directory that passed the checks, held open.
+pub struct OutDir {
+    fd: OwnedFd,
+    shown: String,
+}
+
+impl OutDir {
+    /// Opens `path` as a directory without following a symbolic link in its last component,
+    /// creating it (mode 0700) when missing, and refuses it unless it belongs to this user
+    /// and no one else can write into it.
+    pub fn open(path: &Path) -> Result<Self, OutDirError> {
+        // A trailing slash makes the kernel follow a symbolic link despite O_NOFOLLOW;
+        // rebuilding from components drops it (and `.` components).
+        let path: PathBuf = path.components().collect();
+        let shown = path.display().to_string();
+        let io_err = |what: &str, e: io::Error| OutDirError::Io {
+            dir: shown.clone(),
+            what: what.to_owned(),
+            cause: e,
+        };
+        let fd = match open_dir(&path) {
+            Err(Errno::NOENT) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| io_err("creating its parent directories", e))?;
+                }
+                // Someone may create it first (EEXIST): then it is judged like any other
+                // existing directory below.
+                match rfs::mkdir(&path, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(io_err("creating it", e.into())),
+                }
+                open_dir(&path)
+            }
+            other => other,
+        };
+        let fd = fd.map_err(|e| match e {
+            Errno::LOOP | Errno::NOTDIR => match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => OutDirError::Symlink { dir: shown.clone() },
+                _ => OutDirError::NotDirectory { dir: shown.clone() },
+            },
+            e => io_err("opening it", e.into()),
+        })?;
+        let st = rfs::fstat(&fd).map_err(|e| io_err("reading its owner", e.into()))?;
+        let (owner, mode) = (st.st_uid, st.st_mode & 0o7777);
+        let euid = rustix::process::geteuid().as_raw();
+        if owner != euid {
+            return Err(OutDirError::NotOwned {
+                dir: shown,
+                owner,
+                mode,
+                euid,
+            });
+        }
+        if mode & 0o022 != 0 {
+            return Err(OutDirError::Writable {
+                dir: shown,
+                owner,
+                mode,
+            });
+        }
+        Ok(Self { fd, shown })
+    }
+
+    /// The directory as given, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Writes `name` in full or not at all: into a new temporary file, synced, then renamed
+    /// over `name`. A rename replaces whatever entry `name` is, a symbolic link included,
+    /// and never writes through it.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), OutDirError> {
+        debug_assert!(!name.contains('/') && !name.starts_with('.'), "{name}");
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let err = |what: &str, e: io::Error| OutDirError::Io {
+            dir: self.shown.clone(),
+            what: format!("{what} {name}"),
+            cause: e,
+        };
+        let created = match self.create(&tmp) {
+            // Left by an earlier run that died, in a directory no one else can write to.
+            Err(Errno::EXIST) => {
+                let _ = rfs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+                self.create(&tmp)
+            }
+            other => other,
+        };
+        let mut file =
+            File::from(created.map_err(|e| err("creating a temporary file for", e.into()))?);
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| err("writing", e))
+            .and_then(|()| {
+                rfs::renameat(&self.fd, &tmp, &self.fd, name)
+                    .map_err(|e| err("renaming the temporary file to", e.into()))
+            });
+        if written.is_err() {
+            let _ = rfs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        }
+        written
+    }
+
+    fn create(&self, tmp: &str) -> rustix::io::Result<OwnedFd> {
+        rfs::openat(
+            &self.fd,
+            tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+    }
+}
+
+fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
+
+    use super::*;
+
+    /// A fresh directory of this test's own, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("leakscope-outdir-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_0700_and_files_replace_links() {
+        let scratch = Scratch::new("create");
+        let victim = scratch.0.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let dir = scratch.0.join("a/b/out");
+        let out = OutDir::open(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+        symlink(&victim, dir.join("report.json")).unwrap();
+        out.write("report.json", b"{}").unwrap();
+        let written = std::fs::symlink_metadata(dir.join("report.json")).unwrap();
+        assert!(written.file_type().is_file());
+        assert_eq!(std::fs::read(dir.join("report.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["report.json"]);
+    }
+
+    #[test]
+    fn a_symlink_is_refused_even_with_a_trailing_slash() {
+        let scratch = Scratch::new("symlink");
+        let real = scratch.0.join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = scratch.0.join("link");
+        symlink(&real, &link).unwrap();
+        for given in [link.clone(), PathBuf::from(format!("{}/", link.display()))] {
+            let e = OutDir::open(&given).err().expect("a symlink was accepted");
+            assert!(matches!(e, OutDirError::Symlink { .. }), "{e}");
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+        }
+        let file = scratch.0.join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = OutDir::open(&file).err().unwrap();
+        assert!(matches!(e, OutDirError::NotDirectory { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_with_its_mode() {
+        let scratch = Scratch::new("writable");
+        for mode in [0o770, 0o757, 0o1777] {
+            std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = OutDir::open(&scratch.0).err().expect("accepted");
+            let text = e.to_string();
+            assert!(
+                matches!(e, OutDirError::Writable { mode: m, .. } if m == mode),
+                "{e}"
+            );
+            assert!(
+                text.contains(&format!("mode {mode:04o}"))
+                    && text.contains(&scratch.0.display().to_string()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stale_temporary_file_does_not_block_a_write() {
+        let scratch = Scratch::new("stale");
+        let out = OutDir::open(&scratch.0).unwrap();
+        let stale = scratch
+            .0
+            .join(format!(".growth.txt.{}.tmp", std::process::id()));
+        std::fs::write(&stale, "old").unwrap();
+        out.write("growth.txt", b"new").unwrap();
+        assert_eq!(std::fs::read(scratch.0.join("growth.txt")).unwrap(), b"new");
+        assert!(!stale.exists());
+    }
+}
