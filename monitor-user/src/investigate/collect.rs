@@ -75,7 +75,7 @@ pub fn read_growth(
             };
             // Faulted pages count while they are still held; address space counts as added.
             let (bytes, count) = match (source, &retained) {
-                (Source::PageFault, Some(per)) => {
+                (Source::PageFault, Ok(per)) => {
                     let samples = per.get(&key.stack_id).copied().unwrap_or(0);
                     faulted += value.bytes;
                     kept += page_bytes(samples);
@@ -93,15 +93,20 @@ pub fn read_growth(
         })
         .filter(|r| r.bytes > 0)
         .collect();
-    let mut notes = vec![match retained {
-        Some(_) => format!(
+    let mut notes = vec![match &retained {
+        Ok(_) => format!(
             "page_fault rows: pages faulted in and still held at the end ({} of {} faulted in; \
              the rest was released); mmap/brk rows: address space added",
             bytesize::ByteSize(kept),
             bytesize::ByteSize(faulted)
         ),
-        None => "page_fault rows count every page faulted in, released or not: the process \
-                 was gone before its pages could be checked"
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "page_fault rows count every page faulted in, released or not: \
+             /proc/{}/pagemap could not be read ({e})",
+            target.pid
+        ),
+        Err(_) => "page_fault rows count every page faulted in, released or not: the process \
+                   was gone before its pages could be checked"
             .to_owned(),
     }];
     notes.extend(growth.off.iter().cloned());

@@ -172,9 +172,9 @@ impl Growth {
     /// Sampled pages of `pid` still resident or swapped out now, and not released since
     /// their sample, per stack id of the fault that brought each in. None when
     /// /proc/PID/pagemap cannot be read (the process exited).
-    pub fn retained(&self, pid: u32) -> Option<HashMap<i32, u64>> {
+    pub fn retained(&self, pid: u32) -> std::io::Result<HashMap<i32, u64>> {
         use std::os::unix::fs::FileExt as _;
-        let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).ok()?;
+        let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
         let page_size = page_size();
         let samples: Vec<(u64, PageSample)> = self
             .pages
@@ -205,7 +205,7 @@ impl Growth {
                 *per.entry(sample.stack_id as i32).or_default() += 1;
             }
         }
-        Some(per)
+        Ok(per)
     }
 
     /// Sampled growth entries per process (for the agent's self-metrics).

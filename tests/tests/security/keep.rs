@@ -11,8 +11,10 @@ use integration_tests::{
     Agent, MemHog, SharedTmp, Spawned, agent_bin, kernel_tests_enabled, wait_for,
 };
 
-/// Names of the BPF programs loaded on the host now.
-fn loaded_programs() -> Vec<String> {
+/// Ids of the BPF programs of this project loaded on the host now (every one of the agent's
+/// and investigate's programs is named with one of these prefixes).
+fn our_programs() -> std::collections::BTreeSet<u64> {
+    const PREFIXES: &[&str] = &["rss_", "sched_", "oom_", "mem_", "growth_", "alloc_"];
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -25,23 +27,35 @@ fn loaded_programs() -> Vec<String> {
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     progs
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                .collect()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| PREFIXES.iter().any(|x| n.starts_with(x)))
         })
-        .unwrap_or_default()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
 }
 
-/// Programs this project loads: every one of the agent's and investigate's is named so.
-fn ours(programs: &[String]) -> usize {
-    const PREFIXES: &[&str] = &[
-        "rss_", "sched_", "oom_", "mem_", "growth_", "alloc_", "free_",
-    ];
-    programs
-        .iter()
-        .filter(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
-        .count()
+/// Waits for programs of `killed` (pid) to load, kills it, and checks every program that came
+/// with it is gone: ids, not counts, so another test's agent still exiting cannot confuse it.
+fn killing_releases_everything(before: &std::collections::BTreeSet<u64>, killed: u32) {
+    let came = wait_for(Duration::from_secs(20), || {
+        let now: Vec<u64> = our_programs().difference(before).copied().collect();
+        (!now.is_empty()).then_some(now)
+    })
+    .expect("no program was loaded");
+    kill(killed);
+    let gone = wait_for(Duration::from_secs(15), || {
+        let now = our_programs();
+        came.iter().all(|id| !now.contains(id)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "programs {came:?} outlived SIGKILL: {:?}",
+        our_programs()
+    );
 }
 
 fn kill(pid: u32) {
@@ -54,16 +68,11 @@ fn a_killed_agent_or_investigate_leaves_nothing_in_the_kernel() {
     if !kernel_tests_enabled("a_killed_agent_or_investigate_leaves_nothing_in_the_kernel") {
         return;
     }
-    let before = ours(&loaded_programs());
-
+    let before = our_programs();
     let agent = Agent::start(&["--no-task-socket"]);
-    assert!(ours(&loaded_programs()) > before, "{:?}", loaded_programs());
-    kill(agent.pid());
-    let gone = wait_for(Duration::from_secs(15), || {
-        (ours(&loaded_programs()) == before).then_some(())
-    });
-    assert!(gone.is_some(), "after SIGKILL: {:?}", loaded_programs());
+    killing_releases_everything(&before, agent.pid());
 
+    let before = our_programs();
     let hog = MemHog::spawn(&[]);
     let investigate = Spawned::new(
         Command::new(agent_bin())
@@ -72,15 +81,7 @@ fn a_killed_agent_or_investigate_leaves_nothing_in_the_kernel() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    let loaded = wait_for(Duration::from_secs(20), || {
-        (ours(&loaded_programs()) > before).then_some(())
-    });
-    assert!(loaded.is_some(), "investigate loaded nothing");
-    kill(investigate.pid());
-    let gone = wait_for(Duration::from_secs(15), || {
-        (ours(&loaded_programs()) == before).then_some(())
-    });
-    assert!(gone.is_some(), "after SIGKILL: {:?}", loaded_programs());
+    killing_releases_everything(&before, investigate.pid());
 }
 
 #[test]
