@@ -181,8 +181,8 @@ check("every alert has a firing and a non-firing unit test", problems)
 
 # ---------------------------------------------------------------- metric names in queries
 # A standalone copy for deploy/ on its own; the authoritative check is
-# tests/tests/prometheus.rs (dashboard_and_rules_name_only_exported_metrics), which reads
-# METRIC_NAMES from monitor-user/src/metrics.rs.
+# tests/tests/prometheus.rs (dashboard_and_rules_name_only_exported_metrics), against
+# leakscope-api/src/metrics.rs (ALL).
 ALLOWED = {
     "leakscope_process_rss_bytes", "leakscope_process_peak_rss_bytes",
     "leakscope_processes_tracked", "leakscope_processes_overflow",

@@ -22,6 +22,18 @@ pub const THREAD_WANT_MAP: &str = "THREAD_WANT";
 /// so each process re-reads its flag once instead of looking it up on every page fault.
 pub const THREAD_CONFIG_MAP: &str = "THREAD_CONFIG";
 
+/// Names of the object's globals (`Global<T>` statics in monitor-ebpf, which must carry these
+/// exact names), set by the user side at load time.
+pub mod globals {
+    pub const RSS_STAT_OFFSETS: &str = "RSS_STAT_OFFSETS";
+    pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
+    pub const NEWTASK_OFFSETS: &str = "NEWTASK_OFFSETS";
+    pub const EXIT_OFFSETS: &str = "EXIT_OFFSETS";
+    pub const MARK_VICTIM_OFFSETS: &str = "MARK_VICTIM_OFFSETS";
+    pub const SYSCALL_OFFSETS: &str = "SYSCALL_OFFSETS";
+    pub const ALLOC_SAMPLE_BYTES: &str = "ALLOC_SAMPLE_BYTES";
+}
+
 /// Default capacity of [`THREADS_MAP`].
 pub const DEFAULT_MAX_THREADS: u32 = 16_384;
 /// Default capacity of [`THREAD_WANT_MAP`].

@@ -2,33 +2,27 @@
 
 use std::{
     os::fd::{AsRawFd, RawFd},
-    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context as _;
-use aya::maps::RingBuf;
 use log::{info, warn};
-use monitor_common::{EVENTS_MAP, ProcStats};
+use monitor_common::ProcStats;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    bpf::{layout::Layout, maps::KernelMaps, object::AgentSizes},
     caps::CapSet,
     cli::RunArgs,
     detector::DetectorConfig,
+    host::proc::{self, ProcError},
     http,
     investigate::auto::{self, AutoGrowth},
-    loader::{self, KernelMaps, Options},
-    proc::{self, ProcError},
     select::Selector,
     shared::Shared,
     state::{AgentState, Settings, boot_ns},
-    tracefs,
 };
-
-/// The kernel object built by build.rs, aligned as aya needs it.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
 const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -75,53 +69,48 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::shutdown::Signals::install().context("installing the signal handlers")?;
     // Bind first: a port in use should fail before anything is loaded into the kernel.
     let listener = http::bind(args.listen).await?;
-    if OBJECT.is_empty() {
-        anyhow::bail!("this binary was built with AYA_BUILD_SKIP: it carries no BPF object");
-    }
+    crate::bpf::object::present()?;
     bump_memlock_rlimit();
 
-    let tracefs = tracefs::ensure_mounted();
-    if let Err(e) = &tracefs {
-        state.notes.push(e.to_string());
+    let layout = Layout::read_mounting();
+    if let Err(e) = &layout.tracefs {
+        state.notes.push(e.clone());
     }
-    let tracefs_path: Option<PathBuf> = tracefs.as_ref().ok().cloned();
-    let btf = crate::btf::kernel_layout(std::path::Path::new(crate::btf::VMLINUX))
-        .map_err(|e| e.to_string());
-    let opts = Options {
-        tracefs: tracefs.as_deref(),
-        btf,
+    let sizes = AgentSizes {
         max_kernel_processes: args.max_kernel_processes,
-        break_probes: &args.break_probe,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
+        stacks: crate::investigate::endpoint::AGENT_CAPACITY,
     };
     release_freed_memory();
-    let mut loaded = loader::load(OBJECT, &opts).context("loading the BPF programs")?;
+    let kernel = Arc::new(
+        crate::bpf::object::load_agent(&layout, &sizes).context("loading the BPF programs")?,
+    );
     release_freed_memory();
-    for p in &loaded.probes {
+    // Held for the agent's whole life: dropping it detaches the probes.
+    let probes = crate::bpf::probes::attach_agent(&kernel, &layout, &args.break_probe);
+    let (syscall_status, syscalls) =
+        crate::threads::prepare(kernel.clone(), &layout.syscalls, &args.break_probe);
+    state.probes = probes.statuses.clone();
+    state.probes.push(syscall_status);
+    for p in &state.probes {
         match &p.error {
             None => info!("probe {} attached to {}", p.name, p.tracepoint),
             Some(e) => warn!("probe {} is OFF: {e}; {}", p.name, p.fallback),
         }
     }
-    if let Some(root) = &tracefs_path {
+    if let Ok(root) = &layout.tracefs {
         info!("tracefs at {}", root.display());
     }
     // Kept alive for the agent's whole life: dropping it closes the log map.
-    let logger = aya_log::EbpfLogger::init(&mut loaded.ebpf)
+    let logger = kernel
+        .logger()
         .map_err(|e| warn!("kernel-side log is off: {e}"))
         .ok();
     // Shared with the task-marker listener, which reads a process's entry at each marker.
-    let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf).context("opening kernel maps")?);
-    let per_job = crate::tasks::run::PerJob::prepare(&mut loaded.ebpf, &mut state, &args);
-    let events = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .context("EVENTS map missing from the object")?,
-    )
-    .context("opening the EVENTS ring buffer")?;
-    state.probes = loaded.probes.clone();
+    let maps = Arc::new(KernelMaps::take(&kernel).context("opening kernel maps")?);
+    let per_job = crate::tasks::run::PerJob::prepare(&kernel, syscalls, &mut state, &args);
+    let events = crate::bpf::maps::events(&kernel).context("opening the EVENTS ring buffer")?;
 
     // Seed after attaching, so a process born in between is seen by one or the other.
     match proc::read_all() {
@@ -145,29 +134,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
 
-    // The object moves to the profiler, which attaches growth programs on request only, and
-    // the per-thread syscall probes while some process has per-thread accounting.
-    let _programs = match crate::investigate::profiler::Profiler::new(
-        loaded.ebpf,
+    // Growth programs are attached on request only (and for --auto-growth).
+    match crate::investigate::profiler::Profiler::new(
+        kernel.clone(),
         Duration::from_secs(crate::investigate::endpoint::MAX_SECONDS),
         args.auto_growth_max_duration,
     ) {
-        Ok(mut p) => {
-            p.syscalls = loaded.syscalls;
-            shared.set_profiler(p);
-            None
-        }
-        Err((e, mut ebpf)) => {
-            warn!("/debug/pprof/growth is off: {e}");
-            // Nobody could attach them later: attach them now.
-            if let Some(mut s) = loaded.syscalls
-                && let Err(e) = s.attach(&mut ebpf)
-            {
-                shared.state().probe_failed(crate::threads::PROBE_NAME, e);
-            }
-            Some(ebpf)
-        }
-    };
+        Ok(p) => shared.set_profiler(p),
+        Err(e) => warn!("/debug/pprof/growth is off: {e}"),
+    }
     let events_task = tokio::spawn(event_loop(shared.clone()));
     let per_job = per_job.start(shared.clone(), maps.clone(), args.interval);
     let auto_growth = args.auto_growth.then_some(AutoGrowth {
@@ -221,6 +196,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Stops its loops and removes the task socket's file.
     drop(per_job);
+    // The probes go last, with everything that read what they count.
+    drop(probes);
     result.map_err(Into::into)
 }
 
@@ -318,7 +295,12 @@ async fn interval_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        sync_once(&maps, &shared);
+        // Map iteration and /proc reads block: off the async workers, so scrapes and
+        // /healthz never wait behind them.
+        let (m, s) = (maps.clone(), shared.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&m, &s)).await {
+            warn!("interval sync failed: {e}");
+        }
         if let Some(profiler) = shared.profiler() {
             let leaking = auto_growth.map(|_| shared.state().leakers());
             let mut profiler = profiler.lock().await;
@@ -393,8 +375,8 @@ fn adopt_unknown(
     }
 }
 
-/// Decides selection (and any `--limit`) for processes that have lived at least half a
-/// second, so short-lived forks never cost a /proc read.
+/// Decides selection (and any `--limit`) for processes that have settled
+/// ([`crate::table::settled`]), so short-lived forks never cost a /proc read.
 fn evaluate_selection(shared: &Shared) {
     let now = boot_ns();
     let (pending, selector, limits) = {
@@ -404,7 +386,7 @@ fn evaluate_selection(shared: &Shared) {
             .iter()
             // No cgroup path: never read, or the process moved to another cgroup since.
             .filter(|p| p.selected.is_none() || p.cgroup_path.is_none())
-            .filter(|p| now.saturating_sub(p.start_ns) >= 500_000_000 || p.start_ns == 0)
+            .filter(|p| crate::table::settled(p.start_ns, now))
             .take(PROC_READS_PER_INTERVAL)
             .map(|p| (p.pid, p.comm.clone()))
             .collect();
@@ -480,10 +462,7 @@ fn refresh_from_proc(shared: &Shared, rss_probe_off: bool) {
 /// Without the exit probe, a process is gone when its /proc entry is.
 fn drop_vanished(shared: &Shared) {
     let pids: Vec<u32> = shared.state().table.iter().map(|p| p.pid).collect();
-    let gone: Vec<u32> = pids
-        .into_iter()
-        .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .collect();
+    let gone: Vec<u32> = pids.into_iter().filter(|pid| !proc::exists(*pid)).collect();
     let mut state = shared.state();
     for pid in gone {
         state.table.remove(pid);

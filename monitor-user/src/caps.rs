@@ -1,6 +1,6 @@
 //! Which capabilities the agent holds, so a missing one is named rather than guessed at.
 
-use std::fs;
+use crate::host::proc::{self, ProcError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
@@ -44,20 +44,9 @@ pub const OPTIONAL: [Capability; 3] = [CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_
 pub struct CapSet(u64);
 
 impl CapSet {
-    /// The effective set of this process, from `/proc/self/status`.
-    pub fn current() -> std::io::Result<Self> {
-        let status = fs::read_to_string("/proc/self/status")?;
-        Self::from_status(&status).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "no CapEff in /proc/self/status",
-            )
-        })
-    }
-
-    pub fn from_status(status: &str) -> Option<Self> {
-        let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-        u64::from_str_radix(hex.trim(), 16).ok().map(Self)
+    /// The effective set of this process.
+    pub fn current() -> Result<Self, ProcError> {
+        proc::own_effective_caps().map(Self)
     }
 
     pub fn has(self, cap: Capability) -> bool {
@@ -83,7 +72,7 @@ mod tests {
 
     #[test]
     fn root_has_everything() {
-        let caps = CapSet::from_status("Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
+        let caps = CapSet(0x0000_01ff_ffff_ffff);
         assert!(caps.missing_required().is_empty());
         assert!(caps.missing_optional().is_empty());
     }
@@ -103,6 +92,12 @@ mod tests {
     #[test]
     fn unprivileged_misses_both() {
         assert_eq!(CapSet(0).missing_required().len(), 2);
-        assert!(CapSet::from_status("Name: x\n").is_none());
+    }
+
+    #[test]
+    fn the_agent_reads_its_own_set() {
+        // capget(2) asks the kernel directly, without /proc.
+        let kernel = rustix::thread::capabilities(None).unwrap().effective.bits();
+        assert_eq!(CapSet::current().unwrap(), CapSet(kernel));
     }
 }

@@ -51,16 +51,14 @@ mod tests {
         use std::path::PathBuf;
 
         use crate::{
+            bpf::{BpfError, tracefs::TracefsError},
             http::HttpError,
             investigate::{
                 flame::FlameError, growth::GrowthError, maps_snapshot::MapsError,
-                out_dir::OutDirError, pprof::DecodeError, target::TargetError, tracer::TracerError,
+                out_dir::OutDirError, pprof::DecodeError, target::TargetError,
             },
             kube::KubeError,
-            loader::LoadError,
             tasks::socket::SocketError,
-            threads::ThreadsError,
-            tracefs::TracefsError,
             web::WebConfigError,
         };
 
@@ -103,16 +101,8 @@ mod tests {
                 addr: "10.0.0.1:443".into(),
                 cause: io(),
             }),
-            Box::new(LoadError::Map {
+            Box::new(BpfError::Map {
                 name: "PROCS",
-                cause: map(),
-            }),
-            Box::new(ThreadsError::Map {
-                name: "THREADS",
-                cause: map(),
-            }),
-            Box::new(TracerError::Map {
-                name: "STACKS",
                 cause: map(),
             }),
             Box::new(GrowthError::from(map())),

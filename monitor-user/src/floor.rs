@@ -4,7 +4,6 @@
 //! program on those hooks from the cost of the agent's own programs.
 
 use anyhow::Context as _;
-use aya::{EbpfLoader, programs::RawTracePoint};
 
 /// (program, raw tracepoint): the same hooks the agent's raw-tracepoint programs use.
 const FLOOR: [(&str, &str); 3] = [
@@ -15,16 +14,11 @@ const FLOOR: [(&str, &str); 3] = [
 
 pub async fn run() -> anyhow::Result<()> {
     crate::agent::bump_memlock_rlimit();
-    let mut ebpf = EbpfLoader::new()
-        .load(crate::agent::OBJECT)
-        .context("loading the eBPF object")?;
-    for (program, tracepoint) in FLOOR {
-        let prog: &mut RawTracePoint =
-            crate::loader::program(&mut ebpf, program).map_err(anyhow::Error::msg)?;
-        prog.load().with_context(|| format!("loading {program}"))?;
-        prog.attach(tracepoint)
-            .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
-    }
+    let kernel = crate::bpf::object::load_floor().context("loading the eBPF object")?;
+    let _links = FLOOR
+        .iter()
+        .map(|(program, tracepoint)| kernel.attach_raw_tracepoint(program, tracepoint))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut signals =
         crate::shutdown::Signals::install().context("installing the signal handlers")?;
     // The benchmark waits for this line before it measures, and may stop us right after.

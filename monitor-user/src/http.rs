@@ -20,6 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use leakscope_api::{OomResponse, Overflow, PoolsResponse, ProcessesResponse, paths};
 use serde::Deserialize;
 
 use crate::{metrics, shared::Shared};
@@ -77,10 +78,10 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
 pub fn router(state: Arc<Shared>, access: Access) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/api/v1/processes", get(processes_handler))
-        .route("/api/v1/pools", get(pools_handler))
-        .route("/api/v1/oom", get(oom_handler))
-        .route("/api/v1/tasks", get(crate::tasks::api::handler))
+        .route(paths::PROCESSES, get(processes_handler))
+        .route(paths::POOLS, get(pools_handler))
+        .route(paths::OOM, get(oom_handler))
+        .route(paths::TASKS, get(crate::tasks::api::handler))
         .route(
             "/debug/pprof/growth",
             get(crate::investigate::endpoint::growth_handler),
@@ -205,38 +206,44 @@ async fn processes_handler(
         .map(|p| state.process_json(p, own.contains(&p.pid)))
         .collect();
     list.sort_by_key(|p| std::cmp::Reverse(p.resident_bytes));
-    Json(serde_json::json!({
-        "processes": list,
-        "overflow": export.overflow,
-    }))
+    Json(ProcessesResponse {
+        processes: list,
+        overflow: Overflow {
+            processes: export.overflow.processes as u64,
+            rss: export.overflow.rss,
+        },
+    })
     .into_response()
 }
 
 async fn pools_handler(State(state): State<Arc<Shared>>) -> Response {
     let state = state.current();
-    let pools: Vec<_> = state
+    let pools = state
         .pools
         .iter()
         .map(|pool| {
-            let mut pool = pool.clone();
-            pool.children = state
+            let mut shown = leakscope_api::Pool::from(pool);
+            shown.children = state
                 .table
                 .iter()
                 .filter(|p| p.ppid == pool.parent_pid && p.comm == pool.comm)
-                .count();
-            pool
+                .count() as u64;
+            shown
         })
         .collect();
-    Json(serde_json::json!({
-        "pools": pools,
-        "overflow_recycles": state.pools.overflow_recycles,
-    }))
+    Json(PoolsResponse {
+        pools,
+        overflow_recycles: state.pools.overflow_recycles,
+    })
     .into_response()
 }
 
 async fn oom_handler(State(state): State<Arc<Shared>>) -> Response {
     let state = state.current();
-    Json(serde_json::json!({ "oom_kills": state.ooms.recent })).into_response()
+    Json(OomResponse {
+        oom_kills: state.ooms.recent.iter().map(Into::into).collect(),
+    })
+    .into_response()
 }
 
 async fn health_handler(State(state): State<Arc<Shared>>) -> Response {

@@ -2,24 +2,23 @@
 //! serves it as Prometheus metrics and JSON.
 
 pub mod agent;
-pub mod btf;
+pub mod bpf;
 pub mod caps;
 pub mod cli;
 pub mod container;
 pub mod detector;
 pub mod error;
 pub mod floor;
+pub mod host;
 pub mod http;
 pub mod investigate;
 pub mod kube;
 pub mod leaks;
 pub mod limits;
-pub mod loader;
 pub mod metrics;
 pub mod oom;
 pub mod peer;
 pub mod pools;
-pub mod proc;
 pub mod select;
 pub mod shared;
 pub mod shutdown;
@@ -27,5 +26,5 @@ pub mod state;
 pub mod table;
 pub mod tasks;
 pub mod threads;
-pub mod tracefs;
 pub mod web;
+pub mod wire;

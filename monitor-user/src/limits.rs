@@ -9,9 +9,10 @@ use std::{
     str::FromStr,
 };
 
+use procfs::process::MountInfo;
 use serde::Serialize;
 
-use crate::select::Matcher;
+use crate::{host::proc, select::Matcher};
 
 /// v1 reports "no limit" as a huge page-aligned number.
 const V1_UNLIMITED: u64 = 1 << 60;
@@ -105,29 +106,19 @@ pub struct CgroupRoots {
 
 impl CgroupRoots {
     pub fn discover() -> Self {
-        fs::read_to_string("/proc/self/mountinfo")
-            .map(|m| Self::from_mountinfo(&m))
+        proc::own_mounts()
+            .map(|m| Self::from_mounts(&m))
             .unwrap_or_default()
     }
 
-    /// Mount points from `/proc/self/mountinfo` lines such as
-    /// `35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw`.
-    pub fn from_mountinfo(text: &str) -> Self {
+    /// The first cgroup2 mount, and the first v1 mount with the memory controller.
+    pub fn from_mounts(mounts: &[MountInfo]) -> Self {
         let mut roots = Self::default();
-        for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mount_point = left.split_whitespace().nth(4);
-            let mut right = right.split_whitespace();
-            let fstype = right.next();
-            let options = right.nth(1).unwrap_or("");
-            match (fstype, mount_point) {
-                (Some("cgroup2"), Some(mp)) if roots.v2.is_none() => roots.v2 = Some(mp.into()),
-                (Some("cgroup"), Some(mp))
-                    if roots.v1_memory.is_none() && options.split(',').any(|o| o == "memory") =>
-                {
-                    roots.v1_memory = Some(mp.into());
+        for m in mounts {
+            match m.fs_type.as_str() {
+                "cgroup2" if roots.v2.is_none() => roots.v2 = Some(m.mount_point.clone()),
+                "cgroup" if roots.v1_memory.is_none() && m.super_options.contains_key("memory") => {
+                    roots.v1_memory = Some(m.mount_point.clone());
                 }
                 _ => {}
             }
@@ -267,19 +258,30 @@ mod tests {
         assert_eq!(parse_limit("garbage"), None);
     }
 
+    /// Mounts as `/proc/self/mountinfo` lists them.
+    fn mounts(lines: &[&str]) -> Vec<MountInfo> {
+        lines
+            .iter()
+            .map(|l| MountInfo::from_line(l).unwrap())
+            .collect()
+    }
+
     #[test]
     fn mountinfo_finds_both_hierarchies() {
-        let m = "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n\
-                 31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
-                 32 25 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        let r = CgroupRoots::from_mountinfo(m);
+        let m = mounts(&[
+            "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate",
+            "31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory",
+            "32 25 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu",
+        ]);
+        let r = CgroupRoots::from_mounts(&m);
         assert_eq!(r.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
         assert_eq!(
             r.v1_memory.as_deref(),
             Some(Path::new("/sys/fs/cgroup/memory"))
         );
-        let pure_v2 =
-            CgroupRoots::from_mountinfo("1 2 0:3 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let pure_v2 = CgroupRoots::from_mounts(&mounts(&[
+            "1 2 0:3 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw",
+        ]));
         assert_eq!(pure_v2.v2.as_deref(), Some(Path::new("/sys/fs/cgroup")));
         assert!(pure_v2.v1_memory.is_none());
     }

@@ -1,6 +1,7 @@
 //! Prometheus exposition, built from the agent's state at scrape time (as ebpf_exporter does):
 //! nothing is kept for processes that have exited, so their series disappear with them.
 
+use leakscope_api::metrics as names;
 use monitor_common::{Counter, RssKind};
 use prometheus::{
     Encoder, TextEncoder,
@@ -8,53 +9,6 @@ use prometheus::{
 };
 
 use crate::state::AgentState;
-
-/// Every metric name the agent can export; the dashboard and alert tests check against it.
-pub const METRIC_NAMES: &[&str] = &[
-    "leakscope_process_rss_bytes",
-    "leakscope_process_peak_rss_bytes",
-    "leakscope_process_rss_growth_bytes_per_second",
-    "leakscope_process_leak_suspected",
-    "leakscope_process_leak_confidence",
-    "leakscope_process_time_to_limit_seconds",
-    "leakscope_process_memory_limit_bytes",
-    "leakscope_pool_recycles_total",
-    "leakscope_pool_leak_suspected",
-    "leakscope_pool_children",
-    "leakscope_pod_info",
-    "leakscope_oom_kills_total",
-    "leakscope_processes_tracked",
-    "leakscope_processes_overflow",
-    "leakscope_probe_attached",
-    "leakscope_probe_events_total",
-    "leakscope_probe_events_lost_total",
-    "leakscope_rss_events_ignored_total",
-    "leakscope_kernel_map_entries",
-    "leakscope_kernel_map_evictions_total",
-    "leakscope_proc_read_errors_total",
-    "leakscope_agent_degraded",
-    "leakscope_build_info",
-    // The HTTP server's own bounds (web.rs).
-    "leakscope_http_connections_open",
-    "leakscope_http_connections_refused_total",
-    "leakscope_http_write_timeouts_total",
-    "leakscope_http_connections_dropped_at_shutdown_total",
-    "leakscope_http_auth_bcrypt_verifications_total",
-    "leakscope_http_auth_rate_limited_total",
-    // Per job (tasks/metrics.rs) and per thread (threads.rs).
-    "leakscope_task_runs_total",
-    "leakscope_task_retained_bytes",
-    "leakscope_task_leak_suspected",
-    "leakscope_task_jobs_abandoned_total",
-    "leakscope_markers_received_total",
-    "leakscope_markers_dropped_total",
-    "leakscope_marker_queue_full_total",
-    "leakscope_share_refused_total",
-    "leakscope_thread_rss_growth_bytes",
-    "leakscope_thread_mapped_growth_bytes",
-    "leakscope_threads_processes",
-    "leakscope_thread_tracking_refused_total",
-];
 
 pub const OVERFLOW_LABEL: &str = "overflow";
 
@@ -158,7 +112,7 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
 /// series of their own, when the Kubernetes API named them (kube.rs): join on `pod_uid`.
 fn pod_families(state: &AgentState) -> Vec<MetricFamily> {
     let mut info = gauge(
-        "leakscope_pod_info",
+        names::POD_INFO,
         "Name and namespace of a pod whose processes have series (from the Kubernetes API).",
     );
     let uids: std::collections::BTreeSet<&str> = state
@@ -184,23 +138,23 @@ fn pod_families(state: &AgentState) -> Vec<MetricFamily> {
 
 fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
     let mut rate = gauge(
-        "leakscope_process_rss_growth_bytes_per_second",
+        names::PROCESS_RSS_GROWTH_BYTES_PER_SECOND,
         "Robust (Theil-Sen) growth rate of resident memory over the detector's window.",
     );
     let mut suspected = gauge(
-        "leakscope_process_leak_suspected",
+        names::PROCESS_LEAK_SUSPECTED,
         "1 when the detector's verdict is `leaking` (growth that holds, with a rising floor).",
     );
     let mut confidence = gauge(
-        "leakscope_process_leak_confidence",
+        names::PROCESS_LEAK_CONFIDENCE,
         "Confidence in the detector's verdict, 0 to 1.",
     );
     let mut ttl = gauge(
-        "leakscope_process_time_to_limit_seconds",
+        names::PROCESS_TIME_TO_LIMIT_SECONDS,
         "Seconds until the nearest memory limit at the current growth rate (only while growing).",
     );
     let mut limit = gauge(
-        "leakscope_process_memory_limit_bytes",
+        names::PROCESS_MEMORY_LIMIT_BYTES,
         "The nearest memory limit: the cgroup's or one given with --limit.",
     );
     for p in state.export().own {
@@ -233,14 +187,14 @@ fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
 
 fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
     let mut recycles = counter(
-        "leakscope_pool_recycles_total",
+        names::POOL_RECYCLES_TOTAL,
         "Children of a worker pool that exited while the pool lived on, by reason.",
     );
     let mut suspected = gauge(
-        "leakscope_pool_leak_suspected",
+        names::POOL_LEAK_SUSPECTED,
         "1 when a pool's children keep growing before they are recycled, or are recycled for memory.",
     );
-    let mut children = gauge("leakscope_pool_children", "Live children of a worker pool.");
+    let mut children = gauge(names::POOL_CHILDREN, "Live children of a worker pool.");
     for pool in state.pools.iter() {
         let name = || vec![("pool", pool.pool.clone())];
         for reason in crate::pools::RecycleReason::ALL {
@@ -260,7 +214,7 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
         children.push(name(), live as f64);
     }
     let mut ooms = counter(
-        "leakscope_oom_kills_total",
+        names::OOM_KILLS_TOTAL,
         "Processes the kernel's OOM killer chose (oom:mark_victim), by name, pool and cgroup.",
     );
     for (v, n) in state.ooms.counts() {
@@ -284,11 +238,11 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
 fn process_families(state: &AgentState) -> Vec<MetricFamily> {
     let export = state.export();
     let mut rss = gauge(
-        "leakscope_process_rss_bytes",
+        names::PROCESS_RSS_BYTES,
         "Resident memory of a process by kind, from the kernel's own counters (kmem:rss_stat).",
     );
     let mut peak = gauge(
-        "leakscope_process_peak_rss_bytes",
+        names::PROCESS_PEAK_RSS_BYTES,
         "Highest resident memory (file+anon+shmem) of the process's current address space.",
     );
     for p in &export.own {
@@ -316,12 +270,12 @@ fn process_families(state: &AgentState) -> Vec<MetricFamily> {
         }
     }
     let mut tracked = gauge(
-        "leakscope_processes_tracked",
+        names::PROCESSES_TRACKED,
         "Processes in the agent's table (every process with memory of its own).",
     );
     tracked.push(vec![], state.table.len() as f64);
     let mut overflow = gauge(
-        "leakscope_processes_overflow",
+        names::PROCESSES_OVERFLOW,
         "Selected processes beyond --max-processes, summed into the pid=\"overflow\" series.",
     );
     overflow.push(vec![], export.overflow.processes as f64);
@@ -336,14 +290,14 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
     };
 
     let mut attached = gauge(
-        "leakscope_probe_attached",
+        names::PROBE_ATTACHED,
         "1 when the probe is attached, 0 when the kernel refused it (see /healthz for why).",
     );
     for p in &state.probes {
         attached.push(probe(p.name), f64::from(u8::from(p.attached)));
     }
     let mut events = counter(
-        "leakscope_probe_events_total",
+        names::PROBE_EVENTS_TOTAL,
         "Events handled by each probe in the kernel.",
     );
     events
@@ -354,7 +308,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         .push(probe("oom_mark_victim"), c(Counter::OomEvents))
         .push(probe(crate::threads::PROBE_NAME), c(Counter::MemSyscalls));
     let mut lost_f = counter(
-        "leakscope_probe_events_lost_total",
+        names::PROBE_EVENTS_LOST_TOTAL,
         "Events a probe could not record, by reason.",
     );
     lost_f
@@ -369,7 +323,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         )
         .push(lost("threads", "map_full"), c(Counter::ThreadInsertFailed));
     let mut ignored = counter(
-        "leakscope_rss_events_ignored_total",
+        names::RSS_EVENTS_IGNORED_TOTAL,
         "rss_stat events that belong to no tracked address space (fork copies, exit teardown, \
          the old mm of an exec).",
     );
@@ -383,7 +337,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
             c(Counter::RssStaleMm),
         );
     let mut entries = gauge(
-        "leakscope_kernel_map_entries",
+        names::KERNEL_MAP_ENTRIES,
         "Entries in the kernel's per-process (procs) and per-thread (threads) maps.",
     );
     entries.push(vec![("map", "procs".into())], state.kernel_entries as f64);
@@ -392,12 +346,12 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         state.threads.entries as f64,
     );
     let mut sampled = gauge(
-        "leakscope_growth_sampled_processes",
+        names::GROWTH_SAMPLED_PROCESSES,
         "Processes whose growth stacks are being sampled, for a profile request or --auto-growth.",
     );
     sampled.push(vec![], state.growth_sampled.len() as f64);
     let mut evictions = counter(
-        "leakscope_kernel_map_evictions_total",
+        names::KERNEL_MAP_EVICTIONS_TOTAL,
         "Entries the kernel's LRU maps (procs, threads) evicted to make room.",
     );
     evictions.push(
@@ -409,7 +363,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
         state.threads.evictions(state) as f64,
     );
     let mut proc_errors = counter(
-        "leakscope_proc_read_errors_total",
+        names::PROC_READ_ERRORS_TOTAL,
         "Failed reads of /proc/<pid> other than a process exiting mid-read.",
     );
     proc_errors
@@ -422,11 +376,11 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
             state.proc_errors.other as f64,
         );
     let mut degraded = gauge(
-        "leakscope_agent_degraded",
+        names::AGENT_DEGRADED,
         "1 when a probe is off or the agent lacks something it needs; /healthz says what.",
     );
     degraded.push(vec![], f64::from(u8::from(state.health().degraded)));
-    let mut build = gauge("leakscope_build_info", "Build of the running agent.");
+    let mut build = gauge(names::BUILD_INFO, "Build of the running agent.");
     build.push(
         vec![
             ("version", env!("CARGO_PKG_VERSION").into()),
@@ -468,7 +422,7 @@ pub fn render(state: &AgentState) -> Result<String, prometheus::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proc::ProcSnapshot;
+    use crate::host::proc::ProcSnapshot;
 
     const MIB: u64 = 1 << 20;
 
@@ -540,7 +494,7 @@ mod tests {
     #[test]
     fn empty_table_still_renders_self_metrics() {
         let mut state = state_with(&[], 10);
-        state.probes.push(crate::loader::ProbeStatus {
+        state.probes.push(crate::bpf::probes::ProbeStatus {
             name: "rss_stat",
             tracepoint: "kmem:rss_stat".into(),
             attached: true,
@@ -551,7 +505,7 @@ mod tests {
         assert!(!text.contains("leakscope_process_rss_bytes"));
         assert!(line(&text, "leakscope_agent_degraded 0").is_some());
         assert!(text.contains("leakscope_build_info{version="));
-        for name in METRIC_NAMES
+        for name in names::ALL
             .iter()
             .filter(|n| !n.starts_with("leakscope_process_") && !n.starts_with("leakscope_pool_"))
             .filter(|n| **n != "leakscope_oom_kills_total")
@@ -563,6 +517,18 @@ mod tests {
         {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn the_api_crate_lists_exactly_the_families_the_agent_builds() {
+        // families() builds every family, with series or not: its names are all the agent
+        // can export, and leakscope_api's list is what dashboards and alerts are checked against.
+        let built: std::collections::BTreeSet<String> = families(&state_with(&[], 10))
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let listed = names::ALL.iter().map(|n| n.to_string()).collect();
+        assert_eq!(built, listed);
     }
 
     #[test]

@@ -162,19 +162,6 @@ impl Pool {
     }
 }
 
-/// The real uid of a process (`Uid:` in /proc/PID/status), which is what the kernel gives a
-/// task-marker receiver in `SCM_CREDENTIALS`; `None` once it has gone.
-pub fn process_uid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Pools by (parent pid, child name), bounded, with a share per uid.
 #[derive(Debug)]
 pub struct Pools {
@@ -193,7 +180,7 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(max_pools: usize) -> Self {
-        Self::with_uids(max_pools, process_uid)
+        Self::with_uids(max_pools, crate::host::proc::real_uid)
     }
 
     /// With another way to learn a parent's uid (tests).
@@ -446,14 +433,6 @@ mod tests {
                 .is_some()
         );
         assert_eq!(pools.share_refused, 34);
-    }
-
-    #[test]
-    fn a_process_uid_is_read_from_proc() {
-        // SAFETY: no preconditions.
-        let uid = unsafe { libc::getuid() };
-        assert_eq!(process_uid(std::process::id()), Some(uid));
-        assert_eq!(process_uid(u32::MAX), None);
     }
 
     #[test]

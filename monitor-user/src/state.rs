@@ -4,14 +4,14 @@ use monitor_common::{Counter, EventKind, LifecycleEvent, RssKind};
 use serde::Serialize;
 
 use crate::{
-    detector::{Assessment, DetectorConfig},
+    bpf::probes::ProbeStatus,
+    detector::DetectorConfig,
     leaks::{self, LeakState},
     limits::{CgroupRoots, ConfiguredLimit, Limit, LimitCache, LimitSource, nearest},
-    loader::ProbeStatus,
     oom::{OomKills, OomRecord, Victim},
     pools::{Pools, RecycleReason},
     select::{Selector, cap_largest},
-    table::{Process, ProcessTable, Source, comm_str},
+    table::{Process, ProcessTable, comm_str},
 };
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -292,25 +292,29 @@ impl AgentState {
         (boot_ns as i128 - self.boot_to_unix_ns) as f64 / 1e9
     }
 
-    pub fn process_json(&self, p: &Process, own_series: bool) -> ProcessJson {
+    /// A selected process as `/api/v1/processes` serves it.
+    pub fn process_json(&self, p: &Process, own_series: bool) -> leakscope_api::Process {
         let kind = |k: RssKind| p.rss(k).0;
-        ProcessJson {
+        let source = |k: RssKind| p.rss(k).1.into();
+        let limit = p.leak.as_ref().and_then(|l| l.limit);
+        leakscope_api::Process {
             pid: p.pid,
             ppid: p.ppid,
             comm: p.comm.clone(),
             start_time_seconds: self.unix_seconds(p.start_ns),
             cgroup_id: p.cgroup_id,
             cgroup: p.cgroup_path.clone(),
-            runtime: p.container.runtime,
+            runtime: p.container.runtime.into(),
             container_id: p.container.container_id.clone(),
             pod_uid: p.container.pod_uid.clone(),
             pod: p
                 .container
                 .pod_uid
                 .as_deref()
-                .and_then(|uid| self.pods.get(uid)),
-            qos: p.container.qos,
-            rss_bytes: RssJson {
+                .and_then(|uid| self.pods.get(uid))
+                .map(Into::into),
+            qos: p.container.qos.map(Into::into),
+            rss_bytes: leakscope_api::RssBytes {
                 anon: kind(RssKind::Anon),
                 file: kind(RssKind::File),
                 shmem: kind(RssKind::Shmem),
@@ -318,19 +322,26 @@ impl AgentState {
             },
             resident_bytes: p.resident_bytes(),
             peak_rss_bytes: p.peak_bytes(),
-            leak: p.leak.as_ref().map(|l| l.assessment.clone()),
-            memory_limit_bytes: p.leak.as_ref().and_then(|l| l.limit).map(|l| l.limit_bytes),
-            memory_limit_source: p.leak.as_ref().and_then(|l| l.limit).map(|l| l.source),
+            leak: p.leak.as_ref().map(|l| (&l.assessment).into()),
+            memory_limit_bytes: limit.map(|l| l.limit_bytes),
+            memory_limit_source: limit.map(|l| l.source.into()),
             time_to_limit_seconds: p.leak.as_ref().and_then(|l| l.time_to_limit_secs),
             pool: self.pools.name_of(p.ppid, &p.comm).map(str::to_string),
-            source: SourceJson {
-                anon: p.rss(RssKind::Anon).1,
-                file: p.rss(RssKind::File).1,
-                shmem: p.rss(RssKind::Shmem).1,
-                swap: p.rss(RssKind::Swap).1,
+            source: leakscope_api::RssSources {
+                anon: source(RssKind::Anon),
+                file: source(RssKind::File),
+                shmem: source(RssKind::Shmem),
+                swap: source(RssKind::Swap),
             },
-            series: if own_series { "own" } else { "overflow" },
-            threads: self.threads.top_of(p.pid).map(<[_]>::to_vec),
+            series: if own_series {
+                leakscope_api::Series::Own
+            } else {
+                leakscope_api::Series::Overflow
+            },
+            threads: self
+                .threads
+                .top_of(p.pid)
+                .map(|top| top.iter().map(Into::into).collect()),
             growth_sampled: self.growth_sampled.contains(&p.pid),
         }
     }
@@ -361,63 +372,6 @@ impl AgentState {
             })
             .collect()
     }
-}
-
-#[derive(Debug, Serialize)]
-pub struct RssJson {
-    pub anon: u64,
-    pub file: u64,
-    pub shmem: u64,
-    pub swap: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SourceJson {
-    pub anon: Source,
-    pub file: Source,
-    pub shmem: Source,
-    pub swap: Source,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ProcessJson {
-    pub pid: u32,
-    pub ppid: u32,
-    pub comm: String,
-    pub start_time_seconds: f64,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    /// Container runtime named by the cgroup path (`unknown` outside containers).
-    pub runtime: crate::container::Runtime,
-    /// 64-hex container id, when the cgroup path names one.
-    pub container_id: Option<String>,
-    /// Kubernetes pod UID, when the process runs in a pod.
-    pub pod_uid: Option<String>,
-    /// The pod's namespace and name, when the Kubernetes API could be asked (in a cluster).
-    pub pod: Option<crate::kube::PodName>,
-    /// Kubernetes QoS class of the pod (guaranteed, burstable, besteffort).
-    pub qos: Option<crate::container::QosClass>,
-    pub rss_bytes: RssJson,
-    pub resident_bytes: u64,
-    pub peak_rss_bytes: u64,
-    /// The detector's verdict and its evidence; absent until the first sample.
-    pub leak: Option<Assessment>,
-    pub memory_limit_bytes: Option<u64>,
-    /// `cgroup` or `configured`.
-    pub memory_limit_source: Option<LimitSource>,
-    pub time_to_limit_seconds: Option<f64>,
-    /// Pool the process works in, when its parent runs a pool of its name.
-    pub pool: Option<String>,
-    /// Where each number comes from: `kernel` (kmem:rss_stat), or `proc` until the kernel has
-    /// reported that kind for the process's current address space.
-    pub source: SourceJson,
-    /// Whether the process has series of its own in /metrics or is summed into the overflow.
-    pub series: &'static str,
-    /// Top threads by the memory growth they caused, when the process has per-thread
-    /// accounting (it sends task markers, or matches --threads-for).
-    pub threads: Option<Vec<crate::threads::ThreadView>>,
-    /// Whether the agent samples this process's growth stacks (--auto-growth).
-    pub growth_sampled: bool,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
 use serde::Serialize;
 
-use crate::{container::ContainerInfo, leaks::LeakState, proc::ProcSnapshot};
+use crate::{container::ContainerInfo, host::proc::ProcSnapshot, leaks::LeakState};
 
 /// Where a number came from: the kernel's own counters, or a `/proc` read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -15,6 +15,16 @@ pub enum Source {
     Kernel,
     Proc,
     Unknown,
+}
+
+/// How long a process lives before the agent decides about it with /proc reads (selection,
+/// `--threads-for`): short-lived forks never cost one.
+pub const SETTLE_NS: u64 = 500_000_000;
+
+/// Whether a process started at `start_ns` has lived [`SETTLE_NS`] by `now_ns`. A start of 0
+/// is unknown, and counts as long ago.
+pub fn settled(start_ns: u64, now_ns: u64) -> bool {
+    start_ns == 0 || now_ns.saturating_sub(start_ns) >= SETTLE_NS
 }
 
 #[derive(Clone, Debug)]
@@ -231,6 +241,14 @@ impl ProcessTable {
         self.procs.remove(&pid)
     }
 
+    /// The parent of `pid` when it is a worker pool's parent: a prefork master and its workers
+    /// share one name. Init (and pid 1 of a container) is nobody's pool.
+    pub fn pool_parent(&self, pid: u32) -> Option<u32> {
+        let p = self.get(pid)?;
+        let parent = self.get(p.ppid)?;
+        (p.ppid > 1 && parent.comm == p.comm).then_some(p.ppid)
+    }
+
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
     }
@@ -305,6 +323,36 @@ mod tests {
             rss: [0, anon, 0, 0],
             peak_bytes: anon,
         }
+    }
+
+    #[test]
+    fn a_process_settles_after_half_a_second() {
+        assert!(!settled(1_000, 1_000 + SETTLE_NS - 1));
+        assert!(settled(1_000, 1_000 + SETTLE_NS));
+        assert!(settled(0, 1), "an unknown start is long ago");
+        assert!(!settled(5_000, 1_000), "a start after now is not settled");
+    }
+
+    #[test]
+    fn a_pool_parent_has_its_child_name_and_is_not_init() {
+        let mut t = ProcessTable::default();
+        let proc = |pid, ppid, comm: &str| ProcSnapshot {
+            ppid,
+            comm: comm.into(),
+            ..snapshot(pid, 0)
+        };
+        t.seed([
+            proc(1, 0, "celery"),
+            proc(10, 1, "celery"),
+            proc(11, 10, "celery"),
+            proc(12, 10, "bash"),
+            proc(13, 99, "celery"),
+        ]);
+        assert_eq!(t.pool_parent(11), Some(10));
+        assert_eq!(t.pool_parent(12), None, "another name");
+        assert_eq!(t.pool_parent(10), None, "init is nobody's pool");
+        assert_eq!(t.pool_parent(13), None, "a parent the table does not know");
+        assert_eq!(t.pool_parent(14), None);
     }
 
     #[test]

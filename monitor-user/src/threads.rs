@@ -17,44 +17,28 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::fd::AsFd as _,
-    path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use aya::{
-    Ebpf,
     maps::{Array, HashMap as BpfHashMap, Map, MapData},
-    programs::{TracePoint, trace_point::TracePointLinkId},
     sys::SyscallError,
 };
+use leakscope_api::metrics as names;
 use monitor_common::{
     Counter, SyscallOffsets, THREAD_CONFIG_MAP, THREAD_WANT_MAP, THREADS_MAP, ThreadStats,
 };
 use serde::Serialize;
 
-use crate::loader::NO_SUCH_TRACEPOINT;
-
 use crate::{
-    loader::ProbeStatus,
+    bpf::{BpfError, Kernel, Link, NO_SUCH_TRACEPOINT, probes::ProbeStatus},
     select::Selector,
     shared::Shared,
     state::{AgentState, boot_ns},
     table::comm_str,
     tasks::budget::{Over, Principal, Shares},
-    tracefs::{Format, TracefsError},
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum ThreadsError {
-    #[error("map {0} is missing from the BPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {}", crate::error::chain(.cause))]
-    Map {
-        name: &'static str,
-        cause: aya::maps::MapError,
-    },
-}
 
 /// Threads read from `/proc/<pid>/task` for one snapshot, at most: a process with thousands of
 /// threads must not stall the marker listener.
@@ -68,31 +52,6 @@ const DECISIONS_PER_INTERVAL: usize = 256;
 const SHARE_FLOOR: usize = 8;
 
 // ---- loading -----------------------------------------------------------------------------
-
-/// Offsets of the syscall tracepoint fields the mem programs read, or why they are unusable.
-pub fn read_layout(tracefs: Result<&Path, &TracefsError>) -> Result<SyscallOffsets, String> {
-    let root = tracefs.map_err(|e| e.to_string())?;
-    let fmt = |name: &str| Format::read(root, "syscalls", name).map_err(|e| e.to_string());
-    let off = |f: &Format, field: &str| f.offset(field).map_err(|e| e.to_string());
-    let mmap = fmt("sys_enter_mmap")?;
-    let munmap = fmt("sys_enter_munmap")?;
-    let mremap = fmt("sys_enter_mremap")?;
-    let exit = fmt("sys_exit_mmap")?;
-    let brk = fmt("sys_enter_brk")?;
-    let madvise = fmt("sys_enter_madvise")?;
-    Ok(SyscallOffsets {
-        mmap_len: off(&mmap, "len")?,
-        munmap_len: off(&munmap, "len")?,
-        mremap_old_len: off(&mremap, "old_len")?,
-        mremap_new_len: off(&mremap, "new_len")?,
-        ret: off(&exit, "ret")?,
-        brk: off(&brk, "brk")?,
-        munmap_addr: off(&munmap, "addr")?,
-        madvise_start: off(&madvise, "start")?,
-        madvise_len: off(&madvise, "len_in")?,
-        madvise_behavior: off(&madvise, "behavior")?,
-    })
-}
 
 /// The address-space probes: one enter program per syscall and one exit program shared by all.
 const SYSCALLS: [(&str, &str); 4] = [
@@ -109,7 +68,7 @@ const FALLBACK: &str = "per-thread mapped/unmapped bytes are not counted (page f
 /// Loads (verifies) the syscall programs; they are attached only while some process has
 /// per-thread accounting ([`SyscallProbes`]).
 pub fn prepare(
-    ebpf: &mut Ebpf,
+    kernel: Arc<Kernel>,
     layout: &Result<SyscallOffsets, String>,
     break_probes: &[String],
 ) -> (ProbeStatus, Option<SyscallProbes>) {
@@ -120,7 +79,7 @@ pub fn prepare(
     let result = layout
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|_| load_all(ebpf));
+        .and_then(|_| load_all(&kernel));
     if let Err(e) = &result {
         log::debug!("mem syscall probes off: {e}");
     }
@@ -135,6 +94,7 @@ pub fn prepare(
         fallback: FALLBACK,
     };
     let probes = result.ok().map(|()| SyscallProbes {
+        kernel,
         broken: break_probes.iter().any(|b| b == PROBE_NAME),
         links: Vec::new(),
         idle_since: None,
@@ -143,17 +103,11 @@ pub fn prepare(
     (status, probes)
 }
 
-fn load_all(ebpf: &mut Ebpf) -> Result<(), String> {
+fn load_all(kernel: &Kernel) -> Result<(), String> {
     for program in std::iter::once(EXIT_PROGRAM).chain(SYSCALLS.iter().map(|(_, p)| *p)) {
-        tracepoint(ebpf, program)?
-            .load()
-            .map_err(|e| format!("the verifier rejected {program}: {e}"))?;
+        kernel.load_tracepoint(program).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-fn tracepoint<'e>(ebpf: &'e mut Ebpf, program: &str) -> Result<&'e mut TracePoint, String> {
-    crate::loader::program(ebpf, program)
 }
 
 /// The per-thread syscall programs, attached on demand. While attached, `syscalls:*`
@@ -161,9 +115,11 @@ fn tracepoint<'e>(ebpf: &'e mut Ebpf, program: &str) -> Result<&'e mut TracePoin
 /// (a `dd bs=1` loop ran 14% slower here), so they are attached only while some process has
 /// per-thread accounting, and detached once none has had it for [`IDLE_BEFORE_DETACH`].
 pub struct SyscallProbes {
+    kernel: Arc<Kernel>,
     /// Fault injection: attach to a tracepoint that does not exist.
     broken: bool,
-    links: Vec<(&'static str, TracePointLinkId)>,
+    /// In attach order; dropping one detaches it.
+    links: Vec<Link>,
     idle_since: Option<std::time::Instant>,
     /// The kernel refused once: the probe is off, not retried every interval.
     refused: bool,
@@ -177,17 +133,17 @@ impl SyscallProbes {
     }
 
     /// Attaches or detaches for `wanted` (whether some process has per-thread accounting).
-    pub fn follow(&mut self, ebpf: &mut Ebpf, wanted: bool) -> Result<(), String> {
+    pub fn follow(&mut self, wanted: bool) -> Result<(), String> {
         if wanted {
             self.idle_since = None;
             if !self.attached() && !self.refused {
-                self.attach(ebpf).inspect_err(|_| self.refused = true)?;
+                self.attach().inspect_err(|_| self.refused = true)?;
                 log::info!("per-thread syscall probes attached");
             }
         } else if self.attached() {
             let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= IDLE_BEFORE_DETACH {
-                self.detach(ebpf);
+                self.detach();
                 self.idle_since = None;
                 log::info!(
                     "per-thread syscall probes detached: no process has per-thread accounting"
@@ -199,7 +155,7 @@ impl SyscallProbes {
 
     /// All or nothing, since an enter without its exit would apply a stale length to the
     /// thread's next call; exits first, so an enter is only recorded once its exit is watched.
-    pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+    pub fn attach(&mut self) -> Result<(), String> {
         let event = |prefix: &str, syscall: &str| {
             if self.broken {
                 (NO_SUCH_TRACEPOINT.0, NO_SUCH_TRACEPOINT.1.to_string())
@@ -213,15 +169,11 @@ impl SyscallProbes {
             .chain(SYSCALLS.iter().map(|(s, p)| (*p, event("sys_enter", s))))
             .collect();
         for (program, (category, event)) in plan {
-            let attached = tracepoint(ebpf, program).and_then(|tp| {
-                tp.attach(category, &event)
-                    .map_err(|e| format!("attaching {program} to {category}:{event} failed: {e}"))
-            });
-            match attached {
-                Ok(id) => self.links.push((program, id)),
+            match self.kernel.attach_tracepoint(program, category, &event) {
+                Ok(link) => self.links.push(link),
                 Err(e) => {
-                    self.detach(ebpf);
-                    return Err(e);
+                    self.detach();
+                    return Err(e.to_string());
                 }
             }
         }
@@ -229,11 +181,9 @@ impl SyscallProbes {
     }
 
     /// Enters first, the reverse of attaching: a call in flight still meets its exit.
-    pub fn detach(&mut self, ebpf: &mut Ebpf) {
-        for (program, id) in self.links.drain(..).rev() {
-            if let Ok(tp) = tracepoint(ebpf, program) {
-                let _ = tp.detach(id);
-            }
+    pub fn detach(&mut self) {
+        while let Some(link) = self.links.pop() {
+            drop(link);
         }
     }
 }
@@ -255,12 +205,9 @@ struct Want {
 }
 
 impl ThreadMaps {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ThreadsError> {
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(ThreadsError::MissingMap(name))
-        };
-        let wrap = |name: &'static str| move |cause| ThreadsError::Map { name, cause };
-        let threads = take(ebpf, THREADS_MAP)?;
+    pub fn take(kernel: &Kernel) -> Result<Self, BpfError> {
+        let wrap = |name: &'static str| move |cause| BpfError::Map { name, cause };
+        let threads = kernel.take_map(THREADS_MAP, Ok)?;
         let dup = |data: &MapData| {
             data.fd()
                 .as_fd()
@@ -277,14 +224,12 @@ impl ThreadMaps {
         let second = match &threads {
             Map::LruHashMap(data) => Map::LruHashMap(dup(data)?),
             Map::HashMap(data) => Map::HashMap(dup(data)?),
-            _ => return Err(ThreadsError::MissingMap(THREADS_MAP)),
+            _ => return Err(BpfError::MissingMap(THREADS_MAP)),
         };
         let reader = BpfHashMap::try_from(second).map_err(wrap(THREADS_MAP))?;
         let writer = BpfHashMap::try_from(threads).map_err(wrap(THREADS_MAP))?;
-        let map =
-            BpfHashMap::try_from(take(ebpf, THREAD_WANT_MAP)?).map_err(wrap(THREAD_WANT_MAP))?;
-        let config =
-            Array::try_from(take(ebpf, THREAD_CONFIG_MAP)?).map_err(wrap(THREAD_CONFIG_MAP))?;
+        let map = kernel.take_map(THREAD_WANT_MAP, BpfHashMap::try_from)?;
+        let config = kernel.take_map(THREAD_CONFIG_MAP, Array::try_from)?;
         Ok(Self {
             reader,
             writer: Mutex::new(writer),
@@ -353,15 +298,9 @@ impl ThreadMaps {
     }
 }
 
-/// Thread ids of `pid` from `/proc/<pid>/task`, in the agent's pid namespace.
+/// Thread ids of `pid` (at most [`MAX_TASKS_READ`]), in the agent's pid namespace.
 pub fn live_tids(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .take(MAX_TASKS_READ)
-        .collect()
+    crate::host::proc::tids(pid, MAX_TASKS_READ)
 }
 
 // ---- agent state -------------------------------------------------------------------------
@@ -573,11 +512,7 @@ pub fn request_for_sender(state: &mut AgentState, pid: u32, who: Principal) -> V
         return changes;
     }
     changes.extend(threads.request(pid, WantReason::Markers, Some(who)));
-    let parent = state.table.get(pid).and_then(|p| {
-        let parent = state.table.get(p.ppid)?;
-        (parent.comm == p.comm && p.ppid > 1).then_some(p.ppid)
-    });
-    if let Some(ppid) = parent {
+    if let Some(ppid) = state.table.pool_parent(pid) {
         changes.extend(
             state
                 .threads
@@ -588,14 +523,6 @@ pub fn request_for_sender(state: &mut AgentState, pid: u32, who: Principal) -> V
 }
 
 // ---- metrics -----------------------------------------------------------------------------
-
-/// Every metric name this module exports.
-pub const METRIC_NAMES: &[&str] = &[
-    "leakscope_thread_rss_growth_bytes",
-    "leakscope_thread_mapped_growth_bytes",
-    "leakscope_threads_processes",
-    "leakscope_thread_tracking_refused_total",
-];
 
 /// The top threads (`--top-threads`) of each process that has series of its own: at most
 /// that many series per exported process.
@@ -622,28 +549,28 @@ pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
     }
     vec![
         family(
-            "leakscope_thread_rss_growth_bytes",
+            names::THREAD_RSS_GROWTH_BYTES,
             "RSS a thread's own page faults added to its process, minus what it released, \
              since per-thread accounting began (top threads of exported processes).",
             MetricType::GAUGE,
             rss,
         ),
         family(
-            "leakscope_thread_mapped_growth_bytes",
+            names::THREAD_MAPPED_GROWTH_BYTES,
             "Address space a thread mapped minus unmapped (mmap, munmap, mremap, brk) since \
              per-thread accounting began (top threads of exported processes).",
             MetricType::GAUGE,
             mapped,
         ),
         family(
-            "leakscope_threads_processes",
+            names::THREADS_PROCESSES,
             "Processes with per-thread accounting (they match --threads-for, or send task \
              markers from a --threads-for-uid uid).",
             MetricType::GAUGE,
             vec![gauge(&[], state.threads.wanted.len() as f64)],
         ),
         family(
-            "leakscope_thread_tracking_refused_total",
+            names::THREAD_TRACKING_REFUSED_TOTAL,
             "Processes refused per-thread accounting because --max-thread-processes was reached \
              (or the kernel's map was full); refusals for a uid's or cgroup's share are in \
              leakscope_share_refused_total{table=\"thread_processes\"}.",
@@ -655,7 +582,12 @@ pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
 
 // ---- the interval loop -------------------------------------------------------------------
 
-pub async fn run(maps: Arc<ThreadMaps>, shared: Arc<Shared>, every: Duration) {
+pub async fn run(
+    maps: Arc<ThreadMaps>,
+    mut syscalls: Option<SyscallProbes>,
+    shared: Arc<Shared>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -668,8 +600,8 @@ pub async fn run(maps: Arc<ThreadMaps>, shared: Arc<Shared>, every: Duration) {
             log::warn!("per-thread sync failed: {e}");
         }
         let wanted = !shared.state().threads.wanted.is_empty();
-        if let Some(profiler) = shared.profiler()
-            && let Some(Err(e)) = profiler.lock().await.follow_thread_wants(wanted)
+        if let Some(probes) = syscalls.as_mut()
+            && let Err(e) = probes.follow(wanted)
         {
             shared.state().probe_failed(PROBE_NAME, e);
         }
@@ -703,10 +635,8 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
             .iter()
             .filter(|(_, r)| **r == WantReason::Markers)
             .filter_map(|(pid, _)| {
-                let p = table.get(*pid)?;
-                let parent = table.get(p.ppid)?;
-                (p.ppid > 1 && parent.comm == p.comm)
-                    .then(|| (p.ppid, threads.owners.get(pid).copied()))
+                let ppid = table.pool_parent(*pid)?;
+                Some((ppid, threads.owners.get(pid).copied()))
             })
             .collect();
         for (ppid, owner) in parents {
@@ -726,12 +656,12 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
                 changes.extend(threads.request(pid, WantReason::PoolChild, owner));
             } else if !threads.config.has_matchers {
                 threads.decided.insert(pid);
-            } else if (now.saturating_sub(start_ns) >= 500_000_000 || start_ns == 0)
+            } else if crate::table::settled(start_ns, now)
                 && candidates.len() < DECISIONS_PER_INTERVAL
             {
                 // Decided once it has lived a little, as selection does: short-lived forks
                 // never cost a /proc read.
-                candidates.push(crate::proc::ProcCandidate {
+                candidates.push(crate::host::proc::ProcCandidate {
                     pid,
                     comm,
                     cgroup: None,
@@ -745,7 +675,7 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
     let chosen: Vec<(u32, Option<u32>)> = candidates
         .iter()
         .filter(|c| matchers.selects(*c))
-        .map(|c| (c.pid, crate::pools::process_uid(c.pid)))
+        .map(|c| (c.pid, crate::host::proc::real_uid(c.pid)))
         .collect();
     {
         let mut state = shared.state();
@@ -797,7 +727,7 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
             let mut best = top(all, top_n);
             // Only the shown threads are checked for liveness: a bounded number of stats.
             for v in &mut best {
-                v.alive = Path::new(&format!("/proc/{pid}/task/{}", v.tid)).exists();
+                v.alive = crate::host::proc::thread_exists(pid, v.tid);
             }
             (pid, best)
         })
@@ -925,11 +855,5 @@ mod tests {
             [(43, true)]
         );
         assert_eq!(state.threads.wanted.get(&43), Some(&WantReason::Markers));
-    }
-
-    #[test]
-    fn syscall_layout_needs_tracefs() {
-        let err = TracefsError::NotMounted(std::io::Error::from(std::io::ErrorKind::NotFound));
-        assert!(read_layout(Err(&err)).is_err());
     }
 }

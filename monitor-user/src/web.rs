@@ -54,6 +54,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
+use leakscope_api::metrics as names;
 use log::{info, warn};
 use prometheus::core::Collector as _;
 use serde::Deserialize;
@@ -364,16 +365,14 @@ pub static STATS: HttpStats = HttpStats {
 pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = Vec::new();
-    let open = prometheus::IntGauge::new(
-        "leakscope_http_connections_open",
-        "HTTP connections open now.",
-    )
-    .expect("valid metric");
+    let open =
+        prometheus::IntGauge::new(names::HTTP_CONNECTIONS_OPEN, "HTTP connections open now.")
+            .expect("valid metric");
     open.set(i64::try_from(get(&STATS.connections_open)).unwrap_or(i64::MAX));
     out.extend(open.collect());
     let refused = prometheus::IntCounterVec::new(
         prometheus::Opts::new(
-            "leakscope_http_connections_refused_total",
+            names::HTTP_CONNECTIONS_REFUSED_TOTAL,
             "HTTP connections closed at accept: over the total cap, or over the per-address cap.",
         ),
         &["cap"],
@@ -388,22 +387,22 @@ pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
     out.extend(refused.collect());
     for (name, help, value) in [
         (
-            "leakscope_http_write_timeouts_total",
+            names::HTTP_WRITE_TIMEOUTS_TOTAL,
             "HTTP connections closed because the client did not read the response.",
             &STATS.write_timeouts,
         ),
         (
-            "leakscope_http_connections_dropped_at_shutdown_total",
+            names::HTTP_CONNECTIONS_DROPPED_AT_SHUTDOWN_TOTAL,
             "HTTP connections still busy at the shutdown deadline, dropped.",
             &STATS.dropped_at_shutdown,
         ),
         (
-            "leakscope_http_auth_bcrypt_verifications_total",
+            names::HTTP_AUTH_BCRYPT_VERIFICATIONS_TOTAL,
             "Basic-auth passwords checked with bcrypt (remembered credentials are not).",
             &STATS.bcrypt_verifications,
         ),
         (
-            "leakscope_http_auth_rate_limited_total",
+            names::HTTP_AUTH_RATE_LIMITED_TOTAL,
             "Basic-auth attempts answered 429: too many failed logins from the address.",
             &STATS.auth_rate_limited,
         ),

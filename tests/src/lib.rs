@@ -3,11 +3,14 @@
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use dev_agent::Launch;
+use leakscope_api::paths;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -57,17 +60,14 @@ pub fn agent_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    dev_agent::free_port().expect("no free loopback port")
 }
 
-/// A running `leakscope run`, stopped when dropped.
+/// A running `leakscope run`, started and stopped (when dropped) by the launcher xtask's
+/// benchmarks use too.
 pub struct Agent {
-    child: Child,
+    inner: dev_agent::Agent,
     pub addr: SocketAddr,
-    log: PathBuf,
 }
 
 impl Agent {
@@ -79,78 +79,43 @@ impl Agent {
     /// An agent serving on `listen`; an unspecified address (0.0.0.0) is reached, by the
     /// harness, on loopback.
     pub fn start_listening(listen: SocketAddr, extra: &[&str]) -> Self {
-        let addr = if listen.ip().is_unspecified() {
-            SocketAddr::from(([127, 0, 0, 1], listen.port()))
-        } else {
-            listen
-        };
-        let log = std::env::temp_dir().join(format!("leakscope-test-{}.log", addr.port()));
-        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let tmp = std::env::temp_dir();
+        let mut launch = Launch::new(agent_bin())
+            .listen(listen)
+            .log(tmp.join(format!("leakscope-test-{}.log", listen.port())))
+            .args(["--interval", "200ms"]);
         // A task socket of its own, so that test agents never contend for the default path
         // with each other or with an agent running on the host.
-        let socket = std::env::temp_dir().join(format!("leakscope-test-{}.sock", addr.port()));
         let own_socket = !extra
             .iter()
             .any(|a| *a == "--task-socket" || *a == "--no-task-socket");
-        let child = Command::new(agent_bin())
-            .arg("run")
-            .arg("--listen")
-            .arg(listen.to_string())
-            .args(["--interval", "200ms"])
-            .args(if own_socket {
-                vec!["--task-socket".into(), socket.into_os_string()]
-            } else {
-                Vec::new()
-            })
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start the agent");
-        let mut agent = Self { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = agent.child.try_wait().unwrap() {
-                panic!("agent exited at start ({status}):\n{}", agent.log());
-            }
-            if agent.try_get("/healthz").is_some() {
-                return agent;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if own_socket {
+            let socket = tmp.join(format!("leakscope-test-{}.sock", listen.port()));
+            launch = launch.arg("--task-socket").arg(socket);
         }
-        panic!("agent did not serve within 30 s:\n{}", agent.log());
+        let inner = launch.args(extra).start().unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            addr: inner.addr(),
+            inner,
+        }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.inner.log()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// SIGTERM, then up to `within` for the agent to exit by itself: its status, or None while
     /// it still runs (dropping the agent then kills it).
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        // SAFETY: a plain signal to our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        wait_for(within, || self.child.try_wait().ok().flatten())
+        self.inner.terminate(within)
     }
 
     pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
-        let url = format!("http://{}{path}", self.addr);
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .new_agent();
-        let mut resp = agent.get(&url).call().ok()?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().ok()?;
-        Some((status, body))
+        self.inner.get(path).ok()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -165,35 +130,15 @@ impl Agent {
     }
 
     pub fn process(&self, pid: u32) -> Option<serde_json::Value> {
-        let (_, body) = self.get(&format!("/api/v1/processes?pid={pid}"));
+        let (_, body) = self.get(&format!("{}?pid={pid}", paths::PROCESSES));
         let v: serde_json::Value = serde_json::from_str(&body).expect("processes JSON");
         v["processes"].as_array()?.first().cloned()
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
 /// SIGTERM, up to five seconds to exit, then SIGKILL; always reaped.
 pub fn stop(child: &mut Child) {
-    // Once reaped, its pid may belong to another process.
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    // SAFETY: a plain signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    dev_agent::stop(child, Duration::from_secs(5));
 }
 
 /// One sample of the exposition: name, labels, value.

@@ -290,26 +290,6 @@ fn prometheus_scrapes_the_leak_and_fires_the_alert() {
 
 // ---------------------------------------------------------------- metric names
 
-/// `METRIC_NAMES` of monitor-user/src/metrics.rs, read from the source: depending on the
-/// agent crate would build its BPF object for the tests too.
-fn exported_names() -> BTreeSet<String> {
-    let src = std::fs::read_to_string(repo().join("monitor-user/src/metrics.rs"))
-        .expect("read metrics.rs");
-    let start = src
-        .find("pub const METRIC_NAMES")
-        .expect("METRIC_NAMES in metrics.rs");
-    let body = &src[start..];
-    let body = &body[body.find('[').expect("[")..body.find("];").expect("];")];
-    let names: BTreeSet<String> = body
-        .split('"')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
-    assert!(names.len() > 10, "METRIC_NAMES parsed to {names:?}");
-    names
-}
-
 const KEYWORDS: &[&str] = &[
     "sum",
     "min",
@@ -457,7 +437,7 @@ fn template_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn dashboard_and_rules_name_only_exported_metrics() {
-    let exported = exported_names();
+    let exported: BTreeSet<&str> = leakscope_api::metrics::ALL.iter().copied().collect();
     let rules_text = std::fs::read_to_string(repo().join("deploy/prometheus/leakscope-rules.yml"))
         .expect("rules file");
     let rules: serde_norway::Value = serde_norway::from_str(&rules_text).expect("rules YAML");
@@ -548,7 +528,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
     let unknown: BTreeSet<_> = uses.iter().filter(|(_, n)| !known(n)).collect();
     assert!(
         unknown.is_empty(),
-        "names the agent does not export (METRIC_NAMES in monitor-user/src/metrics.rs):\n{}",
+        "names the agent does not export (leakscope_api::metrics::ALL):\n{}",
         unknown
             .iter()
             .map(|(w, n)| format!("  {w}: {n}"))

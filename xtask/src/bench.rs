@@ -3,7 +3,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -274,40 +274,23 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The agent or the floor programs, running while the workloads do.
-struct Tracer {
-    child: Child,
+enum Tracer {
+    Agent(dev_agent::Agent),
+    Floor(Child),
 }
+
+/// A tracer still running this long after SIGTERM is killed (its numbers are read before).
+const TRACER_STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Tracer {
     fn agent(bin: &Path) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut child = Command::new(bin)
-            .args([
-                "run",
-                "--no-task-socket",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the agent")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait()? {
-                bail!("the agent exited before serving: {status}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("agent did not start serving within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let agent = dev_agent::Launch::new(bin)
+            .arg("--no-task-socket")
+            .log(util::target_dir().join("bench-overhead-agent.log"))
+            .start()?;
         // Serving happens after the probes are attached; give the first interval time to run.
         std::thread::sleep(Duration::from_millis(1200));
-        Ok(Self { child })
+        Ok(Self::Agent(agent))
     }
 
     fn floor(bin: &Path) -> Result<Self> {
@@ -325,17 +308,25 @@ impl Tracer {
             let status = child.wait()?;
             bail!("leakscope bench-floor did not attach its programs ({status})");
         }
-        Ok(Self { child })
+        Ok(Self::Floor(child))
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Agent(agent) => agent.pid(),
+            Self::Floor(child) => child.id(),
+        }
     }
 
     /// Stops the tracer; returns its CPU seconds and peak RSS bytes.
-    fn stop(mut self) -> Result<(f64, u64)> {
-        let pid = self.child.id();
+    fn stop(self) -> Result<(f64, u64)> {
+        let pid = self.pid();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        // SAFETY: plain signal to our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        self.child.wait()?;
+        match self {
+            Self::Agent(mut agent) => agent.stop(TRACER_STOP_GRACE),
+            Self::Floor(mut child) => dev_agent::stop(&mut child, TRACER_STOP_GRACE),
+        };
         let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = after_comm.split_whitespace().collect();
         let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use leakscope_api::metrics;
 
 use crate::util;
 
@@ -44,7 +45,7 @@ pub fn run(opts: Opts) -> Result<()> {
     }
     let agent_bin = util::build_agent(true)?;
 
-    let mut kids = Kids(Vec::with_capacity(opts.processes + 1));
+    let mut kids = Kids(Vec::with_capacity(opts.processes));
     for i in 0..opts.processes {
         let child = Command::new("sleep")
             .arg(SLEEP_ARG)
@@ -55,31 +56,20 @@ pub fn run(opts: Opts) -> Result<()> {
             .with_context(|| format!("spawning tracked process {i}"))?;
         kids.0.push(child);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let matcher = format!("cmdline=^sleep {}$", regex_escape(SLEEP_ARG));
     let max = opts.processes.max(1).to_string();
-    let agent = Command::new(&agent_bin)
-        .args([
-            "run",
-            "--no-task-socket",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
+    let agent = dev_agent::Launch::new(&agent_bin)
+        .arg("--no-task-socket")
         .args(["--match", &matcher, "--max-processes", &max])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the agent")?;
-    kids.0.push(agent);
+        .log(util::target_dir().join("bench-metrics-agent.log"))
+        .start()?;
 
     let http = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .new_agent();
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let url = agent.url("/metrics");
     let scrape = || -> Option<(Duration, String)> {
         let started = Instant::now();
         let mut resp = http.get(&url).call().ok()?;
@@ -100,7 +90,7 @@ pub fn run(opts: Opts) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let own = scrape()
-            .map(|(_, body)| count_own(&body, "leakscope_process_leak_confidence"))
+            .map(|(_, body)| count_own(&body, metrics::PROCESS_LEAK_CONFIDENCE))
             .unwrap_or(0);
         if own >= opts.processes {
             break;
@@ -158,6 +148,7 @@ pub fn run(opts: Opts) -> Result<()> {
         max_time * 1e3,
         verdict(time_ok)
     );
+    drop(agent);
     drop(kids);
     if !(size_ok && time_ok) {
         bail!("/metrics misses its targets");

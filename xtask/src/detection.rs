@@ -31,13 +31,15 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use dev_agent::{Agent, Launch, Stopped};
+use leakscope_api::{PoolsResponse, ProcessesResponse, paths};
 use serde::Deserialize;
 
 use crate::util;
@@ -508,12 +510,6 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::workspace_root().join("target"))
-}
-
 pub fn run(opts: Opts) -> Result<()> {
     let f = opts.time_scale;
     ensure!(
@@ -525,8 +521,8 @@ pub fn run(opts: Opts) -> Result<()> {
     }
     let root = util::workspace_root();
     let scenarios_dir = root.join("scenarios");
-    let bin_dir = target_dir().join("scenarios");
-    let logs = target_dir().join("detection-logs");
+    let bin_dir = util::target_dir().join("scenarios");
+    let logs = util::target_dir().join("detection-logs");
     let toml_path = scenarios_dir.join("scenarios.toml");
     let text = std::fs::read_to_string(&toml_path)
         .with_context(|| format!("reading {}", toml_path.display()))?;
@@ -564,12 +560,12 @@ pub fn run(opts: Opts) -> Result<()> {
             matchers.push(m);
         }
     }
-    let agent = Agent::start(&agent_bin, f, &matchers, &logs.join("agent.log"))?;
+    let mut agent = start_agent(&agent_bin, f, &matchers, &logs.join("agent.log"))?;
     eprintln!(
         "detection: agent on {} (log {}); starting {} scenarios for {duration:.0} nominal s \
          ({:.0} real s)",
-        agent.base,
-        agent.log.display(),
+        agent.url(""),
+        agent.log_path().display(),
         scenarios.len(),
         duration * f
     );
@@ -578,11 +574,11 @@ pub fn run(opts: Opts) -> Result<()> {
     for s in &scenarios {
         running.push(Running::start(s, f, duration, &logs)?);
     }
-    let result = observe(&agent, &mut running, &scenarios, f, duration);
+    let result = observe(&mut agent, &mut running, &scenarios, f, duration);
     for r in &mut running {
         r.stop();
     }
-    let agent_status = agent.stop();
+    let agent_status = stop_agent(agent);
     let outcomes = result?;
 
     let rows: Vec<(Scenario, Outcome)> = scenarios.into_iter().zip(outcomes).collect();
@@ -616,7 +612,7 @@ pub fn run(opts: Opts) -> Result<()> {
 
 /// Polls until `duration` nominal seconds have passed; returns one outcome per scenario.
 fn observe(
-    agent: &Agent,
+    agent: &mut Agent,
     running: &mut [Running],
     scenarios: &[Scenario],
     f: f64,
@@ -638,11 +634,8 @@ fn observe(
         if INTERRUPTED.load(Ordering::SeqCst) {
             bail!("interrupted");
         }
-        if let Some(status) = agent.exited()? {
-            bail!(
-                "the agent exited ({status}); log:\n{}",
-                tail(&agent.log, 30)
-            );
+        if let Some(status) = agent.try_wait()? {
+            bail!("the agent exited ({status}); log:\n{}", agent.log_tail(30));
         }
         let now = Instant::now();
         if now >= end {
@@ -676,7 +669,7 @@ fn observe(
             );
         }
 
-        let snapshot = match agent.snapshot() {
+        let snapshot = match snapshot(agent) {
             Ok(s) => {
                 failed = 0;
                 s
@@ -699,7 +692,10 @@ fn observe(
                         .find(|p| p.pid == r.pid)
                         .and_then(|p| p.leak.as_ref());
                     if let Some(l) = leak {
-                        o.rate_bytes_per_sec = l.rate_bytes_per_sec.or(o.rate_bytes_per_sec);
+                        // A NaN estimate (served as null) keeps the last real one.
+                        o.rate_bytes_per_sec = Some(l.rate_bytes_per_sec)
+                            .filter(|r| r.is_finite())
+                            .or(o.rate_bytes_per_sec);
                     }
                     o.observe(t, leak.map(|l| l.verdict.as_str()));
                 }
@@ -786,169 +782,55 @@ fn tail(path: &Path, lines: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 // Agent API
 
-#[derive(Debug, Deserialize)]
-struct ProcessesResponse {
-    processes: Vec<ApiProcess>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiProcess {
-    pid: u32,
-    #[serde(default)]
-    leak: Option<ApiLeak>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiLeak {
-    verdict: String,
-    #[serde(default)]
-    rate_bytes_per_sec: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PoolsResponse {
-    pools: Vec<ApiPool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiPool {
-    parent_pid: u32,
-    #[serde(default)]
-    recycles: u64,
-    #[serde(default)]
-    recycles_for_memory: u64,
-    leak_suspected: bool,
-    #[serde(default)]
-    evidence: Option<String>,
-}
-
 struct Snapshot {
-    processes: Vec<ApiProcess>,
-    pools: Vec<ApiPool>,
+    processes: Vec<leakscope_api::Process>,
+    pools: Vec<leakscope_api::Pool>,
 }
 
-struct Agent {
-    child: std::cell::RefCell<Child>,
-    base: String,
-    log: PathBuf,
-    http: ureq::Agent,
+/// The agent for the whole run: every scenario's `--match`, durations scaled by `f`.
+fn start_agent(bin: &Path, f: f64, matchers: &[String], log: &Path) -> Result<Agent> {
+    let mut launch = Launch::new(bin)
+        .arg("--no-task-socket")
+        .args(["--interval", &format!("{}ms", agent_interval_ms(f))])
+        .args(["--detector-time-scale", &f.to_string()])
+        .log(log);
+    for m in matchers {
+        launch = launch.args(["--match", m]);
+    }
+    let agent = launch.start()?;
+    // Fail now, not after the run, if the agent lacks an endpoint.
+    snapshot(&agent).context("first poll of the agent")?;
+    Ok(agent)
 }
 
-impl Agent {
-    fn start(bin: &Path, f: f64, matchers: &[String], log: &Path) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .arg("--no-task-socket")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--interval", &format!("{}ms", agent_interval_ms(f))])
-            .args(["--detector-time-scale", &f.to_string()]);
-        for m in matchers {
-            cmd.args(["--match", m]);
-        }
-        let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        let agent = Self {
-            child: std::cell::RefCell::new(child),
-            base: format!("http://127.0.0.1:{port}"),
-            log: log.to_path_buf(),
-            http: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .new_agent(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = agent.exited()? {
-                bail!(
-                    "the agent exited at start ({status}): {cmd:?}\n{}",
-                    tail(log, 30)
-                );
-            }
-            if agent.get("/healthz").is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not serve within 30 s:\n{}", tail(log, 30));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Fail now, not after the run, if the agent lacks an endpoint.
-        agent.snapshot().context("first poll of the agent")?;
-        Ok(agent)
-    }
-
-    fn exited(&self) -> Result<Option<std::process::ExitStatus>> {
-        Ok(self.child.borrow_mut().try_wait()?)
-    }
-
-    fn get(&self, path: &str) -> Result<String> {
-        let url = format!("{}{path}", self.base);
-        let mut resp = self
-            .http
-            .get(&url)
-            .call()
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("reading GET {url}"))?;
-        ensure!(status == 200, "GET {url}: HTTP {status}: {body}");
-        Ok(body)
-    }
-
-    fn snapshot(&self) -> Result<Snapshot> {
-        let p: ProcessesResponse = serde_json::from_str(&self.get("/api/v1/processes")?)
-            .context("decoding /api/v1/processes")?;
-        let q: PoolsResponse =
-            serde_json::from_str(&self.get("/api/v1/pools")?).context("decoding /api/v1/pools")?;
-        Ok(Snapshot {
-            processes: p.processes,
-            pools: q.pools,
-        })
-    }
-
-    /// SIGTERM, then SIGKILL after 10 s; an error if it did not exit cleanly.
-    fn stop(mut self) -> Result<()> {
-        let child = self.child.get_mut();
-        if let Some(status) = child.try_wait()? {
-            bail!("the agent had exited ({status}):\n{}", tail(&self.log, 30));
-        }
-        // SAFETY: plain signal to our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                ensure!(
-                    status.success(),
-                    "the agent exited with {status} on SIGTERM:\n{}",
-                    tail(&self.log, 30)
-                );
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("the agent did not stop within 10 s of SIGTERM; killed");
-    }
+fn get_json<T: serde::de::DeserializeOwned>(agent: &Agent, path: &str) -> Result<T> {
+    let url = agent.url(path);
+    let (status, body) = agent.get(path).with_context(|| format!("GET {url}"))?;
+    ensure!(status == 200, "GET {url}: HTTP {status}: {body}");
+    serde_json::from_str(&body).with_context(|| format!("decoding {path}"))
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-            let _ = child.wait();
+fn snapshot(agent: &Agent) -> Result<Snapshot> {
+    let p: ProcessesResponse = get_json(agent, paths::PROCESSES)?;
+    let q: PoolsResponse = get_json(agent, paths::POOLS)?;
+    Ok(Snapshot {
+        processes: p.processes,
+        pools: q.pools,
+    })
+}
+
+/// SIGTERM, then SIGKILL after 10 s; an error if it did not exit cleanly.
+fn stop_agent(mut agent: Agent) -> Result<()> {
+    match agent.stop(Duration::from_secs(10)) {
+        Stopped::Exited(status) if status.success() => Ok(()),
+        Stopped::Exited(status) => bail!(
+            "the agent exited with {status} on SIGTERM:\n{}",
+            agent.log_tail(30)
+        ),
+        Stopped::AlreadyExited(status) => {
+            bail!("the agent had exited ({status}):\n{}", agent.log_tail(30))
         }
+        Stopped::Killed => bail!("the agent did not stop within 10 s of SIGTERM; killed"),
     }
 }
 

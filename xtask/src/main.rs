@@ -4,6 +4,7 @@
 //! they are on a new host and in CI.
 
 mod bench;
+mod layers;
 mod setup;
 mod util;
 
@@ -36,6 +37,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check that monitor-user's top-level modules import each other one way (no cycle) and
+    /// that only its kernel layer holds the BPF object.
+    Layers,
     /// Benchmarks, reported as ratios against a baseline run side by side.
     Bench {
         #[command(subcommand)]
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
         Command::Run { args } => run(args),
         Command::Test { args } => test(args),
         Command::Bench { which } => bench::run(which),
+        Command::Layers => layers::run(),
     }
 }
 
@@ -85,6 +90,10 @@ fn test(args: Vec<String>) -> Result<()> {
         "monitor-common",
         "-p",
         "monitor-user",
+        "-p",
+        "leakscope-api",
+        "-p",
+        "dev-agent",
         "-p",
         "xtask",
     ])?;

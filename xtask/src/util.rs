@@ -55,10 +55,14 @@ pub fn build_agent(release: bool) -> Result<PathBuf> {
     }
     cargo(&args)?;
     let profile = if release { "release" } else { "debug" };
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    Ok(target_dir().join(profile).join("leakscope"))
+}
+
+/// Cargo's target directory: where builds, scenario binaries and benchmark logs go.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join(profile).join("leakscope"))
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Replaces this process with `cmd`, so signals reach the agent directly.

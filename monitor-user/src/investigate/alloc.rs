@@ -1,22 +1,13 @@
 //! Allocation tracing for one process: uprobes on its allocators' entry points, a uretprobe
 //! on those that return a block, and a read of the blocks still outstanding.
 
-use std::{collections::HashMap, num::NonZeroU32};
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-    },
-};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use monitor_common::stacks::{ALLOCS_MAP, AllocInfo, AllocKind};
 
-use super::{
-    allocators::{Allocator, Role, short_name},
-    tracer::{TracerError, take},
-};
+use super::allocators::{Allocator, Role, short_name};
+use crate::bpf::{BpfError, Kernel, Link};
 
 const RETURN_PROGRAM: &str = "alloc_return";
 const FREE_PROGRAM: &str = "alloc_free";
@@ -44,7 +35,7 @@ const PROGRAMS: [&str; 7] = [
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
     #[error(transparent)]
-    Tracer(#[from] TracerError),
+    Bpf(#[from] BpfError),
     #[error("allocation tracing is unavailable: {0}")]
     Unavailable(String),
     #[error("no allocator probe could be attached to pid {pid}: {why}")]
@@ -61,8 +52,10 @@ pub struct Outstanding {
 }
 
 pub struct AllocTrace {
+    kernel: Arc<Kernel>,
     allocs: BpfHashMap<MapData, u64, AllocInfo>,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Dropping one detaches it.
+    links: Vec<Link>,
     /// Entry points attached, as `module:symbol`.
     pub attached: Vec<String>,
     /// Entry points that could not be attached, with the reason.
@@ -70,17 +63,15 @@ pub struct AllocTrace {
 }
 
 impl AllocTrace {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, AllocError> {
-        let allocs = take(ebpf, ALLOCS_MAP, BpfHashMap::try_from)?;
+    pub fn new(kernel: Arc<Kernel>) -> Result<Self, AllocError> {
+        let allocs = kernel.take_map(ALLOCS_MAP, BpfHashMap::try_from)?;
         for program in PROGRAMS {
-            program_mut(ebpf, program)
-                .and_then(|p| {
-                    p.load()
-                        .map_err(|e| format!("the verifier rejected {program}: {e}"))
-                })
-                .map_err(AllocError::Unavailable)?;
+            kernel
+                .load_uprobe(program)
+                .map_err(|e| AllocError::Unavailable(e.to_string()))?;
         }
         Ok(Self {
+            kernel,
             allocs,
             links: Vec::new(),
             attached: Vec::new(),
@@ -89,36 +80,22 @@ impl AllocTrace {
     }
 
     /// Attaches to every entry point of `allocators`, for `pid` only.
-    pub fn attach(
-        &mut self,
-        ebpf: &mut Ebpf,
-        pid: u32,
-        allocators: &[Allocator],
-    ) -> Result<(), AllocError> {
-        let scope = UProbeScope::OneProcess(
-            NonZeroU32::new(pid).ok_or_else(|| AllocError::Unavailable("pid 0".into()))?,
-        );
+    pub fn attach(&mut self, pid: u32, allocators: &[Allocator]) -> Result<(), AllocError> {
+        let one = NonZeroU32::new(pid).ok_or_else(|| AllocError::Unavailable("pid 0".into()))?;
         for a in allocators {
             for site in &a.sites {
                 let name = format!("{}:{}", short_name(&a.module), site.symbol);
-                let mut attach = |program: &'static str, offset: u64| {
-                    let result = program_mut(ebpf, program).and_then(|p| {
-                        p.attach(
-                            UProbeAttachLocation::AbsoluteOffset(offset),
-                            &a.open_path,
-                            scope,
-                        )
-                        .map_err(|e| format!("{e}"))
-                    });
-                    match result {
-                        Ok(link) => {
-                            self.links.push((program, link));
-                            true
-                        }
-                        Err(e) => {
-                            self.off.push(format!("{name} ({program}): {e}"));
-                            false
-                        }
+                let mut attach = |program: &'static str, offset: u64| match self
+                    .kernel
+                    .attach_uprobe(program, &a.open_path, offset, one)
+                {
+                    Ok(link) => {
+                        self.links.push(link);
+                        true
+                    }
+                    Err(e) => {
+                        self.off.push(format!("{name} ({program}): {e}"));
+                        false
                     }
                 };
                 let ok = match site.role {
@@ -146,7 +123,7 @@ impl AllocTrace {
             } else {
                 self.off.join("; ")
             };
-            self.detach(ebpf);
+            self.detach();
             return Err(AllocError::NothingAttached { pid, why });
         }
         Ok(())
@@ -157,12 +134,8 @@ impl AllocTrace {
     }
 
     /// Removes every probe; what was recorded stays readable.
-    pub fn detach(&mut self, ebpf: &mut Ebpf) {
-        for (program, link) in self.links.drain(..) {
-            if let Ok(p) = program_mut(ebpf, program) {
-                let _ = p.detach(link);
-            }
-        }
+    pub fn detach(&mut self) {
+        self.links.clear();
     }
 
     /// Outstanding blocks of `pid` allocated at or before `born_before_ns`, per (stack id,
@@ -201,10 +174,6 @@ pub fn weight(size: u64, sample_bytes: u64) -> (u64, u64) {
     } else {
         (sample_bytes, sample_bytes.div_ceil(size.max(1)))
     }
-}
-
-fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe, String> {
-    crate::loader::program(ebpf, name)
 }
 
 #[cfg(test)]

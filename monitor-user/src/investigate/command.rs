@@ -1,6 +1,9 @@
 //! `leakscope investigate --pid PID`: attach, trace for a while, report.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use monitor_common::stacks::StackCounter;
@@ -15,10 +18,10 @@ use super::{
     out_dir::OutDir,
     pprof,
     report::{Report, human_duration},
-    table, target,
-    tracer::{self, Capacity},
+    table, target, tracer,
 };
 use crate::{
+    bpf::object::StackCapacity,
     caps::CapSet,
     cli::{InvestigateArgs, InvestigateMode},
     state::boot_ns,
@@ -41,23 +44,22 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         let names: Vec<_> = missing.iter().map(|c| c.name).collect();
         bail!("missing capabilities: {}; run as root", names.join(", "));
     }
-    if crate::agent::OBJECT.is_empty() {
-        bail!("this binary was built with AYA_BUILD_SKIP: it carries no BPF object");
-    }
+    crate::bpf::object::present()?;
     // Refused before the run rather than after it; held open, so the directory that passed
     // the checks is the one written to.
     let out = args.out.as_deref().map(OutDir::open).transpose()?;
     crate::agent::bump_memlock_rlimit();
-    let tracefs = crate::tracefs::ensure_mounted().ok();
-    let capacity = Capacity {
+    let layout = crate::bpf::layout::Layout::read_mounting();
+    let capacity = StackCapacity {
         stacks: STACK_CAPACITY,
         allocations: args.max_allocations,
         alloc_sample_bytes: args.sample_bytes,
     };
-    let mut ebpf =
-        tracer::load_for_investigation(crate::agent::OBJECT, tracefs.as_deref(), capacity)
-            .context("loading the BPF programs")?;
-    let shared = tracer::Shared::take(&mut ebpf)?;
+    let kernel = Arc::new(
+        crate::bpf::object::load_for_investigation(&layout, &capacity)
+            .context("loading the BPF programs")?,
+    );
+    let shared = tracer::Shared::take(&kernel)?;
     let mut mappings = match maps_snapshot::read(pid) {
         Ok(m) => m,
         Err(MapsError::Gone { .. }) => {
@@ -70,15 +72,15 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     let wants_alloc = args.mode != InvestigateMode::Growth;
     let mut growth = None;
     if wants_growth {
-        let mut g = Growth::new(&mut ebpf)?;
-        g.add(&mut ebpf, pid, args.sample_period)?;
+        let mut g = Growth::new(kernel.clone())?;
+        g.add(pid, args.sample_period)?;
         growth = Some(g);
     }
     let mut alloc = None;
     if wants_alloc {
         let found = allocators::discover(pid, &mappings)?;
-        let mut trace = AllocTrace::new(&mut ebpf)?;
-        trace.attach(&mut ebpf, pid, &found)?;
+        let mut trace = AllocTrace::new(kernel.clone())?;
+        trace.attach(pid, &found)?;
         log::info!("allocator probes: {}", trace.attached.join(", "));
         for off in &trace.off {
             log::warn!("allocator probe off: {off}");
@@ -107,7 +109,7 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(POLL) => {}
             _ = interrupt.recv() => break,
         }
-        if !running(pid) {
+        if !crate::host::proc::running(pid) {
             exited = Some(started.elapsed());
             break;
         }
@@ -121,7 +123,7 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
             let calls =
                 shared.counter(StackCounter::AllocCalls) + shared.counter(StackCounter::FreeCalls);
             if calls >= args.max_calls {
-                trace.detach(&mut ebpf);
+                trace.detach();
                 let note = format!(
                     "allocator probes detached after {calls} calls ({} in): --max-calls spent",
                     human_duration(started.elapsed())
@@ -140,7 +142,7 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     let traced = started.elapsed();
     // Stop the probes before reading: the process no longer pays while we symbolize.
     if let Some(trace) = alloc.as_mut() {
-        trace.detach(&mut ebpf);
+        trace.detach();
     }
     let now = boot_ns();
     let alive = exited.is_none();
@@ -196,18 +198,6 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Whether `pid` still runs: a zombie has exited, whether or not its parent has reaped it.
-pub fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised comm, which may itself hold parentheses.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
 }
 
 fn print(reports: &[Report], args: &InvestigateArgs) -> anyhow::Result<()> {

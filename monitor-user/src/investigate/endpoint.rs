@@ -21,7 +21,7 @@ use super::{
     flame, maps_snapshot, pprof,
     profiler::{HoldError, Holder, Profiler},
     report::Report,
-    table, tracer,
+    table,
 };
 use crate::{
     http::ProfileAccess,
@@ -208,7 +208,7 @@ fn build(
         );
     };
     let mappings = match maps_snapshot::read(pid) {
-        Ok(m) if super::command::running(pid) => m,
+        Ok(m) if crate::host::proc::running(pid) => m,
         Ok(_) => return gone(pid, comm, seconds),
         Err(maps_snapshot::MapsError::Gone { .. }) => return gone(pid, comm, seconds),
         Err(e @ maps_snapshot::MapsError::PermissionDenied { .. }) => {
@@ -276,7 +276,7 @@ fn render(report: &Report, format: Format) -> Response {
 }
 
 /// Map capacities for the agent: stacks only for on-demand growth profiles, no allocations.
-pub const AGENT_CAPACITY: tracer::Capacity = tracer::Capacity {
+pub const AGENT_CAPACITY: crate::bpf::object::StackCapacity = crate::bpf::object::StackCapacity {
     stacks: 4096,
     allocations: 1024,
     alloc_sample_bytes: 0,

@@ -1,19 +1,15 @@
 //! Growth sampling for chosen processes: the programs are attached while at least one target
 //! is set, since the page-fault tracepoint costs every process on the host.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::{RawTracePoint, TracePoint},
-};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use monitor_common::stacks::{
     GROWTH_MAP, GROWTH_PAGES_MAP, GROWTH_RELEASES_MAP, GROWTH_SAMPLER_MAP, GROWTH_TARGETS_MAP,
     GrowthKey, GrowthSampler, GrowthTarget, GrowthValue, PageKey, PageSample, Release, ReleaseKey,
 };
 
-use super::tracer::{TracerError, take};
+use crate::bpf::{BpfError, Kernel, Link};
 
 /// The page-fault program, on a raw tracepoint: required.
 const FAULT_PROGRAM: (&str, &str) = ("growth_fault", "page_fault_user");
@@ -29,13 +25,14 @@ const SYSCALL_PROGRAMS: [(&str, &str, &str); 5] = [
 ];
 
 pub struct Growth {
+    kernel: Arc<Kernel>,
     targets: BpfHashMap<MapData, u32, GrowthTarget>,
     growth: BpfHashMap<MapData, GrowthKey, GrowthValue>,
     pages: BpfHashMap<MapData, PageKey, PageSample>,
     releases: BpfHashMap<MapData, ReleaseKey, Release>,
     sampler: PerCpuArray<MapData, GrowthSampler>,
-    /// Owned links: dropping one detaches it.
-    links: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Dropping one detaches it.
+    links: Vec<Link>,
     /// Why an optional program is off (reported with each result).
     pub off: Vec<String>,
 }
@@ -43,7 +40,7 @@ pub struct Growth {
 #[derive(Debug, thiserror::Error)]
 pub enum GrowthError {
     #[error(transparent)]
-    Tracer(#[from] TracerError),
+    Bpf(#[from] BpfError),
     #[error("growth sampling is unavailable: {0}")]
     Unavailable(String),
     #[error("at most {0} processes can be sampled at once")]
@@ -60,27 +57,26 @@ impl From<aya::maps::MapError> for GrowthError {
 
 impl Growth {
     /// Takes the maps and loads the programs (so a verifier refusal shows at start).
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, GrowthError> {
-        let targets = take(ebpf, GROWTH_TARGETS_MAP, BpfHashMap::try_from)?;
-        let growth = take(ebpf, GROWTH_MAP, BpfHashMap::try_from)?;
-        let pages = take(ebpf, GROWTH_PAGES_MAP, BpfHashMap::try_from)?;
-        let releases = take(ebpf, GROWTH_RELEASES_MAP, BpfHashMap::try_from)?;
-        let sampler = take(ebpf, GROWTH_SAMPLER_MAP, PerCpuArray::try_from)?;
+    pub fn new(kernel: Arc<Kernel>) -> Result<Self, GrowthError> {
+        let targets = kernel.take_map(GROWTH_TARGETS_MAP, BpfHashMap::try_from)?;
+        let growth = kernel.take_map(GROWTH_MAP, BpfHashMap::try_from)?;
+        let pages = kernel.take_map(GROWTH_PAGES_MAP, BpfHashMap::try_from)?;
+        let releases = kernel.take_map(GROWTH_RELEASES_MAP, BpfHashMap::try_from)?;
+        let sampler = kernel.take_map(GROWTH_SAMPLER_MAP, PerCpuArray::try_from)?;
         let (fault, _) = FAULT_PROGRAM;
-        raw_program(ebpf, fault)
-            .and_then(|p| p.load().map_err(|e| verifier(fault, &e)))
-            .map_err(GrowthError::Unavailable)?;
+        kernel
+            .load_raw_tracepoint(fault)
+            .map_err(|e| GrowthError::Unavailable(e.to_string()))?;
         let mut off = Vec::new();
         for (program, category, name) in SYSCALL_PROGRAMS {
-            if let Err(e) =
-                program_mut(ebpf, program).and_then(|p| p.load().map_err(|e| verifier(program, &e)))
-            {
+            if let Err(e) = kernel.load_tracepoint(program) {
                 off.push(format!(
                     "{category}:{name} is off ({e}): growth by {name} not sampled"
                 ));
             }
         }
         Ok(Self {
+            kernel,
             targets,
             growth,
             pages,
@@ -106,7 +102,7 @@ impl Growth {
 
     /// Starts sampling `pid`, one fault in `period`. The sampler is shared: while others are
     /// sampled, `pid` gets the period already in force (see [`Growth::period`]).
-    pub fn add(&mut self, ebpf: &mut Ebpf, pid: u32, period: u32) -> Result<(), GrowthError> {
+    pub fn add(&mut self, pid: u32, period: u32) -> Result<(), GrowthError> {
         let period = if self.links.is_empty() {
             self.set_period(period.max(1))?;
             period.max(1)
@@ -123,7 +119,7 @@ impl Growth {
             e => GrowthError::Map(e),
         })?;
         if self.links.is_empty()
-            && let Err(e) = self.attach(ebpf)
+            && let Err(e) = self.attach()
         {
             let _ = self.targets.remove(&pid);
             return Err(e);
@@ -150,13 +146,13 @@ impl Growth {
     }
 
     /// Stops sampling `pid` and forgets its stacks; detaches when nobody is sampled.
-    pub fn remove(&mut self, ebpf: &mut Ebpf, pid: u32) {
+    pub fn remove(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
         remove_keys(&mut self.growth, |k| k.tgid == pid);
         remove_keys(&mut self.pages, |k| k.tgid == pid);
         remove_keys(&mut self.releases, |k| k.tgid == pid);
         if self.targets.keys().next().is_none() {
-            self.detach(ebpf);
+            self.links.clear();
         }
     }
 
@@ -217,34 +213,23 @@ impl Growth {
         per
     }
 
-    fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), GrowthError> {
+    fn attach(&mut self) -> Result<(), GrowthError> {
         self.off.retain(|o| !o.contains("attach failed"));
         let (fault, tracepoint) = FAULT_PROGRAM;
-        let link = raw_program(ebpf, fault).and_then(|p| {
-            let id = p
-                .attach(tracepoint)
-                .map_err(|e| format!("attaching {fault} to raw tracepoint {tracepoint}: {e}"))?;
-            p.take_link(id).map_err(|e| e.to_string())
-        });
-        self.links
-            .push(Box::new(link.map_err(GrowthError::Unavailable)?));
+        let link = self
+            .kernel
+            .attach_raw_tracepoint(fault, tracepoint)
+            .map_err(|e| GrowthError::Unavailable(e.to_string()))?;
+        self.links.push(link);
         for (program, category, name) in SYSCALL_PROGRAMS {
-            let link = program_mut(ebpf, program).and_then(|p| {
-                let id = p.attach(category, name).map_err(|e| e.to_string())?;
-                p.take_link(id).map_err(|e| e.to_string())
-            });
-            match link {
-                Ok(link) => self.links.push(Box::new(link)),
+            match self.kernel.attach_tracepoint(program, category, name) {
+                Ok(link) => self.links.push(link),
                 Err(e) => self
                     .off
                     .push(format!("{category}:{name}: {e} (attach failed)")),
             }
         }
         Ok(())
-    }
-
-    fn detach(&mut self, _ebpf: &mut Ebpf) {
-        self.links.clear();
     }
 }
 
@@ -293,18 +278,6 @@ pub fn page_size() -> u64 {
         n if n > 0 => n as u64,
         _ => 4096,
     }
-}
-
-fn verifier(program: &str, e: &aya::programs::ProgramError) -> String {
-    format!("the verifier rejected {program}: {e}")
-}
-
-fn raw_program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut RawTracePoint, String> {
-    crate::loader::program(ebpf, name)
-}
-
-fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut TracePoint, String> {
-    crate::loader::program(ebpf, name)
 }
 
 #[cfg(test)]

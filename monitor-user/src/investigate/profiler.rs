@@ -5,10 +5,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use aya::Ebpf;
+use crate::bpf::Kernel;
 
 use super::{
     growth::{Growth, GrowthError},
@@ -23,14 +24,11 @@ pub const MAX_REQUEST_HOLDS: usize = 8;
 /// is grace for building the report. Past it the hold is dropped even if nothing released it.
 const REQUEST_GRACE: Duration = Duration::from_secs(60);
 
-/// The agent's kernel object and what growth sampling needs of it.
+/// Growth sampling in the agent: its maps and links, and who holds it on.
 pub struct Profiler {
-    ebpf: Ebpf,
     pub(super) growth: Growth,
     pub(super) stacks: Stacks,
     holds: Holds,
-    /// The per-thread syscall programs, which live in the same object.
-    pub syscalls: Option<crate::threads::SyscallProbes>,
 }
 
 /// On whose behalf a pid is sampled.
@@ -50,25 +48,16 @@ pub enum HoldError {
 }
 
 impl Profiler {
-    /// On failure the object comes back: the agent's own programs live in it.
     pub fn new(
-        mut ebpf: Ebpf,
+        kernel: Arc<Kernel>,
         max_request: Duration,
         max_auto: Duration,
-    ) -> Result<Self, (String, Ebpf)> {
-        let parts = Stacks::take(&mut ebpf)
-            .map_err(|e| e.to_string())
-            .and_then(|s| Ok((s, Growth::new(&mut ebpf).map_err(|e| e.to_string())?)));
-        match parts {
-            Ok((stacks, growth)) => Ok(Self {
-                ebpf,
-                growth,
-                stacks,
-                holds: Holds::new(max_request + REQUEST_GRACE, max_auto),
-                syscalls: None,
-            }),
-            Err(e) => Err((e, ebpf)),
-        }
+    ) -> Result<Self, String> {
+        Ok(Self {
+            stacks: Stacks::take(&kernel).map_err(|e| e.to_string())?,
+            growth: Growth::new(kernel).map_err(|e| e.to_string())?,
+            holds: Holds::new(max_request + REQUEST_GRACE, max_auto),
+        })
     }
 
     /// Samples `pid` for a request; the returned holder must be released, by the request's
@@ -95,7 +84,7 @@ impl Profiler {
 
     fn hold(&mut self, pid: u32, period: u32, holder: Holder) -> Result<(), HoldError> {
         if !self.growth.is_target(pid) {
-            self.growth.add(&mut self.ebpf, pid, period)?;
+            self.growth.add(pid, period)?;
         }
         self.holds.add(pid, holder, start_time(pid), Instant::now());
         Ok(())
@@ -110,7 +99,7 @@ impl Profiler {
     }
 
     fn forget(&mut self, pid: u32) {
-        self.growth.remove(&mut self.ebpf, pid);
+        self.growth.remove(pid);
         if self.growth.targets().is_empty() {
             self.stacks.clear_stacks();
         }
@@ -129,13 +118,6 @@ impl Profiler {
     /// Every pid sampled now, whoever holds it.
     pub fn sampled(&self) -> HashSet<u32> {
         self.holds.pids()
-    }
-
-    /// Attaches or detaches the per-thread syscall programs as `wanted` says; None when the
-    /// object has none.
-    pub fn follow_thread_wants(&mut self, wanted: bool) -> Option<Result<(), String>> {
-        let probes = self.syscalls.as_mut()?;
-        Some(probes.follow(&mut self.ebpf, wanted))
     }
 
     /// Pids the agent samples on its own, with when that began.

@@ -3,10 +3,12 @@
 
 use std::io;
 
+use procfs::{FromRead as _, process::Stat};
+
 use super::maps_snapshot::{self, Mapping, MapsError};
 
 /// `PF_KTHREAD` (include/linux/sched.h): the task is a kernel thread, with no user memory.
-const PF_KTHREAD: u64 = 0x0020_0000;
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
@@ -63,7 +65,10 @@ fn judge(
             detail: format!("cannot read /proc/{pid}/stat: {e}"),
         },
     })?;
-    let Some(Stat { comm, state, flags }) = Stat::parse(&stat) else {
+    let Ok(Stat {
+        comm, state, flags, ..
+    }) = Stat::from_read(stat.as_bytes())
+    else {
         return Err(TargetError::Unreadable {
             pid,
             detail: format!("/proc/{pid}/stat is not in the expected format"),
@@ -91,33 +96,15 @@ fn judge(
     }
 }
 
-struct Stat {
-    comm: String,
-    state: char,
-    flags: u64,
-}
-
-impl Stat {
-    /// `pid (comm) state ppid pgrp session tty_nr tpgid flags …` (proc_pid_stat(5)); the comm
-    /// may itself hold spaces and parentheses, so fields are counted from the last `)`.
-    fn parse(stat: &str) -> Option<Self> {
-        let open = stat.find('(')?;
-        let close = stat.rfind(')')?;
-        let comm = stat.get(open + 1..close)?.to_owned();
-        let mut fields = stat[close + 1..].split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let flags = fields.nth(5)?.parse().ok()?;
-        Some(Self { comm, state, flags })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stat(comm: &str, state: char, flags: u64) -> io::Result<String> {
+    /// A whole `/proc/42/stat` line, as a 6.x kernel writes it.
+    fn stat(comm: &str, state: char, flags: u32) -> io::Result<String> {
         Ok(format!(
-            "42 ({comm}) {state} 1 42 42 0 -1 {flags} 120 0 0 0 3 1 0 0 20 0 1 0 1000 4096 100"
+            "42 ({comm}) {state} 1 42 42 0 -1 {flags} 120 0 0 0 3 1 0 0 20 0 1 0 1000 4096 100 \
+             18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
         ))
     }
 

@@ -13,7 +13,6 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
-    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -27,7 +26,8 @@ use super::{
     socket::{Datagram, TaskSocket},
 };
 use crate::{
-    loader::KernelMaps,
+    bpf::maps::KernelMaps,
+    host,
     shared::Shared,
     state::boot_ns,
     table::Source,
@@ -269,7 +269,7 @@ impl Listener {
             .filter(|s| s.rss[RssKind::Anon as usize] != RSS_UNKNOWN);
         let (rss, source) = match kernel {
             Some(s) => (s.rss, Source::Kernel),
-            None => match crate::proc::read(pid) {
+            None => match host::proc::read(pid) {
                 Ok(p) => (p.rss.map(|v| v as i64), Source::Proc),
                 Err(_) => ([RSS_UNKNOWN; RssKind::COUNT], Source::Unknown),
             },
@@ -294,15 +294,12 @@ impl Listener {
         let nested = *self
             .nested
             .entry(pid)
-            .or_insert_with(|| ns_pids(&format!("/proc/{pid}/status")).len() > 1);
+            .or_insert_with(|| host::proc::ns_pids(pid).len() > 1);
         if !nested {
-            // /proc/<pid>/task/<tid> only resolves for threads of pid's own group.
-            return Path::new(&format!("/proc/{pid}/task/{tid}"))
-                .exists()
-                .then_some(tid);
+            return host::proc::thread_exists(pid, tid).then_some(tid);
         }
         threads::live_tids(pid).into_iter().find(|t| {
-            ns_pids(&format!("/proc/{pid}/task/{t}/status"))
+            host::proc::thread_ns_pids(pid, *t)
                 .last()
                 .is_some_and(|inner| *inner == tid)
         })
@@ -310,7 +307,7 @@ impl Listener {
 }
 
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    host::proc::exists(pid)
 }
 
 /// Keeps a per-process cache within [`MAX_TRACKED`]: entries of processes that are gone go
@@ -334,31 +331,11 @@ fn bound_map<V>(map: &mut HashMap<u32, V>, alive: impl Fn(&u32) -> bool) {
     }
 }
 
-/// The `NSpid:` line of a status file: the task's id in each pid namespace, outermost first.
-fn ns_pids(status_path: &str) -> Vec<u32> {
-    std::fs::read_to_string(status_path)
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("NSpid:").map(|v| {
-                    v.split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect()
-                })
-            })
-        })
-        .unwrap_or_default()
-}
-
 /// Abandons open jobs of processes that are gone; called every interval.
 pub fn prune(shared: &Shared) {
     let pids: Vec<u32> = {
         let state = shared.state();
-        state
-            .tasks
-            .open_pids()
-            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-            .collect()
+        state.tasks.open_pids().filter(|pid| !alive(*pid)).collect()
     };
     if !pids.is_empty() {
         shared
@@ -673,12 +650,5 @@ mod tests {
         let mut map: HashMap<u32, bool> = (0..MAX_TRACKED as u32).map(|p| (p, true)).collect();
         bound_map(&mut map, |pid| *pid % 2 == 0);
         assert_eq!(map.len(), MAX_TRACKED / 2);
-    }
-
-    #[test]
-    fn ns_pids_reads_the_status_line() {
-        let me = ns_pids("/proc/self/status");
-        assert_eq!(me.first().copied(), Some(std::process::id()));
-        assert!(ns_pids("/nonexistent").is_empty());
     }
 }

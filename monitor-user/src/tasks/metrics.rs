@@ -7,6 +7,7 @@
 //! `leakscope_marker_queue_full_total`, `leakscope_task_jobs_abandoned_total`. Shares of the
 //! agent's tables refused to a uid or cgroup: `leakscope_share_refused_total{table,owner}`.
 
+use leakscope_api::metrics as names;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
 use super::{
@@ -116,39 +117,39 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
     ));
     vec![
         family(
-            "leakscope_task_runs_total",
+            names::TASK_RUNS_TOTAL,
             "Completed runs of a task (a begin marker paired with its end).",
             MetricType::COUNTER,
             runs,
         ),
         family(
-            "leakscope_task_retained_bytes",
+            names::TASK_RETAINED_BYTES,
             "Memory a run left its process holding (anon+shmem+swap at end minus at begin, \
              from the kernel's counters at the markers); runs that gave memory back count as 0.",
             MetricType::HISTOGRAM,
             retained,
         ),
         family(
-            "leakscope_task_leak_suspected",
+            names::TASK_LEAK_SUSPECTED,
             "1 when most recent runs of the task retain memory and the process floor rises \
              with them (see /api/v1/tasks for the evidence).",
             MetricType::GAUGE,
             suspected,
         ),
         family(
-            "leakscope_task_jobs_abandoned_total",
+            names::TASK_JOBS_ABANDONED_TOTAL,
             "Jobs that began and never ended: their end marker was lost or their process exited.",
             MetricType::COUNTER,
             vec![counter(&[], c.abandoned as f64)],
         ),
         family(
-            "leakscope_markers_received_total",
+            names::MARKERS_RECEIVED_TOTAL,
             "Task markers accepted from workers.",
             MetricType::COUNTER,
             vec![counter(&[], c.received as f64)],
         ),
         family(
-            "leakscope_markers_dropped_total",
+            names::MARKERS_DROPPED_TOTAL,
             "Task markers dropped, by reason: malformed (the parser's reasons), no credentials, \
              ancillary data, the sender's uid or cgroup over its rate (uid_rate_limited, \
              cgroup_rate_limited) or its share of open jobs (uid_open_jobs_share, \
@@ -157,7 +158,7 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
             dropped,
         ),
         family(
-            "leakscope_share_refused_total",
+            names::SHARE_REFUSED_TOTAL,
             "Entries of a shared table refused because the uid or cgroup (owner) behind them \
              already held its share (a quarter, at least a floor): task names (their runs go \
              to task=\"(overflow)\"), processes with per-thread accounting, worker pools. \
@@ -166,7 +167,7 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
             refused,
         ),
         family(
-            "leakscope_marker_queue_full_total",
+            names::MARKER_QUEUE_FULL_TOTAL,
             "Times the agent drained a full queue's worth of markers at once: workers, who never \
              wait, may have dropped markers meanwhile.",
             MetricType::COUNTER,

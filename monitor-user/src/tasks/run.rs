@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aya::Ebpf;
 use log::{info, warn};
 
 use super::{
@@ -13,17 +12,19 @@ use super::{
     socket::{SocketFile, SocketOptions, TaskSocket},
 };
 use crate::{
+    bpf::maps::KernelMaps,
     cli::RunArgs,
-    loader::KernelMaps,
     select::Selector,
     shared::Shared,
     state::AgentState,
-    threads::{self, ThreadMaps, ThreadsConfig},
+    threads::{self, SyscallProbes, ThreadMaps, ThreadsConfig},
 };
 
 /// What start-up prepared before the agent's state is shared.
 pub struct PerJob {
     threads: Option<Arc<ThreadMaps>>,
+    /// Attached only while some process has per-thread accounting.
+    syscalls: Option<SyscallProbes>,
     socket: Option<TaskSocket>,
     listener: ListenerConfig,
 }
@@ -45,7 +46,12 @@ impl Drop for Running {
 impl PerJob {
     /// Configures `state` from the command line, takes the per-thread maps and binds the
     /// task socket. Failures turn the feature off with a note; the agent runs on.
-    pub fn prepare(ebpf: &mut Ebpf, state: &mut AgentState, args: &RunArgs) -> Self {
+    pub fn prepare(
+        kernel: &crate::bpf::Kernel,
+        syscalls: Option<SyscallProbes>,
+        state: &mut AgentState,
+        args: &RunArgs,
+    ) -> Self {
         state.tasks = super::Tasks::new(TasksConfig {
             max_tasks: args.max_tasks as usize,
             ..TasksConfig::default()
@@ -57,7 +63,7 @@ impl PerJob {
             max_processes: args.max_thread_processes as usize,
             top_n: args.top_threads as usize,
         });
-        let threads = match ThreadMaps::take(ebpf) {
+        let threads = match ThreadMaps::take(kernel) {
             Ok(m) => {
                 state.threads.available = true;
                 Some(Arc::new(m))
@@ -107,6 +113,7 @@ impl PerJob {
         };
         Self {
             threads,
+            syscalls,
             socket,
             listener: ListenerConfig::with_rate(args.marker_rate),
         }
@@ -118,6 +125,7 @@ impl PerJob {
         if let Some(maps) = &self.threads {
             tasks.push(tokio::spawn(threads::run(
                 maps.clone(),
+                self.syscalls,
                 shared.clone(),
                 every,
             )));

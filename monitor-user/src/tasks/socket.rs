@@ -26,20 +26,24 @@
 //!   be a socket first; a stale socket is removed, and the agent's own at exit, with
 //!   `unlinkat` on the directory, after `fstatat` says it is the one expected.
 //!
-//! Receiving keeps its own `recvmsg`: rustix's `UCred` holds the pid as a non-zero type, but
-//! the kernel gives pid 0 for a sender outside the agent's pid namespace (an agent in a
-//! container without the host's pid namespace), which would be undefined behaviour there.
+//! Receiving goes through nix's `recvmsg`, not rustix's: rustix's `UCred` holds the pid as a
+//! non-zero type, but the kernel gives pid 0 for a sender outside the agent's pid namespace
+//! (an agent in a container without the host's pid namespace). nix will not walk control
+//! messages the kernel had to cut short (`MSG_CTRUNC`), and descriptors among them could then
+//! not be closed; so the control buffer holds the most the kernel attaches to a datagram on
+//! this socket: the credentials and `SCM_MAX_FD` descriptors.
 
 use std::{
-    io,
+    io::{self, IoSliceMut},
     os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::{ffi::OsStrExt as _, net::UnixDatagram},
     },
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use nix::sys::socket::{ControlMessageOwned, MsgFlags};
 use rustix::{
     fs::{AtFlags, FileType, Mode, OFlags, Stat},
     io::Errno,
@@ -51,6 +55,8 @@ const QLEN_SYSCTL: &str = "/proc/sys/net/unix/max_dgram_qlen";
 /// Mode of a directory the agent creates: workers (any user) must reach the socket in it.
 const DIR_MODE: u32 = 0o755;
 const STICKY: u32 = 0o1000;
+/// Descriptors one datagram can carry (include/net/scm.h; unix(7)): `sendmsg` refuses more.
+const SCM_MAX_FD: usize = 253;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -324,63 +330,50 @@ impl TaskSocket {
     /// Receives one datagram into `buf` (blocking unless `nonblocking`), with its sender's
     /// credentials. Descriptors passed with it are closed at once.
     pub fn recv(&self, buf: &mut [u8], nonblocking: bool) -> io::Result<Datagram> {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // Room for the credentials and one small extra message (u64s for alignment).
-        let mut control = [0u64; 8];
-        // SAFETY: msghdr is plain data; zeroed is a valid value.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control) as _;
-        let mut flags = libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
+        let room = buf.len();
+        let mut iov = [IoSliceMut::new(buf)];
+        let mut control = nix::cmsg_space!(libc::ucred, [RawFd; SCM_MAX_FD]);
+        // MSG_TRUNC: the datagram's real length, so an oversized one is seen as such.
+        let mut flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
         if nonblocking {
-            flags |= libc::MSG_DONTWAIT;
+            flags |= MsgFlags::MSG_DONTWAIT;
         }
-        // SAFETY: msg points at valid buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, flags) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let len = n as usize;
+        let msg = nix::sys::socket::recvmsg::<()>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            flags,
+        )?;
         let mut out = Datagram {
-            len,
-            truncated: msg.msg_flags & libc::MSG_TRUNC != 0 || len > buf.len(),
+            len: msg.bytes,
+            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > room,
             creds: None,
-            ancillary: msg.msg_flags & libc::MSG_CTRUNC != 0,
+            ancillary: false,
         };
-        // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
-        // msg_controllen.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                let data = libc::CMSG_DATA(c);
-                let payload = (*c).cmsg_len as usize - (data as usize - c as usize);
-                match ((*c).cmsg_level, (*c).cmsg_type) {
-                    (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
-                        if payload >= size_of::<libc::ucred>() =>
-                    {
-                        let cred = data.cast::<libc::ucred>().read_unaligned();
-                        out.creds = Some(Credentials {
-                            pid: cred.pid as u32,
-                            uid: cred.uid,
-                            gid: cred.gid,
-                        });
-                    }
-                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                        // Never keep a descriptor a stranger sent: close them all.
-                        for i in 0..payload / size_of::<libc::c_int>() {
-                            let fd = data.cast::<libc::c_int>().add(i).read_unaligned();
-                            libc::close(fd);
-                        }
-                        out.ancillary = true;
-                    }
-                    _ => out.ancillary = true,
+        // Err only for MSG_CTRUNC, which the buffer's size rules out (see the module's notes).
+        let Ok(cmsgs) = msg.cmsgs() else {
+            out.ancillary = true;
+            return Ok(out);
+        };
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => {
+                    out.creds = Some(Credentials {
+                        pid: cred.pid() as u32,
+                        uid: cred.uid(),
+                        gid: cred.gid(),
+                    });
                 }
-                c = libc::CMSG_NXTHDR(&msg, c);
+                ControlMessageOwned::ScmRights(fds) => {
+                    // Never keep a descriptor a stranger sent: close them all.
+                    for fd in fds {
+                        // SAFETY: the kernel installed `fd` in this process for this datagram
+                        // alone; nothing else holds it.
+                        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                    out.ancillary = true;
+                }
+                _ => out.ancillary = true,
             }
         }
         Ok(out)
@@ -685,6 +678,48 @@ mod tests {
         assert_eq!(d.len, 600);
         let e = s.recv(&mut buf, true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_most_descriptors_a_datagram_can_carry_are_all_closed() {
+        use std::io::{IoSlice, Read as _};
+
+        use nix::sys::socket::{ControlMessage, sendmsg};
+
+        let dir = temp_dir("sock-fds");
+        let path = dir.join("tasks.sock");
+        let s = TaskSocket::bind(&SocketOptions::new(&path)).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.connect(&path).unwrap();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        rustix::fs::fcntl_setfl(&reader, OFlags::NONBLOCK).unwrap();
+        let send = |n: usize| {
+            let fds = vec![writer.as_raw_fd(); n];
+            sendmsg::<()>(
+                client.as_raw_fd(),
+                &[IoSlice::new(b"LS1 begin t")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+        };
+        assert_eq!(
+            send(SCM_MAX_FD + 1),
+            Err(nix::errno::Errno::EINVAL),
+            "the kernel's limit is SCM_MAX_FD"
+        );
+        send(SCM_MAX_FD).unwrap();
+        drop(writer);
+        let mut buf = [0u8; 513];
+        let d = s.recv(&mut buf, true).unwrap();
+        assert!(d.ancillary);
+        assert!(
+            d.creds.is_some(),
+            "the credentials came beside them: nothing was cut short"
+        );
+        // The pipe reads as ended only once every copy of its write end is closed.
+        assert_eq!(reader.read(&mut [0u8; 1]).unwrap(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,9 +1,12 @@
-//! Reading `/proc` for processes the kernel programs have not reported yet: the seed at
-//! start-up and targeted look-ups. Never reads `environ`; command lines are only matched,
-//! never kept.
+//! Reading `/proc`: processes the kernel programs have not reported yet (the seed at start-up
+//! and targeted look-ups), whether a process or thread is still there, and the agent's own
+//! capabilities and mounts. Never reads `environ`; command lines are only matched, never kept.
 
 use monitor_common::RssKind;
-use procfs::{ProcError as RawError, process::Process};
+use procfs::{
+    ProcError as RawError,
+    process::{MountInfo, Process},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
@@ -45,9 +48,15 @@ pub struct ProcSnapshot {
     pub peak_bytes: u64,
 }
 
+/// `/proc/<pid>`; a pid no process can have is gone.
+fn process(pid: u32) -> Result<Process, ProcError> {
+    let raw = i32::try_from(pid).map_err(|_| ProcError::Gone(pid))?;
+    Process::new(raw).map_err(|e| ProcError::from_raw(pid, e))
+}
+
 pub fn read(pid: u32) -> Result<ProcSnapshot, ProcError> {
     let err = |e| ProcError::from_raw(pid, e);
-    let p = Process::new(pid as i32).map_err(err)?;
+    let p = process(pid)?;
     let stat = p.stat().map_err(err)?;
     let status = p.status().map_err(err)?;
     let Some(resident) = status.vmrss else {
@@ -90,7 +99,99 @@ pub fn read_all() -> Result<(Vec<ProcSnapshot>, Vec<ProcError>), ProcError> {
     Ok((found, failed))
 }
 
+/// Whether `/proc/<pid>` is there: a zombie still is. Only a pid the kernel does not know is
+/// gone; a read refused for another reason keeps the process.
+pub fn exists(pid: u32) -> bool {
+    !matches!(process(pid), Err(ProcError::Gone(_)))
+}
+
+/// Whether `tid` is a thread of `pid`: `/proc/<pid>/task/<tid>` resolves only for threads of
+/// that thread group.
+pub fn thread_exists(pid: u32, tid: u32) -> bool {
+    let Ok(tid) = i32::try_from(tid) else {
+        return false;
+    };
+    process(pid).is_ok_and(|p| p.task_from_tid(tid).is_ok())
+}
+
+/// Up to `max` thread ids of `pid`, in the agent's pid namespace; none once it has gone.
+pub fn tids(pid: u32, max: usize) -> Vec<u32> {
+    let Some(tasks) = process(pid).ok().and_then(|p| p.tasks().ok()) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| t.tid as u32)
+        .take(max)
+        .collect()
+}
+
+/// `pid`'s id in each pid namespace it is in, outermost (the agent's) first (`NSpid:`); empty
+/// when it cannot be read.
+pub fn ns_pids(pid: u32) -> Vec<u32> {
+    process(pid)
+        .ok()
+        .and_then(|p| p.status().ok())
+        .map(|s| ns_ids(s.nspid))
+        .unwrap_or_default()
+}
+
+/// [`ns_pids`] of one thread of `pid`.
+pub fn thread_ns_pids(pid: u32, tid: u32) -> Vec<u32> {
+    let Ok(raw_tid) = i32::try_from(tid) else {
+        return Vec::new();
+    };
+    process(pid)
+        .ok()
+        .and_then(|p| p.task_from_tid(raw_tid).ok()?.status().ok())
+        .map(|s| ns_ids(s.nspid))
+        .unwrap_or_default()
+}
+
+fn ns_ids(nspid: Option<Vec<i32>>) -> Vec<u32> {
+    nspid
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect()
+}
+
+/// Whether `pid` still runs: false once it has gone or is a zombie (exited, whether or not
+/// its parent has reaped it). A stat the agent may not read is not taken for an exit.
+pub fn running(pid: u32) -> bool {
+    match process(pid).and_then(|p| p.stat().map_err(|e| ProcError::from_raw(pid, e))) {
+        Ok(stat) => !matches!(stat.state, 'Z' | 'X'),
+        Err(e) => !matches!(e, ProcError::Gone(_)),
+    }
+}
+
+/// The real uid of a process (the first `Uid:` of its status), which is what the kernel gives
+/// a task-marker receiver in `SCM_CREDENTIALS`; `None` once it has gone.
+pub fn real_uid(pid: u32) -> Option<u32> {
+    process(pid).ok()?.status().ok().map(|s| s.ruid)
+}
+
+/// The agent's effective capability set (`CapEff:`), one bit per capability number.
+pub fn own_effective_caps() -> Result<u64, ProcError> {
+    let pid = std::process::id();
+    Process::myself()
+        .and_then(|p| p.status())
+        .map(|s| s.capeff)
+        .map_err(|e| ProcError::from_raw(pid, e))
+}
+
+/// The mounts the agent sees (`/proc/self/mountinfo`).
+pub fn own_mounts() -> Result<Vec<MountInfo>, ProcError> {
+    let pid = std::process::id();
+    Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map(|m| m.0)
+        .map_err(|e| ProcError::from_raw(pid, e))
+}
+
 /// The command line joined by spaces, for matching only: callers must not keep or export it.
+/// Read as bytes rather than with procfs, whose `cmdline()` fails on any argument that is not
+/// UTF-8, where matching wants the rest of the line.
 pub fn cmdline(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let joined: Vec<u8> = raw
@@ -195,6 +296,87 @@ mod tests {
             read(2),
             Err(ProcError::KernelThread(2)) | Err(ProcError::Gone(2))
         ));
+    }
+
+    #[test]
+    fn a_process_is_there_until_its_pid_is_free() {
+        assert!(exists(std::process::id()));
+        assert!(!exists(5_000_000));
+        assert!(!exists(u32::MAX), "beyond any pid");
+    }
+
+    /// This thread's id.
+    fn gettid() -> u32 {
+        // SAFETY: no preconditions.
+        unsafe { libc::gettid() as u32 }
+    }
+
+    #[test]
+    fn threads_are_found_only_in_their_own_group() {
+        let me = std::process::id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tx.send(gettid()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(tids(me, usize::MAX).contains(&tid));
+        assert!(tids(me, usize::MAX).contains(&me), "the main thread");
+        assert_eq!(tids(me, 1).len(), 1, "capped");
+        assert!(tids(5_000_000, usize::MAX).is_empty());
+        assert!(thread_exists(me, tid));
+        assert!(!thread_exists(1, tid), "a thread of another group");
+        assert!(!thread_exists(me, 5_000_000));
+        assert_eq!(thread_ns_pids(me, tid).first(), Some(&tid));
+        assert!(thread_ns_pids(me, 5_000_000).is_empty());
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn ns_pids_start_with_the_agents_namespace() {
+        let me = ns_pids(std::process::id());
+        assert_eq!(me.first().copied(), Some(std::process::id()));
+        assert!(ns_pids(5_000_000).is_empty());
+    }
+
+    #[test]
+    fn a_zombie_has_stopped_running() {
+        assert!(running(std::process::id()));
+        assert!(!running(5_000_000));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped: it stays a zombie, still in /proc, until `wait` below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(exists(pid), "a zombie is still there");
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_process_uid_is_read_from_proc() {
+        // SAFETY: no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(real_uid(std::process::id()), Some(uid));
+        assert_eq!(real_uid(u32::MAX), None);
+    }
+
+    #[test]
+    fn the_agent_sees_its_root_mount() {
+        let mounts = own_mounts().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_point == std::path::Path::new("/")),
+            "{mounts:?}"
+        );
     }
 
     #[test]

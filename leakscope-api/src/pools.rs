@@ -1,0 +1,102 @@
+//! `/api/v1/pools`: prefork pools (children of one parent with one name), their recycles and
+//! verdicts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::float::nan_if_null;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolsResponse {
+    pub pools: Vec<Pool>,
+    /// Recycles not recorded because `--max-pools` pools exist already, or because the
+    /// parent's uid owns its share of them.
+    pub overflow_recycles: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// `<parent pid>/<comm>`, the `pool` label of the pool metrics.
+    pub pool: String,
+    pub parent_pid: u32,
+    pub comm: String,
+    pub recycles: u64,
+    /// Every reason, present from the pool's first recycle.
+    pub recycles_by_reason: BTreeMap<RecycleReason, u64>,
+    /// Recycles for `memory` or `oom`.
+    pub recycles_for_memory: u64,
+    pub leak_suspected: bool,
+    /// Why the pool is suspected, in words.
+    pub evidence: Option<String>,
+    /// The last exits, oldest first.
+    pub exits: Vec<PoolExit>,
+    /// Live children now.
+    pub children: u64,
+}
+
+/// Why a child of a pool exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecycleReason {
+    /// Reached (90% of) its configured per-worker limit.
+    Memory,
+    /// Killed by the OOM killer.
+    Oom,
+    /// Killed by a signal other than a polite stop.
+    Crash,
+    /// A clean exit: max tasks reached, scaled down, or a memory limit the agent was not told.
+    Clean,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolExit {
+    pub pid: u32,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub lifetime_secs: f64,
+    pub resident_bytes: u64,
+    pub peak_bytes: u64,
+    /// Resident bytes at the agent's first sample of the child.
+    pub first_sample_bytes: Option<u64>,
+    pub reason: RecycleReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycle_reasons_are_object_keys_both_ways() {
+        let pool = Pool {
+            pool: "10/celery".into(),
+            parent_pid: 10,
+            comm: "celery".into(),
+            recycles: 2,
+            recycles_by_reason: [(RecycleReason::Memory, 2), (RecycleReason::Clean, 0)].into(),
+            recycles_for_memory: 2,
+            leak_suspected: true,
+            evidence: Some("2 of the last 2 children were recycled for memory".into()),
+            exits: vec![PoolExit {
+                pid: 11,
+                lifetime_secs: 60.0,
+                resident_bytes: 1,
+                peak_bytes: 2,
+                first_sample_bytes: None,
+                reason: RecycleReason::Memory,
+            }],
+            children: 4,
+        };
+        let v = serde_json::to_value(PoolsResponse {
+            pools: vec![pool.clone()],
+            overflow_recycles: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            v["pools"][0]["recycles_by_reason"],
+            serde_json::json!({"memory": 2, "clean": 0})
+        );
+        assert_eq!(v["pools"][0]["exits"][0]["reason"], "memory");
+        let back: PoolsResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(back.pools, [pool]);
+    }
+}

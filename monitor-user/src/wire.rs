@@ -1,0 +1,290 @@
+//! The agent's own types as the API's wire types ([`leakscope_api`]). The handlers build their
+//! responses through these conversions, so what is served is what that crate defines, and its
+//! clients (xtask, the integration tests) read it back with the same types.
+//!
+//! It names only the types it converts, never the state or the handlers that use it, so it
+//! adds no cycle between modules; the task types convert in `tasks::api`, beside their view.
+
+use leakscope_api as api;
+
+use crate::{
+    container::{QosClass, Runtime},
+    detector::{Assessment, Verdict},
+    kube::PodName,
+    limits::LimitSource,
+    oom::OomRecord,
+    pools::{ExitRecord, Pool, RecycleReason},
+    table::Source,
+    threads::ThreadView,
+};
+
+impl From<Source> for api::Source {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Kernel => Self::Kernel,
+            Source::Proc => Self::Proc,
+            Source::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<Runtime> for api::Runtime {
+    fn from(r: Runtime) -> Self {
+        match r {
+            Runtime::Containerd => Self::Containerd,
+            Runtime::CriO => Self::CriO,
+            Runtime::Docker => Self::Docker,
+            Runtime::Podman => Self::Podman,
+            Runtime::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<QosClass> for api::QosClass {
+    fn from(q: QosClass) -> Self {
+        match q {
+            QosClass::Guaranteed => Self::Guaranteed,
+            QosClass::Burstable => Self::Burstable,
+            QosClass::BestEffort => Self::BestEffort,
+        }
+    }
+}
+
+impl From<PodName> for api::PodName {
+    fn from(p: PodName) -> Self {
+        Self {
+            namespace: p.namespace,
+            name: p.name,
+        }
+    }
+}
+
+impl From<LimitSource> for api::LimitSource {
+    fn from(s: LimitSource) -> Self {
+        match s {
+            LimitSource::Cgroup => Self::Cgroup,
+            LimitSource::Configured => Self::Configured,
+        }
+    }
+}
+
+impl From<Verdict> for api::Verdict {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Stable => Self::Stable,
+            Verdict::Growing => Self::Growing,
+            Verdict::Leaking => Self::Leaking,
+        }
+    }
+}
+
+impl From<&Assessment> for api::Assessment {
+    fn from(a: &Assessment) -> Self {
+        Self {
+            verdict: a.verdict.into(),
+            confidence: a.confidence,
+            rate_bytes_per_sec: a.rate_bytes_per_sec,
+            window_secs: a.window_secs,
+            floor_rise_bytes: a.floor_rise_bytes,
+            consistency: a.consistency,
+            samples: a.samples as u64,
+        }
+    }
+}
+
+impl From<&ThreadView> for api::ThreadGrowth {
+    fn from(t: &ThreadView) -> Self {
+        Self {
+            tid: t.tid,
+            comm: t.comm.clone(),
+            rss_growth_bytes: t.rss_growth_bytes,
+            rss_added_bytes: t.rss_added_bytes,
+            rss_removed_bytes: t.rss_removed_bytes,
+            mapped_growth_bytes: t.mapped_growth_bytes,
+            mapped_bytes: t.mapped_bytes,
+            unmapped_bytes: t.unmapped_bytes,
+            alive: t.alive,
+        }
+    }
+}
+
+impl From<RecycleReason> for api::RecycleReason {
+    fn from(r: RecycleReason) -> Self {
+        match r {
+            RecycleReason::Memory => Self::Memory,
+            RecycleReason::Oom => Self::Oom,
+            RecycleReason::Crash => Self::Crash,
+            RecycleReason::Clean => Self::Clean,
+        }
+    }
+}
+
+impl From<&ExitRecord> for api::PoolExit {
+    fn from(e: &ExitRecord) -> Self {
+        Self {
+            pid: e.pid,
+            lifetime_secs: e.lifetime_secs,
+            resident_bytes: e.resident_bytes,
+            peak_bytes: e.peak_bytes,
+            first_sample_bytes: e.first_sample_bytes,
+            reason: e.reason.into(),
+        }
+    }
+}
+
+impl From<&Pool> for api::Pool {
+    fn from(p: &Pool) -> Self {
+        Self {
+            pool: p.pool.clone(),
+            parent_pid: p.parent_pid,
+            comm: p.comm.clone(),
+            recycles: p.recycles,
+            recycles_by_reason: p
+                .recycles_by_reason
+                .iter()
+                .map(|(r, n)| ((*r).into(), *n))
+                .collect(),
+            recycles_for_memory: p.recycles_for_memory,
+            leak_suspected: p.leak_suspected,
+            evidence: p.evidence.clone(),
+            exits: p.exits.iter().map(Into::into).collect(),
+            children: p.children as u64,
+        }
+    }
+}
+
+impl From<&OomRecord> for api::OomKill {
+    fn from(r: &OomRecord) -> Self {
+        Self {
+            pid: r.pid,
+            victim: api::OomVictim {
+                comm: r.victim.comm.clone(),
+                pool: r.victim.pool.clone(),
+                cgroup: r.victim.cgroup.clone(),
+            },
+            anon_bytes: r.anon_bytes,
+            file_bytes: r.file_bytes,
+            shmem_bytes: r.shmem_bytes,
+            unix_time: r.unix_time,
+        }
+    }
+}
+
+/// The agent's types still derive `Serialize` as they did when they were served directly:
+/// each conversion must give the same JSON, so no client sees a difference.
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde_json::to_value;
+
+    use super::*;
+    use crate::oom::Victim;
+
+    fn same<A: Serialize, B: Serialize>(agent: &A, wire: &B) {
+        assert_eq!(to_value(agent).unwrap(), to_value(wire).unwrap());
+    }
+
+    #[test]
+    fn enums_keep_their_names() {
+        for s in [Source::Kernel, Source::Proc, Source::Unknown] {
+            same(&s, &api::Source::from(s));
+        }
+        for r in [
+            Runtime::Containerd,
+            Runtime::CriO,
+            Runtime::Docker,
+            Runtime::Podman,
+            Runtime::Unknown,
+        ] {
+            same(&r, &api::Runtime::from(r));
+        }
+        for q in [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ] {
+            same(&q, &api::QosClass::from(q));
+        }
+        for l in [LimitSource::Cgroup, LimitSource::Configured] {
+            same(&l, &api::LimitSource::from(l));
+        }
+        for v in [Verdict::Stable, Verdict::Growing, Verdict::Leaking] {
+            same(&v, &api::Verdict::from(v));
+        }
+        for r in RecycleReason::ALL {
+            same(&r, &api::RecycleReason::from(r));
+        }
+    }
+
+    #[test]
+    fn process_parts_keep_their_shape() {
+        let a = Assessment {
+            verdict: Verdict::Leaking,
+            confidence: 0.9,
+            rate_bytes_per_sec: 1e5,
+            window_secs: 180.0,
+            floor_rise_bytes: 2e7,
+            consistency: 1.0,
+            samples: 180,
+        };
+        same(&a, &api::Assessment::from(&a));
+        let t = ThreadView {
+            tid: 7,
+            comm: "worker".into(),
+            rss_growth_bytes: -4,
+            rss_added_bytes: 1,
+            rss_removed_bytes: 5,
+            mapped_growth_bytes: 8,
+            mapped_bytes: 8,
+            unmapped_bytes: 0,
+            alive: true,
+        };
+        same(&t, &api::ThreadGrowth::from(&t));
+        let pod = PodName {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+        };
+        same(&pod, &api::PodName::from(pod.clone()));
+    }
+
+    #[test]
+    fn pools_and_oom_kills_keep_their_shape() {
+        let exit = ExitRecord {
+            pid: 11,
+            lifetime_secs: 61.5,
+            resident_bytes: 1 << 20,
+            peak_bytes: 2 << 20,
+            first_sample_bytes: None,
+            reason: RecycleReason::Oom,
+        };
+        let pool = Pool {
+            pool: "10/celery".into(),
+            parent_pid: 10,
+            comm: "celery".into(),
+            recycles: 1,
+            recycles_by_reason: RecycleReason::ALL
+                .iter()
+                .map(|r| (*r, u64::from(*r == RecycleReason::Oom)))
+                .collect(),
+            recycles_for_memory: 1,
+            leak_suspected: false,
+            evidence: None,
+            exits: [exit].into(),
+            children: 3,
+        };
+        same(&pool, &api::Pool::from(&pool));
+        let kill = OomRecord {
+            pid: 12,
+            victim: Victim {
+                comm: "celery".into(),
+                pool: "10/celery".into(),
+                cgroup: "/a".into(),
+            },
+            anon_bytes: 3,
+            file_bytes: 2,
+            shmem_bytes: 1,
+            unix_time: 1.7e9,
+        };
+        same(&kill, &api::OomKill::from(&kill));
+    }
+}
