@@ -33,8 +33,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // A broken web config is a mistake in the command line: report it before anything else,
     // privileged or not.
     let web = match &args.web_config_file {
-        Some(path) => crate::web::Web::load(path)?,
-        None => crate::web::Web::default(),
+        Some(path) => crate::http::web::Web::load(path)?,
+        None => crate::http::web::Web::default(),
     };
     let caps = CapSet::current().context("reading the agent's capabilities")?;
     let missing = caps.missing_required();
@@ -70,7 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Bind first: a port in use should fail before anything is loaded into the kernel.
     let listener = http::bind(args.listen).await?;
     crate::bpf::object::present()?;
-    bump_memlock_rlimit();
+    crate::bpf::object::raise_memlock();
 
     let layout = Layout::read_mounting();
     if let Err(e) = &layout.tracefs {
@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_kernel_processes: args.max_kernel_processes,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
-        stacks: crate::investigate::endpoint::AGENT_CAPACITY,
+        stacks: crate::http::profile::AGENT_CAPACITY,
     };
     release_freed_memory();
     let kernel = Arc::new(
@@ -109,7 +109,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .ok();
     // Shared with the task-marker listener, which reads a process's entry at each marker.
     let maps = Arc::new(KernelMaps::take(&kernel).context("opening kernel maps")?);
-    let per_job = crate::tasks::run::PerJob::prepare(&kernel, syscalls, &mut state, &args);
+    let per_job =
+        crate::tasks::run::PerJob::prepare(&kernel, syscalls, &mut state, per_job_config(&args));
     let events = crate::bpf::maps::events(&kernel).context("opening the EVENTS ring buffer")?;
 
     // Seed after attaching, so a process born in between is seen by one or the other.
@@ -135,26 +136,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     // Growth programs are attached on request only (and for --auto-growth).
-    match crate::investigate::profiler::Profiler::new(
+    let profiler: Option<http::SharedProfiler> = match crate::investigate::profiler::Profiler::new(
         kernel.clone(),
-        Duration::from_secs(crate::investigate::endpoint::MAX_SECONDS),
+        Duration::from_secs(crate::http::profile::MAX_SECONDS),
         args.auto_growth_max_duration,
     ) {
-        Ok(p) => shared.set_profiler(p),
-        Err(e) => warn!("/debug/pprof/growth is off: {e}"),
-    }
+        Ok(p) => Some(Arc::new(tokio::sync::Mutex::new(p))),
+        Err(e) => {
+            warn!("/debug/pprof/growth is off: {e}");
+            None
+        }
+    };
     let events_task = tokio::spawn(event_loop(shared.clone()));
     let per_job = per_job.start(shared.clone(), maps.clone(), args.interval);
     let auto_growth = args.auto_growth.then_some(AutoGrowth {
         period: args.auto_growth_period,
         max: args.auto_growth_max as usize,
     });
-    if auto_growth.is_some() && shared.profiler().is_none() {
+    if auto_growth.is_some() && profiler.is_none() {
         warn!("--auto-growth is off: growth profiling is unavailable (see above)");
     }
     let sync_task = tokio::spawn(interval_loop(
         maps,
         shared.clone(),
+        profiler.clone(),
         args.interval,
         auto_growth,
     ));
@@ -175,9 +180,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let result = crate::web::serve(
+    let result = crate::http::web::serve(
         listener,
-        http::router(shared, access),
+        http::router(http::App { shared, profiler }, access),
         async move {
             signals.recv().await;
             info!("shutting down");
@@ -201,26 +206,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result.map_err(Into::into)
 }
 
+/// Per-job and per-thread accounting as the flags say.
+fn per_job_config(args: &RunArgs) -> crate::tasks::run::Config {
+    crate::tasks::run::Config {
+        tasks: crate::tasks::TasksConfig {
+            max_tasks: args.max_tasks as usize,
+            ..Default::default()
+        },
+        threads: crate::threads::ThreadsConfig {
+            matchers: Selector::new(args.threads_for.clone()),
+            has_matchers: !args.threads_for.is_empty(),
+            marker_uids: args.threads_for_uid.clone(),
+            max_processes: args.max_thread_processes as usize,
+            top_n: args.top_threads as usize,
+        },
+        socket: (!args.no_task_socket).then(|| crate::tasks::socket::SocketOptions {
+            path: args.task_socket.clone(),
+            mode: args.task_socket_mode,
+            group: args.task_socket_group.clone(),
+            queue_len: args.task_queue_len,
+        }),
+        marker_rate: args.marker_rate,
+    }
+}
+
 /// Parsing kernel BTF (ours, then aya's) briefly needs tens of MiB; hand it back to the
 /// kernel rather than keeping it in malloc's free lists for the agent's whole life.
 pub(crate) fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own heaps.
     unsafe { libc::malloc_trim(0) };
-}
-
-pub(crate) fn bump_memlock_rlimit() {
-    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: `rlim` is a valid rlimit for the duration of the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!(
-            "cannot raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -288,6 +302,7 @@ async fn event_loop(shared: Arc<Shared>) {
 async fn interval_loop(
     maps: Arc<KernelMaps>,
     shared: Arc<Shared>,
+    profiler: Option<http::SharedProfiler>,
     every: Duration,
     auto_growth: Option<AutoGrowth>,
 ) {
@@ -301,8 +316,8 @@ async fn interval_loop(
         if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&m, &s)).await {
             warn!("interval sync failed: {e}");
         }
-        if let Some(profiler) = shared.profiler() {
-            let leaking = auto_growth.map(|_| shared.state().leakers());
+        if let Some(profiler) = &profiler {
+            let leaking = auto_growth.map(|_| auto::leakers(&shared.state()));
             let mut profiler = profiler.lock().await;
             for line in profiler.expire() {
                 info!("{line}");

@@ -90,6 +90,29 @@ pub struct InvestigateArgs {
     pub json: bool,
 }
 
+impl From<InvestigateArgs> for crate::investigate::command::Options {
+    fn from(a: InvestigateArgs) -> Self {
+        use crate::investigate::command::Mode;
+        Self {
+            pid: a.pid,
+            duration: a.duration,
+            mode: match a.mode {
+                InvestigateMode::Growth => Mode::Growth,
+                InvestigateMode::Alloc => Mode::Alloc,
+                InvestigateMode::Both => Mode::Both,
+            },
+            out: a.out,
+            top: a.top,
+            sample_period: a.sample_period,
+            min_age: a.min_age,
+            sample_bytes: a.sample_bytes,
+            max_calls: a.max_calls,
+            max_allocations: a.max_allocations,
+            json: a.json,
+        }
+    }
+}
+
 fn parse_trace_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {

@@ -52,14 +52,13 @@ mod tests {
 
         use crate::{
             bpf::{BpfError, tracefs::TracefsError},
-            http::HttpError,
+            http::{HttpError, web::WebConfigError},
             investigate::{
                 flame::FlameError, growth::GrowthError, maps_snapshot::MapsError,
                 out_dir::OutDirError, pprof::DecodeError, target::TargetError,
             },
             kube::KubeError,
             tasks::socket::SocketError,
-            web::WebConfigError,
         };
 
         let io = || io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);

@@ -13,7 +13,7 @@ const FLOOR: [(&str, &str); 3] = [
 ];
 
 pub async fn run() -> anyhow::Result<()> {
-    crate::agent::bump_memlock_rlimit();
+    crate::bpf::object::raise_memlock();
     let kernel = crate::bpf::object::load_floor().context("loading the eBPF object")?;
     let _links = FLOOR
         .iter()

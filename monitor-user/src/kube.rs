@@ -377,7 +377,7 @@ mod tests {
             "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n",
         )
         .unwrap();
-        let web = crate::web::Web::load(&web_yml).unwrap();
+        let web = crate::http::web::Web::load(&web_yml).unwrap();
         let router = Router::new().route(
             "/api/v1/pods",
             get(
@@ -396,7 +396,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
-            let _ = crate::web::serve(listener, router, std::future::pending(), &web).await;
+            let _ = crate::http::web::serve(listener, router, std::future::pending(), &web).await;
         });
         let mut cfg = ApiConfig {
             host: "127.0.0.1".into(),

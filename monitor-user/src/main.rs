@@ -26,7 +26,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => agent::run(*args).await,
-            Command::Investigate(args) => monitor_user::investigate::command::run(args).await,
+            Command::Investigate(args) => {
+                monitor_user::investigate::command::run(args.into()).await
+            }
             Command::BenchFloor => monitor_user::floor::run().await,
         }
     });

@@ -104,7 +104,6 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
     out.extend(pod_families(state));
     out.extend(crate::tasks::metrics::families(state));
     out.extend(crate::threads::families(state));
-    out.extend(crate::web::metric_families());
     out
 }
 
@@ -343,7 +342,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
     entries.push(vec![("map", "procs".into())], state.kernel_entries as f64);
     entries.push(
         vec![("map", "threads".into())],
-        state.threads.entries as f64,
+        crate::threads::Threads::of(state).entries as f64,
     );
     let mut sampled = gauge(
         names::GROWTH_SAMPLED_PROCESSES,
@@ -360,7 +359,7 @@ fn self_families(state: &AgentState) -> Vec<MetricFamily> {
     );
     evictions.push(
         vec![("map", "threads".into())],
-        state.threads.evictions(state) as f64,
+        crate::threads::Threads::of(state).evictions(state) as f64,
     );
     let mut proc_errors = counter(
         names::PROC_READ_ERRORS_TOTAL,
@@ -408,11 +407,14 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-pub fn render(state: &AgentState) -> Result<String, prometheus::Error> {
+/// The exposition of `state`, with the families of whoever serves it (`extra`: the HTTP
+/// server's own).
+pub fn render(state: &AgentState, extra: Vec<MetricFamily>) -> Result<String, prometheus::Error> {
     let mut buf = Vec::new();
     // The text format has no way to say "a family with no series"; leave such families out.
     let families: Vec<_> = families(state)
         .into_iter()
+        .chain(extra)
         .filter(|f| !f.get_metric().is_empty())
         .collect();
     TextEncoder::new().encode(&families, &mut buf)?;
@@ -453,7 +455,7 @@ mod tests {
 
     #[test]
     fn processes_render_by_kind_with_units() {
-        let text = render(&state_with(&[(10, "celery", 64 * MIB)], 10)).unwrap();
+        let text = render(&state_with(&[(10, "celery", 64 * MIB)], 10), Vec::new()).unwrap();
         assert_eq!(
             line(
                 &text,
@@ -479,7 +481,7 @@ mod tests {
             &[(1, "a", 10 * MIB), (2, "b", 30 * MIB), (3, "c", 20 * MIB)],
             1,
         );
-        let text = render(&state).unwrap();
+        let text = render(&state, Vec::new()).unwrap();
         assert!(text.contains("pid=\"2\""));
         assert!(!text.contains("pid=\"1\",") && !text.contains("pid=\"3\","));
         let overflow = line(
@@ -501,7 +503,7 @@ mod tests {
             error: None,
             fallback: "",
         });
-        let text = render(&state).unwrap();
+        let text = render(&state, crate::http::web::metric_families()).unwrap();
         assert!(!text.contains("leakscope_process_rss_bytes"));
         assert!(line(&text, "leakscope_agent_degraded 0").is_some());
         assert!(text.contains("leakscope_build_info{version="));
@@ -525,6 +527,7 @@ mod tests {
         // can export, and leakscope_api's list is what dashboards and alerts are checked against.
         let built: std::collections::BTreeSet<String> = families(&state_with(&[], 10))
             .iter()
+            .chain(&crate::http::web::metric_families())
             .map(|f| f.name().to_string())
             .collect();
         let listed = names::ALL.iter().map(|n| n.to_string()).collect();
@@ -537,7 +540,7 @@ mod tests {
         for p in state.table.iter_mut() {
             p.selected = Some(false);
         }
-        let text = render(&state).unwrap();
+        let text = render(&state, Vec::new()).unwrap();
         assert!(!text.contains("pid=\"5\""));
         assert!(line(&text, "leakscope_processes_tracked 1").is_some());
     }
@@ -575,7 +578,7 @@ mod tests {
         );
         state.table.get_mut(10).unwrap().container = crate::container::from_cgroup_path(&path);
         state.assess(crate::state::boot_ns());
-        let text = render(&state).unwrap();
+        let text = render(&state, Vec::new()).unwrap();
         assert!(
             !text.contains("leakscope_pod_info"),
             "no pod names outside a cluster"
@@ -590,7 +593,7 @@ mod tests {
             )]
             .into(),
         );
-        let text = render(&state).unwrap();
+        let text = render(&state, Vec::new()).unwrap();
         assert!(
             line(
                 &text,
@@ -641,7 +644,7 @@ mod tests {
         // comm is chosen by the process (prctl PR_SET_NAME): quotes and backslashes must not
         // break the exposition.
         let state = state_with(&[(7, "a\"b\\c", MIB)], 10);
-        let text = render(&state).unwrap();
+        let text = render(&state, Vec::new()).unwrap();
         assert!(
             text.contains("comm=\"a\\\"b\\\\c\",container_id=\"\""),
             "{text}"

@@ -1,18 +1,16 @@
 //! The state the HTTP handlers and the loops share, and the lifecycle events not yet applied.
 
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use aya::maps::{MapData, RingBuf};
 use monitor_common::LifecycleEvent;
 
-use crate::{investigate::profiler::Profiler, state::AgentState};
+use crate::state::AgentState;
 
 pub struct Shared {
     /// Locked before `state` whenever both are held.
     events: Mutex<Option<RingBuf<MapData>>>,
     state: Mutex<AgentState>,
-    /// On-demand growth profiles (/debug/pprof/growth); set once the programs are loaded.
-    profiler: OnceLock<tokio::sync::Mutex<Profiler>>,
 }
 
 impl Shared {
@@ -20,16 +18,7 @@ impl Shared {
         Self {
             events: Mutex::new(events),
             state: Mutex::new(state),
-            profiler: OnceLock::new(),
         }
-    }
-
-    pub fn set_profiler(&self, profiler: Profiler) {
-        let _ = self.profiler.set(tokio::sync::Mutex::new(profiler));
-    }
-
-    pub fn profiler(&self) -> Option<&tokio::sync::Mutex<Profiler>> {
-        self.profiler.get()
     }
 
     /// The state without pending events applied (for the loops that apply them).

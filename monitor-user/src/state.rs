@@ -39,10 +39,8 @@ pub struct AgentState {
     pub ooms: OomKills,
     /// Pod names by UID, filled from the Kubernetes API when the agent runs in a cluster.
     pub pods: crate::kube::Pods,
-    /// Jobs and task names (task markers).
-    pub tasks: crate::tasks::Tasks,
-    /// Per-thread accounting: who has it, and the top threads of each.
-    pub threads: crate::threads::Threads,
+    /// The features' state (tasks, threads), by type.
+    pub features: crate::features::Features,
     /// Processes whose growth stacks the agent samples on its own (--auto-growth).
     pub growth_sampled: std::collections::HashSet<u32>,
     /// Total of dropped lifecycle events, and when that total last grew.
@@ -110,9 +108,8 @@ impl AgentState {
             pools: Pools::new(settings.max_pools),
             ooms: OomKills::default(),
             pods: crate::kube::Pods::default(),
-            // Configured after start-up (agent.rs); the defaults suit tests.
-            tasks: crate::tasks::Tasks::default(),
-            threads: crate::threads::Threads::default(),
+            // Each feature puts its configured state here at start-up; defaults until then.
+            features: Default::default(),
             growth_sampled: Default::default(),
             last_drop: None,
         }
@@ -292,60 +289,6 @@ impl AgentState {
         (boot_ns as i128 - self.boot_to_unix_ns) as f64 / 1e9
     }
 
-    /// A selected process as `/api/v1/processes` serves it.
-    pub fn process_json(&self, p: &Process, own_series: bool) -> leakscope_api::Process {
-        let kind = |k: RssKind| p.rss(k).0;
-        let source = |k: RssKind| p.rss(k).1.into();
-        let limit = p.leak.as_ref().and_then(|l| l.limit);
-        leakscope_api::Process {
-            pid: p.pid,
-            ppid: p.ppid,
-            comm: p.comm.clone(),
-            start_time_seconds: self.unix_seconds(p.start_ns),
-            cgroup_id: p.cgroup_id,
-            cgroup: p.cgroup_path.clone(),
-            runtime: p.container.runtime.into(),
-            container_id: p.container.container_id.clone(),
-            pod_uid: p.container.pod_uid.clone(),
-            pod: p
-                .container
-                .pod_uid
-                .as_deref()
-                .and_then(|uid| self.pods.get(uid))
-                .map(Into::into),
-            qos: p.container.qos.map(Into::into),
-            rss_bytes: leakscope_api::RssBytes {
-                anon: kind(RssKind::Anon),
-                file: kind(RssKind::File),
-                shmem: kind(RssKind::Shmem),
-                swap: kind(RssKind::Swap),
-            },
-            resident_bytes: p.resident_bytes(),
-            peak_rss_bytes: p.peak_bytes(),
-            leak: p.leak.as_ref().map(|l| (&l.assessment).into()),
-            memory_limit_bytes: limit.map(|l| l.limit_bytes),
-            memory_limit_source: limit.map(|l| l.source.into()),
-            time_to_limit_seconds: p.leak.as_ref().and_then(|l| l.time_to_limit_secs),
-            pool: self.pools.name_of(p.ppid, &p.comm).map(str::to_string),
-            source: leakscope_api::RssSources {
-                anon: source(RssKind::Anon),
-                file: source(RssKind::File),
-                shmem: source(RssKind::Shmem),
-                swap: source(RssKind::Swap),
-            },
-            series: if own_series {
-                leakscope_api::Series::Own
-            } else {
-                leakscope_api::Series::Overflow
-            },
-            threads: self
-                .threads
-                .top_of(p.pid)
-                .map(|top| top.iter().map(Into::into).collect()),
-            growth_sampled: self.growth_sampled.contains(&p.pid),
-        }
-    }
-
     /// A probe the kernel refused after start-up: off, with the reason, from now on.
     pub fn probe_failed(&mut self, name: &str, why: String) {
         if let Some(p) = self.probes.iter_mut().find(|p| p.name == name) {
@@ -353,24 +296,6 @@ impl AgentState {
             p.attached = false;
             p.error = Some(why);
         }
-    }
-
-    /// Selected processes the detector calls leaking.
-    pub fn leakers(&self) -> Vec<crate::investigate::auto::Leaker> {
-        self.table
-            .iter()
-            .filter(|p| p.selected == Some(true))
-            .filter_map(|p| {
-                let a = &p.leak.as_ref()?.assessment;
-                (a.verdict == crate::detector::Verdict::Leaking).then(|| {
-                    crate::investigate::auto::Leaker {
-                        pid: p.pid,
-                        comm: p.comm.clone(),
-                        bytes_per_sec: a.rate_bytes_per_sec,
-                    }
-                })
-            })
-            .collect()
     }
 }
 

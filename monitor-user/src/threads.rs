@@ -33,11 +33,11 @@ use serde::Serialize;
 
 use crate::{
     bpf::{BpfError, Kernel, Link, NO_SUCH_TRACEPOINT, probes::ProbeStatus},
+    budget::{Over, Principal, Shares},
     select::Selector,
     shared::Shared,
     state::{AgentState, boot_ns},
     table::comm_str,
-    tasks::budget::{Over, Principal, Shares},
 };
 
 /// Threads read from `/proc/<pid>/task` for one snapshot, at most: a process with thousands of
@@ -387,7 +387,8 @@ impl Default for ThreadsConfig {
     }
 }
 
-/// What the agent knows of per-thread accounting; lives in [`AgentState`].
+/// What the agent knows of per-thread accounting; kept under the agent's lock beside the core
+/// model (`AgentState::features`).
 #[derive(Debug)]
 pub struct Threads {
     pub config: ThreadsConfig,
@@ -415,6 +416,19 @@ pub struct Threads {
 impl Default for Threads {
     fn default() -> Self {
         Self::new(ThreadsConfig::default())
+    }
+}
+
+static NO_THREADS: std::sync::LazyLock<Threads> = std::sync::LazyLock::new(Threads::default);
+
+impl Threads {
+    /// The agent's per-thread state (empty until the feature is configured).
+    pub fn of(state: &AgentState) -> &Threads {
+        state.features.get::<Threads>().unwrap_or(&NO_THREADS)
+    }
+
+    pub fn of_mut(state: &mut AgentState) -> &mut Threads {
+        state.features.get_mut::<Threads>()
     }
 }
 
@@ -507,17 +521,13 @@ impl Threads {
 /// changes to apply: none for a uid that is not opted in, whatever it sends.
 pub fn request_for_sender(state: &mut AgentState, pid: u32, who: Principal) -> Vec<(u32, bool)> {
     let mut changes = Vec::new();
-    let threads = &mut state.threads;
+    let threads = state.features.get_mut::<Threads>();
     if !threads.opted_in(who.uid) || threads.wanted.contains_key(&pid) || !threads.available {
         return changes;
     }
     changes.extend(threads.request(pid, WantReason::Markers, Some(who)));
     if let Some(ppid) = state.table.pool_parent(pid) {
-        changes.extend(
-            state
-                .threads
-                .request(ppid, WantReason::PoolParent, Some(who)),
-        );
+        changes.extend(Threads::of_mut(state).request(ppid, WantReason::PoolParent, Some(who)));
     }
     changes
 }
@@ -529,10 +539,10 @@ pub fn request_for_sender(state: &mut AgentState, pid: u32, who: Principal) -> V
 pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
     use prometheus::proto::MetricType;
 
-    use crate::tasks::metrics::{counter, family, gauge};
+    use crate::prom::{counter, family, gauge};
     let (mut rss, mut mapped) = (Vec::new(), Vec::new());
     for p in state.export().own {
-        let Some(top) = state.threads.top_of(p.pid) else {
+        let Some(top) = Threads::of(state).top_of(p.pid) else {
             continue;
         };
         let pid = p.pid.to_string();
@@ -567,7 +577,7 @@ pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
             "Processes with per-thread accounting (they match --threads-for, or send task \
              markers from a --threads-for-uid uid).",
             MetricType::GAUGE,
-            vec![gauge(&[], state.threads.wanted.len() as f64)],
+            vec![gauge(&[], Threads::of(state).wanted.len() as f64)],
         ),
         family(
             names::THREAD_TRACKING_REFUSED_TOTAL,
@@ -575,7 +585,7 @@ pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
              (or the kernel's map was full); refusals for a uid's or cgroup's share are in \
              leakscope_share_refused_total{table=\"thread_processes\"}.",
             MetricType::COUNTER,
-            vec![counter(&[], state.threads.refused as f64)],
+            vec![counter(&[], Threads::of(state).refused as f64)],
         ),
     ]
 }
@@ -599,7 +609,7 @@ pub async fn run(
         if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&maps, &synced)).await {
             log::warn!("per-thread sync failed: {e}");
         }
-        let wanted = !shared.state().threads.wanted.is_empty();
+        let wanted = !Threads::of(&shared.state()).wanted.is_empty();
         if let Some(probes) = syscalls.as_mut()
             && let Err(e) = probes.follow(wanted)
         {
@@ -617,7 +627,7 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
         let state = &mut *guard;
         let mut changes = Vec::new();
         let table = &state.table;
-        let threads = &mut state.threads;
+        let threads = state.features.get_mut::<Threads>();
         let gone: Vec<u32> = threads
             .wanted
             .keys()
@@ -680,7 +690,7 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
     {
         let mut state = shared.state();
         for c in &candidates {
-            state.threads.decided.insert(c.pid);
+            Threads::of_mut(&mut state).decided.insert(c.pid);
         }
         for (pid, uid) in chosen {
             let Some(uid) = uid else {
@@ -693,7 +703,11 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
                 .map(|p| p.cgroup_id)
                 .filter(|id| *id != 0);
             let owner = Principal { uid, cgroup };
-            changes.extend(state.threads.request(pid, WantReason::Matcher, Some(owner)));
+            changes.extend(Threads::of_mut(&mut state).request(
+                pid,
+                WantReason::Matcher,
+                Some(owner),
+            ));
         }
     }
     // 2. Tell the kernel.
@@ -702,8 +716,8 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
     let entries = maps.all();
     let (tops, stale, count) = {
         let mut state = shared.state();
-        state.threads.refused_by_kernel(&refused);
-        let wanted = &state.threads.wanted;
+        Threads::of_mut(&mut state).refused_by_kernel(&refused);
+        let wanted = &Threads::of(&state).wanted;
         let mut by_pid: HashMap<u32, Vec<(u32, ThreadStats)>> = HashMap::new();
         let mut stale = Vec::new();
         for (tid, t) in &entries {
@@ -716,7 +730,7 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
         (by_pid, stale, entries.len() as u64)
     };
     let removed = maps.remove(&stale);
-    let top_n = shared.state().threads.config.top_n;
+    let top_n = Threads::of(&shared.state()).config.top_n;
     let views: HashMap<u32, Vec<ThreadView>> = tops
         .into_iter()
         .map(|(pid, threads)| {
@@ -733,9 +747,10 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
         })
         .collect();
     let mut state = shared.state();
-    state.threads.top = views;
-    state.threads.entries = count.saturating_sub(removed);
-    state.threads.removed += removed;
+    let threads = Threads::of_mut(&mut state);
+    threads.top = views;
+    threads.entries = count.saturating_sub(removed);
+    threads.removed += removed;
 }
 
 #[cfg(test)]
@@ -840,20 +855,23 @@ mod tests {
     #[test]
     fn markers_turn_per_thread_accounting_on_only_for_opted_in_uids() {
         let mut state = AgentState::new(crate::state::Settings::default());
-        state.threads = Threads::new(ThreadsConfig {
+        state.features.insert(Threads::new(ThreadsConfig {
             marker_uids: vec![1000],
             ..ThreadsConfig::default()
-        });
-        state.threads.available = true;
+        }));
+        Threads::of_mut(&mut state).available = true;
         assert!(request_for_sender(&mut state, 42, Principal::uid(65534)).is_empty());
         assert!(
-            state.threads.wanted.is_empty(),
+            Threads::of(&state).wanted.is_empty(),
             "not opted in: nothing turned on"
         );
         assert_eq!(
             request_for_sender(&mut state, 43, Principal::uid(1000)),
             [(43, true)]
         );
-        assert_eq!(state.threads.wanted.get(&43), Some(&WantReason::Markers));
+        assert_eq!(
+            Threads::of(&state).wanted.get(&43),
+            Some(&WantReason::Markers)
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! adds no cycle between modules; the task types convert in `tasks::api`, beside their view.
 
 use leakscope_api as api;
+use monitor_common::RssKind;
 
 use crate::{
     container::{QosClass, Runtime},
@@ -14,8 +15,11 @@ use crate::{
     limits::LimitSource,
     oom::OomRecord,
     pools::{ExitRecord, Pool, RecycleReason},
+    state::AgentState,
+    table::Process,
     table::Source,
     threads::ThreadView,
+    threads::Threads,
 };
 
 impl From<Source> for api::Source {
@@ -172,6 +176,59 @@ impl From<&OomRecord> for api::OomKill {
 
 /// The agent's types still derive `Serialize` as they did when they were served directly:
 /// each conversion must give the same JSON, so no client sees a difference.
+/// A selected process as `/api/v1/processes` serves it.
+pub fn process(state: &AgentState, p: &Process, own_series: bool) -> api::Process {
+    let kind = |k: RssKind| p.rss(k).0;
+    let source = |k: RssKind| p.rss(k).1.into();
+    let limit = p.leak.as_ref().and_then(|l| l.limit);
+    api::Process {
+        pid: p.pid,
+        ppid: p.ppid,
+        comm: p.comm.clone(),
+        start_time_seconds: state.unix_seconds(p.start_ns),
+        cgroup_id: p.cgroup_id,
+        cgroup: p.cgroup_path.clone(),
+        runtime: p.container.runtime.into(),
+        container_id: p.container.container_id.clone(),
+        pod_uid: p.container.pod_uid.clone(),
+        pod: p
+            .container
+            .pod_uid
+            .as_deref()
+            .and_then(|uid| state.pods.get(uid))
+            .map(Into::into),
+        qos: p.container.qos.map(Into::into),
+        rss_bytes: api::RssBytes {
+            anon: kind(RssKind::Anon),
+            file: kind(RssKind::File),
+            shmem: kind(RssKind::Shmem),
+            swap: kind(RssKind::Swap),
+        },
+        resident_bytes: p.resident_bytes(),
+        peak_rss_bytes: p.peak_bytes(),
+        leak: p.leak.as_ref().map(|l| (&l.assessment).into()),
+        memory_limit_bytes: limit.map(|l| l.limit_bytes),
+        memory_limit_source: limit.map(|l| l.source.into()),
+        time_to_limit_seconds: p.leak.as_ref().and_then(|l| l.time_to_limit_secs),
+        pool: state.pools.name_of(p.ppid, &p.comm).map(str::to_string),
+        source: api::RssSources {
+            anon: source(RssKind::Anon),
+            file: source(RssKind::File),
+            shmem: source(RssKind::Shmem),
+            swap: source(RssKind::Swap),
+        },
+        series: if own_series {
+            api::Series::Own
+        } else {
+            api::Series::Overflow
+        },
+        threads: Threads::of(state)
+            .top_of(p.pid)
+            .map(|top| top.iter().map(Into::into).collect()),
+        growth_sampled: state.growth_sampled.contains(&p.pid),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Serialize;

@@ -74,6 +74,9 @@ fn test(args: Vec<String>) -> Result<()> {
     setup::run(true)?;
     let root = util::workspace_root();
     util::cargo(&["fmt", "--all", "--check"])?;
+    // Cheap, so first: monitor-user's modules import one way, and only its kernel layer holds
+    // the BPF object.
+    layers::run()?;
     util::cargo(&[
         "clippy",
         "--workspace",

@@ -112,3 +112,18 @@ pub fn load_for_investigation(
 pub fn load_floor() -> Result<Kernel, BpfError> {
     Ok(Kernel::new(Ebpf::load(OBJECT)?))
 }
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+pub fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `rlim` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 
 use log::{info, warn};
 
+use crate::state::AgentState;
+
 use super::profiler::{Holder, Profiler};
 
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +27,23 @@ pub struct Leaker {
     pub pid: u32,
     pub comm: String,
     pub bytes_per_sec: f64,
+}
+
+/// Selected processes the detector calls leaking.
+pub fn leakers(state: &AgentState) -> Vec<Leaker> {
+    state
+        .table
+        .iter()
+        .filter(|p| p.selected == Some(true))
+        .filter_map(|p| {
+            let a = &p.leak.as_ref()?.assessment;
+            (a.verdict == crate::detector::Verdict::Leaking).then(|| Leaker {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                bytes_per_sec: a.rate_bytes_per_sec,
+            })
+        })
+        .collect()
 }
 
 /// Brings the auto-sampled set in line with `leaking`; returns the pids sampled afterwards.

@@ -20,18 +20,37 @@ use super::{
     report::{Report, human_duration},
     table, target, tracer,
 };
-use crate::{
-    bpf::object::StackCapacity,
-    caps::CapSet,
-    cli::{InvestigateArgs, InvestigateMode},
-    state::boot_ns,
-};
+use crate::{bpf::object::StackCapacity, caps::CapSet, state::boot_ns};
 
 const POLL: Duration = Duration::from_millis(200);
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
 const STACK_CAPACITY: u32 = 16_384;
 
-pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
+/// What `leakscope investigate` was asked for (its flags, built at the boundary by cli).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pid: u32,
+    pub duration: Duration,
+    pub mode: Mode,
+    pub out: Option<std::path::PathBuf>,
+    /// Stacks shown in the table (0: all).
+    pub top: usize,
+    pub sample_period: u32,
+    pub min_age: Duration,
+    pub sample_bytes: u64,
+    pub max_calls: u64,
+    pub max_allocations: u32,
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Growth,
+    Alloc,
+    Both,
+}
+
+pub async fn run(args: Options) -> anyhow::Result<()> {
     let pid = args.pid;
     if pid == std::process::id() {
         bail!("pid {pid} is leakscope itself");
@@ -48,7 +67,7 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     // Refused before the run rather than after it; held open, so the directory that passed
     // the checks is the one written to.
     let out = args.out.as_deref().map(OutDir::open).transpose()?;
-    crate::agent::bump_memlock_rlimit();
+    crate::bpf::object::raise_memlock();
     let layout = crate::bpf::layout::Layout::read_mounting();
     let capacity = StackCapacity {
         stacks: STACK_CAPACITY,
@@ -68,8 +87,8 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         Err(e) => bail!("pid {pid} ({comm}): {e}"),
     };
 
-    let wants_growth = args.mode != InvestigateMode::Alloc;
-    let wants_alloc = args.mode != InvestigateMode::Growth;
+    let wants_growth = args.mode != Mode::Alloc;
+    let wants_alloc = args.mode != Mode::Growth;
     let mut growth = None;
     if wants_growth {
         let mut g = Growth::new(kernel.clone())?;
@@ -88,9 +107,9 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
         alloc = Some(trace);
     }
     let mode = match args.mode {
-        InvestigateMode::Growth => "growth",
-        InvestigateMode::Alloc => "alloc",
-        InvestigateMode::Both => "growth+alloc",
+        Mode::Growth => "growth",
+        Mode::Alloc => "alloc",
+        Mode::Both => "growth+alloc",
     };
     // Harnesses wait for this line: every probe is in place once it is printed.
     eprintln!(
@@ -200,7 +219,7 @@ pub async fn run(args: InvestigateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print(reports: &[Report], args: &InvestigateArgs) -> anyhow::Result<()> {
+fn print(reports: &[Report], args: &Options) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(reports)?);
     } else {

@@ -5,7 +5,6 @@ pub mod allocators;
 pub mod auto;
 pub mod collect;
 pub mod command;
-pub mod endpoint;
 pub mod flame;
 pub mod growth;
 pub mod maps_snapshot;

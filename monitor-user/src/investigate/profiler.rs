@@ -12,6 +12,7 @@ use std::{
 use crate::bpf::Kernel;
 
 use super::{
+    collect::{self, GrowthRecords, Target},
     growth::{Growth, GrowthError},
     tracer::Shared as Stacks,
 };
@@ -26,8 +27,8 @@ const REQUEST_GRACE: Duration = Duration::from_secs(60);
 
 /// Growth sampling in the agent: its maps and links, and who holds it on.
 pub struct Profiler {
-    pub(super) growth: Growth,
-    pub(super) stacks: Stacks,
+    growth: Growth,
+    stacks: Stacks,
     holds: Holds,
 }
 
@@ -113,6 +114,22 @@ impl Profiler {
             self.forget(pid);
         }
         said
+    }
+
+    /// What sampling recorded for the target, and since when: a pid the agent already
+    /// samples on its own keeps its period, and the profile covers all of it.
+    pub fn records(&self, target: &Target<'_>, requested: Instant) -> (GrowthRecords, Instant) {
+        let period = self
+            .growth
+            .period(target.pid)
+            .unwrap_or(monitor_common::stacks::DEFAULT_SAMPLE_PERIOD);
+        let started = self
+            .auto_since(target.pid)
+            .map_or(requested, |since| since.min(requested));
+        (
+            collect::read_growth(target, &self.growth, &self.stacks, period),
+            started,
+        )
     }
 
     /// Every pid sampled now, whoever holds it.

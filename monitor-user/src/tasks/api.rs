@@ -49,7 +49,7 @@ fn retained_json(t: &TaskStats) -> Retained {
 }
 
 pub fn tasks_json(state: &AgentState, only: Option<&str>) -> TasksResponse {
-    let tasks = &state.tasks;
+    let tasks = super::Tasks::of(state);
     let mut list: Vec<Task> = tasks
         .iter()
         .filter(|t| only.is_none_or(|name| name == t.name))

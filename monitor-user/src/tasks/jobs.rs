@@ -7,7 +7,7 @@
 //! one; jobs of processes that exit are abandoned.
 //!
 //! Task names, open jobs and processes with open jobs are tables every sender shares: each
-//! uid (and cgroup) holds at most a fair share of each ([`super::budget`]), so that one user
+//! uid (and cgroup) holds at most a fair share of each ([`crate::budget`]), so that one user
 //! cannot push another's tasks into `(overflow)` or keep the agent from opening their jobs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -16,11 +16,13 @@ use monitor_common::{RSS_UNKNOWN, RssKind, ThreadStats};
 use serde::Serialize;
 
 use super::{
-    budget::{Over, Principal, Shares},
     protocol::{Marker, MarkerError, Phase},
     verdict::{RunSample, TaskVerdict, VerdictConfig, assess, median},
 };
-use crate::table::{Source, comm_str};
+use crate::{
+    budget::{Over, Principal, Shares},
+    table::{Source, comm_str},
+};
 
 /// Runs beyond `--max-tasks` names are summed here. Parentheses are outside the protocol's
 /// task alphabet, so no worker can send a task of this name.
@@ -79,7 +81,7 @@ pub mod reason {
 }
 
 /// The least of each table one uid may hold, whatever the table's size: a quarter of a small
-/// table would not serve one ordinary deployment (see [`super::budget::fair_share`]).
+/// table would not serve one ordinary deployment (see [`crate::budget::fair_share`]).
 const NAME_SHARE_FLOOR: usize = 16;
 const OPEN_JOB_SHARE_FLOOR: usize = 64;
 const OPEN_PROCESS_SHARE_FLOOR: usize = 16;
@@ -366,6 +368,20 @@ pub struct Tasks {
 impl Default for Tasks {
     fn default() -> Self {
         Self::new(TasksConfig::default())
+    }
+}
+
+/// Kept under the agent's lock beside the core model (`AgentState::features`).
+static NO_TASKS: std::sync::LazyLock<Tasks> = std::sync::LazyLock::new(Tasks::default);
+
+impl Tasks {
+    /// The agent's per-task state (empty until the feature is configured).
+    pub fn of(state: &crate::state::AgentState) -> &Tasks {
+        state.features.get::<Tasks>().unwrap_or(&NO_TASKS)
+    }
+
+    pub fn of_mut(state: &mut crate::state::AgentState) -> &mut Tasks {
+        state.features.get_mut::<Tasks>()
     }
 }
 
@@ -984,10 +1000,7 @@ mod tests {
         feed(&mut t, 1, "LS1 begin later", None, snap(10_000, 0));
         feed(&mut t, 1, "LS1 end later", None, snap(10_000, 0));
         assert!(t.get("later").is_some());
-        assert_eq!(
-            t.names_share.held(super::super::budget::Owner::Uid(1000)),
-            share
-        );
+        assert_eq!(t.names_share.held(crate::budget::Owner::Uid(1000)), share);
     }
 
     #[test]
@@ -1031,10 +1044,7 @@ mod tests {
             feed_as(&mut t, squatter, pid, "LS1 begin again", None, snap(0, 0));
         }
         assert_eq!(dropped(&t, reason::UID_OPEN_JOBS_SHARE), 304);
-        assert_eq!(
-            t.jobs_share.held(super::super::budget::Owner::Uid(65534)),
-            4
-        );
+        assert_eq!(t.jobs_share.held(crate::budget::Owner::Uid(65534)), 4);
     }
 
     #[test]

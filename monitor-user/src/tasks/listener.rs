@@ -8,7 +8,7 @@
 //! from the rest of the host through it.
 //!
 //! Every datagram is charged to its sender's uid (from the kernel) before anything else is
-//! read, then to its cgroup when the process table knows it ([`super::budget`]).
+//! read, then to its cgroup when the process table knows it ([`crate::budget`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,13 +20,13 @@ use std::{
 use monitor_common::{ProcStats, RSS_UNKNOWN, RssKind, ThreadStats};
 
 use super::{
-    budget::{Principal, Rate, RateLimiter},
     jobs::{Snapshot, reason},
     protocol::{self, MAX_DATAGRAM, MarkerError},
     socket::{Datagram, TaskSocket},
 };
 use crate::{
     bpf::maps::KernelMaps,
+    budget::{Principal, Rate, RateLimiter},
     host,
     shared::Shared,
     state::boot_ns,
@@ -192,13 +192,15 @@ impl Listener {
         // A queue's worth in one go: the queue was (near) full and senders, who never
         // wait, may have dropped markers. The agent cannot see those drops; it counts this.
         if n >= self.socket.queue_len as usize {
-            self.shared.state().tasks.counters.queue_full += 1;
+            crate::tasks::Tasks::of_mut(&mut self.shared.state())
+                .counters
+                .queue_full += 1;
         }
         Ok(n)
     }
 
     fn drop_marker(&self, why: &'static str) {
-        self.shared.state().tasks.drop_marker(why);
+        crate::tasks::Tasks::of_mut(&mut self.shared.state()).drop_marker(why);
     }
 
     fn handle(&mut self, buf: &[u8], d: Datagram) {
@@ -244,18 +246,25 @@ impl Listener {
         keep_threads(&mut snap.threads, tid);
         let mut state = self.shared.state();
         if marker.tid.is_some() && tid.is_none() {
-            state.tasks.counters.tid_unverified += 1;
+            state
+                .features
+                .get_mut::<crate::tasks::Tasks>()
+                .counters
+                .tid_unverified += 1;
         }
-        state.tasks.on_marker(pid, who, &marker, tid, snap);
+        state
+            .features
+            .get_mut::<crate::tasks::Tasks>()
+            .on_marker(pid, who, &marker, tid, snap);
         // Only the operator turns per-thread accounting on (it attaches host-wide probes):
         // for the processes of the uids given with --threads-for-uid.
-        if state.threads.opted_in(who.uid) && !self.asked.contains(&pid) {
+        if threads::Threads::of(&state).opted_in(who.uid) && !self.asked.contains(&pid) {
             let changes = threads::request_for_sender(&mut state, pid, who);
             drop(state);
             self.asked.insert(pid);
             let refused = self.kernel.want(&changes);
             if !refused.is_empty() {
-                self.shared.state().threads.refused_by_kernel(&refused);
+                threads::Threads::of_mut(&mut self.shared.state()).refused_by_kernel(&refused);
             }
             bound(&mut self.asked, |pid| alive(*pid));
         }
@@ -335,12 +344,13 @@ fn bound_map<V>(map: &mut HashMap<u32, V>, alive: impl Fn(&u32) -> bool) {
 pub fn prune(shared: &Shared) {
     let pids: Vec<u32> = {
         let state = shared.state();
-        state.tasks.open_pids().filter(|pid| !alive(*pid)).collect()
+        crate::tasks::Tasks::of(&state)
+            .open_pids()
+            .filter(|pid| !alive(*pid))
+            .collect()
     };
     if !pids.is_empty() {
-        shared
-            .state()
-            .tasks
+        crate::tasks::Tasks::of_mut(&mut shared.state())
             .prune(|pid| !pids.contains(&pid), boot_ns());
     }
 }
@@ -411,11 +421,12 @@ mod tests {
         let path = dir.join("tasks.sock");
         let socket = TaskSocket::bind(&SocketOptions::new(&path)).unwrap();
         let mut state = AgentState::new(Settings::default());
-        state.threads = threads::Threads::new(threads::ThreadsConfig {
+        let mut t = threads::Threads::new(threads::ThreadsConfig {
             marker_uids: uids.to_vec(),
             ..threads::ThreadsConfig::default()
         });
-        state.threads.available = true;
+        t.available = true;
+        state.features.insert(t);
         let shared = Arc::new(Shared::new(state, None));
         let kernel = Arc::new(FakeKernel::default());
         let listener = Listener::new(socket, shared.clone(), kernel.clone(), config);
@@ -437,7 +448,9 @@ mod tests {
             self.listener.drain(false).unwrap()
         }
         fn dropped(&self, reason: &str) -> u64 {
-            self.shared.state().tasks.counters.dropped[reason]
+            crate::tasks::Tasks::of_mut(&mut self.shared.state())
+                .counters
+                .dropped[reason]
         }
     }
 
@@ -459,21 +472,23 @@ mod tests {
         s.send(format!("LS1 end app.leak job=j1 tid={tid} status=ok\n").as_bytes());
         assert_eq!(s.drain(), 2);
         let state = s.shared.state();
-        let t = state.tasks.get("app.leak").expect("task recorded");
+        let t = crate::tasks::Tasks::of(&state)
+            .get("app.leak")
+            .expect("task recorded");
         assert_eq!(t.runs, 1);
         let job = &t.recent[0];
         assert_eq!(job.pid, std::process::id(), "pid from SCM_CREDENTIALS");
         assert_eq!(job.tid, Some(tid), "our own thread is verified");
         assert_eq!(job.retained_bytes, 4 * MIB);
         assert_eq!(job.source, Source::Kernel);
-        assert_eq!(state.tasks.counters.received, 2);
+        assert_eq!(crate::tasks::Tasks::of(&state).counters.received, 2);
         // Its uid is opted in: the sender was asked for per-thread accounting once.
         assert_eq!(
             *s.kernel.wanted.lock().unwrap(),
             [(std::process::id(), true)]
         );
         assert_eq!(
-            state.threads.wanted.get(&std::process::id()),
+            threads::Threads::of(&state).wanted.get(&std::process::id()),
             Some(&threads::WantReason::Markers)
         );
     }
@@ -486,12 +501,12 @@ mod tests {
         assert_eq!(s.drain(), 2);
         let state = s.shared.state();
         assert_eq!(
-            state.tasks.get("app.t").unwrap().runs,
+            crate::tasks::Tasks::of(&state).get("app.t").unwrap().runs,
             1,
             "measured all the same"
         );
         assert!(s.kernel.wanted.lock().unwrap().is_empty());
-        assert!(state.threads.wanted.is_empty());
+        assert!(threads::Threads::of(&state).wanted.is_empty());
     }
 
     #[test]
@@ -521,8 +536,8 @@ mod tests {
             assert_eq!(s.dropped(reason), 1, "{reason}");
         }
         let state = s.shared.state();
-        assert_eq!(state.tasks.counters.received, 1);
-        assert_eq!(state.tasks.open_jobs(), 1);
+        assert_eq!(crate::tasks::Tasks::of(&state).counters.received, 1);
+        assert_eq!(crate::tasks::Tasks::of(&state).open_jobs(), 1);
     }
 
     #[test]
@@ -532,13 +547,13 @@ mod tests {
         s.send(b"LS1 begin t job=1 tid=1");
         assert_eq!(s.drain(), 1);
         let state = s.shared.state();
-        assert_eq!(state.tasks.counters.tid_unverified, 1);
+        assert_eq!(crate::tasks::Tasks::of(&state).counters.tid_unverified, 1);
         drop(state);
         // ...so its end, keyed by the process, pairs with it whatever tid it claims.
         s.send(b"LS1 end t job=1 tid=1");
         s.drain();
         let state = s.shared.state();
-        let job = &state.tasks.get("t").unwrap().recent[0];
+        let job = &crate::tasks::Tasks::of(&state).get("t").unwrap().recent[0];
         assert_eq!(job.tid, None);
     }
 
@@ -581,7 +596,7 @@ mod tests {
         assert_eq!(s.dropped(reason::ANCILLARY_DATA), 1);
         let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
         assert_eq!(before, after, "the passed descriptor was closed");
-        assert_eq!(s.shared.state().tasks.open_jobs(), 0);
+        assert_eq!(crate::tasks::Tasks::of(&s.shared.state()).open_jobs(), 0);
     }
 
     #[test]
@@ -614,12 +629,16 @@ mod tests {
         );
         assert_eq!(s.drain(), sent);
         let state = s.shared.state();
-        assert_eq!(state.tasks.counters.received, 3, "the burst");
         assert_eq!(
-            state.tasks.counters.dropped[reason::UID_RATE_LIMITED],
+            crate::tasks::Tasks::of(&state).counters.received,
+            3,
+            "the burst"
+        );
+        assert_eq!(
+            crate::tasks::Tasks::of(&state).counters.dropped[reason::UID_RATE_LIMITED],
             sent as u64 - 3
         );
-        assert_eq!(state.tasks.counters.queue_full, 1);
+        assert_eq!(crate::tasks::Tasks::of(&state).counters.queue_full, 1);
     }
 
     #[test]

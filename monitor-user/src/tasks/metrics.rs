@@ -8,55 +8,14 @@
 //! agent's tables refused to a uid or cgroup: `leakscope_share_refused_total{table,owner}`.
 
 use leakscope_api::metrics as names;
-use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::proto::{self, MetricFamily, MetricType};
 
-use super::{
+use super::jobs::{Histogram, RETAINED_BUCKETS};
+use crate::{
     budget::Over,
-    jobs::{Histogram, RETAINED_BUCKETS},
+    prom::{counter, family, gauge, labels},
+    state::AgentState,
 };
-use crate::state::AgentState;
-
-pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            let mut lp = LabelPair::default();
-            lp.set_name((*k).to_string());
-            lp.set_value((*v).to_string());
-            lp
-        })
-        .collect()
-}
-
-pub(crate) fn family(
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    metrics: Vec<proto::Metric>,
-) -> MetricFamily {
-    let mut mf = MetricFamily::default();
-    mf.set_name(name.to_string());
-    mf.set_help(help.to_string());
-    mf.set_field_type(kind);
-    mf.set_metric(metrics);
-    mf
-}
-
-pub(crate) fn counter(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
-    let mut m = proto::Metric::from_label(labels(pairs));
-    let mut c = proto::Counter::default();
-    c.set_value(value);
-    m.set_counter(c);
-    m
-}
-
-pub(crate) fn gauge(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
-    let mut m = proto::Metric::from_label(labels(pairs));
-    let mut g = proto::Gauge::default();
-    g.set_value(value);
-    m.set_gauge(g);
-    m
-}
 
 fn histogram(pairs: &[(&str, &str)], h: &Histogram) -> proto::Metric {
     let mut m = proto::Metric::from_label(labels(pairs));
@@ -80,7 +39,7 @@ fn histogram(pairs: &[(&str, &str)], h: &Histogram) -> proto::Metric {
 }
 
 pub fn families(state: &AgentState) -> Vec<MetricFamily> {
-    let tasks = &state.tasks;
+    let tasks = super::Tasks::of(state);
     let (mut runs, mut retained, mut suspected) = (Vec::new(), Vec::new(), Vec::new());
     let mut names: Vec<_> = tasks.iter().collect();
     names.sort_by(|a, b| a.name.cmp(&b.name));
@@ -104,7 +63,7 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
             &[("table", "task_names"), ("owner", owner)],
             names as f64,
         ));
-        let threads = state.threads.share_refused(over);
+        let threads = crate::threads::Threads::of(state).share_refused(over);
         refused.push(counter(
             &[("table", "thread_processes"), ("owner", owner)],
             threads as f64,
@@ -180,9 +139,10 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
 mod tests {
     use super::*;
     use crate::{
+        budget::Principal,
         state::Settings,
         table::Source,
-        tasks::{budget::Principal, jobs::Snapshot, protocol::parse},
+        tasks::{jobs::Snapshot, protocol::parse},
     };
 
     fn state() -> AgentState {
@@ -235,9 +195,9 @@ mod tests {
         for i in 0..3 {
             let b = parse(b"LS1 begin app.t").unwrap();
             let who = Principal::uid(0);
-            s.tasks.on_marker(1, who, &b, None, snap(i, 0));
+            crate::tasks::Tasks::of_mut(&mut s).on_marker(1, who, &b, None, snap(i, 0));
             let e = parse(b"LS1 end app.t").unwrap();
-            s.tasks.on_marker(1, who, &e, None, snap(i, 2 << 20));
+            crate::tasks::Tasks::of_mut(&mut s).on_marker(1, who, &e, None, snap(i, 2 << 20));
         }
         let text = render(families(&s));
         assert!(

@@ -8,7 +8,6 @@
 //! - [`metrics`], [`api`]: `/metrics` families and `/api/v1/tasks`.
 
 pub mod api;
-pub mod budget;
 pub mod jobs;
 pub mod listener;
 pub mod metrics;

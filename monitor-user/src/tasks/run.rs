@@ -13,8 +13,6 @@ use super::{
 };
 use crate::{
     bpf::maps::KernelMaps,
-    cli::RunArgs,
-    select::Selector,
     shared::Shared,
     state::AgentState,
     threads::{self, SyscallProbes, ThreadMaps, ThreadsConfig},
@@ -43,29 +41,32 @@ impl Drop for Running {
     }
 }
 
+/// Per-job and per-thread accounting as the command line configures them (built at the
+/// boundary, in the agent's start-up).
+pub struct Config {
+    pub tasks: TasksConfig,
+    pub threads: ThreadsConfig,
+    /// Where to listen for markers; None without a task socket.
+    pub socket: Option<SocketOptions>,
+    /// Markers per second per uid.
+    pub marker_rate: u32,
+}
+
 impl PerJob {
-    /// Configures `state` from the command line, takes the per-thread maps and binds the
-    /// task socket. Failures turn the feature off with a note; the agent runs on.
+    /// Configures `state`, takes the per-thread maps and binds the task socket. Failures
+    /// turn the feature off with a note; the agent runs on.
     pub fn prepare(
         kernel: &crate::bpf::Kernel,
         syscalls: Option<SyscallProbes>,
         state: &mut AgentState,
-        args: &RunArgs,
+        config: Config,
     ) -> Self {
-        state.tasks = super::Tasks::new(TasksConfig {
-            max_tasks: args.max_tasks as usize,
-            ..TasksConfig::default()
-        });
-        state.threads = threads::Threads::new(ThreadsConfig {
-            matchers: Selector::new(args.threads_for.clone()),
-            has_matchers: !args.threads_for.is_empty(),
-            marker_uids: args.threads_for_uid.clone(),
-            max_processes: args.max_thread_processes as usize,
-            top_n: args.top_threads as usize,
-        });
+        let marker_uids = config.threads.marker_uids.clone();
+        state.features.insert(super::Tasks::new(config.tasks));
+        state.features.insert(threads::Threads::new(config.threads));
         let threads = match ThreadMaps::take(kernel) {
             Ok(m) => {
-                state.threads.available = true;
+                threads::Threads::of_mut(state).available = true;
                 Some(Arc::new(m))
             }
             Err(e) => {
@@ -75,18 +76,11 @@ impl PerJob {
                 None
             }
         };
-        let socket = if args.no_task_socket {
-            None
-        } else {
-            let opts = SocketOptions {
-                path: args.task_socket.clone(),
-                mode: args.task_socket_mode,
-                group: args.task_socket_group.clone(),
-                queue_len: args.task_queue_len,
-            };
-            match TaskSocket::bind(&opts) {
+        let socket = config
+            .socket
+            .and_then(|opts| match TaskSocket::bind(&opts) {
                 Ok(s) => {
-                    let (names, jobs, _) = state.tasks.shares();
+                    let (names, jobs, _) = super::Tasks::of(state).shares();
                     info!(
                         "task markers on {} (mode {:04o}, queue {} datagrams); each uid or \
                          cgroup: {} markers/s, {names} task names, {jobs} open jobs; \
@@ -94,10 +88,10 @@ impl PerJob {
                         s.path().display(),
                         s.mode,
                         s.queue_len,
-                        args.marker_rate,
-                        args.threads_for_uid,
+                        config.marker_rate,
+                        marker_uids,
                     );
-                    state.tasks.socket = Some(SocketStatus {
+                    super::Tasks::of_mut(state).socket = Some(SocketStatus {
                         path: s.path().display().to_string(),
                         queue_len: s.queue_len,
                         mode: format!("{:04o}", s.mode),
@@ -109,13 +103,12 @@ impl PerJob {
                     state.notes.push(format!("task markers are off: {e}"));
                     None
                 }
-            }
-        };
+            });
         Self {
             threads,
             syscalls,
             socket,
-            listener: ListenerConfig::with_rate(args.marker_rate),
+            listener: ListenerConfig::with_rate(config.marker_rate),
         }
     }
 

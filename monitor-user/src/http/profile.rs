@@ -6,7 +6,7 @@
 //! Served only with `--enable-profiling`; who may ask is decided in `http` (credentials named
 //! in `profiling_users`, or a local user for their own processes).
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use axum::{
     Extension,
@@ -16,17 +16,16 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{
-    collect::{self, Target},
-    flame, maps_snapshot, pprof,
-    profiler::{HoldError, Holder, Profiler},
-    report::Report,
-    table,
-};
+use super::{App, ProfileAccess, SharedProfiler};
 use crate::{
-    http::ProfileAccess,
-    peer::{may_inspect, process_owner},
-    shared::Shared,
+    host::peer::{may_inspect, process_owner},
+    investigate::{
+        collect::{self, Target},
+        flame, maps_snapshot, pprof,
+        profiler::{HoldError, Holder},
+        report::Report,
+        table, target,
+    },
 };
 use monitor_common::stacks::DEFAULT_SAMPLE_PERIOD;
 
@@ -39,28 +38,23 @@ const MAX_PERIOD: u32 = 1_000_000;
 /// disconnects cancels the handler mid-wait, and the page-fault program must not stay
 /// attached host-wide because of it.
 struct RequestHold {
-    shared: Arc<Shared>,
+    profiler: SharedProfiler,
     pid: u32,
     holder: Holder,
 }
 
 impl Drop for RequestHold {
     fn drop(&mut self) {
-        let Some(profiler) = self.shared.profiler() else {
-            return;
-        };
-        if let Ok(mut p) = profiler.try_lock() {
+        if let Ok(mut p) = self.profiler.try_lock() {
             p.release(self.pid, self.holder);
             return;
         }
         // Someone holds the lock: release as soon as it is free. Should even that fail, the
         // profiler's deadline releases the hold.
-        let (shared, pid, holder) = (self.shared.clone(), self.pid, self.holder);
+        let (profiler, pid, holder) = (self.profiler.clone(), self.pid, self.holder);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Some(p) = shared.profiler() {
-                    p.lock().await.release(pid, holder);
-                }
+                profiler.lock().await.release(pid, holder);
             });
         }
     }
@@ -86,11 +80,11 @@ enum Format {
 }
 
 pub async fn growth_handler(
-    State(state): State<Arc<Shared>>,
+    State(app): State<App>,
     access: Option<Extension<ProfileAccess>>,
     Query(q): Query<GrowthQuery>,
 ) -> Response {
-    let Some(profiler) = state.profiler() else {
+    let Some(profiler) = app.profiler.clone() else {
         return bad(
             StatusCode::SERVICE_UNAVAILABLE,
             "growth profiling is off in this agent (see the start-up log)".into(),
@@ -133,7 +127,7 @@ pub async fn growth_handler(
             );
         }
     };
-    let comm = match super::target::check(pid) {
+    let comm = match target::check(pid) {
         Ok(comm) => comm,
         Err(e) => return bad(e.status(), e.to_string()),
     };
@@ -147,7 +141,7 @@ pub async fn growth_handler(
         Err(e) => return bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let hold = RequestHold {
-        shared: state.clone(),
+        profiler: profiler.clone(),
         pid,
         holder,
     };
@@ -201,12 +195,7 @@ fn build(
     format: Format,
 ) -> Response {
     let pid = hold.pid;
-    let Some(profiler) = hold.shared.profiler() else {
-        return bad(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "growth profiling is off".into(),
-        );
-    };
+    let profiler = hold.profiler.clone();
     let mappings = match maps_snapshot::read(pid) {
         Ok(m) if crate::host::proc::running(pid) => m,
         Ok(_) => return gone(pid, comm, seconds),
@@ -224,15 +213,9 @@ fn build(
     };
     let (records, started) = {
         let mut p = profiler.blocking_lock();
-        let p: &mut Profiler = &mut p;
-        // A pid the agent already samples keeps its period, and the profile covers all of it.
-        let period = p.growth.period(pid).unwrap_or(DEFAULT_SAMPLE_PERIOD);
-        let started = p
-            .auto_since(pid)
-            .map_or(requested, |since| since.min(requested));
-        let records = collect::read_growth(&target, &p.growth, &p.stacks, period);
+        let read = p.records(&target, requested);
         p.release(pid, hold.holder);
-        (records, started)
+        read
     };
     drop(hold);
     let report = collect::finish_growth(&target, records, started.elapsed());

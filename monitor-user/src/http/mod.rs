@@ -14,7 +14,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, Query, Request, State},
+    extract::{ConnectInfo, FromRef, Query, Request, State},
     http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -23,7 +23,26 @@ use axum::{
 use leakscope_api::{OomResponse, Overflow, PoolsResponse, ProcessesResponse, paths};
 use serde::Deserialize;
 
-use crate::{metrics, shared::Shared};
+use crate::{investigate::profiler::Profiler, metrics, shared::Shared};
+
+pub mod profile;
+pub mod web;
+
+/// Growth sampling, shared by the profile endpoint and the agent's interval loop.
+pub type SharedProfiler = Arc<tokio::sync::Mutex<Profiler>>;
+
+/// What the handlers read: the agent's state, and growth sampling when it is available.
+#[derive(Clone)]
+pub struct App {
+    pub shared: Arc<Shared>,
+    pub profiler: Option<SharedProfiler>,
+}
+
+impl FromRef<App> for Arc<Shared> {
+    fn from_ref(app: &App) -> Self {
+        app.shared.clone()
+    }
+}
 
 /// What the agent serves beyond `/metrics` and `/healthz`, as its flags say.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,21 +94,18 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
     })
 }
 
-pub fn router(state: Arc<Shared>, access: Access) -> Router {
+pub fn router(app: App, access: Access) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route(paths::PROCESSES, get(processes_handler))
         .route(paths::POOLS, get(pools_handler))
         .route(paths::OOM, get(oom_handler))
         .route(paths::TASKS, get(crate::tasks::api::handler))
-        .route(
-            "/debug/pprof/growth",
-            get(crate::investigate::endpoint::growth_handler),
-        )
+        .route("/debug/pprof/growth", get(profile::growth_handler))
         .route("/healthz", get(health_handler))
         .route("/", get(index_handler))
         .layer(axum::middleware::from_fn_with_state(access, gate))
-        .with_state(state)
+        .with_state(app)
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
@@ -124,7 +140,7 @@ async fn gate(State(access): State<Access>, mut req: Request, next: Next) -> Res
         let granted = if access.credentials {
             if req
                 .extensions()
-                .get::<crate::web::AuthenticatedUser>()
+                .get::<crate::http::web::AuthenticatedUser>()
                 .is_none()
             {
                 return refuse(
@@ -141,7 +157,7 @@ async fn gate(State(access): State<Access>, mut req: Request, next: Next) -> Res
                      user under profiling_users in --web-config-file",
                 );
             };
-            match tokio::task::spawn_blocking(move || crate::peer::loopback_uid(peer)).await {
+            match tokio::task::spawn_blocking(move || crate::host::peer::loopback_uid(peer)).await {
                 Ok(Ok(uid)) => ProfileAccess::LocalUser(uid),
                 Ok(Err(e)) => {
                     return refuse(
@@ -162,7 +178,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 }
 
 async fn metrics_handler(State(state): State<Arc<Shared>>) -> Response {
-    let rendered = metrics::render(&state.current());
+    let rendered = metrics::render(&state.current(), web::metric_families());
     match rendered {
         Ok(body) => (
             [(
@@ -203,7 +219,7 @@ async fn processes_handler(
             Some(pid) => pid == p.pid,
             None => own.contains(&p.pid),
         })
-        .map(|p| state.process_json(p, own.contains(&p.pid)))
+        .map(|p| crate::wire::process(&state, p, own.contains(&p.pid)))
         .collect();
     list.sort_by_key(|p| std::cmp::Reverse(p.resident_bytes));
     Json(ProcessesResponse {
@@ -277,7 +293,16 @@ mod tests {
         let mut req = Request::get(path).body(Body::empty()).unwrap();
         let peer: SocketAddr = peer.parse().unwrap();
         req.extensions_mut().insert(ConnectInfo(peer));
-        let resp = router(shared(), access).oneshot(req).await.unwrap();
+        let resp = router(
+            App {
+                shared: shared(),
+                profiler: None,
+            },
+            access,
+        )
+        .oneshot(req)
+        .await
+        .unwrap();
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
