@@ -13,15 +13,15 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     bpf::{layout::Layout, maps::KernelMaps, object::AgentSizes},
-    caps::CapSet,
     cli::RunArgs,
-    detector::DetectorConfig,
+    host::caps::CapSet,
     host::proc::{self, ProcError},
     http,
     investigate::auto::{self, AutoGrowth},
-    select::Selector,
-    shared::Shared,
-    state::{AgentState, Settings, boot_ns},
+    model::detector::DetectorConfig,
+    model::select::Selector,
+    model::shared::Shared,
+    model::state::{AgentState, Settings, boot_ns},
 };
 
 const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -166,8 +166,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let logger_task = logger.map(|l| tokio::spawn(log_loop(l)));
     // Pod names from the Kubernetes API: only inside a cluster (kube.rs says when).
     let pods = shared.state().pods.clone();
-    let kube_task =
-        crate::kube::ApiConfig::from_env().map(|cfg| tokio::spawn(crate::kube::run(cfg, pods)));
+    let kube_task = crate::host::kube::ApiConfig::from_env()
+        .map(|cfg| tokio::spawn(crate::host::kube::run(cfg, pods)));
     let access = http::Access {
         expose_api: args.expose_api,
         profiling: args.enable_profiling,
@@ -391,7 +391,7 @@ fn adopt_unknown(
 }
 
 /// Decides selection (and any `--limit`) for processes that have settled
-/// ([`crate::table::settled`]), so short-lived forks never cost a /proc read.
+/// ([`crate::model::table::settled`]), so short-lived forks never cost a /proc read.
 fn evaluate_selection(shared: &Shared) {
     let now = boot_ns();
     let (pending, selector, limits) = {
@@ -401,7 +401,7 @@ fn evaluate_selection(shared: &Shared) {
             .iter()
             // No cgroup path: never read, or the process moved to another cgroup since.
             .filter(|p| p.selected.is_none() || p.cgroup_path.is_none())
-            .filter(|p| crate::table::settled(p.start_ns, now))
+            .filter(|p| crate::model::table::settled(p.start_ns, now))
             .take(PROC_READS_PER_INTERVAL)
             .map(|p| (p.pid, p.comm.clone()))
             .collect();
@@ -411,7 +411,7 @@ fn evaluate_selection(shared: &Shared) {
         .into_iter()
         .map(|(pid, comm)| {
             let (v2, v1, container) = proc::cgroup_paths_and_container(pid);
-            let candidate = proc::ProcCandidate {
+            let candidate = crate::model::select::ProcCandidate {
                 pid,
                 comm,
                 cgroup: v2.clone(),

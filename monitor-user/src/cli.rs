@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{limits::ConfiguredLimit, select::Matcher};
+use crate::{model::limits::ConfiguredLimit, model::select::Matcher};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -317,7 +317,7 @@ fn parse_auto_growth_duration(s: &str) -> Result<Duration, String> {
 /// the sampling interval adds is checked at start-up (`DetectorConfig::check_sampling`).
 fn parse_leak_window(s: &str) -> Result<Duration, String> {
     let d = parse_window(s)?;
-    let min = crate::detector::MIN_HISTORY_SECS;
+    let min = crate::model::detector::MIN_HISTORY_SECS;
     if d.is_zero() {
         return Err(format!(
             "`{s}` would keep no history (an unlimited window is not offered): use {min}s to 24h"

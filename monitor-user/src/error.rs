@@ -52,12 +52,12 @@ mod tests {
 
         use crate::{
             bpf::{BpfError, tracefs::TracefsError},
+            host::kube::KubeError,
             http::{HttpError, web::WebConfigError},
             investigate::{
                 flame::FlameError, growth::GrowthError, maps_snapshot::MapsError,
                 out_dir::OutDirError, pprof::DecodeError, target::TargetError,
             },
-            kube::KubeError,
             tasks::socket::SocketError,
         };
 

@@ -8,7 +8,7 @@ use prometheus::{
     proto::{self, LabelPair, MetricFamily, MetricType},
 };
 
-use crate::state::AgentState;
+use crate::model::state::AgentState;
 
 pub const OVERFLOW_LABEL: &str = "overflow";
 
@@ -76,7 +76,7 @@ impl<'a> Family<'a> {
 /// and pod labels are always present, empty when unknown (not in a container, not yet read,
 /// or a cgroup v1 host where the hierarchies disagree): a family keeps one label set, so
 /// `sum without (pid, comm, container_id, pod_uid)` and joins work the same for every series.
-fn process_labels(p: &crate::table::Process) -> Labels<'static> {
+fn process_labels(p: &crate::model::table::Process) -> Labels<'static> {
     vec![
         ("pid", p.pid.to_string()),
         ("comm", p.comm.clone()),
@@ -163,7 +163,9 @@ fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
         rate.push(id(), a.rate_bytes_per_sec);
         suspected.push(
             id(),
-            f64::from(u8::from(a.verdict == crate::detector::Verdict::Leaking)),
+            f64::from(u8::from(
+                a.verdict == crate::model::detector::Verdict::Leaking,
+            )),
         );
         confidence.push(id(), a.confidence);
         if let Some(t) = leak.time_to_limit_secs {
@@ -196,7 +198,7 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
     let mut children = gauge(names::POOL_CHILDREN, "Live children of a worker pool.");
     for pool in state.pools.iter() {
         let name = || vec![("pool", pool.pool.clone())];
-        for reason in crate::pools::RecycleReason::ALL {
+        for reason in crate::model::pools::RecycleReason::ALL {
             let mut l = name();
             l.push(("reason", reason.label().to_string()));
             recycles.push(
@@ -429,7 +431,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn state_with(sizes: &[(u32, &str, u64)], cap: usize) -> AgentState {
-        let mut state = AgentState::new(crate::state::Settings {
+        let mut state = AgentState::new(crate::model::state::Settings {
             max_processes: cap,
             ..Default::default()
         });
@@ -576,8 +578,9 @@ mod tests {
              cri-containerd-{CID}.scope",
             UID.replace('-', "_")
         );
-        state.table.get_mut(10).unwrap().container = crate::container::from_cgroup_path(&path);
-        state.assess(crate::state::boot_ns());
+        state.table.get_mut(10).unwrap().container =
+            crate::host::container::from_cgroup_path(&path);
+        state.assess(crate::model::state::boot_ns());
         let text = render(&state, Vec::new()).unwrap();
         assert!(
             !text.contains("leakscope_pod_info"),
@@ -586,7 +589,7 @@ mod tests {
         state.pods.replace(
             [(
                 UID.to_string(),
-                crate::kube::PodName {
+                crate::host::kube::PodName {
                     namespace: "shop".into(),
                     name: "web-1".into(),
                 },

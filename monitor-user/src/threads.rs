@@ -33,11 +33,11 @@ use serde::Serialize;
 
 use crate::{
     bpf::{BpfError, Kernel, Link, NO_SUCH_TRACEPOINT, probes::ProbeStatus},
-    budget::{Over, Principal, Shares},
-    select::Selector,
-    shared::Shared,
-    state::{AgentState, boot_ns},
-    table::comm_str,
+    model::budget::{Over, Principal, Shares},
+    model::select::Selector,
+    model::shared::Shared,
+    model::state::{AgentState, boot_ns},
+    model::table::comm_str,
 };
 
 /// Threads read from `/proc/<pid>/task` for one snapshot, at most: a process with thousands of
@@ -666,12 +666,12 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
                 changes.extend(threads.request(pid, WantReason::PoolChild, owner));
             } else if !threads.config.has_matchers {
                 threads.decided.insert(pid);
-            } else if crate::table::settled(start_ns, now)
+            } else if crate::model::table::settled(start_ns, now)
                 && candidates.len() < DECISIONS_PER_INTERVAL
             {
                 // Decided once it has lived a little, as selection does: short-lived forks
                 // never cost a /proc read.
-                candidates.push(crate::host::proc::ProcCandidate {
+                candidates.push(crate::model::select::ProcCandidate {
                     pid,
                     comm,
                     cgroup: None,
@@ -854,7 +854,7 @@ mod tests {
 
     #[test]
     fn markers_turn_per_thread_accounting_on_only_for_opted_in_uids() {
-        let mut state = AgentState::new(crate::state::Settings::default());
+        let mut state = AgentState::new(crate::model::state::Settings::default());
         state.features.insert(Threads::new(ThreadsConfig {
             marker_uids: vec![1000],
             ..ThreadsConfig::default()

@@ -9,15 +9,15 @@ use leakscope_api as api;
 use monitor_common::RssKind;
 
 use crate::{
-    container::{QosClass, Runtime},
-    detector::{Assessment, Verdict},
-    kube::PodName,
-    limits::LimitSource,
-    oom::OomRecord,
-    pools::{ExitRecord, Pool, RecycleReason},
-    state::AgentState,
-    table::Process,
-    table::Source,
+    host::container::{QosClass, Runtime},
+    host::kube::PodName,
+    model::detector::{Assessment, Verdict},
+    model::limits::LimitSource,
+    model::oom::OomRecord,
+    model::pools::{ExitRecord, Pool, RecycleReason},
+    model::state::AgentState,
+    model::table::Process,
+    model::table::Source,
     threads::ThreadView,
     threads::Threads,
 };
@@ -235,7 +235,7 @@ mod tests {
     use serde_json::to_value;
 
     use super::*;
-    use crate::oom::Victim;
+    use crate::model::oom::Victim;
 
     fn same<A: Serialize, B: Serialize>(agent: &A, wire: &B) {
         assert_eq!(to_value(agent).unwrap(), to_value(wire).unwrap());

@@ -1,8 +1,8 @@
 //! `cargo xtask layers`: the agent's modules depend on each other one way. Reads
 //! monitor-user's sources with syn, builds the graph of `crate::` references between its
-//! top-level modules (tests left out), and fails on any cycle, naming it. It also fails when
-//! a module other than the kernel layer (`bpf`) names aya's `Ebpf` object: features ask the
-//! kernel layer, they never hold the object.
+//! top-level modules (tests left out), and fails on any cycle, naming it; on a reference that
+//! goes up [`LAYERS`]; and when a module other than the kernel layer (`bpf`) names aya's
+//! `Ebpf` object: features ask the kernel layer, they never hold the object.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,6 +15,22 @@ use syn::visit::Visit;
 /// The module that owns the kernel object.
 const KERNEL_LAYER: &str = "bpf";
 
+/// monitor-user's top-level modules, from the entry points down. A module may use modules
+/// of its own layer (without a cycle) or of any layer below, never one above.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("entry points", &["agent", "cli", "floor"]),
+    ("http", &["http"]),
+    ("metrics", &["metrics"]),
+    ("features", &["tasks", "threads", "investigate", "wire"]),
+    ("core model", &["model", "prom"]),
+    ("host access and the kernel layer", &["host", "bpf"]),
+    ("shared helpers", &["error", "shutdown"]),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|(_, ms)| ms.contains(&module))
+}
+
 pub fn run() -> Result<()> {
     let src = crate::util::workspace_root().join("monitor-user/src");
     let graph = Graph::read(&src)?;
@@ -22,6 +38,7 @@ pub fn run() -> Result<()> {
     for cycle in graph.cycles() {
         problems.push(format!("import cycle: {}", cycle.join(" -> ")));
     }
+    problems.extend(graph.upward());
     for (module, file) in &graph.ebpf_holders {
         problems.push(format!(
             "{} names aya's Ebpf object: only `{KERNEL_LAYER}` may hold it (module {module})",
@@ -35,8 +52,9 @@ pub fn run() -> Result<()> {
         );
     }
     eprintln!(
-        "xtask layers: {} top-level modules of monitor-user, no import cycle; only `{KERNEL_LAYER}` holds the Ebpf object",
-        graph.modules.len()
+        "xtask layers: {} top-level modules of monitor-user in {} layers, used only downwards and without a cycle; only `{KERNEL_LAYER}` holds the Ebpf object",
+        graph.modules.len(),
+        LAYERS.len()
     );
     Ok(())
 }
@@ -79,6 +97,31 @@ impl Graph {
             }
         }
         Ok(graph)
+    }
+
+    /// References that go up the layers, and modules no layer names.
+    pub fn upward(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in &self.modules {
+            if layer_of(m).is_none() {
+                out.push(format!(
+                    "module `{m}` is in no layer: add it to LAYERS in xtask/src/layers.rs"
+                ));
+            }
+        }
+        for (from, targets) in &self.edges {
+            for to in targets {
+                if let (Some(a), Some(b)) = (layer_of(from), layer_of(to))
+                    && b < a
+                {
+                    out.push(format!(
+                        "`{from}` ({}) uses `{to}` ({}), a layer above it",
+                        LAYERS[a].0, LAYERS[b].0
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Each set of modules that reach one another, as a path that closes on itself.
@@ -346,6 +389,26 @@ mod tests {
         let g = Graph::read(&dir.0).unwrap();
         assert!(g.cycles().is_empty());
         assert!(g.ebpf_holders.is_empty());
+    }
+
+    #[test]
+    fn a_reference_up_the_layers_is_named() {
+        let dir = tree(&[
+            ("bpf/mod.rs", "fn f() { crate::tasks::g(); }"),
+            ("tasks/mod.rs", "pub fn g() {}"),
+            ("mystery.rs", ""),
+        ]);
+        let g = Graph::read(&dir.0).unwrap();
+        let up = g.upward();
+        assert!(
+            up.iter()
+                .any(|p| p.contains("`bpf`") && p.contains("`tasks`")),
+            "{up:?}"
+        );
+        assert!(
+            up.iter().any(|p| p.contains("`mystery` is in no layer")),
+            "{up:?}"
+        );
     }
 
     #[test]

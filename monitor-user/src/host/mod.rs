@@ -3,8 +3,13 @@
 //! - [`proc`]: `/proc`, through procfs: process snapshots, liveness of processes and threads,
 //!   their pid-namespace ids and uids, and the agent's own capabilities and mounts. A read
 //!   the agent may not make is told apart from a process that has gone.
-
+//! - [`caps`]: which capabilities the agent holds, and what it cannot do without each.
+//! - [`container`]: container, runtime and pod from a process's cgroup path.
+//! - [`kube`]: pod names from the Kubernetes API, when the agent runs in a cluster.
 //! - [`peer`]: who is on the other end of a loopback connection (the kernel's socket table).
 
+pub mod caps;
+pub mod container;
+pub mod kube;
 pub mod peer;
 pub mod proc;

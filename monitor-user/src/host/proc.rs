@@ -202,29 +202,6 @@ pub fn cmdline(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&joined).into_owned())
 }
 
-/// A live process as `--match`-style matchers see it: its command line is read only when a
-/// matcher asks for it, and its cgroup path too unless the caller already knows it.
-pub struct ProcCandidate {
-    pub pid: u32,
-    pub comm: String,
-    pub cgroup: Option<String>,
-}
-
-impl crate::select::Candidate for ProcCandidate {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn comm(&self) -> &str {
-        &self.comm
-    }
-    fn cmdline(&self) -> Option<String> {
-        cmdline(self.pid)
-    }
-    fn cgroup_path(&self) -> Option<String> {
-        self.cgroup.clone().or_else(|| cgroup_paths(self.pid).0)
-    }
-}
-
 /// The cgroup paths of a process: v2 (`0::/path`) and, on v1/hybrid hosts, the memory one.
 pub fn cgroup_paths(pid: u32) -> (Option<String>, Option<String>) {
     match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
@@ -239,7 +216,7 @@ pub fn cgroup_paths_and_container(
 ) -> (
     Option<String>,
     Option<String>,
-    crate::container::ContainerInfo,
+    crate::host::container::ContainerInfo,
 ) {
     match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
         Ok(text) => (
@@ -247,9 +224,9 @@ pub fn cgroup_paths_and_container(
             parse_memcg_v1(&text),
             // The whole file, not just the v2 line: on v1/hybrid hosts the container is named
             // by the memory (or pids) hierarchy while the unified line names a systemd unit.
-            crate::container::from_proc_cgroup(&text),
+            crate::host::container::from_proc_cgroup(&text),
         ),
-        Err(_) => (None, None, crate::container::ContainerInfo::default()),
+        Err(_) => (None, None, crate::host::container::ContainerInfo::default()),
     }
 }
 

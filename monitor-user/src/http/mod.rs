@@ -23,7 +23,7 @@ use axum::{
 use leakscope_api::{OomResponse, Overflow, PoolsResponse, ProcessesResponse, paths};
 use serde::Deserialize;
 
-use crate::{investigate::profiler::Profiler, metrics, shared::Shared};
+use crate::{investigate::profiler::Profiler, metrics, model::shared::Shared};
 
 pub mod profile;
 pub mod web;
@@ -283,7 +283,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::state::{AgentState, Settings};
+    use crate::model::state::{AgentState, Settings};
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared::new(AgentState::new(Settings::default()), None))

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use log::{info, warn};
 
-use crate::state::AgentState;
+use crate::model::state::AgentState;
 
 use super::profiler::{Holder, Profiler};
 
@@ -37,7 +37,7 @@ pub fn leakers(state: &AgentState) -> Vec<Leaker> {
         .filter(|p| p.selected == Some(true))
         .filter_map(|p| {
             let a = &p.leak.as_ref()?.assessment;
-            (a.verdict == crate::detector::Verdict::Leaking).then(|| Leaker {
+            (a.verdict == crate::model::detector::Verdict::Leaking).then(|| Leaker {
                 pid: p.pid,
                 comm: p.comm.clone(),
                 bytes_per_sec: a.rate_bytes_per_sec,

@@ -20,7 +20,7 @@ use super::{
     report::{Report, human_duration},
     table, target, tracer,
 };
-use crate::{bpf::object::StackCapacity, caps::CapSet, state::boot_ns};
+use crate::{bpf::object::StackCapacity, host::caps::CapSet, model::state::boot_ns};
 
 const POLL: Duration = Duration::from_millis(200);
 const MAPS_REFRESH: Duration = Duration::from_secs(1);

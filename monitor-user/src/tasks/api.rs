@@ -14,7 +14,7 @@ use super::{
     jobs::{JobRecord, MarkerCounters, SocketStatus, TaskStats, ThreadDelta},
     verdict::TaskVerdict,
 };
-use crate::{shared::Shared, state::AgentState};
+use crate::{model::shared::Shared, model::state::AgentState};
 
 #[derive(Debug, Deserialize)]
 pub struct TasksQuery {
@@ -165,7 +165,7 @@ mod tests {
     use serde_json::{Value, to_value};
 
     use super::*;
-    use crate::table::Source;
+    use crate::model::table::Source;
 
     fn same<A: serde::Serialize, B: serde::Serialize>(agent: &A, wire: &B) {
         assert_eq!(to_value(agent).unwrap(), to_value(wire).unwrap());

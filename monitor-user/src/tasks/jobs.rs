@@ -7,7 +7,7 @@
 //! one; jobs of processes that exit are abandoned.
 //!
 //! Task names, open jobs and processes with open jobs are tables every sender shares: each
-//! uid (and cgroup) holds at most a fair share of each ([`crate::budget`]), so that one user
+//! uid (and cgroup) holds at most a fair share of each ([`crate::model::budget`]), so that one user
 //! cannot push another's tasks into `(overflow)` or keep the agent from opening their jobs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,8 +20,8 @@ use super::{
     verdict::{RunSample, TaskVerdict, VerdictConfig, assess, median},
 };
 use crate::{
-    budget::{Over, Principal, Shares},
-    table::{Source, comm_str},
+    model::budget::{Over, Principal, Shares},
+    model::table::{Source, comm_str},
 };
 
 /// Runs beyond `--max-tasks` names are summed here. Parentheses are outside the protocol's
@@ -81,7 +81,7 @@ pub mod reason {
 }
 
 /// The least of each table one uid may hold, whatever the table's size: a quarter of a small
-/// table would not serve one ordinary deployment (see [`crate::budget::fair_share`]).
+/// table would not serve one ordinary deployment (see [`crate::model::budget::fair_share`]).
 const NAME_SHARE_FLOOR: usize = 16;
 const OPEN_JOB_SHARE_FLOOR: usize = 64;
 const OPEN_PROCESS_SHARE_FLOOR: usize = 16;
@@ -348,7 +348,7 @@ pub struct SocketStatus {
     pub mode: String,
 }
 
-/// All per-job state; lives in [`crate::state::AgentState`].
+/// All per-job state; lives in [`crate::model::state::AgentState`].
 pub struct Tasks {
     pub config: TasksConfig,
     by_name: HashMap<String, TaskStats>,
@@ -376,11 +376,11 @@ static NO_TASKS: std::sync::LazyLock<Tasks> = std::sync::LazyLock::new(Tasks::de
 
 impl Tasks {
     /// The agent's per-task state (empty until the feature is configured).
-    pub fn of(state: &crate::state::AgentState) -> &Tasks {
+    pub fn of(state: &crate::model::state::AgentState) -> &Tasks {
         state.features.get::<Tasks>().unwrap_or(&NO_TASKS)
     }
 
-    pub fn of_mut(state: &mut crate::state::AgentState) -> &mut Tasks {
+    pub fn of_mut(state: &mut crate::model::state::AgentState) -> &mut Tasks {
         state.features.get_mut::<Tasks>()
     }
 }
@@ -1000,7 +1000,10 @@ mod tests {
         feed(&mut t, 1, "LS1 begin later", None, snap(10_000, 0));
         feed(&mut t, 1, "LS1 end later", None, snap(10_000, 0));
         assert!(t.get("later").is_some());
-        assert_eq!(t.names_share.held(crate::budget::Owner::Uid(1000)), share);
+        assert_eq!(
+            t.names_share.held(crate::model::budget::Owner::Uid(1000)),
+            share
+        );
     }
 
     #[test]
@@ -1044,7 +1047,10 @@ mod tests {
             feed_as(&mut t, squatter, pid, "LS1 begin again", None, snap(0, 0));
         }
         assert_eq!(dropped(&t, reason::UID_OPEN_JOBS_SHARE), 304);
-        assert_eq!(t.jobs_share.held(crate::budget::Owner::Uid(65534)), 4);
+        assert_eq!(
+            t.jobs_share.held(crate::model::budget::Owner::Uid(65534)),
+            4
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! from the rest of the host through it.
 //!
 //! Every datagram is charged to its sender's uid (from the kernel) before anything else is
-//! read, then to its cgroup when the process table knows it ([`crate::budget`]).
+//! read, then to its cgroup when the process table knows it ([`crate::model::budget`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,11 +26,11 @@ use super::{
 };
 use crate::{
     bpf::maps::KernelMaps,
-    budget::{Principal, Rate, RateLimiter},
     host,
-    shared::Shared,
-    state::boot_ns,
-    table::Source,
+    model::budget::{Principal, Rate, RateLimiter},
+    model::shared::Shared,
+    model::state::boot_ns,
+    model::table::Source,
     threads::{self, ThreadMaps},
 };
 
@@ -365,7 +365,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        state::{AgentState, Settings},
+        model::state::{AgentState, Settings},
         tasks::socket::SocketOptions,
     };
 

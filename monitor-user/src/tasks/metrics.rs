@@ -12,9 +12,9 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 
 use super::jobs::{Histogram, RETAINED_BUCKETS};
 use crate::{
-    budget::Over,
+    model::budget::Over,
+    model::state::AgentState,
     prom::{counter, family, gauge, labels},
-    state::AgentState,
 };
 
 fn histogram(pairs: &[(&str, &str)], h: &Histogram) -> proto::Metric {
@@ -139,9 +139,9 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
 mod tests {
     use super::*;
     use crate::{
-        budget::Principal,
-        state::Settings,
-        table::Source,
+        model::budget::Principal,
+        model::state::Settings,
+        model::table::Source,
         tasks::{jobs::Snapshot, protocol::parse},
     };
 

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     bpf::maps::KernelMaps,
-    shared::Shared,
-    state::AgentState,
+    model::shared::Shared,
+    model::state::AgentState,
     threads::{self, SyscallProbes, ThreadMaps, ThreadsConfig},
 };
 

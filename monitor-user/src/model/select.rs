@@ -97,6 +97,31 @@ pub fn cap_largest<T>(mut items: Vec<T>, cap: usize, size: impl Fn(&T) -> u64) -
     (items, rest)
 }
 
+/// A live process as `--match`-style matchers see it: its command line is read only when a
+/// matcher asks for it, and its cgroup path too unless the caller already knows it.
+pub struct ProcCandidate {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: Option<String>,
+}
+
+impl Candidate for ProcCandidate {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn comm(&self) -> &str {
+        &self.comm
+    }
+    fn cmdline(&self) -> Option<String> {
+        crate::host::proc::cmdline(self.pid)
+    }
+    fn cgroup_path(&self) -> Option<String> {
+        self.cgroup
+            .clone()
+            .or_else(|| crate::host::proc::cgroup_paths(self.pid).0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,13 +5,13 @@ use serde::Serialize;
 
 use crate::{
     bpf::probes::ProbeStatus,
-    detector::DetectorConfig,
-    leaks::{self, LeakState},
-    limits::{CgroupRoots, ConfiguredLimit, Limit, LimitCache, LimitSource, nearest},
-    oom::{OomKills, OomRecord, Victim},
-    pools::{Pools, RecycleReason},
-    select::{Selector, cap_largest},
-    table::{Process, ProcessTable, comm_str},
+    model::detector::DetectorConfig,
+    model::leaks::{self, LeakState},
+    model::limits::{CgroupRoots, ConfiguredLimit, Limit, LimitCache, LimitSource, nearest},
+    model::oom::{OomKills, OomRecord, Victim},
+    model::pools::{Pools, RecycleReason},
+    model::select::{Selector, cap_largest},
+    model::table::{Process, ProcessTable, comm_str},
 };
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -38,9 +38,9 @@ pub struct AgentState {
     pub pools: Pools,
     pub ooms: OomKills,
     /// Pod names by UID, filled from the Kubernetes API when the agent runs in a cluster.
-    pub pods: crate::kube::Pods,
+    pub pods: crate::host::kube::Pods,
     /// The features' state (tasks, threads), by type.
-    pub features: crate::features::Features,
+    pub features: crate::model::features::Features,
     /// Processes whose growth stacks the agent samples on its own (--auto-growth).
     pub growth_sampled: std::collections::HashSet<u32>,
     /// Total of dropped lifecycle events, and when that total last grew.
@@ -107,7 +107,7 @@ impl AgentState {
             cgroups: CgroupRoots::discover(),
             pools: Pools::new(settings.max_pools),
             ooms: OomKills::default(),
-            pods: crate::kube::Pods::default(),
+            pods: crate::host::kube::Pods::default(),
             // Each feature puts its configured state here at start-up; defaults until then.
             features: Default::default(),
             growth_sampled: Default::default(),

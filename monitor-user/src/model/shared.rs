@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use aya::maps::{MapData, RingBuf};
 use monitor_common::LifecycleEvent;
 
-use crate::state::AgentState;
+use crate::model::state::AgentState;
 
 pub struct Shared {
     /// Locked before `state` whenever both are held.

@@ -12,7 +12,7 @@ use std::{
 use procfs::process::MountInfo;
 use serde::Serialize;
 
-use crate::{host::proc, select::Matcher};
+use crate::{host::proc, model::select::Matcher};
 
 /// v1 reports "no limit" as a huge page-aligned number.
 const V1_UNLIMITED: u64 = 1 << 60;
@@ -48,7 +48,7 @@ impl Limit {
 
     /// Seconds until the limit is reached at `rate`; `None` when not growing.
     pub fn seconds_left(&self, rate_bytes_per_sec: f64) -> Option<f64> {
-        crate::detector::time_to_limit(self.used_bytes, self.limit_bytes, rate_bytes_per_sec)
+        crate::model::detector::time_to_limit(self.used_bytes, self.limit_bytes, rate_bytes_per_sec)
     }
 }
 
@@ -92,7 +92,7 @@ impl FromStr for ConfiguredLimit {
         }
         let matcher = matcher
             .parse()
-            .map_err(|e: crate::select::MatchError| LimitError::BadMatcher(e.to_string()))?;
+            .map_err(|e: crate::model::select::MatchError| LimitError::BadMatcher(e.to_string()))?;
         Ok(Self { matcher, bytes })
     }
 }

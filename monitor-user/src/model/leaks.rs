@@ -4,8 +4,8 @@
 use log::info;
 
 use crate::{
-    detector::{Assessment, DetectorConfig, RssHistory, Verdict},
-    limits::Limit,
+    model::detector::{Assessment, DetectorConfig, RssHistory, Verdict},
+    model::limits::Limit,
 };
 
 const MIB: f64 = (1 << 20) as f64;
@@ -96,7 +96,7 @@ pub fn label(v: Verdict) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::LimitSource;
+    use crate::model::limits::LimitSource;
 
     const S: u64 = 1_000_000_000;
 

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::table::Exited;
+use crate::model::table::Exited;
 
 const MIB: u64 = 1 << 20;
 /// Exits remembered per pool.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
 use serde::Serialize;
 
-use crate::{container::ContainerInfo, host::proc::ProcSnapshot, leaks::LeakState};
+use crate::{host::container::ContainerInfo, host::proc::ProcSnapshot, model::leaks::LeakState};
 
 /// Where a number came from: the kernel's own counters, or a `/proc` read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
