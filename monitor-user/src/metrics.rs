@@ -8,7 +8,7 @@ use prometheus::{
     proto::{self, LabelPair, MetricFamily, MetricType},
 };
 
-use crate::model::state::AgentState;
+use crate::model::state::{AgentState, Export};
 
 pub const OVERFLOW_LABEL: &str = "overflow";
 
@@ -96,26 +96,28 @@ fn counter(name: &'static str, help: &'static str) -> Family<'static> {
     Family::new(name, help, MetricType::COUNTER)
 }
 
+/// Every family, built from one export of the table (which processes have series of their
+/// own, and the overflow), computed once per scrape and handed to each.
 pub fn families(state: &AgentState) -> Vec<MetricFamily> {
-    let mut out = process_families(state);
-    out.extend(leak_families(state));
+    let export = state.export();
+    let mut out = process_families(state, &export);
+    out.extend(leak_families(&export));
     out.extend(pool_families(state));
     out.extend(self_families(state));
-    out.extend(pod_families(state));
+    out.extend(pod_families(state, &export));
     out.extend(crate::tasks::metrics::families(state));
-    out.extend(crate::threads::families(state));
+    out.extend(crate::threads::families(state, &export.own));
     out
 }
 
 /// `leakscope_pod_info{pod_uid, pod_namespace, pod_name} 1` for the pods of processes with
 /// series of their own, when the Kubernetes API named them (kube.rs): join on `pod_uid`.
-fn pod_families(state: &AgentState) -> Vec<MetricFamily> {
+fn pod_families(state: &AgentState, export: &Export<'_>) -> Vec<MetricFamily> {
     let mut info = gauge(
         names::POD_INFO,
         "Name and namespace of a pod whose processes have series (from the Kubernetes API).",
     );
-    let uids: std::collections::BTreeSet<&str> = state
-        .export()
+    let uids: std::collections::BTreeSet<&str> = export
         .own
         .iter()
         .filter_map(|p| p.container.pod_uid.as_deref())
@@ -135,7 +137,7 @@ fn pod_families(state: &AgentState) -> Vec<MetricFamily> {
     vec![info.build()]
 }
 
-fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
+fn leak_families(export: &Export<'_>) -> Vec<MetricFamily> {
     let mut rate = gauge(
         names::PROCESS_RSS_GROWTH_BYTES_PER_SECOND,
         "Robust (Theil-Sen) growth rate of resident memory over the detector's window.",
@@ -156,7 +158,7 @@ fn leak_families(state: &AgentState) -> Vec<MetricFamily> {
         names::PROCESS_MEMORY_LIMIT_BYTES,
         "The nearest memory limit: the cgroup's or one given with --limit.",
     );
-    for p in state.export().own {
+    for p in &export.own {
         let Some(leak) = &p.leak else { continue };
         let id = || process_labels(p);
         let a = &leak.assessment;
@@ -236,8 +238,7 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
     ]
 }
 
-fn process_families(state: &AgentState) -> Vec<MetricFamily> {
-    let export = state.export();
+fn process_families(state: &AgentState, export: &Export<'_>) -> Vec<MetricFamily> {
     let mut rss = gauge(
         names::PROCESS_RSS_BYTES,
         "Resident memory of a process by kind, from the kernel's own counters (kmem:rss_stat).",

@@ -536,12 +536,15 @@ pub fn request_for_sender(state: &mut AgentState, pid: u32, who: Principal) -> V
 
 /// The top threads (`--top-threads`) of each process that has series of its own: at most
 /// that many series per exported process.
-pub fn families(state: &AgentState) -> Vec<prometheus::proto::MetricFamily> {
+pub fn families(
+    state: &AgentState,
+    own: &[&crate::model::table::Process],
+) -> Vec<prometheus::proto::MetricFamily> {
     use prometheus::proto::MetricType;
 
     use crate::prom::{counter, family, gauge};
     let (mut rss, mut mapped) = (Vec::new(), Vec::new());
-    for p in state.export().own {
+    for p in own {
         let Some(top) = Threads::of(state).top_of(p.pid) else {
             continue;
         };
