@@ -166,3 +166,57 @@ fn a_fork_storm_loses_nothing_and_leaves_no_stale_series() {
     assert!(stale.is_empty(), "series of exited pids: {stale:?}");
     assert_eq!(agent.get("/healthz").1.trim(), "ok", "{}", agent.log());
 }
+
+/// A local user cannot speak for another process: the kernel refuses credentials that are not
+/// the sender's own, and the agent takes the pid from the kernel, never from the datagram.
+#[test]
+fn forged_marker_credentials_are_refused() {
+    if !kernel_tests_enabled("forged_marker_credentials_are_refused") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let socket = std::env::temp_dir().join(format!("leakscope-test-{}.sock", agent.addr.port()));
+    // Claims pid 1 and uid 0, then its own pid with uid 0; then a marker that only names
+    // another pid in its text. Prints what the kernel said to each.
+    let script = format!(
+        "import os, socket, struct\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.connect({socket:?})\n\
+         def send(pid, uid, gid):\n    \
+         try:\n        \
+         s.sendmsg([b'LS1 begin forged.task job=1'], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack('iII', pid, uid, gid))])\n        \
+         print('sent')\n    \
+         except PermissionError:\n        \
+         print('refused')\n\
+         send(1, 0, 0)\n\
+         send(os.getpid(), 0, 0)\n\
+         s.send(b'LS1 begin spoofed.task job=2 tid=1')\n\
+         print('plain')\n",
+        socket = socket.display().to_string()
+    );
+    let out = integration_tests::as_unprivileged("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3 as the unprivileged user");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        ["refused", "refused", "plain"],
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks = wait_for(Duration::from_secs(5), || {
+        let (_, body) = agent.get("/api/v1/tasks");
+        body.contains("spoofed.task").then_some(body)
+    })
+    .expect("the plain marker was not recorded");
+    assert!(!tasks.contains("forged.task"), "{tasks}");
+    // One marker arrived: the plain one, under the pid the kernel gave its sender.
+    let metrics = agent.metrics();
+    assert_eq!(
+        metrics.value("leakscope_markers_received_total", &[]),
+        Some(1.0),
+        "{}",
+        metrics.text
+    );
+}
