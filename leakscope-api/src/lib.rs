@@ -9,12 +9,14 @@
 //! absent value is `null`, as the agent has always served it.
 
 mod float;
+pub mod history;
 pub mod metrics;
 pub mod oom;
 pub mod pools;
 pub mod processes;
 pub mod tasks;
 
+pub use history::{HistoryFloor, HistoryPoint, HistoryResponse};
 pub use oom::{OomKill, OomResponse, OomVictim};
 pub use pools::{Pool, PoolExit, PoolsResponse, RecycleReason};
 pub use processes::{
@@ -29,10 +31,17 @@ pub use tasks::{
 pub mod paths {
     /// [`crate::ProcessesResponse`]; `?pid=N` asks for one selected process.
     pub const PROCESSES: &str = "/api/v1/processes";
+    /// [`crate::HistoryResponse`] of one selected process (the route, as axum writes it).
+    pub const PROCESS_HISTORY: &str = "/api/v1/processes/{pid}/history";
     /// [`crate::PoolsResponse`].
     pub const POOLS: &str = "/api/v1/pools";
     /// [`crate::OomResponse`].
     pub const OOM: &str = "/api/v1/oom";
     /// [`crate::TasksResponse`]; `?task=NAME` asks for one task name.
     pub const TASKS: &str = "/api/v1/tasks";
+
+    /// [`PROCESS_HISTORY`] of `pid`.
+    pub fn process_history(pid: u32) -> String {
+        format!("{PROCESSES}/{pid}/history")
+    }
 }

@@ -12,12 +12,21 @@ pub const PROCESS_LEAK_SUSPECTED: &str = "leakscope_process_leak_suspected";
 pub const PROCESS_LEAK_CONFIDENCE: &str = "leakscope_process_leak_confidence";
 pub const PROCESS_TIME_TO_LIMIT_SECONDS: &str = "leakscope_process_time_to_limit_seconds";
 pub const PROCESS_MEMORY_LIMIT_BYTES: &str = "leakscope_process_memory_limit_bytes";
+/// `{pid, comm, unit} 1`: the systemd unit of a process with series, joined on `pid`.
+pub const PROCESS_UNIT_INFO: &str = "leakscope_process_unit_info";
 
 // Worker pools, pods and OOM kills.
 pub const POOL_RECYCLES_TOTAL: &str = "leakscope_pool_recycles_total";
 pub const POOL_LEAK_SUSPECTED: &str = "leakscope_pool_leak_suspected";
 pub const POOL_CHILDREN: &str = "leakscope_pool_children";
 pub const POD_INFO: &str = "leakscope_pod_info";
+/// `{container_id, container_name, image, compose_project, compose_service} 1`: the Docker
+/// names of a container whose processes have series, joined on `container_id`.
+pub const CONTAINER_INFO: &str = "leakscope_container_info";
+/// `{result}` (ok, no_socket, error): lists of the Docker daemon's containers.
+pub const DOCKER_LOOKUPS_TOTAL: &str = "leakscope_docker_lookups_total";
+/// Containers left out of a Docker list because the name cache was full.
+pub const DOCKER_CONTAINERS_DROPPED_TOTAL: &str = "leakscope_docker_containers_dropped_total";
 pub const OOM_KILLS_TOTAL: &str = "leakscope_oom_kills_total";
 
 // The agent itself: table, probes, kernel maps, health.
@@ -70,10 +79,14 @@ pub const ALL: &[&str] = &[
     PROCESS_LEAK_CONFIDENCE,
     PROCESS_TIME_TO_LIMIT_SECONDS,
     PROCESS_MEMORY_LIMIT_BYTES,
+    PROCESS_UNIT_INFO,
     POOL_RECYCLES_TOTAL,
     POOL_LEAK_SUSPECTED,
     POOL_CHILDREN,
     POD_INFO,
+    CONTAINER_INFO,
+    DOCKER_LOOKUPS_TOTAL,
+    DOCKER_CONTAINERS_DROPPED_TOTAL,
     OOM_KILLS_TOTAL,
     PROCESSES_TRACKED,
     PROCESSES_OVERFLOW,

@@ -35,12 +35,19 @@ pub struct Process {
     pub runtime: Runtime,
     /// 64-hex container id, when the cgroup path names one.
     pub container_id: Option<String>,
+    /// The Docker container's name, image and Compose project and service, when the Docker
+    /// daemon could be asked.
+    #[serde(default)]
+    pub container: Option<ContainerName>,
     /// Kubernetes pod UID, when the process runs in a pod.
     pub pod_uid: Option<String>,
     /// The pod's namespace and name, when the Kubernetes API could be asked (in a cluster).
     pub pod: Option<PodName>,
     /// Kubernetes QoS class of the pod.
     pub qos: Option<QosClass>,
+    /// The systemd unit (`NAME.service`, `NAME.scope`) the cgroup path names, the innermost
+    /// one for a user's units; absent in a container or outside systemd.
+    pub unit: Option<String>,
     pub rss_bytes: RssBytes,
     pub resident_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -104,6 +111,18 @@ pub enum QosClass {
     Guaranteed,
     Burstable,
     BestEffort,
+}
+
+/// A Docker container's names (each at most 128 bytes, without control characters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerName {
+    /// The name without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    /// The `com.docker.compose.project` label.
+    pub compose_project: Option<String>,
+    /// The `com.docker.compose.service` label.
+    pub compose_service: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,9 +241,11 @@ mod tests {
             cgroup: None,
             runtime: Runtime::Unknown,
             container_id: None,
+            container: None,
             pod_uid: None,
             pod: None,
             qos: None,
+            unit: None,
             rss_bytes: RssBytes {
                 anon: 3,
                 ..RssBytes::default()
@@ -260,7 +281,15 @@ mod tests {
         };
         let v = serde_json::to_value(&r).unwrap();
         let first = &v["processes"][0];
-        for absent in ["cgroup", "pod", "qos", "memory_limit_source", "threads"] {
+        for absent in [
+            "cgroup",
+            "container",
+            "pod",
+            "qos",
+            "unit",
+            "memory_limit_source",
+            "threads",
+        ] {
             assert!(first[absent].is_null(), "{absent} in {first}");
             assert!(first.as_object().unwrap().contains_key(absent), "{absent}");
         }

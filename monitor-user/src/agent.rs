@@ -168,6 +168,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pods = shared.state().pods.clone();
     let kube_task = crate::host::kube::ApiConfig::from_env()
         .map(|cfg| tokio::spawn(crate::host::kube::run(cfg, pods)));
+    // Docker container names from the daemon's socket; quietly nothing without one.
+    let containers = shared.state().containers.clone();
+    let docker_task = tokio::spawn(crate::host::docker::run(
+        crate::host::docker::SOCKET.into(),
+        containers,
+    ));
     let access = http::Access {
         expose_api: args.expose_api,
         profiling: args.enable_profiling,
@@ -196,6 +202,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(t) = kube_task {
         t.abort();
     }
+    docker_task.abort();
     if let Some(t) = logger_task {
         t.abort();
     }

@@ -105,6 +105,8 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
     out.extend(pool_families(state));
     out.extend(self_families(state));
     out.extend(pod_families(state, &export));
+    out.extend(docker_families(state, &export));
+    out.push(unit_family(&export));
     out.extend(crate::tasks::metrics::families(state));
     out.extend(crate::threads::families(state, &export.own));
     out
@@ -135,6 +137,79 @@ fn pod_families(state: &AgentState, export: &Export<'_>) -> Vec<MetricFamily> {
         }
     }
     vec![info.build()]
+}
+
+/// `leakscope_container_info{container_id, container_name, image, compose_project,
+/// compose_service} 1` for the Docker containers of processes with series of their own, when
+/// the Docker daemon named them (docker.rs): join on `container_id`. The names stay off the
+/// process series. Also how the lists of the daemon went, present from start-up.
+fn docker_families(state: &AgentState, export: &Export<'_>) -> Vec<MetricFamily> {
+    use crate::host::docker::{self, Lookup};
+
+    let mut info = gauge(
+        names::CONTAINER_INFO,
+        "Name, image and Compose project and service of a Docker container whose processes \
+         have series (from the Docker daemon).",
+    );
+    let ids: std::collections::BTreeSet<&str> = export
+        .own
+        .iter()
+        .filter_map(|p| docker::container_id(&p.container))
+        .collect();
+    for id in ids {
+        if let Some(c) = state.containers.get(id) {
+            info.push(
+                vec![
+                    ("container_id", id.to_string()),
+                    ("container_name", c.name),
+                    ("image", c.image),
+                    ("compose_project", c.compose_project.unwrap_or_default()),
+                    ("compose_service", c.compose_service.unwrap_or_default()),
+                ],
+                1.0,
+            );
+        }
+    }
+    let mut lookups = counter(
+        names::DOCKER_LOOKUPS_TOTAL,
+        "Lists of the Docker daemon's containers, by result (no_socket: no daemon).",
+    );
+    for result in Lookup::ALL {
+        lookups.push(
+            vec![("result", result.as_str().into())],
+            state.containers.lookups(result) as f64,
+        );
+    }
+    let mut dropped = counter(
+        names::DOCKER_CONTAINERS_DROPPED_TOTAL,
+        "Containers left out of a Docker list because the name cache was full.",
+    );
+    dropped.push(vec![], state.containers.dropped() as f64);
+    vec![info.build(), lookups.build(), dropped.build()]
+}
+
+/// `leakscope_process_unit_info{pid, comm, unit} 1` for processes with series of their own
+/// that run in a systemd unit: join on `pid` (`* on (pid) group_left (unit)`). The unit is a
+/// label of its own series, not of every process series, so adding it costs one series per
+/// process rather than a label on each of the hot ones.
+fn unit_family(export: &Export<'_>) -> MetricFamily {
+    let mut info = gauge(
+        names::PROCESS_UNIT_INFO,
+        "systemd unit (service or scope) of a process with series, from its cgroup path.",
+    );
+    for p in &export.own {
+        if let Some(unit) = &p.container.unit {
+            info.push(
+                vec![
+                    ("pid", p.pid.to_string()),
+                    ("comm", p.comm.clone()),
+                    ("unit", unit.clone()),
+                ],
+                1.0,
+            );
+        }
+    }
+    info.build()
 }
 
 fn leak_families(export: &Export<'_>) -> Vec<MetricFamily> {
@@ -518,7 +593,7 @@ mod tests {
             .filter(|n| !n.starts_with("leakscope_task_") || n.ends_with("abandoned_total"))
             .filter(|n| !n.starts_with("leakscope_thread_") || n.ends_with("refused_total"))
             // Only with pods named by the Kubernetes API.
-            .filter(|n| **n != "leakscope_pod_info")
+            .filter(|n| **n != "leakscope_pod_info" && **n != "leakscope_container_info")
         {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
@@ -641,6 +716,95 @@ mod tests {
             assert_eq!(*first, names, "{l}");
         }
         assert!(seen.len() >= 5, "{seen:?}");
+    }
+
+    #[test]
+    fn units_are_an_info_series_joined_on_pid() {
+        let mut state = state_with(
+            &[
+                (10, "celery", 64 * MIB),
+                (11, "python3", 32 * MIB),
+                (12, "sh", MIB),
+            ],
+            2,
+        );
+        let set = |state: &mut AgentState, pid, path: &str| {
+            state.table.get_mut(pid).unwrap().container =
+                crate::host::container::from_cgroup_path(path);
+        };
+        set(&mut state, 10, "/system.slice/celery-worker.service");
+        set(&mut state, 11, &format!("/system.slice/docker-{CID}.scope"));
+        // Beyond --max-processes: summed into the overflow, so no info series either.
+        set(&mut state, 12, "/system.slice/cron.service");
+        let text = render(&state, Vec::new()).unwrap();
+        let units: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("leakscope_process_unit_info"))
+            .collect();
+        assert_eq!(
+            units,
+            [
+                "leakscope_process_unit_info{pid=\"10\",comm=\"celery\",unit=\"celery-worker.service\"} 1"
+            ],
+            "{text}"
+        );
+        // The hot series keep their labels.
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("leakscope_process_rss_bytes{"))
+                .all(|l| !l.contains("unit=")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn docker_names_are_an_info_series_joined_on_container_id() {
+        let mut state = state_with(&[(10, "worker", 64 * MIB), (11, "sh", MIB)], 1);
+        let text = render(&state, Vec::new()).unwrap();
+        assert!(!text.contains("leakscope_container_info{"), "{text}");
+        for result in ["ok", "no_socket", "error"] {
+            assert!(
+                line(
+                    &text,
+                    &format!("leakscope_docker_lookups_total{{result=\"{result}\"}} 0")
+                )
+                .is_some(),
+                "{text}"
+            );
+        }
+        for pid in [10, 11] {
+            state.table.get_mut(pid).unwrap().container =
+                crate::host::container::from_cgroup_path(&format!("/docker/{CID}"));
+        }
+        state.containers.replace(vec![(
+            CID.to_string(),
+            crate::host::docker::ContainerName {
+                name: "shop-worker-1".into(),
+                image: "shop/worker:1".into(),
+                compose_project: Some("shop".into()),
+                compose_service: Some("worker".into()),
+            },
+        )]);
+        let text = render(&state, Vec::new()).unwrap();
+        let info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("leakscope_container_info{"))
+            .collect();
+        assert_eq!(
+            info,
+            [format!(
+                "leakscope_container_info{{container_id=\"{CID}\",container_name=\"shop-worker-1\",\
+                 image=\"shop/worker:1\",compose_project=\"shop\",compose_service=\"worker\"}} 1"
+            )],
+            "one series per container, not per process: {text}"
+        );
+        // The hot series carry only the id.
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("leakscope_process_"))
+                .all(|l| !l.contains("shop")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -631,10 +631,12 @@ pub fn sync_once(maps: &ThreadMaps, shared: &Shared) {
         let mut changes = Vec::new();
         let table = &state.table;
         let threads = state.features.get_mut::<Threads>();
+        // Not in the table is not gone: a child forked a moment ago may send its first marker
+        // before its fork event is applied, and a pid forgotten here is never asked for again.
         let gone: Vec<u32> = threads
             .wanted
             .keys()
-            .filter(|pid| table.get(**pid).is_none())
+            .filter(|pid| table.get(**pid).is_none() && !crate::host::proc::exists(**pid))
             .copied()
             .collect();
         for pid in gone {

@@ -10,6 +10,7 @@ use monitor_common::RssKind;
 
 use crate::{
     host::container::{QosClass, Runtime},
+    host::docker::ContainerName,
     host::kube::PodName,
     model::detector::{Assessment, Verdict},
     model::limits::LimitSource,
@@ -59,6 +60,17 @@ impl From<PodName> for api::PodName {
         Self {
             namespace: p.namespace,
             name: p.name,
+        }
+    }
+}
+
+impl From<ContainerName> for api::processes::ContainerName {
+    fn from(c: ContainerName) -> Self {
+        Self {
+            name: c.name,
+            image: c.image,
+            compose_project: c.compose_project,
+            compose_service: c.compose_service,
         }
     }
 }
@@ -190,6 +202,9 @@ pub fn process(state: &AgentState, p: &Process, own_series: bool) -> api::Proces
         cgroup: p.cgroup_path.clone(),
         runtime: p.container.runtime.into(),
         container_id: p.container.container_id.clone(),
+        container: crate::host::docker::container_id(&p.container)
+            .and_then(|id| state.containers.get(id))
+            .map(Into::into),
         pod_uid: p.container.pod_uid.clone(),
         pod: p
             .container
@@ -198,6 +213,7 @@ pub fn process(state: &AgentState, p: &Process, own_series: bool) -> api::Proces
             .and_then(|uid| state.pods.get(uid))
             .map(Into::into),
         qos: p.container.qos.map(Into::into),
+        unit: p.container.unit.clone(),
         rss_bytes: api::RssBytes {
             anon: kind(RssKind::Anon),
             file: kind(RssKind::File),
@@ -226,6 +242,48 @@ pub fn process(state: &AgentState, p: &Process, own_series: bool) -> api::Proces
             .top_of(p.pid)
             .map(|top| top.iter().map(Into::into).collect()),
         growth_sampled: state.growth_sampled.contains(&p.pid),
+    }
+}
+
+/// A selected process's RSS history as `/api/v1/processes/{pid}/history` serves it: the
+/// detector's own points (at most its `max_samples`), never a second record.
+pub fn history(state: &AgentState, p: &Process) -> api::HistoryResponse {
+    // The history keeps boot-clock seconds, as the kernel stamps its samples.
+    let offset = state.boot_to_unix_ns as f64 / 1e9;
+    let history = p.leak.as_ref().map(|l| l.history());
+    let floors: Vec<api::HistoryFloor> = history
+        .map(|h| h.floors(&state.detector))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| api::HistoryFloor {
+            start_unix_time_seconds: f.t_start - offset,
+            end_unix_time_seconds: f.t_end - offset,
+            floor_bytes: f.bytes,
+        })
+        .collect();
+    api::HistoryResponse {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        start_time_seconds: state.unix_seconds(p.start_ns),
+        points: history
+            .into_iter()
+            .flat_map(|h| h.points())
+            .map(|pt| api::HistoryPoint {
+                unix_time_seconds: pt.t - offset,
+                resident_bytes: pt.mean_bytes.round() as u64,
+                min_resident_bytes: pt.min_bytes,
+                samples: pt.samples,
+            })
+            .collect(),
+        // The rate is fitted exactly when there are floors: both need a history long enough
+        // for a verdict.
+        rate_bytes_per_sec: p
+            .leak
+            .as_ref()
+            .filter(|_| !floors.is_empty())
+            .map(|l| l.assessment.rate_bytes_per_sec),
+        floors,
+        verdict: p.leak.as_ref().map(|l| l.assessment.verdict.into()),
     }
 }
 
@@ -302,6 +360,16 @@ mod tests {
             name: "web-1".into(),
         };
         same(&pod, &api::PodName::from(pod.clone()));
+        let container = ContainerName {
+            name: "shop-worker-1".into(),
+            image: "shop/worker:1".into(),
+            compose_project: Some("shop".into()),
+            compose_service: None,
+        };
+        same(
+            &container,
+            &api::processes::ContainerName::from(container.clone()),
+        );
     }
 
     #[test]

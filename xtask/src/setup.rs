@@ -22,6 +22,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // tests/tests/docker.rs: a real dockerd, and an image imported from busybox-static's
+    // single static binary (no registry is reachable).
+    ("dockerd", "docker.io"),
+    ("busybox", "busybox-static"),
 ];
 
 /// What `cargo xtask bench alloc` drives besides the agent: the C benchmark's toolchain, the

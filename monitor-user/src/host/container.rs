@@ -19,6 +19,14 @@
 //! | nerdctl                     | `nerdctl-<id>.scope` (containerd)                                                      |
 //! | any runtime, cgroupfs       | a bare `<id>` directory (runtime unknown unless the parent is `docker`)                |
 //!
+//! Outside containers and pods, the path names the systemd unit the process runs in: the
+//! innermost `NAME.service` or `NAME.scope` (`/system.slice/redis-server.service`,
+//! `/user.slice/user-1000.slice/user@1000.service/app.slice/NAME.service`,
+//! `/user.slice/user-1000.slice/session-3.scope`); a user's systemd itself
+//! (`user@1000.service/init.scope`) is its `user@1000.service`. A container's scope
+//! (`docker-<id>.scope`) is a container, not a unit, and units inside a container are not
+//! reported: the container already says where the process runs.
+//!
 //! Container ids must be exactly 64 lowercase hex characters; anything else is
 //! not treated as an id. Pod UIDs are returned in the dashed UUID form; static
 //! (file-based) pods, whose "UID" is the kubelet's 32-hex config hash, are
@@ -87,6 +95,8 @@ pub struct ContainerInfo {
     /// the container. `container_id` is then `None` (its memory is not the
     /// container's), `runtime` and `pod_uid` are still filled in.
     pub conmon: bool,
+    /// The systemd unit (`NAME.service`, `NAME.scope`), outside containers and pods.
+    pub unit: Option<String>,
 }
 
 impl ContainerInfo {
@@ -103,6 +113,7 @@ impl ContainerInfo {
 pub fn from_cgroup_path(path: &str) -> ContainerInfo {
     let mut info = ContainerInfo::default();
     let mut prev: Option<&str> = None;
+    let mut unit: Option<&str> = None;
 
     for seg in path.trim().split('/').filter(|s| !s.is_empty()) {
         // systemd-style cgroupsPath taken literally by a runtime configured
@@ -132,10 +143,41 @@ pub fn from_cgroup_path(path: &str) -> ContainerInfo {
             } else {
                 set_container(&mut info, rt, id);
             }
+        } else if is_unit_name(seg) {
+            // The manager of a user's units sits in its own init.scope: the unit the system
+            // knows it by is the user@UID.service above.
+            let user_manager = seg == "init.scope"
+                && prev.is_some_and(|p| p.starts_with("user@") && p.ends_with(".service"));
+            if !user_manager {
+                unit = Some(seg);
+            }
         }
         prev = Some(seg);
     }
+    if !info.is_container() && info.pod_uid.is_none() && !info.conmon {
+        info.unit = unit.map(str::to_owned);
+    }
     info
+}
+
+/// systemd's longest unit name (`UNIT_NAME_MAX` less its NUL).
+const UNIT_NAME_MAX: usize = 255;
+
+/// A service or scope name as systemd allows it: a non-empty prefix of ASCII letters, digits
+/// and `:-_.\@`. A name is all a cgroup path offers, and a delegated subtree may be named by
+/// its user, so anything else is not taken for a unit.
+fn is_unit_name(seg: &str) -> bool {
+    let Some(prefix) = seg
+        .strip_suffix(".service")
+        .or_else(|| seg.strip_suffix(".scope"))
+    else {
+        return false;
+    };
+    !prefix.is_empty()
+        && seg.len() <= UNIT_NAME_MAX
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
 /// Attribute a whole `/proc/<pid>/cgroup` file.
@@ -348,6 +390,15 @@ mod tests {
             pod_uid: uid.map(str::to_owned),
             qos,
             conmon: false,
+            unit: None,
+        }
+    }
+
+    /// What the path says about containers and pods, leaving out the systemd unit.
+    fn container_part(path: &str) -> ContainerInfo {
+        ContainerInfo {
+            unit: None,
+            ..from_cgroup_path(path)
         }
     }
 
@@ -695,19 +746,90 @@ mod tests {
     }
 
     #[test]
-    fn non_container_paths() {
-        for p in [
-            "/user.slice/user-1000.slice/session-3.scope",
-            "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-1234.scope",
-            "/system.slice/redis-server.service",
-            "/system.slice/containerd.service",
-            "/system.slice/docker.service",
-            "/init.scope",
-            "/kubepods.slice",
-            "/kubepods.slice/kubepods-burstable.slice",
-            "/kubepods/burstable",
+    fn non_container_paths_name_their_systemd_unit() {
+        for (p, unit) in [
+            (
+                "/user.slice/user-1000.slice/session-3.scope",
+                Some("session-3.scope"),
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-1234.scope",
+                Some("app-gnome-firefox-1234.scope"),
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/celery-worker.service",
+                Some("celery-worker.service"),
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/init.scope",
+                Some("user@1000.service"),
+            ),
+            (
+                "/system.slice/redis-server.service",
+                Some("redis-server.service"),
+            ),
+            (
+                "/system.slice/system-getty.slice/getty@tty1.service",
+                Some("getty@tty1.service"),
+            ),
+            // A service that delegates its subtree (systemd's Delegate=yes) keeps its name.
+            (
+                "/system.slice/celery.service/workers/w1",
+                Some("celery.service"),
+            ),
+            (
+                "/system.slice/containerd.service",
+                Some("containerd.service"),
+            ),
+            ("/system.slice/docker.service", Some("docker.service")),
+            ("/init.scope", Some("init.scope")),
+            // Seen from inside a cgroup namespace.
+            ("/../../system.slice/cron.service", Some("cron.service")),
+            ("/", None),
+            ("/system.slice", None),
+            ("/user.slice/user-1000.slice", None),
+            ("/kubepods.slice", None),
+            ("/kubepods.slice/kubepods-burstable.slice", None),
+            ("/kubepods/burstable", None),
+            // Not names systemd gives.
+            ("/system.slice/.service", None),
+            ("/system.slice/my app.service", None),
+            ("/system.slice/app.service.d", None),
         ] {
-            assert_eq!(from_cgroup_path(p), ContainerInfo::default(), "{p}");
+            assert_eq!(container_part(p), ContainerInfo::default(), "{p}");
+            assert_eq!(from_cgroup_path(p).unit.as_deref(), unit, "{p}");
+        }
+        let long = format!("/system.slice/{}.service", "a".repeat(UNIT_NAME_MAX));
+        assert_eq!(from_cgroup_path(&long).unit, None);
+    }
+
+    #[test]
+    fn containers_and_pods_are_not_units() {
+        for p in [
+            format!("/docker/{ID}"),
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/system.slice/docker-{ID}.scope/init"),
+            // systemd running in a container: its units are the container's.
+            format!("/system.slice/docker-{ID}.scope/system.slice/nginx.service"),
+            format!("/docker/{ID}/init.scope"),
+            format!("/machine.slice/libpod-conmon-{ID}.scope"),
+            format!(
+                "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+            ),
+            format!(
+                "/system.slice/containerd.service/kubepods-burstable-pod{UID_US}.slice:cri-containerd:{ID}"
+            ),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{ID}.scope"
+            ),
+            format!("/kubepods.slice/kubepods-pod{UID_US}.slice"),
+        ] {
+            let info = from_cgroup_path(&p);
+            assert!(
+                info.is_container() || info.pod_uid.is_some() || info.conmon,
+                "{p}"
+            );
+            assert_eq!(info.unit, None, "{p}");
         }
     }
 
@@ -726,7 +848,8 @@ mod tests {
             // cri-containerd/docker without ".scope" is not a shape any runtime produces.
             format!("/system.slice/docker-{ID}"),
         ] {
-            assert_eq!(from_cgroup_path(&p), ContainerInfo::default(), "{p}");
+            // Some of these are still systemd units (a scope named like no container).
+            assert_eq!(container_part(&p), ContainerInfo::default(), "{p}");
         }
     }
 
@@ -822,7 +945,10 @@ mod tests {
         assert_eq!(from_proc_cgroup("garbage\n"), ContainerInfo::default());
         assert_eq!(
             from_proc_cgroup("0::/system.slice/redis-server.service\n"),
-            ContainerInfo::default()
+            ContainerInfo {
+                unit: Some("redis-server.service".into()),
+                ..ContainerInfo::default()
+            }
         );
     }
 

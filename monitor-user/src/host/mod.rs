@@ -5,11 +5,13 @@
 //!   the agent may not make is told apart from a process that has gone.
 //! - [`caps`]: which capabilities the agent holds, and what it cannot do without each.
 //! - [`container`]: container, runtime and pod from a process's cgroup path.
+//! - [`docker`]: container names, images and Compose names from the Docker daemon's socket.
 //! - [`kube`]: pod names from the Kubernetes API, when the agent runs in a cluster.
 //! - [`peer`]: who is on the other end of a loopback connection (the kernel's socket table).
 
 pub mod caps;
 pub mod container;
+pub mod docker;
 pub mod kube;
 pub mod peer;
 pub mod proc;

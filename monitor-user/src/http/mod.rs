@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::{investigate::profiler::Profiler, metrics, model::shared::Shared};
 
+pub mod history;
 pub mod profile;
 pub mod web;
 
@@ -98,6 +99,7 @@ pub fn router(app: App, access: Access) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route(paths::PROCESSES, get(processes_handler))
+        .route(paths::PROCESS_HISTORY, get(history::handler))
         .route(paths::POOLS, get(pools_handler))
         .route(paths::OOM, get(oom_handler))
         .route(paths::TASKS, get(crate::tasks::api::handler))
@@ -274,7 +276,7 @@ async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
 }
 
 async fn index_handler() -> &'static str {
-    "leakscope agent: /metrics /api/v1/processes /api/v1/pools /api/v1/oom /api/v1/tasks /healthz\n"
+    "leakscope agent: /metrics /api/v1/processes /api/v1/processes/{pid}/history /api/v1/pools /api/v1/oom /api/v1/tasks /healthz\n"
 }
 
 #[cfg(test)]
@@ -290,12 +292,21 @@ mod tests {
     }
 
     async fn status(access: Access, peer: &str, path: &str) -> (StatusCode, String) {
+        status_of(shared(), access, peer, path).await
+    }
+
+    async fn status_of(
+        shared: Arc<Shared>,
+        access: Access,
+        peer: &str,
+        path: &str,
+    ) -> (StatusCode, String) {
         let mut req = Request::get(path).body(Body::empty()).unwrap();
         let peer: SocketAddr = peer.parse().unwrap();
         req.extensions_mut().insert(ConnectInfo(peer));
         let resp = router(
             App {
-                shared: shared(),
+                shared,
                 profiler: None,
             },
             access,
@@ -352,6 +363,87 @@ mod tests {
             status(expose, NETWORK, "/api/v1/processes").await.0,
             StatusCode::OK
         );
+    }
+
+    /// pid 10 selected and leaking 10 MiB per second for `secs` seconds of boot clock, pid 11
+    /// not selected.
+    fn leaking_state(secs: u64) -> Arc<Shared> {
+        use crate::{host::proc::ProcSnapshot, model::detector::DetectorConfig};
+        const S: u64 = 1_000_000_000;
+        let snapshot = |pid, anon| ProcSnapshot {
+            pid,
+            ppid: 1,
+            comm: "celery".into(),
+            start_ns: S,
+            rss: [0, anon, 0, 0],
+            peak_bytes: anon,
+        };
+        let mut state = AgentState::new(Settings {
+            detector: DetectorConfig {
+                warmup_secs: 0.0,
+                ..DetectorConfig::default()
+            },
+            ..Settings::default()
+        });
+        state.table.seed([snapshot(10, 0), snapshot(11, 0)]);
+        state.table.get_mut(10).unwrap().selected = Some(true);
+        state.table.get_mut(11).unwrap().selected = Some(false);
+        for i in 0..secs {
+            let p = state.table.get_mut(10).unwrap();
+            p.set_seed(snapshot(10, (100 + 10 * i) << 20));
+            state.assess(S + i * S);
+        }
+        Arc::new(Shared::new(state, None))
+    }
+
+    #[tokio::test]
+    async fn history_is_the_detectors_own_and_served_like_the_rest_of_the_api() {
+        let path = paths::process_history(10);
+        let (code, body) = status_of(leaking_state(120), Access::default(), LOCAL, &path).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let h: leakscope_api::HistoryResponse = serde_json::from_str(&body).unwrap();
+        assert_eq!((h.pid, h.comm.as_str()), (10, "celery"));
+        assert_eq!(h.points.len(), 120);
+        assert!(
+            h.points
+                .windows(2)
+                .all(|w| w[0].unix_time_seconds < w[1].unix_time_seconds
+                    && w[0].resident_bytes < w[1].resident_bytes),
+            "{:?}",
+            h.points
+        );
+        assert_eq!(h.points[0].resident_bytes, 100 << 20);
+        // The boot clock's second 1 (the start) and the first sample are the same instant.
+        let gap = h.points[0].unix_time_seconds - h.start_time_seconds;
+        assert!(gap.abs() < 1e-3, "{gap}");
+        let rate = h.rate_bytes_per_sec.expect("120 s is enough for a fit");
+        assert!((rate - (10 << 20) as f64).abs() < 1.0, "{rate}");
+        assert_eq!(h.verdict, Some(leakscope_api::Verdict::Leaking));
+        assert!(!h.floors.is_empty());
+        assert!(
+            h.floors
+                .windows(2)
+                .all(|w| w[0].floor_bytes < w[1].floor_bytes)
+        );
+
+        // Too short a history for a verdict: points, but no fit and no floors yet.
+        let (_, body) = status_of(leaking_state(30), Access::default(), LOCAL, &path).await;
+        let h: leakscope_api::HistoryResponse = serde_json::from_str(&body).unwrap();
+        assert_eq!(h.points.len(), 30);
+        assert_eq!((h.rate_bytes_per_sec, h.floors.len()), (None, 0));
+
+        // Unknown, unselected, and not a pid.
+        for (pid, want) in [
+            ("99", StatusCode::NOT_FOUND),
+            ("11", StatusCode::NOT_FOUND),
+            ("x", StatusCode::BAD_REQUEST),
+        ] {
+            let path = format!("/api/v1/processes/{pid}/history");
+            let (code, _) = status_of(leaking_state(1), Access::default(), LOCAL, &path).await;
+            assert_eq!(code, want, "{path}");
+        }
+        let (code, body) = status_of(leaking_state(1), Access::default(), NETWORK, &path).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     }
 
     #[tokio::test]

@@ -271,6 +271,26 @@ impl Bucket {
     }
 }
 
+/// One stored point of a history, in the history's own clock (seconds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistoryPoint {
+    /// Middle of the samples merged into the point.
+    pub t: f64,
+    /// Their mean, which the slope is fitted to.
+    pub mean_bytes: f64,
+    /// Their minimum, which the floors are taken from.
+    pub min_bytes: u64,
+    pub samples: u64,
+}
+
+/// The lowest RSS of one time slice of the analysed window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SegmentFloor {
+    pub t_start: f64,
+    pub t_end: f64,
+    pub bytes: u64,
+}
+
 /// Bounded RSS history of one process.
 ///
 /// Downsampling: when `max_samples` points are stored, the time grid
@@ -345,16 +365,15 @@ impl RssHistory {
 
     pub fn assess(&self, cfg: &DetectorConfig) -> Assessment {
         let samples: usize = self.buckets.iter().map(|b| b.n as usize).sum();
-        let (Some(first), Some(last)) = (self.buckets.front(), self.buckets.back()) else {
-            return Assessment::insufficient(0, 0.0);
+        let Some((t0, span, points)) = self.analysed(cfg) else {
+            let span = match (self.buckets.front(), self.buckets.back()) {
+                (Some(first), Some(last)) => nonneg(last.t_last - first.t_first),
+                _ => 0.0,
+            };
+            return Assessment::insufficient(samples, span);
         };
-        let span = last.t_last - first.t_first;
-        let points = fit_points(&self.buckets, first.t_first, span, cfg.max_fit_points);
-        if span.is_nan() || span < cfg.secs(cfg.min_window_secs) || points.len() < MIN_FIT_POINTS {
-            return Assessment::insufficient(samples, nonneg(span));
-        }
         let fit = theil_sen(&points);
-        let floors = segment_floors(&self.buckets, first.t_first, span, segment_count(cfg, span));
+        let floors = segment_floors(&self.buckets, t0, span, segment_count(cfg, span));
         let evidence = Evidence {
             rate: fit.slope,
             span,
@@ -372,6 +391,47 @@ impl RssHistory {
             consistency: unit(evidence.consistency),
             samples,
         }
+    }
+
+    /// Where the analysed window starts, its span and the points fitted, once the history is
+    /// long enough for a verdict; `None` before (the assessment is then `insufficient`).
+    fn analysed(&self, cfg: &DetectorConfig) -> Option<(f64, f64, Vec<Point>)> {
+        let (first, last) = (self.buckets.front()?, self.buckets.back()?);
+        let span = last.t_last - first.t_first;
+        let points = fit_points(&self.buckets, first.t_first, span, cfg.max_fit_points);
+        if span.is_nan() || span < cfg.secs(cfg.min_window_secs) || points.len() < MIN_FIT_POINTS {
+            return None;
+        }
+        Some((first.t_first, span, points))
+    }
+
+    /// The stored points, oldest first: what the detector judges, served as it is (at most
+    /// `max_samples`, merged when the history was downsampled).
+    pub fn points(&self) -> impl ExactSizeIterator<Item = HistoryPoint> + '_ {
+        self.buckets.iter().map(|b| HistoryPoint {
+            t: b.mid(),
+            mean_bytes: b.mean(),
+            min_bytes: b.min,
+            samples: b.n,
+        })
+    }
+
+    /// The segment floors [`Self::assess`] compares (gaps left out), or none while the history
+    /// is too short for a verdict.
+    pub fn floors(&self, cfg: &DetectorConfig) -> Vec<SegmentFloor> {
+        let Some((t0, span, _)) = self.analysed(cfg) else {
+            return Vec::new();
+        };
+        let segments = segment_count(cfg, span).clamp(2, MAX_SEGMENTS);
+        let width = span / segments as f64;
+        indexed_segment_floors(&self.buckets, t0, span, segments)
+            .into_iter()
+            .map(|(i, bytes)| SegmentFloor {
+                t_start: t0 + i as f64 * width,
+                t_end: t0 + (i + 1) as f64 * width,
+                bytes,
+            })
+            .collect()
     }
 
     fn push(&mut self, t: f64, rss: u64) {
@@ -605,16 +665,33 @@ fn segment_count(cfg: &DetectorConfig, span: f64) -> usize {
     (fit as usize).min(cfg.segments).clamp(2, MAX_SEGMENTS)
 }
 
-/// Minimum RSS of each of `segments` equal time slices; `None` for slices
-/// without samples (gaps), which are skipped rather than read as drops.
+/// Minimum RSS of each of `segments` equal time slices; slices without samples (gaps) are
+/// skipped rather than read as drops.
 fn segment_floors(buckets: &VecDeque<Bucket>, t0: f64, span: f64, segments: usize) -> Vec<u64> {
+    indexed_segment_floors(buckets, t0, span, segments)
+        .into_iter()
+        .map(|(_, floor)| floor)
+        .collect()
+}
+
+/// [`segment_floors`] with the index of each slice, so its time range can be shown.
+fn indexed_segment_floors(
+    buckets: &VecDeque<Bucket>,
+    t0: f64,
+    span: f64,
+    segments: usize,
+) -> Vec<(usize, u64)> {
     let segments = segments.clamp(2, MAX_SEGMENTS);
     let mut floors: Vec<Option<u64>> = vec![None; segments];
     for b in buckets {
         let i = slice_index(b.mid(), t0, span, segments);
         floors[i] = Some(floors[i].map_or(b.min, |f| f.min(b.min)));
     }
-    floors.into_iter().flatten().collect()
+    floors
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, f)| Some((i, f?)))
+        .collect()
 }
 
 fn floor_rise(floors: &[u64]) -> f64 {
@@ -1124,6 +1201,39 @@ mod tests {
         h.observe(630.0, 1);
         assert!(h.is_empty(), "still warming up after exec");
         assert_eq!(h.assess(&cfg).confidence, 0.0);
+    }
+
+    #[test]
+    fn points_and_floors_are_what_the_verdict_was_judged_on() {
+        let cfg = DetectorConfig::default();
+        let mut h = RssHistory::new(&cfg, 0.0);
+        // Warm-up, then 80 s: too short for a verdict, so no floors yet.
+        for i in 0..140u32 {
+            h.observe(f64::from(i), linear(10.0)(f64::from(i)) as u64);
+        }
+        assert_eq!(h.points().len(), 80);
+        assert!(h.floors(&cfg).is_empty());
+        for i in 140..600u32 {
+            h.observe(f64::from(i), linear(10.0)(f64::from(i)) as u64);
+        }
+        let points: Vec<_> = h.points().collect();
+        assert_eq!(points.len(), h.len());
+        // 540 samples past warm-up, more than the 512 kept: merged, none lost.
+        assert!(points.len() < 540);
+        assert_eq!(points.iter().map(|p| p.samples).sum::<u64>(), 540);
+        assert_eq!(points[0].min_bytes, linear(10.0)(60.0) as u64);
+        assert!(points.windows(2).all(|w| w[0].t < w[1].t));
+        let floors = h.floors(&cfg);
+        assert_eq!(floors.len(), cfg.segments);
+        assert!(
+            floors
+                .windows(2)
+                .all(|w| w[0].bytes < w[1].bytes && w[0].t_end == w[1].t_start)
+        );
+        assert_eq!(floors[0].t_start, 60.0);
+        // The rise between the outer floors is the one the assessment judged.
+        let rise = floors[floors.len() - 1].bytes as f64 - floors[0].bytes as f64;
+        assert_eq!(rise, h.assess(&cfg).floor_rise_bytes);
     }
 
     #[test]

@@ -10,12 +10,31 @@ use crate::{
 
 const MIB: f64 = (1 << 20) as f64;
 
+/// A new verdict is reported (and logged) once it has held for this many consecutive
+/// assessments...
+const HOLD_ASSESSMENTS: u32 = 3;
+/// ... or this long (nominal seconds, stretched by the detector's time scale), whichever
+/// comes first: a process on the edge between two verdicts would otherwise log a line at
+/// every assessment.
+const HOLD_NOMINAL_SECS: f64 = 10.0;
+
+/// A verdict the assessments have reached but that has not held long enough to report.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Pending {
+    verdict: Verdict,
+    assessments: u32,
+    since_secs: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct LeakState {
     history: RssHistory,
     /// The exec the history belongs to; a new exec starts a new history.
     exec_ns: u64,
+    /// The latest assessment; its verdict is the reported one, which changes only once a
+    /// new verdict has held (see [`HOLD_ASSESSMENTS`]).
     pub assessment: Assessment,
+    pending: Option<Pending>,
     /// Resident bytes at the first sample (pools compare it with the size at exit).
     pub first_sample_bytes: u64,
     pub limit: Option<Limit>,
@@ -30,13 +49,15 @@ impl LeakState {
             history,
             exec_ns,
             assessment,
+            pending: None,
             first_sample_bytes: resident,
             limit: None,
             time_to_limit_secs: None,
         }
     }
 
-    /// Takes one sample and re-assesses; returns the previous verdict when it changed.
+    /// Takes one sample and re-assesses; returns the previous reported verdict when the
+    /// reported one changed.
     pub fn observe(
         &mut self,
         cfg: &DetectorConfig,
@@ -44,15 +65,61 @@ impl LeakState {
         now_ns: u64,
         resident: u64,
     ) -> Option<Verdict> {
+        let before = self.assessment.verdict;
         if exec_ns != self.exec_ns {
             self.history.reset(secs(exec_ns));
             self.exec_ns = exec_ns;
             self.first_sample_bytes = resident;
+            // A new program: what the old one was is no verdict to hold on to.
+            self.history.observe(secs(now_ns), resident);
+            self.assessment = self.history.assess(cfg);
+            self.pending = None;
+            return (self.assessment.verdict != before).then_some(before);
         }
         self.history.observe(secs(now_ns), resident);
-        let before = self.assessment.verdict;
-        self.assessment = self.history.assess(cfg);
+        let mut assessment = self.history.assess(cfg);
+        let reached = assessment.verdict;
+        assessment.verdict = self.hold(cfg, reached, secs(now_ns));
+        self.assessment = assessment;
         (self.assessment.verdict != before).then_some(before)
+    }
+
+    /// The verdict to report, given the one just reached at `now_secs`.
+    fn hold(&mut self, cfg: &DetectorConfig, reached: Verdict, now_secs: f64) -> Verdict {
+        let reported = self.assessment.verdict;
+        if reached == reported {
+            self.pending = None;
+            return reported;
+        }
+        let p = match self.pending {
+            Some(p) if p.verdict == reached => Pending {
+                assessments: p.assessments + 1,
+                ..p
+            },
+            _ => Pending {
+                verdict: reached,
+                assessments: 1,
+                since_secs: now_secs,
+            },
+        };
+        let scale = if cfg.time_scale.is_finite() && cfg.time_scale > 0.0 {
+            cfg.time_scale
+        } else {
+            1.0
+        };
+        if p.assessments >= HOLD_ASSESSMENTS || now_secs - p.since_secs >= HOLD_NOMINAL_SECS * scale
+        {
+            self.pending = None;
+            reached
+        } else {
+            self.pending = Some(p);
+            reported
+        }
+    }
+
+    /// The history behind the assessment, for the history endpoint (read, never copied).
+    pub fn history(&self) -> &RssHistory {
+        &self.history
     }
 
     /// Projects the time to `limit` when the process is growing.
@@ -137,6 +204,50 @@ mod tests {
             .expect("a leaking process has a time to limit");
         // 524 MiB left at 10 MiB/min nominal = 200 MiB/min real: about 157 s.
         assert!((120.0..200.0).contains(&ttl), "{ttl}");
+    }
+
+    #[test]
+    fn a_verdict_on_the_edge_does_not_flap() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 10 << 20);
+        let stable = st.assessment.clone();
+        let growing = Assessment {
+            verdict: Verdict::Growing,
+            ..stable.clone()
+        };
+        let mut now = 0.0;
+        let mut step = |st: &mut LeakState, reached: &Assessment| {
+            now += 0.05;
+            let before = st.assessment.verdict;
+            st.assessment.verdict = st.hold(&cfg, reached.verdict, now);
+            (st.assessment.verdict != before).then_some(before)
+        };
+        // Toggling at every assessment: never reported.
+        for i in 0..40 {
+            let reached = if i % 2 == 0 { &growing } else { &stable };
+            assert_eq!(step(&mut st, reached), None, "assessment {i}");
+        }
+        assert_eq!(st.assessment.verdict, Verdict::Stable);
+        // Held: reported at the third assessment, once.
+        assert_eq!(step(&mut st, &growing), None);
+        assert_eq!(step(&mut st, &growing), None);
+        assert_eq!(step(&mut st, &growing), Some(Verdict::Stable));
+        assert_eq!(st.assessment.verdict, Verdict::Growing);
+        assert_eq!(step(&mut st, &growing), None);
+        // A single stable assessment does not take it back.
+        assert_eq!(step(&mut st, &stable), None);
+        assert_eq!(step(&mut st, &growing), None);
+        assert_eq!(st.assessment.verdict, Verdict::Growing);
+    }
+
+    #[test]
+    fn a_verdict_held_long_enough_is_reported_however_rare_the_assessments() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 10 << 20);
+        // 10 nominal seconds at time scale 0.05: half a second.
+        assert_eq!(st.hold(&cfg, Verdict::Leaking, 1.0), Verdict::Stable);
+        assert_eq!(st.hold(&cfg, Verdict::Leaking, 1.3), Verdict::Stable);
+        assert_eq!(st.hold(&cfg, Verdict::Leaking, 1.5), Verdict::Leaking);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct AgentState {
     pub ooms: OomKills,
     /// Pod names by UID, filled from the Kubernetes API when the agent runs in a cluster.
     pub pods: crate::host::kube::Pods,
+    /// Docker container names by id, filled from the Docker daemon's socket when there is one.
+    pub containers: crate::host::docker::Containers,
     /// The features' state (tasks, threads), by type.
     pub features: crate::model::features::Features,
     /// Processes whose growth stacks the agent samples on its own (--auto-growth).
@@ -108,6 +110,7 @@ impl AgentState {
             pools: Pools::new(settings.max_pools),
             ooms: OomKills::default(),
             pods: crate::host::kube::Pods::default(),
+            containers: crate::host::docker::Containers::default(),
             // Each feature puts its configured state here at start-up; defaults until then.
             features: Default::default(),
             growth_sampled: Default::default(),
