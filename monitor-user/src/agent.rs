@@ -125,9 +125,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared::new(state, Some(events)));
     info!(
-        "serving on {}://{}/metrics (also /api/v1/processes, /healthz){}",
+        "serving on {}://{}/metrics (also /healthz; /api/v1/* to {}; profiling {}){}",
         web.scheme(),
         args.listen,
+        if args.expose_api {
+            "every peer"
+        } else {
+            "loopback peers"
+        },
+        if args.enable_profiling { "on" } else { "off" },
         if web.has_auth() {
             ", basic auth on all but /healthz"
         } else {
