@@ -62,7 +62,7 @@ impl Profiler {
     }
 
     /// Samples `pid` for a request; the returned holder must be released, by the request's
-    /// guard (`endpoint::RequestHold`) or, failing that, by [`Profiler::expire`].
+    /// guard (`http::profile`'s `RequestHold`) or, failing that, by [`Profiler::expire`].
     pub fn hold_request(&mut self, pid: u32, period: u32) -> Result<Holder, HoldError> {
         if self.holds.requests() >= MAX_REQUEST_HOLDS {
             return Err(HoldError::Busy);
