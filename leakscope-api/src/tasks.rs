@@ -72,28 +72,18 @@ pub struct Retained {
     pub last: Option<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskVerdict {
-    /// The floor's rise attributed to this task type is confidently above zero and a
-    /// meaningful share of the rise.
     pub leak_suspected: bool,
-    /// Runs of this task type the attribution used (across the processes that ran it).
+    /// Runs the verdict looked at (the most recent ones).
     pub runs_considered: u64,
-    /// Bytes each run adds to the memory floor, fitted over the history (0 when unknown).
-    pub bytes_per_run: i64,
-    /// 95% interval of `bytes_per_run`.
-    pub bytes_per_run_low: i64,
-    pub bytes_per_run_high: i64,
-    /// Share of the floor's rise its runs explain, 0 to 1.
-    pub share_explained: f64,
-    /// Of the task's recent runs (the per-run window), those that retained at least the
-    /// noise threshold between their own begin and end.
+    /// Of those, runs that retained at least the noise threshold.
     pub retaining_runs: u64,
-    /// Median of the recent runs' retained bytes.
+    /// Median of the runs' retained bytes.
     pub median_retained_bytes: i64,
-    /// Positive retentions of the recent runs summed.
+    /// Positive retentions summed.
     pub retained_total_bytes: i64,
-    /// Rise of the floor across the span of the recent runs, summed over processes.
+    /// Rise of the floor across the span of the runs, summed over processes.
     pub floor_rise_bytes: i64,
     /// Why, in words.
     pub evidence: String,

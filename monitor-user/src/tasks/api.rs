@@ -95,10 +95,6 @@ impl From<&TaskVerdict> for api::TaskVerdict {
         Self {
             leak_suspected: v.leak_suspected,
             runs_considered: v.runs_considered as u64,
-            bytes_per_run: v.bytes_per_run,
-            bytes_per_run_low: v.bytes_per_run_low,
-            bytes_per_run_high: v.bytes_per_run_high,
-            share_explained: v.share_explained,
             retaining_runs: v.retaining_runs as u64,
             median_retained_bytes: v.median_retained_bytes,
             retained_total_bytes: v.retained_total_bytes,
@@ -180,10 +176,6 @@ mod tests {
         let v = TaskVerdict {
             leak_suspected: true,
             runs_considered: 20,
-            bytes_per_run: 1 << 20,
-            bytes_per_run_low: 900 << 10,
-            bytes_per_run_high: 1100 << 10,
-            share_explained: 0.9,
             retaining_runs: 18,
             median_retained_bytes: 1 << 20,
             retained_total_bytes: 18 << 20,

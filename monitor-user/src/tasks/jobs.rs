@@ -16,7 +16,6 @@ use monitor_common::{RSS_UNKNOWN, RssKind, ThreadStats};
 use serde::Serialize;
 
 use super::{
-    attribution::{Run, TaskAttribution, attribute},
     protocol::{Marker, MarkerError, Phase},
     verdict::{RunSample, TaskVerdict, VerdictConfig, assess, median},
 };
@@ -116,11 +115,6 @@ pub struct TasksConfig {
     pub idle_evict_ns: u64,
     /// Per-thread deltas kept per job.
     pub threads_per_job: usize,
-    /// Completed jobs of every task and process the attribution fits the floor's rise on.
-    pub history_jobs: usize,
-    /// Task types (those with the most runs in the history) the attribution fits; the
-    /// fit's cost grows with the cube of their number.
-    pub max_attributed_tasks: usize,
 }
 
 impl Default for TasksConfig {
@@ -136,8 +130,6 @@ impl Default for TasksConfig {
             max_open_jobs: 8192,
             idle_evict_ns: 3600 * 1_000_000_000,
             threads_per_job: 5,
-            history_jobs: 4096,
-            max_attributed_tasks: 32,
         }
     }
 }
@@ -371,18 +363,6 @@ pub struct Tasks {
     processes_share: Shares,
     pub counters: MarkerCounters,
     pub socket: Option<SocketStatus>,
-    /// Completed jobs, oldest first, for the attribution (bounded by `history_jobs`).
-    history: VecDeque<Completed>,
-    /// Completions since the attribution last ran.
-    since_attribution: usize,
-}
-
-/// A completed job as the attribution keeps it.
-struct Completed {
-    pid: u32,
-    task: String,
-    begin_held: i64,
-    end_held: i64,
 }
 
 impl Default for Tasks {
@@ -419,8 +399,6 @@ impl Tasks {
             open_total: 0,
             counters: MarkerCounters::default(),
             socket: None,
-            history: VecDeque::new(),
-            since_attribution: 0,
         }
     }
 
@@ -685,94 +663,20 @@ impl Tasks {
         while s.recent.len() > recent_jobs {
             s.recent.pop_front();
         }
-        // The per-run numbers follow every run; the decision waits for the next fit.
-        let window: Vec<RunSample> = s.window.iter().copied().collect();
-        let per_run = assess(&window, &verdict_cfg);
-        s.verdict = TaskVerdict {
-            retaining_runs: per_run.retaining_runs,
-            median_retained_bytes: per_run.median_retained_bytes,
-            retained_total_bytes: per_run.retained_total_bytes,
-            floor_rise_bytes: per_run.floor_rise_bytes,
-            ..std::mem::take(&mut s.verdict)
-        };
-        let name = s.name.clone();
-        self.history.push_back(Completed {
-            pid,
-            task: name,
-            begin_held,
-            end_held,
-        });
-        while self.history.len() > self.config.history_jobs {
-            self.history.pop_front();
-        }
-        // The fit runs over the whole history, so after every completion while the history
-        // is short, then after every 1/32 of it: a verdict a few dozen jobs late costs
-        // nothing, a fit per job at hundreds of jobs a second would.
-        self.since_attribution += 1;
-        if self.since_attribution >= (self.history.len() / 32).max(1) {
-            self.since_attribution = 0;
-            self.attribute();
-        }
-    }
-
-    /// Fits the floor's rise on the runs of each task type over the history and gives every
-    /// task its verdict, logging the ones that change.
-    fn attribute(&mut self) {
-        let mut runs_per_name: HashMap<&str, usize> = HashMap::new();
-        for c in &self.history {
-            *runs_per_name.entry(&c.task).or_default() += 1;
-        }
-        let mut names: Vec<(&str, usize)> = runs_per_name.into_iter().collect();
-        names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        names.truncate(self.config.max_attributed_tasks);
-        let index: HashMap<&str, usize> = names
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (*n, i))
-            .collect();
-        let runs: Vec<Run> = self
-            .history
-            .iter()
-            .filter_map(|c| {
-                Some(Run {
-                    pid: c.pid,
-                    task: *index.get(c.task.as_str())?,
-                    begin_held: c.begin_held,
-                    end_held: c.end_held,
-                })
-            })
-            .collect();
-        let fitted = attribute(&runs, names.len(), &self.config.verdict.attribution);
-        let verdicts: HashMap<String, TaskAttribution> = names
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .zip(fitted)
-            .collect();
-        let cfg = self.config.verdict.clone();
-        for s in self.by_name.values_mut().chain(self.overflow.as_mut()) {
-            let window: Vec<RunSample> = s.window.iter().copied().collect();
-            let per_run = assess(&window, &cfg);
-            let a = verdicts
-                .get(&s.name)
-                .cloned()
-                .unwrap_or_else(|| TaskAttribution {
-                    evidence: "insufficient evidence: no runs in the attribution's history".into(),
-                    ..TaskAttribution::default()
-                });
-            let before = s.verdict.leak_suspected;
-            s.verdict = per_run.attributed(&a);
-            if s.verdict.leak_suspected != before {
-                log::warn!(
-                    "task {}: leak {} ({})",
-                    s.name,
-                    if s.verdict.leak_suspected {
-                        "suspected"
-                    } else {
-                        "no longer suspected"
-                    },
-                    s.verdict.evidence
-                );
-            }
+        let runs: Vec<RunSample> = s.window.iter().copied().collect();
+        let before = s.verdict.leak_suspected;
+        s.verdict = assess(&runs, &verdict_cfg);
+        if s.verdict.leak_suspected != before {
+            log::warn!(
+                "task {}: leak {} ({})",
+                s.name,
+                if s.verdict.leak_suspected {
+                    "suspected"
+                } else {
+                    "no longer suspected"
+                },
+                s.verdict.evidence
+            );
         }
     }
 
@@ -1174,65 +1078,7 @@ mod tests {
         let leaky = t.get("leaky").unwrap();
         assert!(leaky.verdict.leak_suspected, "{:?}", leaky.verdict);
         assert_eq!(leaky.median_retained(), 4 * MIB);
-        assert_eq!(leaky.verdict.bytes_per_run, 4 * MIB, "{:?}", leaky.verdict);
-        assert!(
-            leaky.verdict.evidence.contains("4.00 MiB/run"),
-            "{:?}",
-            leaky.verdict
-        );
-        let clean = &t.get("clean").unwrap().verdict;
-        assert!(!clean.leak_suspected, "{clean:?}");
-        assert_eq!(clean.bytes_per_run, 0, "{clean:?}");
-    }
-
-    #[test]
-    fn the_verdict_is_fitted_over_the_children_of_a_pool() {
-        // Two children; the leaky task (1 MiB a run) lands on either, and each child's
-        // counter only moves in 4 MiB steps: one leaky run in four shows 4 MiB, the others
-        // nothing, so run by run most of its runs retain nothing.
-        let mut t = Tasks::default();
-        let mut live = [0i64; 2];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let shown = |live: i64| 100 * MIB + (live + 4 * MIB - 1) / (4 * MIB) * (4 * MIB);
-        for i in 0..400u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let child = (x % 2) as usize;
-            let task = if (x >> 8) & 1 == 0 { "leaky" } else { "clean" };
-            let pid = 10 + child as u32;
-            let at = i * 10;
-            feed(
-                &mut t,
-                pid,
-                &format!("LS1 begin {task}"),
-                None,
-                snap(at, shown(live[child])),
-            );
-            if task == "leaky" {
-                live[child] += MIB;
-            }
-            feed(
-                &mut t,
-                pid,
-                &format!("LS1 end {task}"),
-                None,
-                snap(at + 1, shown(live[child])),
-            );
-        }
-        let leaky = &t.get("leaky").unwrap().verdict;
-        let clean = &t.get("clean").unwrap().verdict;
-        assert!(leaky.leak_suspected, "{leaky:?}");
-        assert!(
-            leaky.bytes_per_run_low <= MIB && MIB <= leaky.bytes_per_run_high,
-            "{leaky:?}"
-        );
-        assert!(leaky.share_explained > 0.8, "{leaky:?}");
-        assert!(
-            leaky.retaining_runs < 32,
-            "most recent runs retain nothing: {leaky:?}"
-        );
-        assert!(!clean.leak_suspected, "{clean:?}");
+        assert!(!t.get("clean").unwrap().verdict.leak_suspected);
     }
 
     #[test]

@@ -90,9 +90,8 @@ pub fn families(state: &AgentState) -> Vec<MetricFamily> {
         ),
         family(
             names::TASK_LEAK_SUSPECTED,
-            "1 when the rise of the memory floor, fitted on the runs of each task type over the \
-             processes' history, gives this task confidently more than zero bytes a run and a \
-             meaningful share of the rise (see /api/v1/tasks for the evidence).",
+            "1 when most recent runs of the task retain memory and the process floor rises \
+             with them (see /api/v1/tasks for the evidence).",
             MetricType::GAUGE,
             suspected,
         ),
