@@ -46,8 +46,9 @@ pub fn leakers(state: &AgentState) -> Vec<Leaker> {
         .collect()
 }
 
-/// Brings the auto-sampled set in line with `leaking`; returns the pids sampled afterwards.
-pub fn follow(profiler: &mut Profiler, leaking: &[Leaker], cfg: AutoGrowth) -> HashSet<u32> {
+/// Brings the auto-sampled set in line with `leaking` (what is sampled, whoever holds it, is
+/// the profiler's [`Profiler::sampled`]).
+pub fn follow(profiler: &mut Profiler, leaking: &[Leaker], cfg: AutoGrowth) {
     let still: HashSet<u32> = leaking.iter().map(|l| l.pid).collect();
     let mut sampled = HashSet::new();
     for (pid, since) in profiler.auto_targets() {
@@ -84,5 +85,4 @@ pub fn follow(profiler: &mut Profiler, leaking: &[Leaker], cfg: AutoGrowth) -> H
             Err(e) => warn!("growth sampling for pid {} ({}) failed: {e}", l.pid, l.comm),
         }
     }
-    sampled
 }
