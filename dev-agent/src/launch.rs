@@ -203,13 +203,16 @@ mod tests {
     fn an_agent_that_never_serves_fails_with_its_log() {
         // A stand-in that logs a line and then waits without ever listening.
         let script = std::env::temp_dir().join(format!("dev-agent-mute-{}", std::process::id()));
-        std::fs::write(
-            &script,
-            "#!/bin/sh\necho loading probes >&2\nexec sleep 30\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        // Written by a child process: a write fd held here would leak into whatever another
+        // test thread forks at that moment, and exec of the script would fail with ETXTBSY.
+        let written = Command::new("sh")
+            .arg("-c")
+            .arg(r#"printf '#!/bin/sh\necho loading probes >&2\nexec sleep 30\n' > "$1" && chmod 755 "$1""#)
+            .arg("sh")
+            .arg(&script)
+            .status()
             .unwrap();
+        assert!(written.success());
         let log = script.with_extension("log");
         let mut launch = Launch::new(&script).log(&log);
         launch.ready_within = Duration::from_millis(300);
