@@ -18,7 +18,7 @@ pub mod tasks;
 
 pub use history::{HistoryFloor, HistoryPoint, HistoryResponse};
 pub use oom::{OomKill, OomResponse, OomVictim};
-pub use pools::{Pool, PoolExit, PoolsResponse, RecycleReason};
+pub use pools::{Pool, PoolExit, PoolMember, PoolsResponse, RecycleReason};
 pub use processes::{
     Assessment, LimitSource, Overflow, PodName, Process, ProcessesResponse, QosClass, RssBytes,
     RssSources, Runtime, Series, Source, ThreadGrowth, Verdict,

@@ -19,6 +19,10 @@ pub const PROCESS_UNIT_INFO: &str = "leakscope_process_unit_info";
 pub const POOL_RECYCLES_TOTAL: &str = "leakscope_pool_recycles_total";
 pub const POOL_LEAK_SUSPECTED: &str = "leakscope_pool_leak_suspected";
 pub const POOL_CHILDREN: &str = "leakscope_pool_children";
+/// `{pool, member}` (member: children, parent): resident bytes of a pool's live processes.
+pub const POOL_RESIDENT_BYTES: &str = "leakscope_pool_resident_bytes";
+/// `{pool}`: when children and parent together reach the limit they share, at the pool's rate.
+pub const POOL_TIME_TO_LIMIT_SECONDS: &str = "leakscope_pool_time_to_limit_seconds";
 pub const POD_INFO: &str = "leakscope_pod_info";
 /// `{container_id, container_name, image, compose_project, compose_service} 1`: the Docker
 /// names of a container whose processes have series, joined on `container_id`.
@@ -83,6 +87,8 @@ pub const ALL: &[&str] = &[
     POOL_RECYCLES_TOTAL,
     POOL_LEAK_SUSPECTED,
     POOL_CHILDREN,
+    POOL_RESIDENT_BYTES,
+    POOL_TIME_TO_LIMIT_SECONDS,
     POD_INFO,
     CONTAINER_INFO,
     DOCKER_LOOKUPS_TOTAL,

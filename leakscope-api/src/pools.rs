@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::float::nan_if_null;
+use crate::{
+    float::nan_if_null,
+    processes::{LimitSource, Verdict},
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolsResponse {
@@ -13,6 +16,8 @@ pub struct PoolsResponse {
     /// Recycles not recorded because `--max-pools` pools exist already, or because the
     /// parent's uid owns its share of them.
     pub overflow_recycles: u64,
+    /// Live pools not made for the same reasons.
+    pub overflow_pools: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,8 +36,39 @@ pub struct Pool {
     pub evidence: Option<String>,
     /// The last exits, oldest first.
     pub exits: Vec<PoolExit>,
-    /// Live children now.
+    /// Live children now (a parent with two or more same-named children that outlived shell
+    /// commands is a pool before any of them is recycled).
     pub children: u64,
+    /// Resident bytes of all live children.
+    pub children_bytes: u64,
+    /// The largest live children, largest first (at most 32; `children` counts them all).
+    pub members: Vec<PoolMember>,
+    /// The parent on its own: its leak survives every recycle of its children.
+    pub parent: Option<PoolMember>,
+    /// Children and parent together.
+    pub total_bytes: u64,
+    /// Robust growth rate of `total_bytes` over the detector's window, bytes per second.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub growth_bytes_per_second: f64,
+    /// The limit the children share (their cgroup's), or the configured per-worker one.
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_limit_source: Option<LimitSource>,
+    /// When `total_bytes` reaches the limit at the pool's rate; absent while it is stable.
+    pub time_to_limit_seconds: Option<f64>,
+    /// Set when recycling has become a loop: children start near the size they are
+    /// recycled at.
+    pub thrash: Option<String>,
+}
+
+/// One process of a pool now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolMember {
+    pub pid: u32,
+    pub resident_bytes: u64,
+    /// Absent until the detector has assessed the process.
+    pub verdict: Option<Verdict>,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub growth_bytes_per_second: f64,
 }
 
 /// Why a child of a pool exited.
@@ -85,10 +121,25 @@ mod tests {
                 reason: RecycleReason::Memory,
             }],
             children: 4,
+            children_bytes: 4 << 20,
+            members: vec![PoolMember {
+                pid: 12,
+                resident_bytes: 1 << 20,
+                verdict: Some(Verdict::Stable),
+                growth_bytes_per_second: 0.0,
+            }],
+            parent: None,
+            total_bytes: 4 << 20,
+            growth_bytes_per_second: 0.0,
+            memory_limit_bytes: None,
+            memory_limit_source: None,
+            time_to_limit_seconds: None,
+            thrash: None,
         };
         let v = serde_json::to_value(PoolsResponse {
             pools: vec![pool.clone()],
             overflow_recycles: 0,
+            overflow_pools: 0,
         })
         .unwrap();
         assert_eq!(

@@ -273,6 +273,14 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
         "1 when a pool's children keep growing before they are recycled, or are recycled for memory.",
     );
     let mut children = gauge(names::POOL_CHILDREN, "Live children of a worker pool.");
+    let mut resident = gauge(
+        names::POOL_RESIDENT_BYTES,
+        "Resident bytes of a worker pool's live children, and of its parent on its own.",
+    );
+    let mut time_to_limit = gauge(
+        names::POOL_TIME_TO_LIMIT_SECONDS,
+        "Seconds until a growing pool's children and parent together reach their cgroup's limit.",
+    );
     for pool in state.pools.iter() {
         let name = || vec![("pool", pool.pool.clone())];
         for reason in crate::model::pools::RecycleReason::ALL {
@@ -284,12 +292,18 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
             );
         }
         suspected.push(name(), f64::from(u8::from(pool.leak_suspected)));
-        let live = state
-            .table
-            .iter()
-            .filter(|p| p.ppid == pool.parent_pid && p.comm == pool.comm)
-            .count();
-        children.push(name(), live as f64);
+        children.push(name(), pool.children() as f64);
+        if let Some(live) = &pool.live {
+            let parent = live.parent.as_ref().map_or(0, |p| p.resident_bytes);
+            for (member, bytes) in [("children", live.children_bytes), ("parent", parent)] {
+                let mut l = name();
+                l.push(("member", member.to_string()));
+                resident.push(l, bytes as f64);
+            }
+            if let Some(secs) = live.time_to_limit_secs {
+                time_to_limit.push(name(), secs);
+            }
+        }
     }
     let mut ooms = counter(
         names::OOM_KILLS_TOTAL,
@@ -309,6 +323,8 @@ fn pool_families(state: &AgentState) -> Vec<MetricFamily> {
         recycles.build(),
         suspected.build(),
         children.build(),
+        resident.build(),
+        time_to_limit.build(),
         ooms.build(),
     ]
 }

@@ -15,7 +15,7 @@ use crate::{
     model::detector::{Assessment, Verdict},
     model::limits::LimitSource,
     model::oom::OomRecord,
-    model::pools::{ExitRecord, Pool, RecycleReason},
+    model::pools::{ExitRecord, Live, Member, Pool, RecycleReason},
     model::state::AgentState,
     model::table::Process,
     model::table::Source,
@@ -164,7 +164,43 @@ impl From<&Pool> for api::Pool {
             leak_suspected: p.leak_suspected,
             evidence: p.evidence.clone(),
             exits: p.exits.iter().map(Into::into).collect(),
-            children: p.children as u64,
+            children: p.children() as u64,
+            children_bytes: p.live.as_ref().map_or(0, |l| l.children_bytes),
+            members: p
+                .live
+                .iter()
+                .flat_map(|l| &l.members)
+                .map(Into::into)
+                .collect(),
+            parent: p
+                .live
+                .as_ref()
+                .and_then(|l| l.parent.as_ref())
+                .map(Into::into),
+            total_bytes: p.live.as_ref().map_or(0, Live::total_bytes),
+            growth_bytes_per_second: p
+                .live
+                .as_ref()
+                .map_or(0.0, |l| l.total_assessment.rate_bytes_per_sec),
+            memory_limit_bytes: p.live.as_ref().and_then(|l| l.limit).map(|l| l.limit_bytes),
+            memory_limit_source: p
+                .live
+                .as_ref()
+                .and_then(|l| l.limit)
+                .map(|l| l.source.into()),
+            time_to_limit_seconds: p.live.as_ref().and_then(|l| l.time_to_limit_secs),
+            thrash: p.thrash.clone(),
+        }
+    }
+}
+
+impl From<&Member> for api::PoolMember {
+    fn from(m: &Member) -> Self {
+        Self {
+            pid: m.pid,
+            resident_bytes: m.resident_bytes,
+            verdict: m.verdict.map(Into::into),
+            growth_bytes_per_second: m.rate_bytes_per_sec,
         }
     }
 }
@@ -394,10 +430,16 @@ mod tests {
             recycles_for_memory: 1,
             leak_suspected: false,
             evidence: None,
+            thrash: None,
             exits: [exit].into(),
-            children: 3,
+            live: None,
         };
-        same(&pool, &api::Pool::from(&pool));
+        let wire = api::Pool::from(&pool);
+        same(&pool.exits, &wire.exits);
+        assert_eq!(wire.recycles_by_reason[&api::RecycleReason::Oom], 1);
+        assert_eq!(wire.recycles_by_reason.len(), RecycleReason::ALL.len());
+        // A pool not yet seen alive has no members and no total, not made-up ones.
+        assert_eq!((wire.children, wire.total_bytes, wire.parent), (0, 0, None));
         let kill = OomRecord {
             pid: 12,
             victim: Victim {

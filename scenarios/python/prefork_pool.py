@@ -9,6 +9,9 @@ a child checks its own VmRSS (/proc/self/status) and exits when it exceeds
 --max-tasks-per-child tasks; the parent replaces it. Each child lives only
 about (limit - base RSS) / rate, shorter than warm-up + minimum window, so
 only the recycling pattern across the pool shows the leak.
+
+With --parent-rate-mib-per-min the parent leaks too, into the same kind of
+list: a leak that no recycling of children frees.
 """
 
 import os
@@ -102,6 +105,8 @@ def main():
                    help="recycle a child above this RSS (0 = never)")
     p.add_argument("--max-tasks-per-child", type=int, default=0,
                    help="recycle a child after N tasks (0 = never)")
+    p.add_argument("--parent-rate-mib-per-min", type=float, default=0.0,
+                   help="leak rate of the parent itself")
     p.add_argument("--verbose", type=int, default=0, help="log recycling to stderr")
     args = sc.checked(p.parse_args())
     if args.workers < 1:
@@ -110,8 +115,15 @@ def main():
     stopper = sc.Stopper()
     pool = Pool(args)
     pool.fill()
+    parent_rate = args.parent_rate_mib_per_min * sc.MIB / 60.0 / args.time_scale
+    parent_leaked = 0
 
-    def step(_elapsed):
+    def step(elapsed):
+        nonlocal parent_leaked
+        due = int(parent_rate * elapsed) - parent_leaked
+        if due > 0:
+            LEAKED.append(sc.touched(due))
+            parent_leaked += due
         pool.reap()
         if not stopper.stop:
             pool.fill()

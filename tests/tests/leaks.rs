@@ -209,6 +209,114 @@ fn oom_kills_are_counted_with_the_victim() {
     assert!(agent.log().contains(&format!("OOM killer chose pid {pid}")));
 }
 
+fn pools_json(agent: &Agent) -> serde_json::Value {
+    let (_, body) = agent.get("/api/v1/pools");
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+fn pool_of(agent: &Agent, parent: u32) -> Option<serde_json::Value> {
+    pools_json(agent)["pools"]
+        .as_array()?
+        .iter()
+        .find(|p| p["parent_pid"].as_u64() == Some(u64::from(parent)))
+        .cloned()
+}
+
+#[test]
+fn a_live_pool_shows_its_children_and_names_a_leaking_parent() {
+    if !kernel_tests_enabled("a_live_pool_shows_its_children_and_names_a_leaking_parent") {
+        return;
+    }
+    let agent = Agent::start(&[
+        "--detector-time-scale",
+        SCALE,
+        "--match",
+        "cmdline=prefork_pool",
+    ]);
+    // Steady children that are never recycled; the parent leaks 10 MiB/min nominal.
+    let pool = Spawned::new(
+        Command::new("python3")
+            .arg(scenarios_dir().join("python/prefork_pool.py"))
+            .args(["--workers", "3", "--rate-mib-per-min", "0"])
+            .args(["--max-memory-per-child-mib", "0"])
+            .args(["--parent-rate-mib-per-min", "10"])
+            .args(["--time-scale", SCALE]),
+    );
+    let parent = pool.pid();
+
+    // A pool as soon as its children have outlived shell commands, before any recycle.
+    let live = wait_for(Duration::from_secs(20), || {
+        pool_of(&agent, parent).filter(|p| p["children"] == 3)
+    })
+    .unwrap_or_else(|| panic!("no live pool: {:#}\n{}", pools_json(&agent), agent.log()));
+    assert_eq!(live["recycles"], 0, "{live:#}");
+    let members = live["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{live:#}");
+    assert!(
+        members
+            .iter()
+            .all(|m| m["resident_bytes"].as_u64() > Some(MIB))
+    );
+    let children_bytes: u64 = members
+        .iter()
+        .map(|m| m["resident_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        live["children_bytes"].as_u64(),
+        Some(children_bytes),
+        "{live:#}"
+    );
+    assert_eq!(live["parent"]["pid"].as_u64(), Some(u64::from(parent)));
+    assert!(
+        live["total_bytes"].as_u64().unwrap() > children_bytes,
+        "the parent counts in the total: {live:#}"
+    );
+
+    // The parent's own leak survives every recycle: the pool names it.
+    let flagged = wait_for(Duration::from_secs(60), || {
+        pool_of(&agent, parent).filter(|p| p["leak_suspected"] == true)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pool with a leaking parent not flagged: {:#}\nparent: {:?}\n{}",
+            pools_json(&agent),
+            agent.process(parent),
+            agent.log()
+        )
+    });
+    let evidence = flagged["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains(&format!("parent (pid {parent}) itself leaks")),
+        "{flagged:#}"
+    );
+    assert_eq!(flagged["parent"]["verdict"], "leaking", "{flagged:#}");
+    assert_eq!(flagged["recycles"], 0, "{flagged:#}");
+    let name = flagged["pool"].as_str().unwrap().to_string();
+    let m = agent.metrics();
+    assert_eq!(
+        m.value("leakscope_pool_leak_suspected", &[("pool", &name)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("leakscope_pool_children", &[("pool", &name)]),
+        Some(3.0)
+    );
+    let parent_bytes = m
+        .value(
+            "leakscope_pool_resident_bytes",
+            &[("pool", &name), ("member", "parent")],
+        )
+        .expect("the parent's bytes as a series");
+    assert!(parent_bytes > (8 * MIB) as f64, "{parent_bytes}");
+    assert!(
+        agent
+            .log()
+            .contains(&format!("pool {name} is suspected of leaking")),
+        "{}",
+        agent.log()
+    );
+}
+
 #[test]
 fn a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged() {
     if !kernel_tests_enabled("a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged") {

@@ -236,22 +236,11 @@ async fn processes_handler(
 
 async fn pools_handler(State(state): State<Arc<Shared>>) -> Response {
     let state = state.current();
-    let pools = state
-        .pools
-        .iter()
-        .map(|pool| {
-            let mut shown = leakscope_api::Pool::from(pool);
-            shown.children = state
-                .table
-                .iter()
-                .filter(|p| p.ppid == pool.parent_pid && p.comm == pool.comm)
-                .count() as u64;
-            shown
-        })
-        .collect();
+    let pools = state.pools.iter().map(leakscope_api::Pool::from).collect();
     Json(PoolsResponse {
         pools,
         overflow_recycles: state.pools.overflow_recycles,
+        overflow_pools: state.pools.overflow_pools,
     })
     .into_response()
 }

@@ -215,6 +215,16 @@ impl AgentState {
             });
             leak.set_limit(nearest(cgroup, configured));
         }
+        // A per-worker limit applies to each child, not to the pool: only the cgroup they
+        // share bounds the pool's total.
+        let cgroups = &self.cgroups;
+        self.pools.observe_live(&self.table, cfg, now_ns, |p| {
+            cache.get(
+                cgroups,
+                p.cgroup_path.as_deref(),
+                p.memcg_v1_path.as_deref(),
+            )
+        });
     }
 
     pub fn counter(&self, c: Counter) -> u64 {

@@ -6,11 +6,18 @@
 //! exit), so the table is shared: the processes of one uid may own at most a quarter of it,
 //! that uid read from `/proc/<parent>/status` when a pool would be made.
 
-use std::collections::{HashMap, VecDeque};
+mod live;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
-use crate::model::table::Exited;
+pub use self::live::{Live, MEMBERS_SHOWN, Member};
+use crate::model::{
+    detector::DetectorConfig,
+    limits::Limit,
+    table::{Exited, Process, ProcessTable},
+};
 
 const MIB: u64 = 1 << 20;
 /// Exits remembered per pool.
@@ -84,7 +91,7 @@ impl ExitRecord {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Pool {
     pub pool: String,
     pub parent_pid: u32,
@@ -95,9 +102,11 @@ pub struct Pool {
     pub leak_suspected: bool,
     /// Why the pool is suspected, in words.
     pub evidence: Option<String>,
+    /// Set when recycling has become a loop (see [`live::thrash`]).
+    pub thrash: Option<String>,
     pub exits: VecDeque<ExitRecord>,
-    /// Filled in when the pool is shown: live children now.
-    pub children: usize,
+    /// The children and parent now; `None` until the first assessment that sees the pool.
+    pub live: Option<Live>,
 }
 
 impl Pool {
@@ -111,9 +120,15 @@ impl Pool {
             recycles_for_memory: 0,
             leak_suspected: false,
             evidence: None,
+            thrash: None,
             exits: VecDeque::new(),
-            children: 0,
+            live: None,
         }
+    }
+
+    /// Live children now (0 before the pool was first seen alive).
+    pub fn children(&self) -> usize {
+        self.live.as_ref().map_or(0, |l| l.children)
     }
 
     fn record(&mut self, exit: ExitRecord) {
@@ -126,13 +141,33 @@ impl Pool {
             self.exits.pop_front();
         }
         self.exits.push_back(exit);
-        self.evidence = self.judge();
-        self.leak_suspected = self.evidence.is_some();
+        self.rejudge();
+    }
+
+    /// Re-reads the evidence, and logs the verdict when it changes (it changes only on an
+    /// exit or on a member's verdict, which holds before it changes, so this does not flap).
+    fn rejudge(&mut self) {
+        self.thrash = live::thrash(&self.exits);
+        let evidence = self
+            .judge_exits()
+            .or_else(|| self.live.as_ref().and_then(Live::judge));
+        let suspected = evidence.is_some();
+        if suspected != self.leak_suspected {
+            match &evidence {
+                Some(why) => log::warn!("pool {} is suspected of leaking: {why}", self.pool),
+                None => log::info!("pool {} is no longer suspected", self.pool),
+            }
+        }
+        self.leak_suspected = suspected;
+        self.evidence = match (evidence, &self.thrash) {
+            (Some(why), Some(thrash)) => Some(format!("{why}; {thrash}")),
+            (why, _) => why,
+        };
     }
 
     /// A pool leaks when its children keep being recycled for memory, or keep growing a lot
     /// between their start and their recycling.
-    fn judge(&self) -> Option<String> {
+    fn judge_exits(&self) -> Option<String> {
         let for_memory = self
             .exits
             .iter()
@@ -176,6 +211,10 @@ pub struct Pools {
     pub overflow_recycles: u64,
     /// Of those, the ones refused for the uid's share.
     pub share_refused: u64,
+    /// Live pools not made for the same reasons, each counted once.
+    pub overflow_pools: u64,
+    /// Those pools, bounded by the processes that make them.
+    refused: HashSet<(u32, String)>,
 }
 
 impl Pools {
@@ -193,6 +232,8 @@ impl Pools {
             uid_of,
             overflow_recycles: 0,
             share_refused: 0,
+            overflow_pools: 0,
+            refused: HashSet::new(),
         }
     }
 
@@ -219,23 +260,10 @@ impl Pools {
             if live_siblings == 0 {
                 return None;
             }
-            if self.pools.len() >= self.max_pools {
+            if !self.admit(&key) {
                 self.overflow_recycles += 1;
                 return None;
             }
-            // Read only here, when a pool would be made: one small read per new pool.
-            let uid = (self.uid_of)(exited.ppid);
-            if let Some(uid) = uid {
-                let owned = self.by_uid.entry(uid).or_insert(0);
-                if *owned >= self.share {
-                    self.overflow_recycles += 1;
-                    self.share_refused += 1;
-                    return None;
-                }
-                *owned += 1;
-            }
-            let pool = Pool::new(exited.ppid, &exited.comm);
-            self.pools.insert(key.clone(), (pool, uid));
         }
         let (pool, _) = self.pools.get_mut(&key)?;
         pool.record(ExitRecord {
@@ -247,6 +275,68 @@ impl Pools {
             reason,
         });
         Some(pool)
+    }
+
+    /// Makes the pool `key` if the table and its parent's uid have room for it.
+    fn admit(&mut self, key: &(u32, String)) -> bool {
+        if self.pools.len() >= self.max_pools {
+            return false;
+        }
+        // Read only here, when a pool would be made: one small read per new pool.
+        let uid = (self.uid_of)(key.0);
+        if let Some(uid) = uid {
+            let owned = self.by_uid.entry(uid).or_insert(0);
+            if *owned >= self.share {
+                self.share_refused += 1;
+                return false;
+            }
+            *owned += 1;
+        }
+        self.pools
+            .insert(key.clone(), (Pool::new(key.0, &key.1), uid));
+        true
+    }
+
+    /// Takes every pool's live processes at an assessment: a parent running several
+    /// same-named children that have outlived shell commands is a pool from then on, before
+    /// any child is recycled. `limit_of` gives the limit a process runs into.
+    pub fn observe_live(
+        &mut self,
+        table: &ProcessTable,
+        cfg: &DetectorConfig,
+        now_ns: u64,
+        mut limit_of: impl FnMut(&Process) -> Option<Limit>,
+    ) {
+        let mut groups: HashMap<(u32, String), Vec<&Process>> = HashMap::new();
+        for p in table.iter() {
+            if p.ppid > 1 && now_ns.saturating_sub(p.start_ns) >= MIN_WORKER_LIFETIME_NS {
+                groups.entry((p.ppid, p.comm.clone())).or_default().push(p);
+            }
+        }
+        // A refused group is not asked again while it lives: each ask reads its parent's uid.
+        self.refused.retain(|key| groups.contains_key(key));
+        for (key, children) in &groups {
+            if children.len() >= 2
+                && !self.pools.contains_key(key)
+                && !self.refused.contains(key)
+                && table.get(key.0).is_some()
+                && !self.admit(key)
+            {
+                self.overflow_pools += 1;
+                self.refused.insert(key.clone());
+            }
+        }
+        for (key, (pool, _)) in &mut self.pools {
+            let children = groups.get(key).map(Vec::as_slice).unwrap_or_default();
+            let parent = table.get(key.0);
+            // The children's cgroup is the one they share; a pool between recycles with no
+            // child left runs into its parent's.
+            let limit = children.first().copied().or(parent).and_then(&mut limit_of);
+            pool.live
+                .get_or_insert_with(|| Live::new(cfg, now_ns))
+                .observe(cfg, now_ns, parent, children, limit);
+            pool.rejudge();
+        }
     }
 
     /// A parent that exits takes its pools with it, and gives its uid's share back.
@@ -433,6 +523,189 @@ mod tests {
                 .is_some()
         );
         assert_eq!(pools.share_refused, 34);
+    }
+
+    mod live {
+        use super::*;
+        use crate::{
+            host::proc::ProcSnapshot,
+            model::{
+                detector::{Assessment, Verdict},
+                leaks::LeakState,
+                limits::LimitSource,
+            },
+        };
+
+        const SEC: u64 = 1_000_000_000;
+
+        fn snap(pid: u32, ppid: u32, mib: u64, start_ns: u64) -> ProcSnapshot {
+            ProcSnapshot {
+                pid,
+                ppid,
+                comm: "celery".into(),
+                start_ns,
+                rss: [0, mib * MIB, 0, 0],
+                peak_bytes: mib * MIB,
+            }
+        }
+
+        fn table(procs: &[(u32, u32, u64)]) -> ProcessTable {
+            let mut t = ProcessTable::default();
+            t.seed(
+                procs
+                    .iter()
+                    .map(|&(pid, ppid, mib)| snap(pid, ppid, mib, SEC)),
+            );
+            t
+        }
+
+        fn grow(t: &mut ProcessTable, pid: u32, mib: u64) {
+            let p = t.get_mut(pid).unwrap();
+            let ppid = p.ppid;
+            p.set_seed(snap(pid, ppid, mib, SEC));
+        }
+
+        fn root(_: u32) -> Option<u32> {
+            Some(0)
+        }
+
+        #[test]
+        fn a_parent_with_two_long_lived_children_is_a_pool_before_any_recycle() {
+            let t = table(&[(10, 1, 50), (11, 10, 100), (12, 10, 120), (13, 10, 1)]);
+            let mut pools = Pools::with_uids(8, root);
+            pools.observe_live(&t, &DetectorConfig::default(), 60 * SEC, |_| None);
+            let p = pools.iter().next().expect("a live pool");
+            assert_eq!((p.pool.as_str(), p.recycles), ("10/celery", 0));
+            let live = p.live.as_ref().unwrap();
+            assert_eq!(live.children, 3);
+            assert_eq!(live.children_bytes, 221 * MIB);
+            assert_eq!(live.members[0].pid, 12, "largest first");
+            assert_eq!(live.parent.as_ref().unwrap().resident_bytes, 50 * MIB);
+            assert_eq!(live.total_bytes(), 271 * MIB);
+            assert!(!p.leak_suspected);
+        }
+
+        #[test]
+        fn one_child_or_children_younger_than_a_worker_make_no_pool() {
+            let mut pools = Pools::with_uids(8, root);
+            let single = table(&[(10, 1, 50), (11, 10, 100)]);
+            pools.observe_live(&single, &DetectorConfig::default(), 60 * SEC, |_| None);
+            assert!(pools.is_empty());
+            // A shell running two commands for a second.
+            let young = table(&[(20, 1, 5), (21, 20, 1), (22, 20, 1)]);
+            pools.observe_live(&young, &DetectorConfig::default(), 2 * SEC, |_| None);
+            assert!(pools.is_empty());
+            // Orphans, reparented to init, are nobody's pool.
+            let orphans = table(&[(31, 1, 1), (32, 1, 1)]);
+            pools.observe_live(&orphans, &DetectorConfig::default(), 60 * SEC, |_| None);
+            assert!(pools.is_empty());
+        }
+
+        #[test]
+        fn a_leaking_parent_is_named_as_the_leaking_member() {
+            let cfg = DetectorConfig::default();
+            let mut t = table(&[(10, 1, 300), (11, 10, 100), (12, 10, 100)]);
+            let mut leak = LeakState::new(&cfg, SEC, 300 * MIB);
+            leak.assessment = Assessment {
+                verdict: Verdict::Leaking,
+                confidence: 0.9,
+                rate_bytes_per_sec: 10.0 * MIB as f64 / 3600.0,
+                window_secs: 600.0,
+                floor_rise_bytes: 20.0 * MIB as f64,
+                consistency: 1.0,
+                samples: 600,
+            };
+            t.get_mut(10).unwrap().leak = Some(leak);
+            let mut pools = Pools::with_uids(8, root);
+            pools.observe_live(&t, &cfg, 60 * SEC, |_| None);
+            let p = pools.iter().next().unwrap();
+            assert!(p.leak_suspected);
+            let why = p.evidence.as_deref().unwrap();
+            assert!(
+                why.contains("parent (pid 10) itself leaks at 10.0 MiB/h"),
+                "{why}"
+            );
+        }
+
+        #[test]
+        fn the_pool_total_heads_for_the_limit_its_children_share() {
+            let cfg = DetectorConfig::default();
+            let mut t = table(&[(10, 1, 50), (11, 10, 100), (12, 10, 100)]);
+            let mut pools = Pools::with_uids(8, root);
+            let limit = |p: &Process| {
+                Some(Limit {
+                    limit_bytes: 2048 * MIB,
+                    used_bytes: p.resident_bytes(),
+                    source: LimitSource::Cgroup,
+                })
+            };
+            // Each child in turn is set to 100 MiB + the step: each grows 2 MiB per 20 s, so
+            // the pool grows 12 MiB/min, for 15 minutes.
+            let mut last = None;
+            for step in 0..90u64 {
+                grow(&mut t, 11 + (step % 2) as u32, 100 + step);
+                pools.observe_live(&t, &cfg, (120 + step * 10) * SEC, limit);
+                last = pools.iter().next().and_then(|p| p.live.clone());
+            }
+            let live = last.unwrap();
+            assert_ne!(live.total_assessment.verdict, Verdict::Stable);
+            let rate_mib_min = live.total_assessment.rate_bytes_per_sec * 60.0 / MIB as f64;
+            assert!((rate_mib_min - 12.0).abs() < 1.5, "{rate_mib_min} MiB/min");
+            let left = live.time_to_limit_secs.expect("a time to limit");
+            assert!(left > 0.0 && left.is_finite(), "{left}");
+            assert_eq!(live.limit.unwrap().source, LimitSource::Cgroup);
+        }
+
+        #[test]
+        fn children_that_start_near_their_recycle_size_are_a_recycle_loop() {
+            let mut pools = Pools::with_uids(8, root);
+            for i in 0..3 {
+                pools.on_exit(
+                    &exit(100 + i, 10, 500, 20),
+                    true,
+                    1,
+                    Some(450 * MIB),
+                    RecycleReason::Memory,
+                );
+            }
+            let p = pools.iter().next().unwrap();
+            let thrash = p.thrash.as_deref().expect("a recycle loop");
+            assert!(
+                thrash.contains("3 children recycled for memory"),
+                "{thrash}"
+            );
+            assert!(p.evidence.as_deref().unwrap().contains("recycle loop"));
+            // Children that grew from small before their recycle are a leak, not a loop.
+            let mut growing = Pools::with_uids(8, root);
+            for i in 0..3 {
+                growing.on_exit(
+                    &exit(200 + i, 20, 500, 600),
+                    true,
+                    1,
+                    Some(60 * MIB),
+                    RecycleReason::Memory,
+                );
+            }
+            let p = growing.iter().next().unwrap();
+            assert!(p.leak_suspected && p.thrash.is_none());
+        }
+
+        #[test]
+        fn live_pools_share_the_bound_and_a_refused_one_is_counted_once() {
+            let t = table(&[
+                (10, 1, 1),
+                (11, 10, 1),
+                (12, 10, 1),
+                (20, 1, 1),
+                (21, 20, 1),
+                (22, 20, 1),
+            ]);
+            let mut pools = Pools::with_uids(1, root);
+            for _ in 0..5 {
+                pools.observe_live(&t, &DetectorConfig::default(), 60 * SEC, |_| None);
+            }
+            assert_eq!((pools.len(), pools.overflow_pools), (1, 1));
+        }
     }
 
     #[test]
