@@ -27,6 +27,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    ffi::OsStr,
     fmt::Write as _,
     fs::File,
     io::{BufRead as _, BufReader},
@@ -39,14 +40,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use dev_agent::{Agent, Launch, Stopped};
-use leakscope_api::{PoolsResponse, ProcessesResponse, paths};
+use leakscope_api::{PoolsResponse, ProcessesResponse, TasksResponse, paths};
 use serde::Deserialize;
 
 use crate::util;
 
 /// Abort (harness error) if the scenarios together hold more than this. At the default
-/// duration they peak around 2.5 GiB, most of it `leak_linear_100` (~1.1 GiB after 11 min).
-const RSS_BUDGET: u64 = 4 << 30;
+/// duration they peak around 3.5 GiB, most of it `leak_linear_100` (~1.1 GiB after 11 min) and
+/// the task workers' leaks (~1 GiB together).
+const RSS_BUDGET: u64 = 6 << 30;
 /// Margin on the scenarios' own `--duration`, so they stop by themselves if the driver dies.
 const SCENARIO_SELF_STOP_MARGIN_SECS: f64 = 30.0;
 /// Polls in a row that may fail before the run is abandoned.
@@ -69,6 +71,8 @@ pub struct Opts {
 pub enum Scope {
     Process,
     Pool,
+    /// One task type of a worker that sends task markers: its verdict in `/api/v1/tasks`.
+    Task,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +87,12 @@ pub struct Scenario {
     pub detect_within_secs: Option<f64>,
     pub not_leaking_after_secs: Option<f64>,
     pub scope: Scope,
+    /// Scope `task`: the task name scored.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Scope `task`: bytes one run of the task keeps, in KiB (0 for a clean type).
+    #[serde(default)]
+    pub retains_kib_per_run: f64,
     /// `{bin}/NAME` in the unsubstituted command[0]: a compiled scenario, matched by comm.
     #[serde(skip)]
     compiled: Option<String>,
@@ -140,10 +150,21 @@ pub fn parse_scenarios(text: &str, bin: &Path, dir: &Path) -> Result<Vec<Scenari
             s.name,
             s.expected
         );
+        ensure!(
+            (s.scope == Scope::Task) == s.task.is_some(),
+            "{}: `task` names the task scored, with scope = \"task\" and only then",
+            s.name
+        );
         if s.leaking {
+            let size = if s.scope == Scope::Task {
+                s.retains_kib_per_run
+            } else {
+                s.rate_mib_per_min
+            };
             ensure!(
-                s.detect_within_secs.is_some() && s.rate_mib_per_min > 0.0,
-                "{}: a leak needs detect_within_secs and rate_mib_per_min > 0",
+                s.detect_within_secs.is_some() && size > 0.0,
+                "{}: a leak needs detect_within_secs and rate_mib_per_min > 0 (a task leak: \
+                 retains_kib_per_run > 0)",
                 s.name
             );
         } else {
@@ -241,6 +262,9 @@ pub struct Outcome {
     pub evidence: Option<String>,
     /// Set if the scenario exited before the end of the run.
     pub exited: Option<String>,
+    /// Task scope: runs of the task at the last poll, and at the first `leaking` one.
+    pub runs: Option<u64>,
+    pub runs_at_flag: Option<u64>,
 }
 
 impl Outcome {
@@ -309,6 +333,19 @@ impl Score {
         let leaks = self.true_pos + self.false_neg;
         (leaks > 0).then(|| self.true_pos as f64 / leaks as f64)
     }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "precision {} recall {} (flagged leaks {}, missed leaks {}, false positives {}, \
+             clean non-leaks {})",
+            ratio(self.precision()),
+            ratio(self.recall()),
+            self.true_pos,
+            self.false_neg,
+            self.false_pos,
+            self.true_neg
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,9 +376,12 @@ pub fn render_report(rows: &[(Scenario, Outcome)], time_scale: f64, duration: f6
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for (s, o) in rows {
         let pool = s.scope == Scope::Pool;
-        let truth = match (s.leaking, pool) {
-            (true, false) => format!("leak {} MiB/min", s.rate_mib_per_min),
-            (true, true) => format!("pool leak {} MiB/min/child", s.rate_mib_per_min),
+        let task = s.scope == Scope::Task;
+        let truth = match (s.leaking, s.scope) {
+            (true, Scope::Process) => format!("leak {} MiB/min", s.rate_mib_per_min),
+            (true, Scope::Pool) => format!("pool leak {} MiB/min/child", s.rate_mib_per_min),
+            (true, Scope::Task) => format!("task keeps {} KiB/run", s.retains_kib_per_run),
+            (false, Scope::Task) => "task keeps nothing".to_string(),
             (false, _) => "no leak".to_string(),
         };
         let target = if s.leaking {
@@ -352,6 +392,8 @@ pub fn render_report(rows: &[(Scenario, Outcome)], time_scale: f64, duration: f6
         let mut verdict = o.final_verdict.clone().unwrap_or_else(|| "-".into());
         if pool {
             verdict.push_str(" (pool)");
+        } else if task {
+            verdict.push_str(" (task)");
         }
         if o.final_verdict.as_deref() != Some(s.expected.as_str()) {
             let _ = write!(verdict, " [exp. {}]", s.expected);
@@ -359,11 +401,16 @@ pub fn render_report(rows: &[(Scenario, Outcome)], time_scale: f64, duration: f6
         // The agent measures real bytes per second; nominal = real x F.
         let rate = o
             .rate_bytes_per_sec
-            .filter(|_| !pool)
+            .filter(|_| s.scope == Scope::Process)
             .map_or("-".to_string(), |r| {
                 format!("{:.1} MiB/min", r * time_scale * 60.0 / (1 << 20) as f64)
             });
         let mut notes = Vec::new();
+        match (o.runs_at_flag, o.runs) {
+            (Some(at), _) => notes.push(format!("flagged after {at} runs")),
+            (None, Some(runs)) => notes.push(format!("{runs} runs")),
+            (None, None) => {}
+        }
         if let Some((all, memory)) = o.recycles {
             notes.push(format!("{all} recycles ({memory} for memory)"));
         }
@@ -384,7 +431,7 @@ pub fn render_report(rows: &[(Scenario, Outcome)], time_scale: f64, duration: f6
             secs(o.first_leaking),
             secs(o.last_leaking),
             if o.on_target(s) { "yes" } else { "MISSED" }.into(),
-            if pool || o.flickers == 0 {
+            if s.scope != Scope::Process || o.flickers == 0 {
                 "-".into()
             } else {
                 o.flickers.to_string()
@@ -445,23 +492,38 @@ pub fn render_report(rows: &[(Scenario, Outcome)], time_scale: f64, duration: f6
         let _ = writeln!(out, "{line}");
     }
 
-    let score = Score::of(rows.iter().map(|(s, o)| (s, o)));
     let _ = writeln!(
         out,
         "flagged = leak: `leaking` at any poll; non-leak: `leaking` at or after its \
          not_leaking_after_secs"
     );
-    let _ = writeln!(
-        out,
-        "precision {} recall {} (flagged leaks {}, missed leaks {}, false positives {}, \
-         clean non-leaks {})",
-        ratio(score.precision()),
-        ratio(score.recall()),
-        score.true_pos,
-        score.false_neg,
-        score.false_pos,
-        score.true_neg
+    let processes = Score::of(
+        rows.iter()
+            .filter(|(s, _)| s.scope != Scope::Task)
+            .map(|(s, o)| (s, o)),
     );
+    let _ = writeln!(out, "processes and pools: {}", processes.summary());
+    let tasks: Vec<&(Scenario, Outcome)> = rows
+        .iter()
+        .filter(|(s, _)| s.scope == Scope::Task)
+        .collect();
+    if !tasks.is_empty() {
+        let score = Score::of(tasks.iter().map(|(s, o)| (s, o)));
+        let runs: Vec<String> = tasks
+            .iter()
+            .filter(|(s, _)| s.leaking)
+            .map(|(s, o)| {
+                let at = o.runs_at_flag.map_or("never".into(), |r| r.to_string());
+                format!("{} {at}", s.name)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "per task: {}; runs to verdict: {}",
+            score.summary(),
+            runs.join(", ")
+        );
+    }
     let headline: Vec<&(Scenario, Outcome)> = rows
         .iter()
         .filter(|(s, _)| {
@@ -560,7 +622,17 @@ pub fn run(opts: Opts) -> Result<()> {
             matchers.push(m);
         }
     }
-    let mut agent = start_agent(&agent_bin, f, &matchers, &logs.join("agent.log"))?;
+    // Task scenarios send markers to a socket of this run's own, in a directory only root
+    // writes to (the agent refuses any other).
+    let tasks = scenarios.iter().any(|s| s.scope == Scope::Task);
+    let socket = tasks.then(|| logs.join("task-socket").join("tasks.sock"));
+    let mut agent = start_agent(
+        &agent_bin,
+        f,
+        &matchers,
+        socket.as_deref(),
+        &logs.join("agent.log"),
+    )?;
     eprintln!(
         "detection: agent on {} (log {}); starting {} scenarios for {duration:.0} nominal s \
          ({:.0} real s)",
@@ -571,10 +643,18 @@ pub fn run(opts: Opts) -> Result<()> {
     );
 
     let mut running = Vec::new();
+    let pythonpath = root.join("integrations/python/src");
     for s in &scenarios {
-        running.push(Running::start(s, f, duration, &logs)?);
+        running.push(Running::start(
+            s,
+            f,
+            duration,
+            &logs,
+            &pythonpath,
+            socket.as_deref(),
+        )?);
     }
-    let result = observe(&mut agent, &mut running, &scenarios, f, duration);
+    let result = observe(&mut agent, &mut running, &scenarios, f, duration, tasks);
     for r in &mut running {
         r.stop();
     }
@@ -617,6 +697,7 @@ fn observe(
     scenarios: &[Scenario],
     f: f64,
     duration: f64,
+    tasks: bool,
 ) -> Result<Vec<Outcome>> {
     let mut outcomes = vec![Outcome::default(); running.len()];
     let interval = poll_interval(f);
@@ -669,7 +750,7 @@ fn observe(
             );
         }
 
-        let snapshot = match snapshot(agent) {
+        let snapshot = match snapshot(agent, tasks) {
             Ok(s) => {
                 failed = 0;
                 s
@@ -709,6 +790,29 @@ fn observe(
                         t,
                         pool.map(|p| {
                             if p.leak_suspected {
+                                "leaking"
+                            } else {
+                                "stable"
+                            }
+                        }),
+                    );
+                }
+                Scope::Task => {
+                    let task = snapshot
+                        .tasks
+                        .iter()
+                        .find(|k| Some(&k.task) == s.task.as_ref());
+                    if let Some(k) = task {
+                        o.runs = Some(k.runs);
+                        if k.leak_suspected && o.runs_at_flag.is_none() {
+                            o.runs_at_flag = Some(k.runs);
+                        }
+                        o.evidence = Some(k.verdict.evidence.clone());
+                    }
+                    o.observe(
+                        t,
+                        task.map(|k| {
+                            if k.leak_suspected {
                                 "leaking"
                             } else {
                                 "stable"
@@ -785,12 +889,23 @@ fn tail(path: &Path, lines: usize) -> String {
 struct Snapshot {
     processes: Vec<leakscope_api::Process>,
     pools: Vec<leakscope_api::Pool>,
+    tasks: Vec<leakscope_api::Task>,
 }
 
-/// The agent for the whole run: every scenario's `--match`, durations scaled by `f`.
-fn start_agent(bin: &Path, f: f64, matchers: &[String], log: &Path) -> Result<Agent> {
-    let mut launch = Launch::new(bin)
-        .arg("--no-task-socket")
+/// The agent for the whole run: every scenario's `--match`, durations scaled by `f`, task
+/// markers at `socket` (none without).
+fn start_agent(
+    bin: &Path,
+    f: f64,
+    matchers: &[String],
+    socket: Option<&Path>,
+    log: &Path,
+) -> Result<Agent> {
+    let mut launch = match socket {
+        Some(path) => Launch::new(bin).args([OsStr::new("--task-socket"), path.as_os_str()]),
+        None => Launch::new(bin).arg("--no-task-socket"),
+    };
+    launch = launch
         .args(["--interval", &format!("{}ms", agent_interval_ms(f))])
         .args(["--detector-time-scale", &f.to_string()])
         .log(log);
@@ -799,7 +914,7 @@ fn start_agent(bin: &Path, f: f64, matchers: &[String], log: &Path) -> Result<Ag
     }
     let agent = launch.start()?;
     // Fail now, not after the run, if the agent lacks an endpoint.
-    snapshot(&agent).context("first poll of the agent")?;
+    snapshot(&agent, socket.is_some()).context("first poll of the agent")?;
     Ok(agent)
 }
 
@@ -810,12 +925,23 @@ fn get_json<T: serde::de::DeserializeOwned>(agent: &Agent, path: &str) -> Result
     serde_json::from_str(&body).with_context(|| format!("decoding {path}"))
 }
 
-fn snapshot(agent: &Agent) -> Result<Snapshot> {
+fn snapshot(agent: &Agent, tasks: bool) -> Result<Snapshot> {
     let p: ProcessesResponse = get_json(agent, paths::PROCESSES)?;
     let q: PoolsResponse = get_json(agent, paths::POOLS)?;
+    let tasks = if tasks {
+        let t: TasksResponse = get_json(agent, paths::TASKS)?;
+        ensure!(
+            t.socket.is_some(),
+            "the agent serves no task socket; see its log"
+        );
+        t.tasks
+    } else {
+        Vec::new()
+    };
     Ok(Snapshot {
         processes: p.processes,
         pools: q.pools,
+        tasks,
     })
 }
 
@@ -847,9 +973,21 @@ struct Running {
 }
 
 impl Running {
-    fn start(s: &Scenario, f: f64, duration: f64, logs: &Path) -> Result<Self> {
+    fn start(
+        s: &Scenario,
+        f: f64,
+        duration: f64,
+        logs: &Path,
+        pythonpath: &Path,
+        socket: Option<&Path>,
+    ) -> Result<Self> {
         let log = logs.join(format!("{}.log", s.name));
         let mut cmd = Command::new(&s.command[0]);
+        // Python scenarios import leakscope's package from the checkout (standard library only).
+        cmd.env("PYTHONPATH", pythonpath);
+        if let Some(socket) = socket {
+            cmd.env("LEAKSCOPE_SOCKET", socket);
+        }
         cmd.args(&s.command[1..])
             .args(["--time-scale", &f.to_string()])
             .args([
@@ -962,7 +1100,7 @@ mod tests {
     #[test]
     fn the_real_corpus_parses_with_placeholders_substituted() {
         let all = corpus();
-        assert_eq!(all.len(), 13);
+        assert_eq!(all.len(), 17);
         let dir = util::workspace_root().join("scenarios");
         for s in &all {
             for arg in &s.command {
@@ -1000,6 +1138,15 @@ mod tests {
             .unwrap();
         assert_eq!(cache.target_secs(), 300.0);
         assert_eq!(default_duration(&all), 660.0);
+        let small = all.iter().find(|s| s.name == "task_small_leak").unwrap();
+        assert_eq!(
+            (
+                small.scope,
+                small.task.as_deref(),
+                small.retains_kib_per_run
+            ),
+            (Scope::Task, Some("small.leaky"), 256.0)
+        );
         assert_eq!(select(all.clone(), &["steady_c".into()]).unwrap().len(), 1);
         assert!(select(all, &["nope".into()]).is_err());
     }
@@ -1022,6 +1169,24 @@ mod tests {
         assert!(bad(
             "leaking = true\nexpected = \"leaking\"\ndetect_within_secs = 1\nbogus = 1\n"
         ));
+        // `task` goes with scope "task", and a task leak says what a run keeps.
+        assert!(bad(
+            "leaking = true\nexpected = \"leaking\"\ndetect_within_secs = 1\ntask = \"t\"\n"
+        ));
+        let task = |extra: &str| {
+            let text = format!(
+                "[[scenario]]\nname = \"t\"\ncommand = [\"x\"]\nrate_mib_per_min = 0.0\n\
+                 scope = \"task\"\nleaking = true\nexpected = \"leaking\"\n\
+                 detect_within_secs = 10\n{extra}"
+            );
+            parse_scenarios(&text, Path::new("/b"), Path::new("/d"))
+        };
+        assert!(task("task = \"a.b\"\nretains_kib_per_run = 64.0\n").is_ok());
+        assert!(task("task = \"a.b\"\n").is_err(), "no size");
+        assert!(
+            task("retains_kib_per_run = 64.0\n").is_err(),
+            "no task name"
+        );
     }
 
     #[test]
@@ -1046,6 +1211,8 @@ mod tests {
             detect_within_secs: leaking.then_some(target),
             not_leaking_after_secs: (!leaking).then_some(target),
             scope: Scope::Process,
+            task: None,
+            retains_kib_per_run: 0.0,
             compiled: None,
         }
     }
@@ -1135,6 +1302,45 @@ mod tests {
             report.contains("within 180 s: NO (fast 100 s, late 200 s, missed -)"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn task_rows_are_scored_apart_with_runs_to_verdict() {
+        let task = |name: &str, leaking: bool| Scenario {
+            scope: Scope::Task,
+            task: Some(format!("{name}.t")),
+            retains_kib_per_run: if leaking { 256.0 } else { 0.0 },
+            rate_mib_per_min: 0.0,
+            ..scenario(name, leaking, if leaking { 600.0 } else { 0.0 })
+        };
+        let mut flagged = outcome(&[(100.0, "stable"), (300.0, "leaking")]);
+        (flagged.runs, flagged.runs_at_flag) = (Some(700), Some(412));
+        let mut clean = outcome(&[(100.0, "stable"), (300.0, "stable")]);
+        clean.runs = Some(690);
+        let rows = [
+            (
+                scenario("proc", true, 180.0),
+                outcome(&[(100.0, "leaking")]),
+            ),
+            (task("small", true), flagged),
+            (task("missed", true), outcome(&[(300.0, "stable")])),
+            (task("clean", false), clean),
+        ];
+        let report = render_report(&rows, 0.1, 660.0);
+        assert!(
+            report.contains("processes and pools: precision 1.00 recall 1.00"),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "per task: precision 1.00 recall 0.50 (flagged leaks 1, missed leaks 1, \
+                 false positives 0, clean non-leaks 1); runs to verdict: small 412, missed never"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("task keeps 256 KiB/run"), "{report}");
+        assert!(report.contains("flagged after 412 runs"), "{report}");
+        assert!(report.contains("690 runs"), "{report}");
     }
 
     #[test]
