@@ -59,6 +59,9 @@ pub struct PoolExit {
     /// Resident bytes at the agent's first sample of the child.
     pub first_sample_bytes: Option<u64>,
     pub reason: RecycleReason,
+    /// When it exited, Unix seconds.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub unix_time: f64,
 }
 
 #[cfg(test)]
@@ -83,6 +86,7 @@ mod tests {
                 peak_bytes: 2,
                 first_sample_bytes: None,
                 reason: RecycleReason::Memory,
+                unix_time: 1.7e9,
             }],
             children: 4,
         };
