@@ -316,7 +316,12 @@ mod tests {
         let (dir, name) = OutDir::containing(&file).unwrap();
         assert_eq!(name, "incident.html");
         dir.write(&name, b"<html>").unwrap();
-        assert!(std::fs::symlink_metadata(&file).unwrap().file_type().is_file());
+        assert!(
+            std::fs::symlink_metadata(&file)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
         assert_eq!(std::fs::read(&file).unwrap(), b"<html>");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
 

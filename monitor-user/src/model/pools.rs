@@ -356,9 +356,23 @@ mod tests {
     #[test]
     fn memory_recycles_flag_the_pool() {
         let mut pools = Pools::new(10);
-        pools.on_exit(&exit(1, 10, 900, 60), true, 1, None, RecycleReason::Memory, 0.0);
+        pools.on_exit(
+            &exit(1, 10, 900, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Memory,
+            0.0,
+        );
         assert!(!pools.iter().next().unwrap().leak_suspected);
-        pools.on_exit(&exit(2, 10, 900, 60), true, 1, None, RecycleReason::Memory, 0.0);
+        pools.on_exit(
+            &exit(2, 10, 900, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Memory,
+            0.0,
+        );
         let p = pools.iter().next().unwrap();
         assert!(p.leak_suspected);
         assert_eq!(p.recycles_for_memory, 2);
@@ -376,7 +390,14 @@ mod tests {
         );
         assert!(
             pools
-                .on_exit(&exit(2, 10, 1, 60), false, 3, None, RecycleReason::Clean, 0.0)
+                .on_exit(
+                    &exit(2, 10, 1, 60),
+                    false,
+                    3,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_none(),
             "parent gone"
         );
@@ -388,7 +409,14 @@ mod tests {
         );
         assert!(
             pools
-                .on_exit(&exit(4, 10, 1, 60), true, 0, None, RecycleReason::Clean, 0.0)
+                .on_exit(
+                    &exit(4, 10, 1, 60),
+                    true,
+                    0,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_none(),
             "no siblings"
         );
@@ -398,10 +426,24 @@ mod tests {
     #[test]
     fn pools_are_bounded_and_die_with_their_parent() {
         let mut pools = Pools::new(1);
-        pools.on_exit(&exit(1, 10, 1, 60), true, 1, None, RecycleReason::Clean, 0.0);
+        pools.on_exit(
+            &exit(1, 10, 1, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Clean,
+            0.0,
+        );
         assert!(
             pools
-                .on_exit(&exit(2, 11, 1, 60), true, 1, None, RecycleReason::Clean, 0.0)
+                .on_exit(
+                    &exit(2, 11, 1, 60),
+                    true,
+                    1,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_none()
         );
         assert_eq!(pools.overflow_recycles, 1);
@@ -430,13 +472,27 @@ mod tests {
         assert_eq!(pools.share_refused, 34);
         assert_eq!(pools.overflow_recycles, 34);
         // Root's Celery pool is still tracked.
-        let p = pools.on_exit(&exit(5001, 10, 1, 60), true, 1, None, RecycleReason::Clean, 0.0);
+        let p = pools.on_exit(
+            &exit(5001, 10, 1, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Clean,
+            0.0,
+        );
         assert_eq!(p.map(|p| p.pool.as_str()), Some("10/celery"));
         // A parent that exits gives its place back to its uid.
         pools.parent_exited(100);
         assert!(
             pools
-                .on_exit(&exit(1990, 199, 1, 60), true, 1, None, RecycleReason::Clean, 0.0)
+                .on_exit(
+                    &exit(1990, 199, 1, 60),
+                    true,
+                    1,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_some()
         );
         assert_eq!(pools.share_refused, 34);

@@ -9,7 +9,7 @@ use super::format::{clock, escape};
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 250.0;
 const LEFT: f64 = 84.0;
-const RIGHT: f64 = 16.0;
+const RIGHT: f64 = 36.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 44.0;
 
@@ -108,7 +108,12 @@ pub fn value_axis(lo: f64, hi: f64) -> Axis {
     let hi = (hi / step).ceil() * step;
     let n = ((hi - lo) / step).round() as usize;
     let ticks = (0..=n).map(|i| lo + i as f64 * step).collect();
-    Axis { lo, hi, step, ticks }
+    Axis {
+        lo,
+        hi,
+        step,
+        ticks,
+    }
 }
 
 /// Steps a clock axis may take, in seconds.
@@ -135,7 +140,12 @@ pub fn time_axis(lo: f64, hi: f64) -> Axis {
         .map(|i| first + i as f64 * step)
         .take_while(|t| *t <= hi + 1e-6)
         .collect();
-    Axis { lo, hi, step, ticks }
+    Axis {
+        lo,
+        hi,
+        step,
+        ticks,
+    }
 }
 
 /// `120 MiB`, `1.5 GiB`: as many decimals as the step needs.
@@ -289,10 +299,12 @@ impl TimeChart {
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values.filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((f64::min(lo, v), f64::max(hi, v))),
-    })
+    values
+        .filter(|v| v.is_finite())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((f64::min(lo, v), f64::max(hi, v))),
+        })
 }
 
 #[cfg(test)]
@@ -327,7 +339,10 @@ mod tests {
         assert_eq!(byte_tick(1.5, 0.5, gib), "1.5 GiB");
         // A flat line still gets an axis around it, not below zero.
         let flat = value_axis(0.0, 0.0);
-        assert!(flat.lo == 0.0 && flat.hi > 0.0 && flat.ticks.len() >= 2, "{flat:?}");
+        assert!(
+            flat.lo == 0.0 && flat.hi > 0.0 && flat.ticks.len() >= 2,
+            "{flat:?}"
+        );
     }
 
     #[test]

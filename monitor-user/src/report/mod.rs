@@ -55,7 +55,7 @@ pub async fn run(options: Options) -> Result<(), ReportError> {
         .filter(|s| matches!(s.flame, Flame::Svg(_)))
         .count();
     eprintln!(
-        "leakscope: wrote {} ({} suspects, {graphs} flame graphs, {})",
+        "leakscope: wrote {} (suspects: {}, flame graphs: {graphs}, {})",
         options.out.display(),
         incident.suspects.len(),
         format::bytes(html.len() as u64)

@@ -137,11 +137,7 @@ fn limit_source(s: Option<LimitSource>) -> &'static str {
 
 fn limit_text(p: &Process) -> String {
     match p.memory_limit_bytes {
-        Some(l) => format!(
-            "{} ({})",
-            bytes(l),
-            limit_source(p.memory_limit_source)
-        ),
+        Some(l) => format!("{} ({})", bytes(l), limit_source(p.memory_limit_source)),
         None => "none known (no cgroup limit, no --limit)".into(),
     }
 }
@@ -358,7 +354,11 @@ fn suspect_card(suspect: &Suspect) -> String {
             );
         }
         Flame::Missing(why) => {
-            let _ = write!(s, r#"<p class="missing">No flame graph: {}</p>"#, escape(why));
+            let _ = write!(
+                s,
+                r#"<p class="missing">No flame graph: {}</p>"#,
+                escape(why)
+            );
         }
     }
     s.push_str("</article>\n");
@@ -394,7 +394,11 @@ pub fn history_chart(p: &Process, h: &HistoryResponse) -> TimeChart {
     let levels = p
         .memory_limit_bytes
         .map(|l| Level {
-            label: format!("limit {} ({})", bytes(l), limit_source(p.memory_limit_source)),
+            label: format!(
+                "limit {} ({})",
+                bytes(l),
+                limit_source(p.memory_limit_source)
+            ),
             class: "limit",
             bytes: l as f64,
         })
@@ -563,9 +567,9 @@ fn oom_section(oom: &Fetched<OomResponse>) -> String {
     let mut s = String::from(r#"<section id="oom"><h2>Recent OOM kills</h2>"#);
     match oom {
         Err(e) => s.push_str(&unavailable("the OOM kills", e)),
-        Ok(o) if o.oom_kills.is_empty() => s.push_str(
-            r#"<p class="empty">No OOM kill recorded since the agent started.</p>"#,
-        ),
+        Ok(o) if o.oom_kills.is_empty() => {
+            s.push_str(r#"<p class="empty">No OOM kill recorded since the agent started.</p>"#)
+        }
         Ok(o) => {
             s.push_str(
                 "<table class=\"list\"><tr><th>when</th><th>pid</th><th>process</th><th>pool</th><th>memory cgroup</th><th>anon</th><th>file</th><th>shmem</th></tr>",
@@ -823,7 +827,10 @@ mod tests {
         let html = render(&incident());
         // The page has no script of its own, so any `<script` would be an injected one.
         assert!(!html.contains("<script"), "{html}");
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
         assert!(html.contains("kept &lt;b&gt;512 KiB&lt;/b&gt; &amp; more"));
         assert!(!html.contains("<img src=x>"));
         assert!(html.contains("&lt;img src=x&gt;"));
@@ -946,7 +953,10 @@ mod tests {
         assert!(html.contains("peak at exit (MiB)"));
         assert!(html.contains("2 of the last 2 children were recycled for memory"));
         assert!(html.contains("1 memory, 1 oom"));
-        assert!(html.contains("<td>2023-11-14 22:16:20 UTC</td><td>12</td>"), "{html}");
+        assert!(
+            html.contains("<td>2023-11-14 22:16:20 UTC</td><td>12</td>"),
+            "{html}"
+        );
         assert!(html.contains("1 of 1 worker pools suspected"));
     }
 
