@@ -127,8 +127,9 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
 
-    // Two agents watch the same process: one samples suspects' growth by itself, the other
-    // has profiling off, and the report must say so instead of drawing a graph.
+    // Three agents watch the same process: one samples suspects' growth by itself, one
+    // profiles on request (the report asks for --profile-seconds), and one has profiling
+    // off, and the report must say so instead of drawing a graph.
     let matcher = "comm=^<script>hog$";
     let common = [
         "--detector-time-scale",
@@ -148,6 +149,7 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
     ];
     let agent = Agent::start(&[&common[..], &profiling[..]].concat());
     let plain = Agent::start(&common);
+    let on_request = Agent::start(&[&common[..], &["--enable-profiling"][..]].concat());
     let bin = named_hog_bin(&scratch);
     let unit = format!("leakscope-report-{}.service", std::process::id());
     let cgroup = ServiceCgroup::new(&unit);
@@ -186,18 +188,23 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
         body.contains(&format!("\"pid\":{recycled}")).then_some(())
     });
     assert!(pooled.is_some(), "{}", agent.get("/api/v1/pools").1);
-    let plain_leaking = wait_for(Duration::from_secs(60), || {
-        plain
-            .process(pid)
-            .filter(|p| p["leak"]["verdict"] == "leaking")
-    });
-    assert!(plain_leaking.is_some(), "{}", plain.log());
+    for other in [&plain, &on_request] {
+        let leaking = wait_for(Duration::from_secs(60), || {
+            other
+                .process(pid)
+                .filter(|p| p["leak"]["verdict"] == "leaking")
+        });
+        assert!(leaking.is_some(), "{}", other.log());
+    }
 
     let page = outputs.join("incident.html");
     let made = report(&agent, &page, &["--profile-seconds", "0"]);
     let stderr = String::from_utf8_lossy(&made.stderr);
     assert!(made.status.success(), "report failed: {stderr}");
     assert!(stderr.contains("suspects: 1, flame graphs: 1"), "{stderr}");
+    // The page may hold profiles, which only some users may see.
+    let mode = std::fs::metadata(&page).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(
         !html.contains("<script"),
@@ -311,6 +318,29 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
         dom.contains("No flame graph:") && dom.contains("start the agent with --enable-profiling"),
         "{dom}"
     );
+
+    // The agent that profiles on request: the report takes a profile while the process grows.
+    let page = outputs.join("incident-on-request.html");
+    let made = std::thread::scope(|s| {
+        let made = s.spawn(|| report(&on_request, &page, &["--profile-seconds", "2"]));
+        while !made.is_finished() {
+            hog.grow(1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        made.join().unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "profiling the growth of suspect 1 (pid {pid}) for 2s"
+        )) && stderr.contains("flame graphs: 1"),
+        "{stderr}"
+    );
+    let dom = headless(&chromium, &page, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("<img class=\"flame\""), "{dom}");
+
     drop(hog);
     drop(cgroup);
     let _ = std::fs::remove_dir_all(&scratch);

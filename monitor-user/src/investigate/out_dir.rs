@@ -170,6 +170,16 @@ impl OutDir {
     /// over `name`. A rename replaces whatever entry `name` is, a symbolic link included,
     /// and never writes through it.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), OutDirError> {
+        self.write_with_mode(name, bytes, 0o644)
+    }
+
+    /// [`OutDir::write`], readable by its owner only: for a file that holds what only some
+    /// users may see (profiles), written where others may look (/tmp).
+    pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<(), OutDirError> {
+        self.write_with_mode(name, bytes, 0o600)
+    }
+
+    fn write_with_mode(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), OutDirError> {
         debug_assert!(!name.contains('/') && name != "." && name != "..", "{name}");
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let err = |what: &str, e: io::Error| OutDirError::Io {
@@ -177,11 +187,11 @@ impl OutDir {
             what: format!("{what} {name}"),
             cause: e,
         };
-        let created = match self.create(&tmp) {
-            // Left by an earlier run that died, in a directory no one else can write to.
+        let created = match self.create(&tmp, mode) {
+            // Left by an earlier run that died (or planted: removing a link removes the link).
             Err(Errno::EXIST) => {
                 let _ = rfs::unlinkat(&self.fd, &tmp, AtFlags::empty());
-                self.create(&tmp)
+                self.create(&tmp, mode)
             }
             other => other,
         };
@@ -201,12 +211,12 @@ impl OutDir {
         written
     }
 
-    fn create(&self, tmp: &str) -> rustix::io::Result<OwnedFd> {
+    fn create(&self, tmp: &str, mode: u32) -> rustix::io::Result<OwnedFd> {
         rfs::openat(
             &self.fd,
             tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
+            Mode::from_raw_mode(mode),
         )
     }
 }

@@ -48,7 +48,8 @@ pub async fn run(options: Options) -> Result<(), ReportError> {
     let profile_timeout = options.client.timeout.max(PROFILE_GRACE);
     let incident = gather(&client, options.profile_seconds, profile_timeout).await?;
     let html = page::render(&incident);
-    dir.write(&name, html.as_bytes())?;
+    // Profiles go to profiling_users only: the page they are in is its owner's alone.
+    dir.write_private(&name, html.as_bytes())?;
     let graphs = incident
         .suspects
         .iter()
