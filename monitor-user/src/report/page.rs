@@ -961,6 +961,37 @@ mod tests {
     }
 
     #[test]
+    fn exits_of_unknown_time_are_listed_but_not_plotted() {
+        let pool = Pool {
+            pool: "10/celery".into(),
+            parent_pid: 10,
+            comm: "celery".into(),
+            recycles: 1,
+            recycles_by_reason: [(RecycleReason::Clean, 1)].into(),
+            recycles_for_memory: 0,
+            leak_suspected: false,
+            evidence: None,
+            exits: vec![PoolExit {
+                pid: 11,
+                lifetime_secs: 60.0,
+                resident_bytes: MIB,
+                peak_bytes: MIB,
+                first_sample_bytes: None,
+                reason: RecycleReason::Clean,
+                unix_time: f64::NAN,
+            }],
+            children: 1,
+        };
+        assert!(recycles_chart(&pool).figure().is_none());
+        let html = pools_section(&Ok(PoolsResponse {
+            pools: vec![pool],
+            overflow_recycles: 0,
+        }));
+        assert!(!html.contains("<svg"), "{html}");
+        assert!(html.contains("<td>11</td><td>unknown time</td>"), "{html}");
+    }
+
+    #[test]
     fn suspects_are_leaking_first_then_soonest_to_their_limit() {
         let mut growing = process(1, "a", Some(Verdict::Growing));
         growing.time_to_limit_seconds = Some(10.0);
