@@ -3,12 +3,17 @@
 //! evidence, time to limit and growth flame graph; worker pools and their recycles; task
 //! verdicts; recent OOM kills; the agent's health and the host's memory.
 //!
-//! Reading ([`gather`]) and drawing ([`page`], [`chart`], [`format`]) are apart: the page is a
+//! Reading ([`gather`]) and drawing ([`page`], [`suspects`], [`sections`], [`chart`],
+//! [`format`]) are apart: the page is a
 //! pure function of what the agent said, tested without an agent.
 
 pub mod chart;
+#[cfg(test)]
+mod fixtures;
 pub mod format;
 pub mod page;
+pub mod sections;
+pub mod suspects;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -85,7 +90,7 @@ pub async fn gather(
         client.get_json::<OomResponse>(paths::OOM),
     );
     let processes = processes?;
-    let chosen = page::suspects(&processes.processes);
+    let chosen = suspects::suspects(&processes.processes);
     let mut suspects = Vec::with_capacity(chosen.len());
     for (i, process) in chosen.into_iter().enumerate() {
         let history = fetched(
