@@ -168,7 +168,13 @@ impl TimeChart {
             .iter()
             .flat_map(|l| l.points.iter().map(|p| p.1))
             .chain(self.markers.iter().map(|m| m.bytes));
-        let (x_lo, x_hi) = bounds(xs)?;
+        let (mut x_lo, mut x_hi) = bounds(xs)?;
+        if !self.markers.is_empty() {
+            // A dot on the frame would be cut in half.
+            let pad = ((x_hi - x_lo) * 0.04).max(1.0);
+            x_lo -= pad;
+            x_hi += pad;
+        }
         let (y_lo, y_hi) = bounds(ys)?;
         let drawn_levels: Vec<&Level> = self
             .levels
