@@ -370,3 +370,65 @@ fn without_an_agent_the_report_says_how_to_start_one_and_writes_nothing() {
     assert!(!page.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_agent_behind_basic_auth_gets_credentials_or_says_which_to_give() {
+    let test = "an_agent_behind_basic_auth_gets_credentials_or_says_which_to_give";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakscope-report-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = dir.join("web.yml");
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(&config, format!("basic_auth_users:\n  oncall: '{hash}'\n")).unwrap();
+    let password = dir.join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    let agent = Agent::start(&["--web-config-file", config_arg, "--match", "comm=^memhog$"]);
+    let page = dir.join("incident.html");
+
+    for creds in [
+        &[][..],
+        &[
+            "--user",
+            "oncall",
+            "--password-file",
+            wrong.to_str().unwrap(),
+        ],
+    ] {
+        let out = report(&agent, &page, creds);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("asks for credentials") && stderr.contains("--password-file"),
+            "{stderr}"
+        );
+        assert!(!page.exists());
+    }
+    let out = report(
+        &agent,
+        &page,
+        &[
+            "--user",
+            "oncall",
+            "--password-file",
+            password.to_str().unwrap(),
+            "--profile-seconds",
+            "0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<h2>Watched processes</h2>"), "{html}");
+    assert!(html.contains("GiB total"), "{html}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
