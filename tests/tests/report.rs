@@ -13,6 +13,7 @@ use base64::Engine as _;
 use integration_tests::{
     Agent, MemHog, agent_bin, kernel_tests_enabled, memhog_bin, memory_cgroup_root, wait_for,
 };
+use leakscope_api::{PoolsResponse, TasksResponse, paths};
 
 /// The leaking process's name: markup, which the report must show as text.
 const NAME: &str = "<script>hog";
@@ -188,10 +189,31 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
     let pool = format!("{}/{NAME}", std::process::id());
     let pooled = wait_for(Duration::from_secs(10), || {
         hog.grow(1);
-        let (_, body) = agent.get("/api/v1/pools");
-        body.contains(&format!("\"pid\":{recycled}")).then_some(())
+        let (_, body) = agent.get(paths::POOLS);
+        let pools: PoolsResponse = serde_json::from_str(&body).ok()?;
+        pools
+            .pools
+            .iter()
+            .any(|p| p.exits.iter().any(|e| e.pid == recycled))
+            .then_some(())
     });
     assert!(pooled.is_some(), "{}", agent.get("/api/v1/pools").1);
+    // A task type from this test process's own markers (the harness gives each agent a task
+    // socket of its own): the page lists its verdict.
+    let socket = std::env::temp_dir().join(format!("leakscope-test-{}.sock", agent.addr.port()));
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for job in 0..3 {
+        for phase in ["begin", "end"] {
+            let marker = format!("LS1 {phase} report.task job={job}");
+            sender.send_to(marker.as_bytes(), &socket).unwrap();
+        }
+    }
+    let tasks = wait_for(Duration::from_secs(10), || {
+        let (_, body) = agent.get("/api/v1/tasks");
+        body.contains("\"task\":\"report.task\",\"runs\":3")
+            .then_some(())
+    });
+    assert!(tasks.is_some(), "{}", agent.get("/api/v1/tasks").1);
 
     let page = outputs.join("incident.html");
     let made = report(&agent, &page, &["--profile-seconds", "0"]);
@@ -270,6 +292,10 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
     ] {
         assert!(dom.contains(section), "{section} missing:\n{dom}");
     }
+    assert!(
+        dom.contains("<td><code>report.task</code></td><td>3</td>"),
+        "{dom}"
+    );
     // The pool, its recycle on the chart, and the exit in its table.
     let escaped_pool = pool.replace('<', "&lt;").replace('>', "&gt;");
     assert!(
