@@ -197,7 +197,7 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
             .any(|p| p.exits.iter().any(|e| e.pid == recycled))
             .then_some(())
     });
-    assert!(pooled.is_some(), "{}", agent.get("/api/v1/pools").1);
+    assert!(pooled.is_some(), "{}", agent.get(paths::POOLS).1);
     // A task type from this test process's own markers (the harness gives each agent a task
     // socket of its own): the page lists its verdict.
     let socket = std::env::temp_dir().join(format!("leakscope-test-{}.sock", agent.addr.port()));
@@ -209,11 +209,15 @@ fn the_report_shows_a_leaking_process_its_chart_and_flame_graph_in_chromium() {
         }
     }
     let tasks = wait_for(Duration::from_secs(10), || {
-        let (_, body) = agent.get("/api/v1/tasks");
-        body.contains("\"task\":\"report.task\",\"runs\":3")
+        let (_, body) = agent.get(paths::TASKS);
+        let tasks: TasksResponse = serde_json::from_str(&body).ok()?;
+        tasks
+            .tasks
+            .iter()
+            .any(|t| t.task == "report.task" && t.runs == 3)
             .then_some(())
     });
-    assert!(tasks.is_some(), "{}", agent.get("/api/v1/tasks").1);
+    assert!(tasks.is_some(), "{}", agent.get(paths::TASKS).1);
 
     let page = outputs.join("incident.html");
     let made = report(&agent, &page, &["--profile-seconds", "0"]);
