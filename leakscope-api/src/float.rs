@@ -3,6 +3,11 @@
 
 use serde::{Deserialize as _, Deserializer};
 
+/// The value of a float an older agent did not serve: unknown, as `null` would be.
+pub(crate) fn nan() -> f64 {
+    f64::NAN
+}
+
 pub(crate) fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }

@@ -10,6 +10,7 @@
 
 mod float;
 pub mod history;
+pub mod host;
 pub mod metrics;
 pub mod oom;
 pub mod pools;
@@ -17,6 +18,7 @@ pub mod processes;
 pub mod tasks;
 
 pub use history::{HistoryFloor, HistoryPoint, HistoryResponse};
+pub use host::{HostMemory, HostResponse};
 pub use oom::{OomKill, OomResponse, OomVictim};
 pub use pools::{Pool, PoolExit, PoolMember, PoolsResponse, RecycleReason};
 pub use processes::{
@@ -39,6 +41,8 @@ pub mod paths {
     pub const OOM: &str = "/api/v1/oom";
     /// [`crate::TasksResponse`]; `?task=NAME` asks for one task name.
     pub const TASKS: &str = "/api/v1/tasks";
+    /// [`crate::HostResponse`].
+    pub const HOST: &str = "/api/v1/host";
 
     /// [`PROCESS_HISTORY`] of `pid`.
     pub fn process_history(pid: u32) -> String {

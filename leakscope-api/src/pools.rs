@@ -95,6 +95,9 @@ pub struct PoolExit {
     /// Resident bytes at the agent's first sample of the child.
     pub first_sample_bytes: Option<u64>,
     pub reason: RecycleReason,
+    /// When it exited, Unix seconds (unknown from agents before it was served).
+    #[serde(default = "crate::float::nan", deserialize_with = "nan_if_null")]
+    pub unix_time: f64,
 }
 
 #[cfg(test)]
@@ -119,6 +122,7 @@ mod tests {
                 peak_bytes: 2,
                 first_sample_bytes: None,
                 reason: RecycleReason::Memory,
+                unix_time: 1.7e9,
             }],
             children: 4,
             children_bytes: 4 << 20,
@@ -147,7 +151,16 @@ mod tests {
             serde_json::json!({"memory": 2, "clean": 0})
         );
         assert_eq!(v["pools"][0]["exits"][0]["reason"], "memory");
-        let back: PoolsResponse = serde_json::from_value(v).unwrap();
+        let back: PoolsResponse = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(back.pools, [pool]);
+
+        // An older agent's exit, without its time, still reads.
+        let mut old = v;
+        old["pools"][0]["exits"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("unix_time");
+        let back: PoolsResponse = serde_json::from_value(old).unwrap();
+        assert!(back.pools[0].exits[0].unix_time.is_nan());
     }
 }

@@ -24,6 +24,10 @@ pub enum Command {
     /// Find the code paths a process's memory grows from: growth stacks (any allocator) and/or
     /// allocator tracing. Prints a ranked table; --out also writes pprof and flame graphs.
     Investigate(InvestigateArgs),
+    /// Write a self-contained HTML incident report from a running agent: suspects with their
+    /// memory history, evidence and growth flame graphs, pools, task verdicts, OOM kills, and
+    /// the host's memory.
+    Report(ReportArgs),
     /// For `cargo xtask bench overhead`: hold empty programs on the agent's hot tracepoints.
     #[command(hide = true)]
     BenchFloor,
@@ -88,6 +92,33 @@ pub struct InvestigateArgs {
     /// Print the reports as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub client: crate::client::ClientOptions,
+
+    /// The HTML file to write. An existing file is replaced; a symbolic link at that name is
+    /// replaced too, never written through.
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+
+    /// Seconds of growth profile to take of each suspect the agent does not sample already
+    /// (--auto-growth); 0 takes none.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=crate::http::profile::MAX_SECONDS))]
+    pub profile_seconds: u64,
+}
+
+impl From<ReportArgs> for crate::report::Options {
+    fn from(a: ReportArgs) -> Self {
+        Self {
+            client: a.client,
+            out: a.out,
+            profile_seconds: a.profile_seconds,
+        }
+    }
 }
 
 impl From<InvestigateArgs> for crate::investigate::command::Options {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod floor;
 pub mod host;
@@ -12,6 +13,7 @@ pub mod investigate;
 pub mod metrics;
 pub mod model;
 pub mod prom;
+pub mod report;
 pub mod shutdown;
 pub mod tasks;
 pub mod threads;

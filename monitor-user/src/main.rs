@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
             Command::Investigate(args) => {
                 monitor_user::investigate::command::run(args.into()).await
             }
+            Command::Report(args) => Ok(monitor_user::report::run(args.into()).await?),
             Command::BenchFloor => monitor_user::floor::run().await,
         }
     });

@@ -144,6 +144,7 @@ impl From<&ExitRecord> for api::PoolExit {
             peak_bytes: e.peak_bytes,
             first_sample_bytes: e.first_sample_bytes,
             reason: e.reason.into(),
+            unix_time: e.unix_time,
         }
     }
 }
@@ -417,6 +418,7 @@ mod tests {
             peak_bytes: 2 << 20,
             first_sample_bytes: None,
             reason: RecycleReason::Oom,
+            unix_time: 1.7e9,
         };
         let pool = Pool {
             pool: "10/celery".into(),

@@ -328,6 +328,13 @@ fn a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged() {
         "--match",
         "cmdline=prefork_pool",
     ]);
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let started = unix_now();
     let pool = Spawned::new(
         Command::new("python3")
             .arg(scenarios_dir().join("python/prefork_pool.py"))
@@ -361,6 +368,21 @@ fn a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged() {
         )
     });
     assert!(found["recycles"].as_u64().unwrap() >= 3, "{found}");
+    // Each exit has its wall-clock time, oldest first, while the scenario ran.
+    let now = unix_now();
+    let times: Vec<f64> = found["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["unix_time"].as_f64().expect("exit time"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1])
+            && times
+                .iter()
+                .all(|t| (started - 1.0..=now + 1.0).contains(t)),
+        "{times:?} (started {started}, now {now})"
+    );
     assert!(
         found["evidence"].as_str().unwrap().contains("grew"),
         "{found}"

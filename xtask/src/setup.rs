@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // single static binary (no registry is reachable).
     ("dockerd", "docker.io"),
     ("busybox", "busybox-static"),
+    // tests/tests/report.rs: the incident report rendered by headless Chromium.
+    ("chromium", "chromium"),
 ];
 
 /// What `cargo xtask bench alloc` drives besides the agent: the C benchmark's toolchain, the

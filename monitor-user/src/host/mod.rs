@@ -6,6 +6,7 @@
 //! - [`caps`]: which capabilities the agent holds, and what it cannot do without each.
 //! - [`container`]: container, runtime and pod from a process's cgroup path.
 //! - [`docker`]: container names, images and Compose names from the Docker daemon's socket.
+//! - [`memory`]: the host's memory (`/proc/meminfo`) and name.
 //! - [`kube`]: pod names from the Kubernetes API, when the agent runs in a cluster.
 //! - [`peer`]: who is on the other end of a loopback connection (the kernel's socket table).
 
@@ -13,5 +14,6 @@ pub mod caps;
 pub mod container;
 pub mod docker;
 pub mod kube;
+pub mod memory;
 pub mod peer;
 pub mod proc;

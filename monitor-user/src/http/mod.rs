@@ -103,6 +103,7 @@ pub fn router(app: App, access: Access) -> Router {
         .route(paths::POOLS, get(pools_handler))
         .route(paths::OOM, get(oom_handler))
         .route(paths::TASKS, get(crate::tasks::api::handler))
+        .route(paths::HOST, get(host_handler))
         .route("/debug/pprof/growth", get(profile::growth_handler))
         .route("/healthz", get(health_handler))
         .route("/", get(index_handler))
@@ -253,6 +254,15 @@ async fn oom_handler(State(state): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
+/// The host's memory, read at the request (one small file, no state kept).
+async fn host_handler() -> Response {
+    match tokio::task::spawn_blocking(crate::host::memory::read).await {
+        Ok(Ok(host)) => Json(host).into_response(),
+        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
 async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
     let health = state.current().health();
     let body = if health.degraded {
@@ -265,7 +275,7 @@ async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
 }
 
 async fn index_handler() -> &'static str {
-    "leakscope agent: /metrics /api/v1/processes /api/v1/processes/{pid}/history /api/v1/pools /api/v1/oom /api/v1/tasks /healthz\n"
+    "leakscope agent: /metrics /api/v1/processes /api/v1/processes/{pid}/history /api/v1/pools /api/v1/oom /api/v1/tasks /api/v1/host /healthz\n"
 }
 
 #[cfg(test)]
@@ -328,6 +338,7 @@ mod tests {
             "/api/v1/pools",
             "/api/v1/oom",
             "/api/v1/tasks",
+            "/api/v1/host",
         ] {
             let (code, body) = status(access, NETWORK, path).await;
             assert_eq!(code, StatusCode::FORBIDDEN, "{path}");
@@ -433,6 +444,15 @@ mod tests {
         }
         let (code, body) = status_of(leaking_state(1), Access::default(), NETWORK, &path).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    }
+
+    #[tokio::test]
+    async fn host_memory_is_served_to_loopback_as_json() {
+        let (code, body) = status(Access::default(), LOCAL, paths::HOST).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let host: leakscope_api::HostResponse = serde_json::from_str(&body).unwrap();
+        assert!(host.memory.total_bytes > 64 << 20, "{body}");
+        assert!(host.memory.available_bytes.is_some(), "{body}");
     }
 
     #[tokio::test]

@@ -2,6 +2,10 @@
 //! leakscope created or that its user owns and alone can write, and every file is written
 //! through a descriptor of that directory, so a symbolic link planted by another user can
 //! neither redirect the directory nor a file in it.
+//!
+//! `report --out FILE` writes one file wherever its user asks ([`OutDir::containing`]): the
+//! directory is theirs to choose, but the file is still written as a new file renamed over
+//! the name, so a link planted at that name is replaced, never written through.
 
 use std::{
     fs::File,
@@ -50,6 +54,8 @@ pub enum OutDirError {
          `chmod go-w` it, or {WHAT_TO_DO}"
     )]
     Writable { dir: String, owner: u32, mode: u32 },
+    #[error("--out {path}: give a file name, not a directory")]
+    NotAFile { path: String },
 }
 
 /// An output directory that passed the checks, held open.
@@ -116,6 +122,45 @@ impl OutDir {
         Ok(Self { fd, shown })
     }
 
+    /// The directory that is to hold `file`, opened as its user names it (links in the path
+    /// are the user's choice), and the file's name in it. Unlike [`OutDir::open`] it does
+    /// not judge the directory's owner: this is for a file the user asked for by name, such
+    /// as an incident report under /tmp, and [`OutDir::write`] never follows a link at the
+    /// name.
+    pub fn containing(file: &Path) -> Result<(Self, String), OutDirError> {
+        let path = file.display().to_string();
+        let not_a_file = || OutDirError::NotAFile { path: path.clone() };
+        // `a/b/` names a directory; Path::file_name would quietly take `b`.
+        if path.ends_with('/') {
+            return Err(not_a_file());
+        }
+        let name = match file.file_name().and_then(|n| n.to_str()) {
+            Some(n) if n != "." && n != ".." => n.to_string(),
+            _ => return Err(not_a_file()),
+        };
+        let parent = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let shown = parent.display().to_string();
+        let fd = rfs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| OutDirError::Io {
+            dir: shown.clone(),
+            what: "opening the directory to write into".into(),
+            cause: e.into(),
+        })?;
+        if rfs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
+        {
+            return Err(not_a_file());
+        }
+        Ok((Self { fd, shown }, name))
+    }
+
     /// The directory as given, for messages.
     pub fn shown(&self) -> &str {
         &self.shown
@@ -125,18 +170,28 @@ impl OutDir {
     /// over `name`. A rename replaces whatever entry `name` is, a symbolic link included,
     /// and never writes through it.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), OutDirError> {
-        debug_assert!(!name.contains('/') && !name.starts_with('.'), "{name}");
+        self.write_with_mode(name, bytes, 0o644)
+    }
+
+    /// [`OutDir::write`], readable by its owner only: for a file that holds what only some
+    /// users may see (profiles), written where others may look (/tmp).
+    pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<(), OutDirError> {
+        self.write_with_mode(name, bytes, 0o600)
+    }
+
+    fn write_with_mode(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), OutDirError> {
+        debug_assert!(!name.contains('/') && name != "." && name != "..", "{name}");
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let err = |what: &str, e: io::Error| OutDirError::Io {
             dir: self.shown.clone(),
             what: format!("{what} {name}"),
             cause: e,
         };
-        let created = match self.create(&tmp) {
-            // Left by an earlier run that died, in a directory no one else can write to.
+        let created = match self.create(&tmp, mode) {
+            // Left by an earlier run that died (or planted: removing a link removes the link).
             Err(Errno::EXIST) => {
                 let _ = rfs::unlinkat(&self.fd, &tmp, AtFlags::empty());
-                self.create(&tmp)
+                self.create(&tmp, mode)
             }
             other => other,
         };
@@ -156,12 +211,12 @@ impl OutDir {
         written
     }
 
-    fn create(&self, tmp: &str) -> rustix::io::Result<OwnedFd> {
+    fn create(&self, tmp: &str, mode: u32) -> rustix::io::Result<OwnedFd> {
         rfs::openat(
             &self.fd,
             tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
+            Mode::from_raw_mode(mode),
         )
     }
 }
@@ -257,6 +312,37 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_named_file_anywhere_replaces_a_planted_link_and_never_writes_through_it() {
+        let scratch = Scratch::new("containing");
+        // A directory others may write to, as /tmp is: allowed here, the user chose it.
+        std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let victim = scratch.0.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let file = scratch.0.join("incident.html");
+        symlink(&victim, &file).unwrap();
+        let (dir, name) = OutDir::containing(&file).unwrap();
+        assert_eq!(name, "incident.html");
+        dir.write(&name, b"<html>").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&file)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"<html>");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+
+        for not_a_file in [scratch.0.clone(), scratch.0.join("x/"), PathBuf::from("..")] {
+            let e = OutDir::containing(&not_a_file).err().expect("accepted");
+            assert!(matches!(e, OutDirError::NotAFile { .. }), "{e}");
+        }
+        let e = OutDir::containing(&scratch.0.join("missing/incident.html"))
+            .err()
+            .expect("accepted");
+        assert!(e.to_string().contains("No such file"), "{e}");
     }
 
     #[test]

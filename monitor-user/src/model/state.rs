@@ -159,8 +159,15 @@ impl AgentState {
         } else {
             0
         };
-        self.pools
-            .on_exit(&exited, parent_alive, siblings, first_sample, reason);
+        let unix_time = self.unix_seconds(ev.ts_ns);
+        self.pools.on_exit(
+            &exited,
+            parent_alive,
+            siblings,
+            first_sample,
+            reason,
+            unix_time,
+        );
     }
 
     fn on_oom(&mut self, ev: &LifecycleEvent) {

@@ -82,6 +82,8 @@ pub struct ExitRecord {
     /// Resident bytes at the agent's first sample of the child.
     pub first_sample_bytes: Option<u64>,
     pub reason: RecycleReason,
+    /// When it exited, Unix seconds.
+    pub unix_time: f64,
 }
 
 impl ExitRecord {
@@ -251,6 +253,7 @@ impl Pools {
         live_siblings: usize,
         first_sample_bytes: Option<u64>,
         reason: RecycleReason,
+        unix_time: f64,
     ) -> Option<&Pool> {
         if !parent_alive || exited.ppid <= 1 || exited.lifetime_ns < MIN_WORKER_LIFETIME_NS {
             return None;
@@ -273,6 +276,7 @@ impl Pools {
             peak_bytes: exited.peak_bytes,
             first_sample_bytes,
             reason,
+            unix_time,
         });
         Some(pool)
     }
@@ -405,6 +409,7 @@ mod tests {
                     1,
                     Some(40 * MIB),
                     RecycleReason::Clean,
+                    0.0,
                 )
                 .unwrap();
             assert_eq!(p.leak_suspected, i == 2, "after {} exits", i + 1);
@@ -430,6 +435,7 @@ mod tests {
                 1,
                 Some(40 * MIB),
                 RecycleReason::Clean,
+                0.0,
             );
         }
         let p = pools.iter().next().unwrap();
@@ -440,9 +446,23 @@ mod tests {
     #[test]
     fn memory_recycles_flag_the_pool() {
         let mut pools = Pools::new(10);
-        pools.on_exit(&exit(1, 10, 900, 60), true, 1, None, RecycleReason::Memory);
+        pools.on_exit(
+            &exit(1, 10, 900, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Memory,
+            0.0,
+        );
         assert!(!pools.iter().next().unwrap().leak_suspected);
-        pools.on_exit(&exit(2, 10, 900, 60), true, 1, None, RecycleReason::Memory);
+        pools.on_exit(
+            &exit(2, 10, 900, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Memory,
+            0.0,
+        );
         let p = pools.iter().next().unwrap();
         assert!(p.leak_suspected);
         assert_eq!(p.recycles_for_memory, 2);
@@ -454,25 +474,39 @@ mod tests {
         let mut pools = Pools::new(10);
         assert!(
             pools
-                .on_exit(&exit(1, 10, 1, 0), true, 3, None, RecycleReason::Clean)
+                .on_exit(&exit(1, 10, 1, 0), true, 3, None, RecycleReason::Clean, 0.0)
                 .is_none(),
             "short-lived"
         );
         assert!(
             pools
-                .on_exit(&exit(2, 10, 1, 60), false, 3, None, RecycleReason::Clean)
+                .on_exit(
+                    &exit(2, 10, 1, 60),
+                    false,
+                    3,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_none(),
             "parent gone"
         );
         assert!(
             pools
-                .on_exit(&exit(3, 1, 1, 60), true, 3, None, RecycleReason::Clean)
+                .on_exit(&exit(3, 1, 1, 60), true, 3, None, RecycleReason::Clean, 0.0)
                 .is_none(),
             "init's child"
         );
         assert!(
             pools
-                .on_exit(&exit(4, 10, 1, 60), true, 0, None, RecycleReason::Clean)
+                .on_exit(
+                    &exit(4, 10, 1, 60),
+                    true,
+                    0,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_none(),
             "no siblings"
         );
@@ -482,10 +516,24 @@ mod tests {
     #[test]
     fn pools_are_bounded_and_die_with_their_parent() {
         let mut pools = Pools::new(1);
-        pools.on_exit(&exit(1, 10, 1, 60), true, 1, None, RecycleReason::Clean);
+        pools.on_exit(
+            &exit(1, 10, 1, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Clean,
+            0.0,
+        );
         assert!(
             pools
-                .on_exit(&exit(2, 11, 1, 60), true, 1, None, RecycleReason::Clean)
+                .on_exit(
+                    &exit(2, 11, 1, 60),
+                    true,
+                    1,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_none()
         );
         assert_eq!(pools.overflow_recycles, 1);
@@ -507,19 +555,34 @@ mod tests {
                 1,
                 None,
                 RecycleReason::Clean,
+                0.0,
             );
         }
         assert_eq!(pools.len(), 16);
         assert_eq!(pools.share_refused, 34);
         assert_eq!(pools.overflow_recycles, 34);
         // Root's Celery pool is still tracked.
-        let p = pools.on_exit(&exit(5001, 10, 1, 60), true, 1, None, RecycleReason::Clean);
+        let p = pools.on_exit(
+            &exit(5001, 10, 1, 60),
+            true,
+            1,
+            None,
+            RecycleReason::Clean,
+            0.0,
+        );
         assert_eq!(p.map(|p| p.pool.as_str()), Some("10/celery"));
         // A parent that exits gives its place back to its uid.
         pools.parent_exited(100);
         assert!(
             pools
-                .on_exit(&exit(1990, 199, 1, 60), true, 1, None, RecycleReason::Clean)
+                .on_exit(
+                    &exit(1990, 199, 1, 60),
+                    true,
+                    1,
+                    None,
+                    RecycleReason::Clean,
+                    0.0
+                )
                 .is_some()
         );
         assert_eq!(pools.share_refused, 34);
