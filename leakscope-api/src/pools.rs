@@ -20,7 +20,7 @@ pub struct PoolsResponse {
     pub overflow_pools: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     /// `<parent pid>/<comm>`, the `pool` label of the pool metrics.
     pub pool: String,

@@ -141,6 +141,7 @@ pub fn incident() -> Incident {
         pools: Ok(PoolsResponse {
             pools: Vec::new(),
             overflow_recycles: 0,
+            overflow_pools: 0,
         }),
         tasks: Ok(TasksResponse {
             socket: None,

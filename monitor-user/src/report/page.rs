@@ -305,7 +305,7 @@ mod tests {
         let html = render(&i);
         for want in [
             "No process is suspected of leaking",
-            "No worker pool has recycled a child",
+            "No worker pool: no parent runs two or more same-named workers",
             "Could not read the task verdicts from the agent: 403 Forbidden: the process API",
             "No OOM kill recorded",
             "host memory</th><td class=\"missing\">unknown: 404 Not Found",

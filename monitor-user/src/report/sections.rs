@@ -59,7 +59,7 @@ pub fn pools(pools: &Fetched<PoolsResponse>) -> String {
     };
     if pools.pools.is_empty() {
         s.push_str(
-            r#"<p class="empty">No worker pool has recycled a child since the agent started.</p>"#,
+            r#"<p class="empty">No worker pool: no parent runs two or more same-named workers, and none has recycled a child since the agent started.</p>"#,
         );
     }
     for pool in &pools.pools {
@@ -82,6 +82,33 @@ pub fn pools(pools: &Fetched<PoolsResponse>) -> String {
             reasons.join(", "),
             pool.recycles_for_memory,
         );
+        if pool.children > 0 || pool.parent.is_some() {
+            let _ = write!(
+                s,
+                "<tr><th>held now</th><td>{} in all, growing {}: children {}</td></tr>",
+                bytes(pool.total_bytes),
+                rate(pool.growth_bytes_per_second),
+                bytes(pool.children_bytes),
+            );
+        }
+        if let Some(parent) = &pool.parent {
+            let _ = write!(
+                s,
+                "<tr><th>parent</th><td>pid {}: {}, growing {} {}</td></tr>",
+                parent.pid,
+                bytes(parent.resident_bytes),
+                rate(parent.growth_bytes_per_second),
+                verdict_badge(parent.verdict),
+            );
+        }
+        if let (Some(limit), Some(left)) = (pool.memory_limit_bytes, pool.time_to_limit_seconds) {
+            let _ = write!(
+                s,
+                "<tr><th>time to limit</th><td>{} to the {} limit the children share</td></tr>",
+                duration(left),
+                bytes(limit),
+            );
+        }
         if let Some(e) = &pool.evidence {
             let _ = write!(s, "<tr><th>evidence</th><td>{}</td></tr>", escape(e));
         }
@@ -236,7 +263,7 @@ pub fn processes(r: &ProcessesResponse) -> String {
 
 #[cfg(test)]
 mod tests {
-    use leakscope_api::{OomKill, OomVictim, PoolExit};
+    use leakscope_api::{OomKill, OomVictim, PoolExit, PoolMember, Verdict};
 
     use super::*;
     use crate::report::{
@@ -271,8 +298,21 @@ mod tests {
                     exit(12, T0 + 180.0, RecycleReason::Oom),
                 ],
                 children: 4,
+                children_bytes: 2000 * MIB,
+                total_bytes: 2100 * MIB,
+                growth_bytes_per_second: 100.0 * MIB as f64 / 3600.0,
+                parent: Some(PoolMember {
+                    pid: 10,
+                    resident_bytes: 100 * MIB,
+                    verdict: Some(Verdict::Leaking),
+                    growth_bytes_per_second: 0.0,
+                }),
+                memory_limit_bytes: Some(4096 * MIB),
+                time_to_limit_seconds: Some(7200.0),
+                ..Pool::default()
             }],
             overflow_recycles: 0,
+            overflow_pools: 0,
         });
         i.oom = Ok(OomResponse {
             oom_kills: vec![OomKill {
@@ -293,6 +333,22 @@ mod tests {
         assert!(html.contains("<circle class=\"marker oom\""));
         assert!(html.contains("peak at exit (MiB)"));
         assert!(html.contains("2 of the last 2 children were recycled for memory"));
+        // The live pool: what it holds now, its parent apart, the time to the shared limit.
+        assert!(
+            html.contains("<th>held now</th><td>2.1 GiB in all, growing +1.7 MiB/min"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<th>parent</th><td>pid 10: 100.0 MiB"),
+            "{html}"
+        );
+        assert!(html.contains(r#"<span class="verdict leaking">leaking</span>"#));
+        assert!(
+            html.contains(
+                "<th>time to limit</th><td>2h00m to the 4.0 GiB limit the children share"
+            ),
+            "{html}"
+        );
         assert!(html.contains("1 memory, 1 oom"));
         assert!(
             html.contains("<td>2023-11-14 22:16:20 UTC</td><td>12</td>"),
@@ -322,11 +378,13 @@ mod tests {
                 unix_time: f64::NAN,
             }],
             children: 1,
+            ..Pool::default()
         };
         assert!(recycles_chart(&pool).figure().is_none());
         let html = pools(&Ok(PoolsResponse {
             pools: vec![pool],
             overflow_recycles: 0,
+            overflow_pools: 0,
         }));
         assert!(!html.contains("<svg"), "{html}");
         assert!(html.contains("<td>11</td><td>unknown time</td>"), "{html}");

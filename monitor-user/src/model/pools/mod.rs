@@ -729,6 +729,7 @@ mod tests {
                     1,
                     Some(450 * MIB),
                     RecycleReason::Memory,
+                    0.0,
                 );
             }
             let p = pools.iter().next().unwrap();
@@ -747,6 +748,7 @@ mod tests {
                     1,
                     Some(60 * MIB),
                     RecycleReason::Memory,
+                    0.0,
                 );
             }
             let p = growing.iter().next().unwrap();
