@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod floor;
 pub mod host;

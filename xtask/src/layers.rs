@@ -19,7 +19,7 @@ const KERNEL_LAYER: &str = "bpf";
 /// of its own layer (without a cycle) or of any layer below, never one above.
 const LAYERS: &[(&str, &[&str])] = &[
     ("entry points", &["agent", "cli", "floor"]),
-    ("http", &["http"]),
+    ("http", &["http", "client"]),
     ("metrics", &["metrics"]),
     ("features", &["tasks", "threads", "investigate", "wire"]),
     ("core model", &["model", "prom"]),
