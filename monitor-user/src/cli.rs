@@ -24,6 +24,9 @@ pub enum Command {
     /// Find the code paths a process's memory grows from: growth stacks (any allocator) and/or
     /// allocator tracing. Prints a ranked table; --out also writes pprof and flame graphs.
     Investigate(InvestigateArgs),
+    /// A live terminal view of a running agent: groups and processes by time to their memory
+    /// limit, with verdicts, drill-downs and growth profiles. --once prints one snapshot.
+    Top(crate::top::TopArgs),
     /// For `cargo xtask bench overhead`: hold empty programs on the agent's hot tracepoints.
     #[command(hide = true)]
     BenchFloor,

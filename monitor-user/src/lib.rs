@@ -16,4 +16,5 @@ pub mod prom;
 pub mod shutdown;
 pub mod tasks;
 pub mod threads;
+pub mod top;
 pub mod wire;

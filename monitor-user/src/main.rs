@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
             Command::Investigate(args) => {
                 monitor_user::investigate::command::run(args.into()).await
             }
+            Command::Top(args) => monitor_user::top::run(args).await,
             Command::BenchFloor => monitor_user::floor::run().await,
         }
     });
