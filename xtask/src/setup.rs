@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // single static binary (no registry is reachable).
     ("dockerd", "docker.io"),
     ("busybox", "busybox-static"),
+    // tests/tests/top.rs: `leakscope top` runs in a real terminal, read back with capture-pane.
+    ("tmux", "tmux"),
 ];
 
 /// What `cargo xtask bench alloc` drives besides the agent: the C benchmark's toolchain, the

@@ -57,7 +57,7 @@ pub fn process(snapshot: &Snapshot, pid: u32, profile_seconds: u64) -> Vec<Strin
     out.push(match &p.leak {
         None => "verdict: none yet (no sample)".into(),
         Some(a) => format!(
-            "verdict {} {}: {} over {}, floor {}, steady {}, {} samples",
+            "verdict {} {}: growth {} over {}, floor {} (consistency {}), {} samples",
             a.verdict.as_str(),
             view::confidence(Some(a.confidence)),
             view::rate(
@@ -293,7 +293,7 @@ mod tests {
             "worker pool 100/celery",
             "container shop-worker-1 (shop:latest)",
             "limit 1.0G (cgroup), reached in 5m00s",
-            "verdict leaking 90%: +2.0M/s over 10m00s",
+            "verdict leaking 90%: growth +2.0M/s over 10m00s",
             "p takes a 7s profile",
             "app.leaky  40  +1.0M  LEAK SUSPECTED: app.leaky evidence",
             "app.clean  40  +0B  ok",

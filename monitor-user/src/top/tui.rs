@@ -77,9 +77,9 @@ fn title_line(app: &App) -> Line<'static> {
             let n = s.map_or(0, |s| s.processes.len());
             let more = s.map_or(0, |s| s.overflow_processes);
             if more > 0 {
-                format!("{n} processes (+{more} in overflow)")
+                format!("{n} procs (+{more} overflow)")
             } else {
-                format!("{n} processes")
+                format!("{n} procs")
             }
         }
         // The data shown is from the last answer; say that it is stale.
@@ -91,7 +91,7 @@ fn title_line(app: &App) -> Line<'static> {
     };
     let arrow = if app.reverse { "↓" } else { "↑" };
     let mut line = format!(
-        "leakscope top · {} · {status} · sort {}{arrow}",
+        "leakscope · {} · {status} · sort {}{arrow}",
         app.agent,
         app.sort.header()
     );
@@ -160,10 +160,14 @@ fn list(frame: &mut Frame, area: Rect, app: &App, head: &[String]) {
     text(frame, problem_area, problems, 0);
     let rows = app.rows();
     if rows.is_empty() {
-        let why = if app.filter.is_empty() {
-            "The agent watches no process yet (see its --match and selection).".to_string()
-        } else {
+        let why = if !app.filter.is_empty() {
             format!("Nothing matches /{} (Esc clears the filter).", app.filter)
+        } else if matches!(app.screen(), Screen::Group(..)) {
+            "No process of this group is listed now (its children are not selected by the \
+             agent's --match, or have all exited)."
+                .to_string()
+        } else {
+            "The agent watches no process yet (see its --match and selection).".to_string()
         };
         frame.render_widget(Paragraph::new(why).wrap(Wrap { trim: false }), table_area);
         return;
@@ -213,7 +217,13 @@ fn table<'a>(rows: &[Row], app: &App) -> Table<'a> {
         .header(header)
         .column_spacing(1)
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+        // Also a symbol: the selection must show without colours or reverse video.
+        .highlight_symbol(SELECTED)
+        .highlight_spacing(ratatui::widgets::HighlightSpacing::Always)
 }
+
+/// Marks the selected row, before its KIND.
+pub const SELECTED: &str = ">";
 
 fn cell<'a>(text: &str, width: u16, right: bool) -> Cell<'a> {
     if right && width > 0 {
@@ -254,9 +264,12 @@ fn process(frame: &mut Frame, area: Rect, app: &mut App, pid: u32) {
     let data: Vec<u64> = h.points.iter().map(|p| p.resident_bytes).collect();
     let from = data.len().saturating_sub(usize::from(spark.width));
     let low = data[from..].iter().min().copied().unwrap_or(0);
-    // Drawn above the lowest point, so a rise of a few MiB on hundreds is visible.
+    let high = data[from..].iter().max().copied().unwrap_or(0);
+    // Drawn above the lowest point, so a rise of a few MiB on hundreds is visible; but a
+    // wobble of less than 5% stays a flat line rather than filling the box.
     let shifted: Vec<u64> = data[from..].iter().map(|v| v - low + 1).collect();
-    frame.render_widget(Sparkline::default().data(&shifted), spark);
+    let max = (high - low).max(high / 20) + 1;
+    frame.render_widget(Sparkline::default().data(&shifted).max(max), spark);
     frame.render_widget(Paragraph::new(detail::history(&h)), caption);
     scrolled(frame, rest, app, lines);
 }
@@ -340,7 +353,14 @@ mod tests {
             assert!(s.contains(want), "{want:?} not on screen:\n{s}");
         }
         // The process with the soonest limit is the first process row.
-        let first_proc = s.lines().find(|l| l.starts_with("proc")).unwrap();
+        let first_proc = s
+            .lines()
+            .find(|l| {
+                l.trim_start_matches(SELECTED)
+                    .trim_start()
+                    .starts_with("proc")
+            })
+            .unwrap();
         assert!(first_proc.contains("101"), "{s}");
         app.set_failure("gone".into());
         assert!(screen(&mut app).contains("AGENT UNREACHABLE"));

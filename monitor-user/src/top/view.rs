@@ -229,12 +229,15 @@ pub fn rows(snapshot: &Snapshot) -> Vec<Row> {
             groups.entry(key).or_default().push(p);
         }
     }
-    // Pools the agent knows with no listed child (all recycled, or beyond the list's cap)
-    // still show: their recycles are the evidence.
+    // A pool with no listed child (all recycled, or its children not selected) still shows
+    // when its recycles point at memory: they are the evidence. The agent sees every pool on
+    // the host (shells, compilers); those that only recycle cleanly are left out.
     for pool in &snapshot.pools {
-        groups
-            .entry((GroupKind::Pool, pool.pool.clone()))
-            .or_default();
+        if pool.leak_suspected || pool.recycles_for_memory > 0 {
+            groups
+                .entry((GroupKind::Pool, pool.pool.clone()))
+                .or_default();
+        }
     }
     let mut out: Vec<Row> = groups
         .iter()
@@ -615,7 +618,11 @@ pub(crate) mod tests {
         Snapshot {
             processes: vec![parent, a, b, web],
             overflow_processes: 0,
-            pools: vec![pool("100/celery", 2, 3), pool("300/rq", 0, 5)],
+            pools: vec![
+                pool("100/celery", 2, 3),
+                pool("300/rq", 0, 5),
+                pool("400/bash", 1, 0),
+            ],
             tasks: Vec::new(),
             problems: Vec::new(),
         }
@@ -649,6 +656,8 @@ pub(crate) mod tests {
         assert_eq!((rq.members, rq.resident_bytes), (Some(0), 0));
         assert_eq!(verdict(rq), "suspect");
         assert!(rows.iter().any(|r| r.name == "web.service"));
+        // A pool of unselected processes that only recycles cleanly is noise.
+        assert!(!rows.iter().any(|r| r.name == "400/bash"));
     }
 
     #[test]

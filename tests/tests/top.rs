@@ -1,0 +1,353 @@
+//! `leakscope top` in a real terminal: tmux runs it at 80×24 against a real agent watching a
+//! real leaking process; keys go in with `send-keys`, and the test reads the screen back with
+//! `capture-pane`. Also `--once` (and a stdout that is a pipe), and the screen without agent.
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use integration_tests::{
+    Agent, Spawned, agent_bin, free_port, kernel_tests_enabled, scenario_bin, wait_for,
+};
+
+/// A tmux server of the test's own (its own socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `leakscope top ARGS` in an 80×24 window.
+    fn top(name: &str, args: &[&str]) -> Self {
+        let socket = format!("leakscope-top-{}-{name}", std::process::id());
+        let mut command = vec![
+            shell_quote(&agent_bin().display().to_string()),
+            "top".into(),
+        ];
+        command.extend(args.iter().map(|a| shell_quote(a)));
+        let out = Command::new("tmux")
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-x", "80", "-y", "24", "-s", "top"])
+            // No environment of the caller's shell: a plain terminal type crossterm knows.
+            .env("TERM", "xterm-256color")
+            .arg(command.join(" "))
+            .output()
+            .expect("tmux (the tests need it: `cargo xtask setup --tests`)");
+        assert!(out.status.success(), "tmux new-session: {}", text(&out));
+        // The window is the pane: keep it at 80×24 whatever clients attach.
+        let tmux = Self { socket };
+        tmux.run(&["set-option", "-t", "top", "window-size", "manual"]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "top"];
+        args.extend(keys);
+        let out = self.run(&args);
+        assert!(out.status.success(), "send-keys: {}", text(&out));
+    }
+
+    /// Types `text` literally.
+    fn type_text(&self, text: &str) {
+        self.keys(&["-l", text]);
+    }
+
+    /// What the pane shows now (empty once it is gone).
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    /// Waits until the screen satisfies `ok`; panics with the screen otherwise.
+    fn wait(&self, what: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
+        wait_for(within, || Some(self.screen()).filter(|s| ok(s)))
+            .unwrap_or_else(|| panic!("screen never showed {what}; it shows:\n{}", self.screen()))
+    }
+
+    fn alive(&self) -> bool {
+        self.run(&["has-session", "-t", "top"]).status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A `proc` row, whether or not the live view marks it selected (`>`).
+fn is_proc_row(line: &str) -> bool {
+    line.trim_start_matches('>')
+        .trim_start()
+        .starts_with("proc ")
+}
+
+/// The screen's line for process `pid` (a `proc` row with that PID column).
+fn proc_line(screen: &str, pid: u32) -> Option<String> {
+    screen
+        .lines()
+        .find(|l| is_proc_row(l) && l.split_whitespace().any(|w| w == pid.to_string()))
+        .map(str::to_string)
+}
+
+/// pids in the order their `proc` rows appear.
+fn proc_order(screen: &str, pids: &[u32]) -> Vec<u32> {
+    screen
+        .lines()
+        .filter(|l| is_proc_row(l))
+        .filter_map(|l| {
+            pids.iter()
+                .copied()
+                .find(|p| l.split_whitespace().any(|w| w == p.to_string()))
+        })
+        .collect()
+}
+
+/// An agent at ten times real speed watching a leaking and a steady scenario, with a
+/// configured limit for the leaker (so it has a time to limit).
+fn agent_with_a_leak(profiling: bool) -> (Agent, Spawned, Spawned) {
+    let mut args = vec![
+        "--no-task-socket",
+        "--detector-time-scale",
+        "0.1",
+        "--match",
+        "comm=^(mmap_leak|steady)$",
+        "--limit",
+        "comm=^mmap_leak$:8GiB",
+    ];
+    if profiling {
+        args.push("--enable-profiling");
+    }
+    let agent = Agent::start(&args);
+    let leaker = Spawned::new(Command::new(scenario_bin("mmap_leak")).args([
+        "--leak-kib-per-s",
+        "2048",
+        "--churn-kib-per-s",
+        "4096",
+    ]));
+    let steady = Spawned::new(Command::new(scenario_bin("steady")).args(["--time-scale", "0.1"]));
+    let pid = leaker.pid();
+    wait_for(Duration::from_secs(60), || {
+        agent
+            .process(pid)
+            .filter(|p| p["leak"]["verdict"] == "leaking")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "mmap_leak never called leaking: {:?}\n{}",
+            agent.process(pid),
+            agent.log()
+        )
+    });
+    (agent, leaker, steady)
+}
+
+#[test]
+fn top_shows_sorts_filters_drills_down_and_profiles_a_leak() {
+    if !kernel_tests_enabled("top_shows_sorts_filters_drills_down_and_profiles_a_leak") {
+        return;
+    }
+    let (agent, leaker, steady) = agent_with_a_leak(true);
+    let (lpid, spid) = (leaker.pid(), steady.pid());
+    let url = format!("http://{}", agent.addr);
+    let tmux = Tmux::top(
+        "live",
+        &[
+            "--agent",
+            &url,
+            "--interval",
+            "500ms",
+            "--profile-seconds",
+            "3",
+        ],
+    );
+
+    // The leak, with its verdict, a time to its configured limit, first by time to limit.
+    let screen = tmux.wait(
+        "the leak and the steady process",
+        Duration::from_secs(30),
+        |s| {
+            proc_line(s, lpid).is_some_and(|l| l.contains("leaking"))
+                && proc_line(s, spid).is_some()
+        },
+    );
+    let line = proc_line(&screen, lpid).unwrap();
+    for want in ["mmap_leak", "leaking", "--limit", "/s"] {
+        assert!(line.contains(want), "{want:?} not in {line:?}\n{screen}");
+    }
+    assert!(screen.contains("TO LIMIT↑"), "{screen}");
+    assert_eq!(proc_order(&screen, &[lpid, spid]), [lpid, spid], "{screen}");
+    assert!(screen.lines().count() <= 24);
+
+    // Sort by name, then the same key reverses it.
+    tmux.keys(&["n"]);
+    tmux.wait("sorted by name", Duration::from_secs(10), |s| {
+        s.contains("NAME↑") && proc_order(s, &[lpid, spid]) == [lpid, spid]
+    });
+    tmux.keys(&["n"]);
+    tmux.wait("reversed by name", Duration::from_secs(10), |s| {
+        s.contains("NAME↓") && proc_order(s, &[lpid, spid]) == [spid, lpid]
+    });
+
+    // `/` filters to the steady process alone; Esc brings the leak back.
+    tmux.keys(&["/"]);
+    tmux.type_text("steady");
+    tmux.keys(&["Enter"]);
+    tmux.wait("only steady", Duration::from_secs(10), |s| {
+        s.contains("/steady") && proc_line(s, spid).is_some() && proc_line(s, lpid).is_none()
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait("the filter cleared", Duration::from_secs(10), |s| {
+        proc_line(s, lpid).is_some()
+    });
+
+    // Drill down: filtered to the leak, it is the only row; Enter opens its evidence.
+    tmux.keys(&["/"]);
+    tmux.type_text(&lpid.to_string());
+    tmux.keys(&["Enter"]);
+    tmux.wait("only the leak", Duration::from_secs(10), |s| {
+        proc_line(s, lpid).is_some() && proc_line(s, spid).is_none()
+    });
+    tmux.keys(&["Enter"]);
+    let detail = tmux.wait("the leak's details", Duration::from_secs(10), |s| {
+        s.contains(&format!("mmap_leak pid {lpid}")) && s.contains("history")
+    });
+    for want in [
+        "verdict leaking",
+        "limit 8.0G (--limit), reached in",
+        "p takes a 3s profile",
+    ] {
+        assert!(detail.contains(want), "{want:?} not in:\n{detail}");
+    }
+
+    // p takes a growth profile and shows its top stacks in place: the leaking path.
+    tmux.keys(&["p"]);
+    tmux.wait("a profile running", Duration::from_secs(10), |s| {
+        s.contains(&format!("taking a growth profile of pid {lpid}"))
+    });
+    let profile = tmux.wait("the profile's stacks", Duration::from_secs(90), |s| {
+        s.contains(&format!("growth profile of pid {lpid}, top stacks:"))
+            || s.contains("no profile")
+    });
+    assert!(profile.contains("map_and_keep"), "{profile}");
+
+    // Back (one key at a time: a terminal reads two Escs at once as Alt+Esc) to the table,
+    // help, and q quits.
+    tmux.keys(&["Escape"]);
+    tmux.wait("the details again", Duration::from_secs(10), |s| {
+        s.contains("p takes a 3s profile")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait("the table again", Duration::from_secs(10), |s| {
+        s.contains("KIND")
+    });
+    tmux.keys(&["?"]);
+    tmux.wait("the help", Duration::from_secs(10), |s| {
+        s.contains("this help")
+    });
+    tmux.keys(&["q"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || (!tmux.alive()).then_some(())).is_some(),
+        "top did not exit on q:\n{}",
+        tmux.screen()
+    );
+}
+
+#[test]
+fn top_once_prints_a_snapshot_and_says_when_profiling_is_off() {
+    if !kernel_tests_enabled("top_once_prints_a_snapshot_and_says_when_profiling_is_off") {
+        return;
+    }
+    let (agent, leaker, _steady) = agent_with_a_leak(false);
+    let lpid = leaker.pid();
+    let url = format!("http://{}", agent.addr);
+
+    // --once, and the same without it when stdout is a pipe.
+    for args in [
+        &["top", "--once", "--agent", &url][..],
+        &["top", "--agent", &url],
+    ] {
+        let out = Command::new(agent_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with(&format!("leakscope top · {url} · ")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.lines().nth(1).unwrap().starts_with("KIND"),
+            "{stdout}"
+        );
+        let line =
+            proc_line(&stdout, lpid).unwrap_or_else(|| panic!("no row for {lpid}:\n{stdout}"));
+        for want in ["mmap_leak", "leaking", "--limit"] {
+            assert!(line.contains(want), "{want:?} not in {line:?}");
+        }
+        assert!(
+            !stdout.contains('\x1b'),
+            "escape codes in a pipe: {stdout:?}"
+        );
+    }
+
+    // The profile key on an agent without --enable-profiling says so, in place.
+    let tmux = Tmux::top("noprof", &["--agent", &url, "--filter", &lpid.to_string()]);
+    tmux.wait("the leak", Duration::from_secs(30), |s| {
+        proc_line(s, lpid).is_some()
+    });
+    tmux.keys(&["p"]);
+    let screen = tmux.wait("the refusal", Duration::from_secs(30), |s| {
+        s.contains(&format!("no profile of pid {lpid}"))
+    });
+    assert!(screen.contains("--enable-profiling"), "{screen}");
+}
+
+#[test]
+fn without_an_agent_top_says_how_to_start_one() {
+    // No kernel access needed: nothing listens at the port.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let tmux = Tmux::top("noagent", &["--agent", &url, "--interval", "500ms"]);
+    let screen = tmux.wait("the no-agent message", Duration::from_secs(20), |s| {
+        s.contains("sudo leakscope run")
+    });
+    assert!(
+        screen.contains(&format!("No leakscope agent is listening at {url}.")),
+        "{screen}"
+    );
+    assert!(screen.contains("cargo xtask run"), "{screen}");
+    tmux.keys(&["q"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || (!tmux.alive()).then_some(())).is_some(),
+        "top did not exit on q"
+    );
+
+    let out = Command::new(agent_bin())
+        .args(["top", "--once", "--agent", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no leakscope agent is listening"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sudo leakscope run"), "{stderr}");
+}
