@@ -8,7 +8,8 @@ use std::{
 };
 
 use integration_tests::{
-    Agent, Spawned, agent_bin, free_port, kernel_tests_enabled, scenario_bin, wait_for,
+    Agent, Spawned, agent_bin, free_port, kernel_tests_enabled, scenario_bin, scenarios_dir,
+    wait_for,
 };
 
 /// A tmux server of the test's own (its own socket), killed when dropped.
@@ -318,6 +319,87 @@ fn top_once_prints_a_snapshot_and_says_when_profiling_is_off() {
         s.contains(&format!("no profile of pid {lpid}"))
     });
     assert!(screen.contains("--enable-profiling"), "{screen}");
+}
+
+#[test]
+fn top_drills_down_from_a_recycling_pool_to_its_children() {
+    if !kernel_tests_enabled("top_drills_down_from_a_recycling_pool_to_its_children") {
+        return;
+    }
+    // The pool of leaks.rs: children leak and recycle themselves before any verdict of their
+    // own; only the recycles show it.
+    let agent = Agent::start(&[
+        "--no-task-socket",
+        "--detector-time-scale",
+        "0.1",
+        "--match",
+        "cmdline=prefork_pool",
+    ]);
+    let pool = Spawned::new(
+        Command::new("python3")
+            .arg(scenarios_dir().join("python/prefork_pool.py"))
+            .args(["--workers", "2", "--rate-mib-per-min", "30"])
+            .args(["--max-memory-per-child-mib", "48", "--time-scale", "0.1"]),
+    );
+    let parent = pool.pid();
+    let name = wait_for(Duration::from_secs(60), || {
+        let pools: leakscope_api::PoolsResponse =
+            serde_json::from_str(&agent.get(leakscope_api::paths::POOLS).1).ok()?;
+        pools
+            .pools
+            .into_iter()
+            .find(|p| p.parent_pid == parent && p.leak_suspected)
+            .map(|p| p.pool)
+    })
+    .unwrap_or_else(|| panic!("pool never suspected:\n{}", agent.log()));
+
+    let url = format!("http://{}", agent.addr);
+    // Filtered by the pool's name: the pool, then its processes.
+    let tmux = Tmux::top(
+        "pool",
+        &["--agent", &url, "--interval", "500ms", "--filter", &name],
+    );
+    let screen = tmux.wait("the suspected pool", Duration::from_secs(30), |s| {
+        s.lines()
+            .any(|l| l.contains(&format!("pool {name}")) && l.contains("suspect"))
+    });
+    assert!(
+        screen
+            .lines()
+            .nth(2)
+            .is_some_and(|l| l.starts_with(">pool")),
+        "the pool is the first row, selected:\n{screen}"
+    );
+    tmux.keys(&["Enter"]);
+    let pool_screen = tmux.wait("the pool's recycles", Duration::from_secs(10), |s| {
+        s.contains(&format!("worker pool {name}:")) && s.contains("recent recycles")
+    });
+    assert!(pool_screen.contains("LEAK SUSPECTED"), "{pool_screen}");
+    assert!(pool_screen.contains("clean"), "{pool_screen}");
+
+    // A child: children live seconds and recycle together, so the list may be empty or its
+    // row gone by the time Enter arrives; then try again from the pool's screen.
+    let detail = |s: &str| s.contains(&format!("in: worker pool {name}")) && s.contains(" pid ");
+    let child = wait_for(Duration::from_secs(90), || {
+        tmux.wait("a child listed", Duration::from_secs(30), |s| {
+            s.contains("recent recycles") && s.lines().any(is_proc_row)
+        });
+        tmux.keys(&["Enter"]);
+        let opened = wait_for(Duration::from_secs(3), || {
+            Some(tmux.screen()).filter(|s| detail(s) || !s.contains("recent recycles"))
+        })?;
+        if detail(&opened) {
+            return Some(opened);
+        }
+        // It had exited: back to the pool.
+        tmux.keys(&["Escape"]);
+        None
+    })
+    .unwrap_or_else(|| panic!("no child opened:\n{}", tmux.screen()));
+    assert!(
+        child.contains(&format!("(parent {parent})")),
+        "a child of the pool's parent:\n{child}"
+    );
 }
 
 #[test]

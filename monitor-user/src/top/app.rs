@@ -43,7 +43,10 @@ pub enum Connection {
 /// A profile's progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Profile {
-    Running { seconds: u64 },
+    /// For `seconds`; None reads what the agent sampled on its own (`--auto-growth`).
+    Running {
+        seconds: Option<u64>,
+    },
     Done(String),
     Failed(String),
 }
@@ -53,8 +56,11 @@ pub enum Profile {
 pub enum Action {
     None,
     Quit,
-    /// Take a growth profile of this pid.
-    Profile(u32),
+    /// Take a growth profile of this pid, for `seconds` (None: what the agent has sampled).
+    Profile {
+        pid: u32,
+        seconds: Option<u64>,
+    },
     /// Fetch this pid's RSS history.
     History(u32),
 }
@@ -284,13 +290,13 @@ impl App {
                     }
                     // A profile already running for it is not asked for twice.
                     if !matches!(&self.profile, Some((p, Profile::Running { .. })) if *p == pid) {
-                        self.profile = Some((
-                            pid,
-                            Profile::Running {
-                                seconds: self.profile_seconds,
-                            },
-                        ));
-                        return Action::Profile(pid);
+                        // A process the agent samples already is answered from its samples.
+                        let sampled = self.snapshot.as_ref().is_some_and(|s| {
+                            s.processes.iter().any(|p| p.pid == pid && p.growth_sampled)
+                        });
+                        let seconds = (!sampled).then_some(self.profile_seconds);
+                        self.profile = Some((pid, Profile::Running { seconds }));
+                        return Action::Profile { pid, seconds };
                     }
                 }
             }
@@ -383,12 +389,28 @@ mod tests {
         );
         assert_eq!(press(&mut app, "\n"), [Action::History(101)]);
         assert_eq!(*app.screen(), Screen::Process(101));
-        assert_eq!(press(&mut app, "p"), [Action::Profile(101)]);
+        assert_eq!(
+            press(&mut app, "p"),
+            [Action::Profile {
+                pid: 101,
+                seconds: Some(5)
+            }]
+        );
         assert_eq!(*app.screen(), Screen::Profile(101));
         // Pressed again while running: no second request.
         assert_eq!(press(&mut app, "p"), [Action::None]);
         app.profile = Some((101, Profile::Done("stacks".into())));
-        assert_eq!(press(&mut app, "p"), [Action::Profile(101)], "a new one");
+        let mut sampled = snapshot();
+        sampled.processes[1].growth_sampled = true;
+        app.set_snapshot(sampled);
+        assert_eq!(
+            press(&mut app, "p"),
+            [Action::Profile {
+                pid: 101,
+                seconds: None
+            }],
+            "a new one, from what the agent sampled"
+        );
         press(&mut app, "\x1b\x1b");
         assert_eq!(
             *app.screen(),

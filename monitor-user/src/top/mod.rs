@@ -140,7 +140,7 @@ async fn live(client: AgentClient, args: TopArgs) -> anyhow::Result<()> {
                 Event::Key(key) => match app.key(key) {
                     Action::Quit => return Ok(()),
                     Action::None => {}
-                    Action::Profile(pid) => spawn_profile(&client, &tx, pid, args.profile_seconds),
+                    Action::Profile { pid, seconds } => spawn_profile(&client, &tx, pid, seconds),
                     Action::History(pid) => spawn_history(&client, &tx, pid),
                 },
                 Event::Redraw => {}
@@ -187,23 +187,28 @@ fn read_terminal(tx: &mpsc::UnboundedSender<Event>, stop: &std::sync::atomic::At
     }
 }
 
-/// Asks for `/debug/pprof/growth` as text (the table `investigate` prints: top stacks).
-fn spawn_profile(client: &AgentClient, tx: &mpsc::UnboundedSender<Event>, pid: u32, seconds: u64) {
+/// Asks for `/debug/pprof/growth` as text (the table `investigate` prints: top stacks), over
+/// `seconds`, or without them for a process the agent samples already (answered at once).
+fn spawn_profile(
+    client: &AgentClient,
+    tx: &mpsc::UnboundedSender<Event>,
+    pid: u32,
+    seconds: Option<u64>,
+) {
     let (client, tx) = (client.clone(), tx.clone());
     tokio::spawn(async move {
-        let path = format!("/debug/pprof/growth?pid={pid}&seconds={seconds}&format=txt");
+        let path = match seconds {
+            Some(s) => format!("/debug/pprof/growth?pid={pid}&seconds={s}&format=txt"),
+            None => format!("/debug/pprof/growth?pid={pid}&format=txt"),
+        };
         // The agent answers after `seconds`, plus the time to symbolize.
-        let within = Duration::from_secs(seconds) + Duration::from_secs(60);
+        let within = Duration::from_secs(seconds.unwrap_or(0)) + Duration::from_secs(60);
         let result = client
             .get_bytes_within(&path, within)
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|e| match e {
-                ClientError::NotFound { .. } | ClientError::Status { .. } => {
-                    format!("profiling is not available on this agent: {e}")
-                }
-                e => e.to_string(),
-            });
+            // The agent's reason says what is off (profiling, who may profile what).
+            .map_err(|e| e.to_string());
         let _ = tx.send(Event::Profile(pid, result));
     });
 }

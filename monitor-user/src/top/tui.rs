@@ -277,9 +277,14 @@ fn process(frame: &mut Frame, area: Rect, app: &mut App, pid: u32) {
 fn profile(frame: &mut Frame, area: Rect, app: &mut App, pid: u32) {
     let lines = match &app.profile {
         Some((p, state)) if *p == pid => match state {
-            Profile::Running { seconds } => vec![format!(
+            Profile::Running {
+                seconds: Some(seconds),
+            } => vec![format!(
                 "taking a growth profile of pid {pid} for {seconds}s (page faults that add RSS, \
                  by stack) …"
+            )],
+            Profile::Running { seconds: None } => vec![format!(
+                "reading the growth stacks the agent has sampled of pid {pid} …"
             )],
             Profile::Done(body) => {
                 let mut out = vec![format!("growth profile of pid {pid}, top stacks:")];

@@ -312,9 +312,9 @@ pub fn sort(rows: &mut [Row], by: SortBy, reverse: bool) {
             SortBy::TimeToLimit => cmp_f64(a.time_to_limit, b.time_to_limit),
             SortBy::Rss => b.resident_bytes.cmp(&a.resident_bytes),
             SortBy::Rate => cmp_f64(b.rate, a.rate),
-            SortBy::Verdict => severity(b.verdict)
-                .cmp(&severity(a.verdict))
-                .then(b.pool_suspected.cmp(&a.pool_suspected))
+            SortBy::Verdict => attention(b)
+                .cmp(&attention(a))
+                .then(severity(b.verdict).cmp(&severity(a.verdict)))
                 .then(cmp_f64(b.confidence, a.confidence)),
             SortBy::Name => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
         };
@@ -424,11 +424,23 @@ pub fn rate(r: Option<f64>) -> String {
     format!("{sign}{}/{per}", bytes(value as u64))
 }
 
+/// A pool suspected from its recycles says so, unless a child is called leaking outright:
+/// its children may each look stable, living too short for a verdict of their own.
 pub fn verdict(row: &Row) -> String {
     match (row.verdict, row.pool_suspected) {
-        (Some(v), _) => v.as_str().into(),
-        (None, true) => "suspect".into(),
+        (Some(Verdict::Leaking), _) => Verdict::Leaking.as_str().into(),
+        (_, true) => "suspect".into(),
+        (Some(v), false) => v.as_str().into(),
         (None, false) => "-".into(),
+    }
+}
+
+/// How much a row asks for attention: its verdict, a suspected pool as much as a leak.
+fn attention(row: &Row) -> u8 {
+    if row.pool_suspected {
+        severity(Some(Verdict::Leaking))
+    } else {
+        severity(row.verdict)
     }
 }
 
@@ -651,6 +663,11 @@ pub(crate) mod tests {
         assert_eq!(svc.rate, Some(2.0 * MIB as f64 + 1000.0));
         let pool = rows.iter().find(|r| r.name == "100/celery").unwrap();
         assert_eq!((pool.members, pool.recycles), (Some(2), Some(3)));
+        assert_eq!(
+            verdict(pool),
+            "leaking",
+            "a child called leaking outright says so"
+        );
         // A pool with no live child still shows, suspected from its recycles.
         let rq = rows.iter().find(|r| r.name == "300/rq").unwrap();
         assert_eq!((rq.members, rq.resident_bytes), (Some(0), 0));
