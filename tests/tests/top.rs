@@ -433,3 +433,102 @@ fn without_an_agent_top_says_how_to_start_one() {
     );
     assert!(stderr.contains("sudo leakscope run"), "{stderr}");
 }
+
+/// An agent behind TLS and basic auth (`--web-config-file`): top needs the CA and a user,
+/// and says which is missing.
+#[test]
+fn top_logs_in_to_an_agent_with_tls_and_basic_auth() {
+    if !kernel_tests_enabled("top_logs_in_to_an_agent_with_tls_and_basic_auth") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakscope-top-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    std::fs::write(dir.join("server.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), ck.signing_key.serialize_pem()).unwrap();
+    let ca = dir.join("server.crt");
+    let password = "correct horse battery staple";
+    let config = dir.join("web.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             basic_auth_users:\n  oncall: {}\n",
+            bcrypt::hash(password, 4).unwrap()
+        ),
+    )
+    .unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "not it\n").unwrap();
+
+    let port = free_port();
+    let mut agent = Spawned::new(
+        Command::new(agent_bin())
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--no-task-socket", "--interval", "200ms"])
+            .arg("--web-config-file")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let top = |args: &[&str], env_password: Option<&str>| {
+        let mut c = Command::new(agent_bin());
+        c.args(["top", "--once", "--agent", &url]).args(args);
+        c.env_remove("LEAKSCOPE_PASSWORD");
+        if let Some(p) = env_password {
+            c.env("LEAKSCOPE_PASSWORD", p);
+        }
+        c.output().unwrap()
+    };
+    let ca_arg = ca.display().to_string();
+    let ok = wait_for(Duration::from_secs(30), || {
+        let out = top(&["--ca-file", &ca_arg, "--user", "oncall"], Some(password));
+        out.status.success().then_some(out)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "top never logged in: {}",
+            text(&top(
+                &["--ca-file", &ca_arg, "--user", "oncall"],
+                Some(password)
+            ))
+        )
+    });
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.starts_with(&format!("leakscope top · {url} · ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("KIND NAME"), "{stdout}");
+
+    let refused = text(&top(&["--ca-file", &ca_arg], None));
+    assert!(refused.contains("asks for credentials"), "{refused}");
+    assert!(refused.contains("--password-file"), "{refused}");
+    let wrong_arg = wrong.display().to_string();
+    let refused = text(&top(
+        &[
+            "--ca-file",
+            &ca_arg,
+            "--user",
+            "oncall",
+            "--password-file",
+            &wrong_arg,
+        ],
+        None,
+    ));
+    assert!(
+        refused.contains("the user or password is wrong"),
+        "{refused}"
+    );
+    let untrusted = text(&top(&["--user", "oncall"], Some(password)));
+    assert!(untrusted.contains("--ca-file"), "{untrusted}");
+    // A clean stop (SIGTERM) rather than the guard's SIGKILL.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(10), || {
+        agent.child.try_wait().ok().flatten()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
