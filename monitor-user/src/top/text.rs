@@ -37,7 +37,7 @@ pub fn render(agent: &str, snapshot: &Snapshot, filter: &str) -> String {
             } else {
                 usize::from(width)
             };
-            let cell = view::fit(cell, width);
+            let cell = view::fit(&view::printable(cell), width);
             if i > 0 {
                 l.push(' ');
             }
@@ -60,7 +60,7 @@ pub fn render(agent: &str, snapshot: &Snapshot, filter: &str) -> String {
         out.push('\n');
     }
     for p in &snapshot.problems {
-        let _ = writeln!(out, "note: {p}");
+        let _ = writeln!(out, "note: {}", view::printable(p));
     }
     out
 }
@@ -97,6 +97,9 @@ mod tests {
         assert!(leaking[..pid_end].ends_with("101"), "{text}");
         let filtered = render("x", &snapshot(), "gunicorn");
         assert_eq!(filtered.lines().count(), 3, "{filtered}");
+        let mut evil = snapshot();
+        evil.processes[0].comm = "x\x1b[2Jy".into();
+        assert!(!render("x", &evil, "").contains('\x1b'));
         let empty = render("x", &Snapshot::default(), "");
         assert!(empty.contains("watches no process yet"), "{empty}");
     }

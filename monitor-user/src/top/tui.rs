@@ -101,7 +101,7 @@ fn title_line(app: &App) -> Line<'static> {
             line.push('_');
         }
     }
-    Line::from(line)
+    Line::from(view::printable(&line))
 }
 
 fn keys_line(app: &App) -> String {
@@ -119,7 +119,10 @@ fn keys_line(app: &App) -> String {
 }
 
 fn message(frame: &mut Frame, area: Rect, lines: &[String]) {
-    let text: Vec<Line> = lines.iter().map(|l| Line::from(l.clone())).collect();
+    let text: Vec<Line> = lines
+        .iter()
+        .map(|l| Line::from(view::printable(l)))
+        .collect();
     frame.render_widget(
         Paragraph::new(text)
             .wrap(Wrap { trim: false })
@@ -132,7 +135,11 @@ fn message(frame: &mut Frame, area: Rect, lines: &[String]) {
 fn text(frame: &mut Frame, area: Rect, lines: Vec<String>, first: usize) {
     let shown = usize::from(area.height);
     let first = first.min(lines.len().saturating_sub(shown));
-    let text: Vec<Line> = lines.into_iter().skip(first).map(Line::from).collect();
+    let text: Vec<Line> = lines
+        .into_iter()
+        .skip(first)
+        .map(|l| Line::from(view::printable(&l)))
+        .collect();
     frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: false }), area);
 }
 
@@ -226,10 +233,11 @@ fn table<'a>(rows: &[Row], app: &App) -> Table<'a> {
 pub const SELECTED: &str = ">";
 
 fn cell<'a>(text: &str, width: u16, right: bool) -> Cell<'a> {
+    let text = view::printable(text);
     if right && width > 0 {
         Cell::from(format!("{text:>w$}", w = usize::from(width)))
     } else {
-        Cell::from(text.to_string())
+        Cell::from(text)
     }
 }
 

@@ -502,6 +502,15 @@ pub fn cells(row: &Row) -> [String; 9] {
     ]
 }
 
+/// `s` safe to put on a terminal: process and task names, image names and symbols come from
+/// the processes being watched, and a control character in them (an escape sequence in a
+/// `comm` set with prctl) must not reach the terminal. Each shows as `?`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Cuts `s` to `width` characters, marking the cut with `…`.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -769,6 +778,7 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(fit("worker_wrapper.service", 10), "worker_wr…");
+        assert_eq!(printable("evil\x1b]0;owned\x07"), "evil?]0;owned?");
         assert_eq!(fit("short", 10), "short");
     }
 }
