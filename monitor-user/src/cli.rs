@@ -377,6 +377,25 @@ mod tests {
     }
 
     #[test]
+    fn top_defaults_to_the_local_agent_and_refuses_bad_values() {
+        let Command::Top(top) = parse(&["top"]).unwrap().command else {
+            panic!("not top")
+        };
+        assert_eq!(top.client.agent, "http://127.0.0.1:9633");
+        assert_eq!(top.client.timeout, Duration::from_secs(10));
+        assert_eq!(
+            (top.interval, top.profile_seconds),
+            (Duration::from_secs(2), 10)
+        );
+        assert!(!top.once && top.client.user.is_none());
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["top", "--interval", "10ms"]).contains("out of range"));
+        assert!(err(&["top", "--timeout", "0s"]).contains("out of range"));
+        assert!(err(&["top", "--profile-seconds", "0"]).contains("not in 1..=120"));
+        assert!(err(&["top", "--password", "x"]).contains("unexpected argument"));
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_reason() {
         let err = |a: &[&str]| parse(a).unwrap_err().to_string();
         assert!(err(&["run", "--bogus"]).contains("--bogus"));

@@ -48,9 +48,11 @@ pub struct TopArgs {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_millis(200) {
-        return Err("at least 200ms: the agent samples no faster".into());
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 1s, 5s)"))?;
+    if d < Duration::from_millis(200) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "`{s}` is out of range: use 200ms (the agent samples no faster) to 1h"
+        ));
     }
     Ok(d)
 }
