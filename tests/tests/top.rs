@@ -403,6 +403,79 @@ fn top_drills_down_from_a_recycling_pool_to_its_children() {
 }
 
 #[test]
+fn top_shows_the_task_types_a_process_ran() {
+    if !kernel_tests_enabled("top_shows_the_task_types_a_process_ran") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakscope-top-tasks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("tasks.sock");
+    let agent = Agent::start(&[
+        "--task-socket",
+        &socket.to_string_lossy(),
+        "--match",
+        "cmdline=top_task_types_worker",
+    ]);
+    // A worker that sends task markers (the wire format of integrations/PROTOCOL.md) around
+    // 30 jobs of each of two types, then stays to be looked at. What each run retains is the
+    // agent's measurement (tasks.rs checks it); here, that top lists both with their verdicts.
+    let script = r#"
+import socket, sys, time  # top_task_types_worker
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+kept = []
+for i in range(30):
+    for task in ("app.leaky", "app.clean"):
+        s.sendto(b"LS1 begin %s job=%d" % (task.encode(), i), sys.argv[1])
+        block = bytearray(b"x" * (1 << 20))
+        if task == "app.leaky":
+            kept.append(block)
+        del block
+        s.sendto(b"LS1 end %s job=%d" % (task.encode(), i), sys.argv[1])
+        time.sleep(0.02)
+time.sleep(600)
+"#;
+    let worker = Spawned::new(Command::new("python3").args(["-c", script]).arg(&socket));
+    let pid = worker.pid();
+    wait_for(Duration::from_secs(30), || {
+        let (_, body) = agent.get(leakscope_api::paths::TASKS);
+        let tasks: leakscope_api::TasksResponse = serde_json::from_str(&body).ok()?;
+        let done = tasks
+            .tasks
+            .iter()
+            .filter(|t| t.runs == 30 && t.recent_jobs.iter().any(|j| j.pid == pid))
+            .count();
+        (done == 2 && agent.process(pid).is_some()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no jobs of pid {pid}:\n{}", agent.log()));
+
+    let url = format!("http://{}", agent.addr);
+    let tmux = Tmux::top("tasks", &["--agent", &url, "--filter", &pid.to_string()]);
+    tmux.wait("the worker", Duration::from_secs(30), |s| {
+        proc_line(s, pid).is_some()
+    });
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait("its task types", Duration::from_secs(10), |s| {
+        s.contains("task types (TASK") && s.contains("app.clean")
+    });
+    let line = |name: &str| {
+        screen
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}:\n{screen}"))
+            .to_string()
+    };
+    for name in ["app.leaky", "app.clean"] {
+        let l = line(name);
+        assert!(l.contains(" 30 "), "30 runs: {l}");
+        assert!(
+            l.contains(": ") && (l.contains("LEAK SUSPECTED") || l.contains(" ok")),
+            "{l}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn without_an_agent_top_says_how_to_start_one() {
     // No kernel access needed: nothing listens at the port.
     let url = format!("http://127.0.0.1:{}", free_port());
