@@ -631,7 +631,6 @@ mod tests {
 
     #[tokio::test]
     async fn speaks_https_with_the_given_ca() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let dir = std::env::temp_dir().join(format!("leakscope-client-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

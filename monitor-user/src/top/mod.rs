@@ -146,7 +146,13 @@ async fn live(client: AgentClient, args: TopArgs) -> anyhow::Result<()> {
                     Action::History(pid) => spawn_history(&client, &tx, pid),
                 },
                 Event::Redraw => {}
-                Event::Snapshot(Ok(s)) => app.set_snapshot(s),
+                Event::Snapshot(Ok(s)) => {
+                    app.set_snapshot(s);
+                    // The history on screen follows the table's refreshes.
+                    if let app::Screen::Process(pid) = app.screen() {
+                        spawn_history(&client, &tx, *pid);
+                    }
+                }
                 Event::Snapshot(Err(e)) if e.is_not_running() => app.set_not_running(),
                 Event::Snapshot(Err(e)) => app.set_failure(e.to_string()),
                 Event::Profile(pid, result) => {
