@@ -12,22 +12,26 @@ use integration_tests::{
     wait_for,
 };
 
-/// A tmux server of the test's own (its own socket), killed when dropped.
+/// A tmux server of the test's own (its own socket), killed and its socket removed when
+/// dropped.
 struct Tmux {
-    socket: String,
+    socket: std::path::PathBuf,
 }
 
 impl Tmux {
     /// Starts `leakscope top ARGS` in an 80×24 window.
     fn top(name: &str, args: &[&str]) -> Self {
-        let socket = format!("leakscope-top-{}-{name}", std::process::id());
+        let socket =
+            std::env::temp_dir().join(format!("leakscope-top-{}-{name}", std::process::id()));
         let mut command = vec![
             shell_quote(&agent_bin().display().to_string()),
             "top".into(),
         ];
         command.extend(args.iter().map(|a| shell_quote(a)));
         let out = Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
+            .arg("-S")
+            .arg(&socket)
+            .args(["-f", "/dev/null", "new-session", "-d"])
             .args(["-x", "80", "-y", "24", "-s", "top"])
             // No environment of the caller's shell: a plain terminal type crossterm knows.
             .env("TERM", "xterm-256color")
@@ -43,7 +47,8 @@ impl Tmux {
 
     fn run(&self, args: &[&str]) -> Output {
         Command::new("tmux")
-            .args(["-L", &self.socket])
+            .arg("-S")
+            .arg(&self.socket)
             .args(args)
             .output()
             .expect("tmux")
@@ -80,6 +85,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
