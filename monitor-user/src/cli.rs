@@ -28,6 +28,9 @@ pub enum Command {
     /// memory history, evidence and growth flame graphs, pools, task verdicts, OOM kills, and
     /// the host's memory.
     Report(ReportArgs),
+    /// A live terminal view of a running agent: groups and processes by time to their memory
+    /// limit, with verdicts, drill-downs and growth profiles. --once prints one snapshot.
+    Top(crate::top::TopArgs),
     /// For `cargo xtask bench overhead`: hold empty programs on the agent's hot tracepoints.
     #[command(hide = true)]
     BenchFloor,
@@ -402,6 +405,25 @@ mod tests {
             !run.enable_profiling && !run.expose_api,
             "off the network by default"
         );
+    }
+
+    #[test]
+    fn top_defaults_to_the_local_agent_and_refuses_bad_values() {
+        let Command::Top(top) = parse(&["top"]).unwrap().command else {
+            panic!("not top")
+        };
+        assert_eq!(top.client.agent, "http://127.0.0.1:9633");
+        assert_eq!(top.client.timeout, Duration::from_secs(10));
+        assert_eq!(
+            (top.interval, top.profile_seconds),
+            (Duration::from_secs(2), 10)
+        );
+        assert!(!top.once && top.client.user.is_none());
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["top", "--interval", "10ms"]).contains("out of range"));
+        assert!(err(&["top", "--timeout", "0s"]).contains("out of range"));
+        assert!(err(&["top", "--profile-seconds", "0"]).contains("not in 1..=120"));
+        assert!(err(&["top", "--password", "x"]).contains("unexpected argument"));
     }
 
     #[test]

@@ -56,8 +56,16 @@ pub struct ClientOptions {
     pub ca_file: Option<PathBuf>,
     /// Longest wait for one answer of the agent.
     #[arg(long = "timeout", value_name = "DURATION", default_value = "10s",
-          value_parser = humantime::parse_duration)]
+          value_parser = parse_timeout)]
     pub timeout: Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 5s, 1m)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err(format!("`{s}` is out of range: use 100ms to 10m"));
+    }
+    Ok(d)
 }
 
 impl Default for ClientOptions {

@@ -17,4 +17,5 @@ pub mod report;
 pub mod shutdown;
 pub mod tasks;
 pub mod threads;
+pub mod top;
 pub mod wire;

@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
                 monitor_user::investigate::command::run(args.into()).await
             }
             Command::Report(args) => Ok(monitor_user::report::run(args.into()).await?),
+            Command::Top(args) => monitor_user::top::run(args).await,
             Command::BenchFloor => monitor_user::floor::run().await,
         }
     });

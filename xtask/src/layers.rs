@@ -18,7 +18,7 @@ const KERNEL_LAYER: &str = "bpf";
 /// monitor-user's top-level modules, from the entry points down. A module may use modules
 /// of its own layer (without a cycle) or of any layer below, never one above.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("entry points", &["agent", "cli", "floor", "report"]),
+    ("entry points", &["agent", "cli", "floor", "report", "top"]),
     ("http", &["http", "client"]),
     ("metrics", &["metrics"]),
     ("features", &["tasks", "threads", "investigate", "wire"]),

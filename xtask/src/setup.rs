@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     // tests/tests/report.rs: the incident report rendered by headless Chromium.
     ("chromium", "chromium"),
+    // tests/tests/top.rs: `leakscope top` runs in a real terminal, read back with capture-pane.
+    ("tmux", "tmux"),
 ];
 
 /// What `cargo xtask bench alloc` drives besides the agent: the C benchmark's toolchain, the
