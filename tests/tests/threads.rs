@@ -247,3 +247,138 @@ fn a_uprobe_the_kernel_refuses_turns_mapped_bytes_off_for_that_process_and_says_
     assert!(p.is_some(), "{:#?}", agent.process(target.pid));
     assert_eq!(agent.get("/healthz").1.trim(), "ok");
 }
+
+/// tests/scripts/static_mapper.c built static into a directory of the test's own, stripped
+/// of its symbols or not.
+fn static_mapper(dir: &std::path::Path, name: &str, strip: bool) -> PathBuf {
+    let out = dir.join(name);
+    let mut cc = Command::new("cc");
+    cc.args(["-static", "-O1", "-o"])
+        .arg(&out)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/static_mapper.c"));
+    if strip {
+        cc.arg("-s");
+    }
+    let status = cc
+        .status()
+        .expect("cc (cargo xtask setup --tests installs gcc)");
+    assert!(status.success(), "cc -static failed (libc6-dev has libc.a)");
+    out
+}
+
+/// A static binary: started, then answered `ready`.
+struct Static {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Static {
+    fn spawn(bin: &std::path::Path) -> Self {
+        let mut child = Command::new(bin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the static mapper");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn map(&mut self) {
+        writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("write go");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "mapped");
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_static_binary_is_probed_in_itself_and_a_stripped_one_is_said_to_be_off() {
+    if !kernel_tests_enabled(
+        "a_static_binary_is_probed_in_itself_and_a_stripped_one_is_said_to_be_off",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakscope-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let with_symbols = static_mapper(&dir, "lst-static", false);
+    let stripped = static_mapper(&dir, "lst-stripped", true);
+    let agent = Agent::start(&[
+        "--no-task-socket",
+        "--threads-for",
+        "cmdline=lst-(stati[c]|strippe[d])",
+    ]);
+    let mut own = Static::spawn(&with_symbols);
+    let bare = Static::spawn(&stripped);
+
+    let attached = format!(
+        "per-thread uprobes attached to pid {}: {}",
+        own.pid(),
+        with_symbols.display()
+    );
+    let on = wait_for(Duration::from_secs(20), || {
+        agent.log().contains(&attached).then_some(())
+    });
+    assert!(on.is_some(), "{attached:?} not in:\n{}", agent.log());
+    assert_eq!(uprobes_on(agent.pid(), own.pid()).len(), 8);
+    own.map();
+    let main_thread = u64::from(own.pid());
+    let credited = wait_for(Duration::from_secs(10), || {
+        let p = agent.process(own.pid())?;
+        p["threads"].as_array()?.iter().find_map(|t| {
+            (t["tid"] == main_thread && t["mapped_growth_bytes"].as_i64() >= Some(64 * MIB as i64))
+                .then_some(())
+        })
+    });
+    assert!(
+        credited.is_some(),
+        "{:#?}\n{}",
+        agent.process(own.pid()),
+        agent.log()
+    );
+
+    let said = format!(
+        "per-thread mapped bytes are off for pid {}: pid {} maps no libc and its executable \
+         defines no mmap/munmap",
+        bare.pid(),
+        bare.pid()
+    );
+    let off = wait_for(Duration::from_secs(20), || {
+        agent.log().contains(&said).then_some(())
+    });
+    assert!(off.is_some(), "{said:?} not in:\n{}", agent.log());
+    assert!(uprobes_on(agent.pid(), bare.pid()).is_empty());
+    let api = wait_for(Duration::from_secs(10), || {
+        agent.process(bare.pid()).and_then(|p| {
+            p["threads_mapped_off"]
+                .as_str()
+                .filter(|why| why.contains("no libc"))
+                .map(str::to_string)
+        })
+    });
+    assert!(api.is_some(), "{:#?}", agent.process(bare.pid()));
+    assert_no_syscall_tracepoints(&agent, "with static targets");
+    drop(own);
+    drop(bare);
+    let _ = std::fs::remove_dir_all(&dir);
+}

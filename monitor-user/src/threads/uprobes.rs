@@ -47,6 +47,7 @@ pub fn prepare(
     if let Err(e) = &result {
         log::debug!("per-thread uprobes off: {e}");
     }
+    raise_open_files();
     let status = ProbeStatus {
         name: PROBE_NAME,
         tracepoint: "uprobes on each per-thread target's own libc mmap, munmap, mremap and brk \
@@ -64,6 +65,27 @@ pub fn prepare(
         off: HashMap::new(),
     });
     (status, probes)
+}
+
+/// Each target holds [`LINKS_PER_TARGET`] descriptors: a service's default soft limit (1024)
+/// would run out at about a hundred targets, so the soft limit goes up to the hard one.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::debug!(
+                    "cannot raise RLIMIT_NOFILE: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 /// The probes of each target process; dropping a target's links detaches them.
