@@ -221,7 +221,10 @@ impl Bench {
         cmd
     }
 
-    fn time(&self, w: &Workload) -> Result<f64> {
+    /// Wall seconds the workload reports, and the CPU seconds it (with its reaped children)
+    /// used: on a shared machine its own CPU time moves far less with other load than its wall
+    /// time does.
+    fn time(&self, w: &Workload) -> Result<(f64, f64)> {
         let sender = if w.beside_markers {
             let mut c = self.command(Runner::Python(&["markers"]));
             Some(
@@ -234,17 +237,34 @@ impl Bench {
         };
         let mut cmd = self.command(w.runner);
         pin(&mut cmd, self.cpu);
+        let before = children_cpu();
         let out = util::output(&mut cmd);
+        // Before the sender is reaped: its CPU is not the workload's.
+        let cpu = children_cpu() - before;
         if let Some(mut s) = sender {
             drop(s.stdin.take());
             s.wait()?;
         }
         let out = out?;
-        out.trim()
+        let wall = out
+            .trim()
             .parse()
-            .with_context(|| format!("{} printed {out:?}", w.name))
+            .with_context(|| format!("{} printed {out:?}", w.name))?;
+        Ok((wall, cpu))
     }
 }
+
+/// User + system seconds of this process's reaped children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: a zeroed rusage is valid for getrusage to fill.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `r` is valid for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(r.ru_utime) + secs(r.ru_stime)
+}
+
+impl Bench {}
 
 fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     if !util::is_root() {
@@ -273,8 +293,9 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     for w in &WORKLOADS {
         bench.time(w)?;
     }
-    // times[variant][workload][round]
+    // times[variant][workload][round], wall and the workload's own CPU
     let mut times = vec![vec![Vec::new(); WORKLOADS.len()]; VARIANTS.len()];
+    let mut cpu_times = times.clone();
     let mut idle_cpu = Vec::new();
     let mut idle_rss = 0u64;
     let mut agent_peak = 0u64;
@@ -297,7 +318,9 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
                 idle_rss = idle_rss.max(rss);
             }
             for (i, w) in WORKLOADS.iter().enumerate() {
-                times[v][i].push(bench.time(w)?);
+                let (wall, cpu) = bench.time(w)?;
+                times[v][i].push(wall);
+                cpu_times[v][i].push(cpu);
             }
             if let Some(t) = tracer {
                 let peak = t.stop()?;
@@ -346,6 +369,26 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
             ratio_summary(&times[a][i], &times[b][i]),
             ratio_summary(&times[a][i], &times[f][i]),
             ratio_summary(&times[t][i], &times[b][i]),
+        );
+    }
+    println!();
+    println!(
+        "workload CPU seconds (user+sys of the workload and its children, from rusage: less \
+         moved by other load on the machine than wall time)"
+    );
+    println!(
+        "{:<40} {:>8} {:>8} {:>8}  {:<22} {:<22}",
+        "workload", "baseline", "agent", "threads", "agent/baseline", "threads/baseline"
+    );
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        println!(
+            "{:<40} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22}",
+            w.name,
+            median(&cpu_times[b][i]),
+            median(&cpu_times[a][i]),
+            median(&cpu_times[t][i]),
+            ratio_summary(&cpu_times[a][i], &cpu_times[b][i]),
+            ratio_summary(&cpu_times[t][i], &cpu_times[b][i]),
         );
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;

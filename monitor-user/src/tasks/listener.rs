@@ -262,8 +262,8 @@ impl Listener {
             .features
             .get_mut::<crate::tasks::Tasks>()
             .on_marker(pid, who, &marker, tid, snap);
-        // Only the operator turns per-thread accounting on (it attaches host-wide probes):
-        // for the processes of the uids given with --threads-for-uid.
+        // Only the operator turns per-thread accounting on (each target costs uprobes and
+        // slots): for the processes of the uids given with --threads-for-uid.
         if threads::Threads::of(&state).opted_in(who.uid) && !self.asked.contains(&pid) {
             let changes = threads::request_for_sender(&mut state, pid, who);
             drop(state);

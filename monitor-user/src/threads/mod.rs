@@ -12,8 +12,9 @@
 //! Each uid (and cgroup) holds at most a fair share of the `--max-thread-processes` slots.
 //!
 //! Every interval (and as soon as a process becomes a target) it attaches the probes of new
-//! targets and detaches those of targets gone. It reads the kernel's per-thread map, keeps the top threads of each process
-//! for `/api/v1/processes` and `/metrics`, and prunes entries of processes that are gone.
+//! targets and detaches those of targets gone. It reads the kernel's per-thread map, keeps
+//! the top threads of each process for `/api/v1/processes` and `/metrics`, and prunes entries
+//! of processes that are gone.
 
 pub mod uprobes;
 pub mod wrappers;

@@ -45,7 +45,7 @@ pub struct Site {
     /// other mount namespaces work).
     pub open_path: PathBuf,
     /// (wrapper, file offset), in [`WRAPPERS`] order; wrappers the object lacks are left out.
-    pub offsets: Vec<(&'static str, u64)>,
+    pub offsets: Offsets,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,10 +68,14 @@ pub enum SiteError {
     },
 }
 
-/// Offsets by (device, inode), so the processes of a pool share one parse.
+/// (wrapper, file offset) of an object's wrappers.
+type Offsets = Vec<(&'static str, u64)>;
+
+/// Offsets by (device, inode), so the processes of a pool share one parse; None for an
+/// object that lacks a required wrapper.
 #[derive(Default)]
 pub struct Resolver {
-    cache: HashMap<(u64, u64), Option<Vec<(&'static str, u64)>>>,
+    cache: HashMap<(u64, u64), Option<Offsets>>,
 }
 
 impl Resolver {
@@ -106,7 +110,7 @@ impl Resolver {
         Err(unreadable.unwrap_or(SiteError::NoWrappers { pid }))
     }
 
-    fn offsets(&mut self, path: &Path) -> std::io::Result<Option<Vec<(&'static str, u64)>>> {
+    fn offsets(&mut self, path: &Path) -> std::io::Result<Option<Offsets>> {
         let meta = std::fs::metadata(path)?;
         let key = (meta.dev(), meta.ino());
         if let Some(hit) = self.cache.get(&key) {
@@ -183,7 +187,7 @@ fn executable_objects(pid: u32) -> Result<Vec<(String, PathBuf)>, SiteError> {
 }
 
 /// File offsets of the wrappers an ELF object defines, or None when it lacks a required one.
-pub fn wrapper_offsets(data: &[u8]) -> Option<Vec<(&'static str, u64)>> {
+pub fn wrapper_offsets(data: &[u8]) -> Option<Offsets> {
     let file = object::File::parse(data).ok()?;
     let mut by_name: HashMap<&str, u64> = HashMap::new();
     for sym in file.dynamic_symbols().chain(file.symbols()) {
@@ -230,6 +234,7 @@ mod tests {
         assert_eq!(names, ["mmap", "munmap", "mremap", "brk"]);
         // Distinct functions at distinct places.
         let mut offs: Vec<_> = site.offsets.iter().map(|(_, o)| *o).collect();
+        offs.sort_unstable();
         offs.dedup();
         assert_eq!(offs.len(), 4);
     }
