@@ -7,7 +7,6 @@
 
 use std::{
     collections::HashMap,
-    io::Read as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -28,10 +27,6 @@ pub enum Required {
     Yes,
     No,
 }
-
-/// Objects larger than this are not parsed: libc is about 2 MiB, and a target controls what
-/// it maps.
-const MAX_OBJECT_BYTES: u64 = 256 << 20;
 
 /// Parsed objects kept, keyed by device and inode: a worker pool maps one libc.
 const CACHE_ENTRIES: usize = 32;
@@ -116,14 +111,10 @@ impl Resolver {
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit.clone());
         }
-        if meta.len() > MAX_OBJECT_BYTES {
-            return Ok(None);
-        }
-        let mut data = Vec::with_capacity(meta.len() as usize);
-        std::fs::File::open(path)?
-            .take(MAX_OBJECT_BYTES)
-            .read_to_end(&mut data)?;
-        let found = wrapper_offsets(&data);
+        // Read on demand: only the headers and symbol tables are, never the whole file (a
+        // target chooses what it maps, and the agent's memory is bounded).
+        let cache = object::ReadCache::new(std::fs::File::open(path)?);
+        let found = wrapper_offsets(&cache);
         if self.cache.len() >= CACHE_ENTRIES {
             self.cache.clear();
         }
@@ -187,7 +178,7 @@ fn executable_objects(pid: u32) -> Result<Vec<(String, PathBuf)>, SiteError> {
 }
 
 /// File offsets of the wrappers an ELF object defines, or None when it lacks a required one.
-pub fn wrapper_offsets(data: &[u8]) -> Option<Offsets> {
+pub fn wrapper_offsets<'d, R: object::ReadRef<'d>>(data: R) -> Option<Offsets> {
     let file = object::File::parse(data).ok()?;
     let mut by_name: HashMap<&str, u64> = HashMap::new();
     for sym in file.dynamic_symbols().chain(file.symbols()) {
@@ -213,7 +204,10 @@ pub fn wrapper_offsets(data: &[u8]) -> Option<Offsets> {
 }
 
 /// File offset of a virtual address, as uprobes take it.
-fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
+fn file_offset<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    address: u64,
+) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (start, size) = (seg.address(), seg.size());
         (address >= start && address < start + size).then(|| seg.file_range().0 + address - start)
@@ -243,7 +237,7 @@ mod tests {
     fn an_object_without_mmap_has_no_sites() {
         // The test binary calls mmap through libc but defines none itself.
         let me = std::fs::read("/proc/self/exe").unwrap();
-        assert_eq!(wrapper_offsets(&me), None);
+        assert_eq!(wrapper_offsets(me.as_slice()), None);
     }
 
     #[test]
