@@ -183,6 +183,11 @@ fn the_thread_that_maps_is_named_through_uprobes_on_its_own_libc_only() {
         )
     });
     assert_eq!(threads[0]["tid"], mapper, "{threads:#?}");
+    let calls = agent
+        .metrics()
+        .value("leakscope_probe_events_total", &[("probe", "mem_uprobes")])
+        .unwrap_or(0.0);
+    assert!(calls >= 1.0, "no memory call counted: {calls}");
     assert_eq!(threads[0]["comm"], "mapper", "{threads:#?}");
     for idle in ["idle0", "idle1"] {
         let tid = target.tid(idle);
