@@ -64,6 +64,10 @@ pub struct Process {
     /// Top threads by the memory growth they caused, when the process has per-thread
     /// accounting (it sends task markers, or matches `--threads-for`).
     pub threads: Option<Vec<ThreadGrowth>>,
+    /// Why the threads' mapped bytes are not counted for this process, though it has
+    /// per-thread accounting (no libc to probe, or the kernel refused the uprobes).
+    #[serde(default)]
+    pub threads_mapped_off: Option<String>,
     /// Whether the agent samples this process's growth stacks (`--auto-growth`).
     pub growth_sampled: bool,
 }
@@ -273,6 +277,7 @@ mod tests {
             },
             series: Series::Own,
             threads: None,
+            threads_mapped_off: None,
             growth_sampled: false,
         };
         let r = ProcessesResponse {

@@ -89,10 +89,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     release_freed_memory();
     // Held for the agent's whole life: dropping it detaches the probes.
     let probes = crate::bpf::probes::attach_agent(&kernel, &layout, &args.break_probe);
-    let (syscall_status, syscalls) =
-        crate::threads::prepare(kernel.clone(), &layout.syscalls, &args.break_probe);
+    let (uprobe_status, uprobes) = crate::threads::prepare(kernel.clone(), &args.break_probe);
     state.probes = probes.statuses.clone();
-    state.probes.push(syscall_status);
+    state.probes.push(uprobe_status);
     for p in &state.probes {
         match &p.error {
             None => info!("probe {} attached to {}", p.name, p.tracepoint),
@@ -110,7 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Shared with the task-marker listener, which reads a process's entry at each marker.
     let maps = Arc::new(KernelMaps::take(&kernel).context("opening kernel maps")?);
     let per_job =
-        crate::tasks::run::PerJob::prepare(&kernel, syscalls, &mut state, per_job_config(&args));
+        crate::tasks::run::PerJob::prepare(&kernel, uprobes, &mut state, per_job_config(&args));
     let events = crate::bpf::maps::events(&kernel).context("opening the EVENTS ring buffer")?;
 
     // Seed after attaching, so a process born in between is seen by one or the other.

@@ -257,9 +257,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_tasks: u32,
 
-    /// Per-thread accounting for processes that match (same syntax as --match). It attaches
-    /// host-wide syscalls:* tracepoints while any process has it (every syscall on the host
-    /// takes the kernel's slow path), so it is never turned on by task markers alone: see
+    /// Per-thread accounting for processes that match (same syntax as --match). Each such
+    /// process gets uprobes on its own libc mmap/munmap/mremap/brk (a trap per call, in that
+    /// process only; 8 perf events), so it is never turned on by task markers alone: see
     /// --threads-for-uid.
     #[arg(long = "threads-for", value_name = "KEY=VALUE")]
     pub threads_for: Vec<Matcher>,

@@ -278,6 +278,7 @@ pub fn process(state: &AgentState, p: &Process, own_series: bool) -> api::Proces
         threads: Threads::of(state)
             .top_of(p.pid)
             .map(|top| top.iter().map(Into::into).collect()),
+        threads_mapped_off: Threads::of(state).mapped_off.get(&p.pid).cloned(),
         growth_sampled: state.growth_sampled.contains(&p.pid),
     }
 }

@@ -344,42 +344,6 @@ fn missing_capabilities_are_named() {
     );
 }
 
-#[test]
-fn syscall_probes_attach_only_while_a_process_has_per_thread_accounting() {
-    if !kernel_tests_enabled("syscall_probes_attach_only_while_a_process_has_per_thread_accounting")
-    {
-        return;
-    }
-    let agent = Agent::start(&["--no-task-socket", "--threads-for", "comm=^memhog$"]);
-    let attached = "per-thread syscall probes attached";
-    // Nobody wants per-thread numbers yet: every syscall on the host stays on its fast path.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(!agent.log().contains(attached), "{}", agent.log());
-
-    let mut hog = MemHog::spawn(&[]);
-    let on = wait_for(Duration::from_secs(6), || {
-        agent.log().contains(attached).then_some(())
-    });
-    assert!(
-        on.is_some(),
-        "not attached for pid {}:\n{}",
-        hog.pid,
-        agent.log()
-    );
-    // Its mappings are now counted per thread (glibc maps large blocks with mmap).
-    hog.grow(16);
-    let events = |a: &Agent| {
-        a.metrics()
-            .value("leakscope_probe_events_total", &[("probe", "mem_syscalls")])
-            .unwrap_or(0.0)
-    };
-    let counted = wait_for(Duration::from_secs(4), || {
-        (events(&agent) > 0.0).then_some(())
-    });
-    assert!(counted.is_some(), "{}", agent.log());
-    assert_eq!(agent.get("/healthz").1.trim(), "ok");
-}
-
 /// `cargo xtask bench overhead` measures the agent against empty programs on the same hooks:
 /// they must really be attached there, and go away on SIGTERM.
 #[test]

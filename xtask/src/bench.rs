@@ -21,8 +21,10 @@ mod detection;
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
-    /// Workload slowdown (page faults, fork/exit): untraced, under empty programs on the
-    /// agent's hot tracepoints (the floor), and under the agent, interleaved.
+    /// Workload slowdown (page faults, fork/exit, a Python job loop, one-byte writes beside a
+    /// marker sender): untraced, under empty programs on the agent's hot tracepoints (the
+    /// floor), under the agent and under the agent with per-thread accounting, interleaved;
+    /// and the agent's idle CPU and RSS with 1,000 processes on the host.
     Overhead {
         /// Rounds; each runs the workloads untraced, under the floor programs and under the
         /// agent, in rotated order.
@@ -85,23 +87,60 @@ pub fn run(which: Which) -> Result<()> {
     }
 }
 
+/// How a workload is started; each prints its elapsed seconds.
+#[derive(Clone, Copy)]
+enum Runner {
+    /// The `workload` binary (tests/src/bin/workload.rs) with these arguments.
+    Native(&'static [&'static str]),
+    /// xtask/scripts/job_loop.py under Debian's /usr/bin/python3.
+    Python(&'static [&'static str]),
+}
+
 struct Workload {
     name: &'static str,
-    args: &'static [&'static str],
+    runner: Runner,
+    /// Run while another process sends task markers (job_loop.py markers).
+    beside_markers: bool,
 }
+
+/// The page-fault workload's arguments (`bench alloc` runs it too).
+const PAGE_FAULTS_ARGS: &[&str] = &["faults", "256", "8"];
 
 const PAGE_FAULTS: Workload = Workload {
     name: "page faults (256 MiB x 8 touch+unmap)",
-    args: &["faults", "256", "8"],
+    runner: Runner::Native(PAGE_FAULTS_ARGS),
+    beside_markers: false,
 };
 
-const WORKLOADS: [Workload; 2] = [
+const WORKLOADS: [Workload; 4] = [
     PAGE_FAULTS,
     Workload {
         name: "fork/exit (3000 children)",
-        args: &["forks", "3000"],
+        runner: Runner::Native(&["forks", "3000"]),
+        beside_markers: false,
+    },
+    Workload {
+        name: "python job loop (20000 jobs, markers)",
+        runner: Runner::Python(&["jobs", "20000"]),
+        beside_markers: false,
+    },
+    Workload {
+        name: "1-byte writes x5M, markers beside",
+        runner: Runner::Native(&["writes", "5000000"]),
+        beside_markers: true,
     },
 ];
+
+/// Debian's CPython: what the job loop runs on (`cargo xtask setup` installs python3).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Sleeping processes on the host while the agent runs: its CPU is measured with this many
+/// processes to watch.
+const HOST_PROCESSES: usize = 1000;
+/// Their command line: unusual enough to match nothing else on the host.
+const SLEEP_ARG: &str = "86399.75";
+/// How long the agent's idle CPU is measured, once per agent start, before the workloads.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// What the workloads run under in a round.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -109,16 +148,133 @@ enum Variant {
     Baseline,
     /// Empty programs on the agent's hot tracepoints (`leakscope bench-floor`).
     Floor,
+    /// The agent's defaults, with a task socket.
     Agent,
+    /// The agent with per-thread accounting for root's marker senders
+    /// (`--threads-for-uid 0`): the marker sender and the job loop get uprobes on their
+    /// libc; the other workloads are not targets.
+    AgentThreads,
 }
 
-const VARIANTS: [Variant; 3] = [Variant::Baseline, Variant::Floor, Variant::Agent];
+const VARIANTS: [Variant; 4] = [
+    Variant::Baseline,
+    Variant::Floor,
+    Variant::Agent,
+    Variant::AgentThreads,
+];
+
+/// Children killed and reaped when dropped, whatever way the benchmark ends.
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sleepers(n: usize) -> Result<Kids> {
+    let mut kids = Kids(Vec::with_capacity(n));
+    for i in 0..n {
+        let child = Command::new("sleep")
+            .arg(SLEEP_ARG)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning sleeping process {i}"))?;
+        kids.0.push(child);
+    }
+    Ok(kids)
+}
+
+/// Where the workloads send markers; an agent variant listens there.
+fn marker_socket() -> PathBuf {
+    util::target_dir().join("bench-overhead-tasks.sock")
+}
+
+struct Bench {
+    workload_bin: PathBuf,
+    script: PathBuf,
+    cpu: usize,
+}
+
+impl Bench {
+    fn command(&self, runner: Runner) -> Command {
+        let mut cmd = match runner {
+            Runner::Native(args) => {
+                let mut c = Command::new(&self.workload_bin);
+                c.args(args);
+                c
+            }
+            Runner::Python(args) => {
+                let mut c = Command::new(PYTHON);
+                c.arg(&self.script).args(args);
+                c
+            }
+        };
+        cmd.env("LEAKSCOPE_SOCKET", marker_socket());
+        cmd
+    }
+
+    /// Wall seconds the workload reports, and the CPU seconds it (with its reaped children)
+    /// used: on a shared machine its own CPU time moves far less with other load than its wall
+    /// time does.
+    fn time(&self, w: &Workload) -> Result<(f64, f64)> {
+        let sender = if w.beside_markers {
+            let mut c = self.command(Runner::Python(&["markers"]));
+            Some(
+                c.stdin(Stdio::piped())
+                    .spawn()
+                    .context("starting the marker sender")?,
+            )
+        } else {
+            None
+        };
+        let mut cmd = self.command(w.runner);
+        pin(&mut cmd, self.cpu);
+        let before = children_cpu();
+        let out = util::output(&mut cmd);
+        // Before the sender is reaped: its CPU is not the workload's.
+        let cpu = children_cpu() - before;
+        if let Some(mut s) = sender {
+            drop(s.stdin.take());
+            s.wait()?;
+        }
+        let out = out?;
+        let wall = out
+            .trim()
+            .parse()
+            .with_context(|| format!("{} printed {out:?}", w.name))?;
+        Ok((wall, cpu))
+    }
+}
+
+/// User + system seconds of this process's reaped children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: a zeroed rusage is valid for getrusage to fill.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `r` is valid for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(r.ru_utime) + secs(r.ru_stime)
+}
+
+impl Bench {}
 
 fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     if !util::is_root() {
         bail!("the overhead benchmark loads BPF programs: run it as root");
     }
     ensure!(rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        Path::new(PYTHON).is_file(),
+        "{PYTHON} is missing: `cargo xtask setup` installs Debian's python3"
+    );
     let allowed = allowed_cpus()?;
     let cpu = match cpu {
         Some(c) if allowed.contains(&c) => c,
@@ -126,16 +282,22 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
         None => *allowed.first().context("this process may run on no CPU")?,
     };
     let agent_bin = util::build_agent(true)?;
-    let workload = build_workload(&agent_bin)?;
-    let run = |w: &Workload| time_workload(&workload, w.args, cpu);
+    let bench = Bench {
+        workload_bin: build_workload(&agent_bin)?,
+        script: util::workspace_root().join("xtask/scripts/job_loop.py"),
+        cpu,
+    };
+    let _sleepers = sleepers(HOST_PROCESSES)?;
 
     // Warm caches and the page allocator before measuring.
     for w in &WORKLOADS {
-        run(w)?;
+        bench.time(w)?;
     }
-    // times[variant][workload][round]
+    // times[variant][workload][round], wall and the workload's own CPU
     let mut times = vec![vec![Vec::new(); WORKLOADS.len()]; VARIANTS.len()];
-    let mut agent_cpu = Vec::new();
+    let mut cpu_times = times.clone();
+    let mut idle_cpu = Vec::new();
+    let mut idle_rss = 0u64;
     let mut agent_peak = 0u64;
     for round in 0..rounds {
         // Rotated order, so no variant always runs first (or last) in a round.
@@ -143,15 +305,26 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
             let tracer = match VARIANTS[v] {
                 Variant::Baseline => None,
                 Variant::Floor => Some(Tracer::floor(&agent_bin)?),
-                Variant::Agent => Some(Tracer::agent(&agent_bin)?),
+                Variant::Agent => Some(Tracer::agent(&agent_bin, &[])?),
+                Variant::AgentThreads => {
+                    Some(Tracer::agent(&agent_bin, &["--threads-for-uid", "0"])?)
+                }
             };
+            if VARIANTS[v] == Variant::Agent
+                && let Some(t) = &tracer
+            {
+                let (share, rss) = idle_share(t.pid(), IDLE_WINDOW)?;
+                idle_cpu.push(share);
+                idle_rss = idle_rss.max(rss);
+            }
             for (i, w) in WORKLOADS.iter().enumerate() {
-                times[v][i].push(run(w)?);
+                let (wall, cpu) = bench.time(w)?;
+                times[v][i].push(wall);
+                cpu_times[v][i].push(cpu);
             }
             if let Some(t) = tracer {
-                let (cpu_s, peak) = t.stop()?;
+                let peak = t.stop()?;
                 if VARIANTS[v] == Variant::Agent {
-                    agent_cpu.push(cpu_s);
                     agent_peak = agent_peak.max(peak);
                 }
             }
@@ -160,36 +333,107 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     }
     println!();
     println!(
-        "overhead: {rounds} rounds (baseline, floor, agent in rotated order), workloads pinned \
-         to CPU {cpu}"
+        "overhead: {rounds} rounds (baseline, floor, agent, agent+threads in rotated order), \
+         workloads pinned to CPU {cpu}, {HOST_PROCESSES} sleeping processes on the host"
     );
     println!(
         "floor = empty programs on the agent's hot tracepoints: the kernel's cost of any program there"
     );
+    println!(
+        "agent+threads = the agent with --threads-for-uid 0: root's marker senders (the job \
+         loop, the sender beside the writes) get per-thread uprobes; the writer is no target"
+    );
     println!("seconds: median per run; ratios: median (min..max) of the per-round ratios");
     println!(
-        "{:<40} {:>9} {:>9} {:>9}  {:<22} {:<22} {:<22}",
-        "workload", "baseline", "floor", "agent", "floor/baseline", "agent/baseline", "agent/floor"
+        "{:<40} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<22} {:<22} {:<22}",
+        "workload",
+        "baseline",
+        "floor",
+        "agent",
+        "threads",
+        "floor/baseline",
+        "agent/baseline",
+        "agent/floor",
+        "threads/baseline"
     );
-    let (b, f, a) = (0, 1, 2);
+    let (b, f, a, t) = (0, 1, 2, 3);
     for (i, w) in WORKLOADS.iter().enumerate() {
         println!(
-            "{:<40} {:>9.4} {:>9.4} {:>9.4}  {:<22} {:<22} {:<22}",
+            "{:<40} {:>8.4} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22} {:<22} {:<22}",
             w.name,
             median(&times[b][i]),
             median(&times[f][i]),
             median(&times[a][i]),
+            median(&times[t][i]),
             ratio_summary(&times[f][i], &times[b][i]),
             ratio_summary(&times[a][i], &times[b][i]),
             ratio_summary(&times[a][i], &times[f][i]),
+            ratio_summary(&times[t][i], &times[b][i]),
         );
     }
+    println!();
     println!(
-        "agent CPU per round (both workloads under it): median {:.3} s; agent peak RSS {:.1} MiB",
-        median(&agent_cpu),
-        agent_peak as f64 / (1 << 20) as f64
+        "workload CPU seconds (user+sys of the workload and its children, from rusage: less \
+         moved by other load on the machine than wall time)"
+    );
+    println!(
+        "{:<40} {:>8} {:>8} {:>8}  {:<22} {:<22}",
+        "workload", "baseline", "agent", "threads", "agent/baseline", "threads/baseline"
+    );
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        println!(
+            "{:<40} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22}",
+            w.name,
+            median(&cpu_times[b][i]),
+            median(&cpu_times[a][i]),
+            median(&cpu_times[t][i]),
+            ratio_summary(&cpu_times[a][i], &cpu_times[b][i]),
+            ratio_summary(&cpu_times[t][i], &cpu_times[b][i]),
+        );
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "agent (defaults) idle with {HOST_PROCESSES} processes on the host: CPU median {:.2}% \
+         of one core over {} s (target <= 0.5%), RSS {:.1} MiB; peak RSS over the workloads \
+         {:.1} MiB (target < 50 MiB)",
+        median(&idle_cpu) * 100.0,
+        IDLE_WINDOW.as_secs(),
+        mib(idle_rss),
+        mib(agent_peak),
     );
     Ok(())
+}
+
+/// The share of one core process `pid` used over `window` (all its threads, from their
+/// schedstat: nanoseconds, where utime/stime count 10 ms ticks), and its RSS at the end.
+fn idle_share(pid: u32, window: Duration) -> Result<(f64, u64)> {
+    let on_cpu_ns = || -> Result<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    };
+    let start = std::time::Instant::now();
+    let before = on_cpu_ns()?;
+    std::thread::sleep(window);
+    let used = on_cpu_ns()?.saturating_sub(before);
+    let elapsed = start.elapsed().as_nanos() as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok((used as f64 / elapsed, status_kb(&status, "VmRSS:") * 1024))
+}
+
+fn status_kb(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Indices 0..n, starting at a different one each round.
@@ -241,16 +485,6 @@ fn build_workload(agent_bin: &Path) -> Result<PathBuf> {
     Ok(agent_bin.with_file_name("workload"))
 }
 
-fn time_workload(bin: &Path, args: &[&str], cpu: usize) -> Result<f64> {
-    let mut cmd = Command::new(bin);
-    cmd.args(args);
-    pin(&mut cmd, cpu);
-    let out = util::output(&mut cmd)?;
-    out.trim()
-        .parse()
-        .with_context(|| format!("workload printed {out:?}"))
-}
-
 fn pin(cmd: &mut Command, cpu: usize) {
     use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs between fork and exec and only calls sched_setaffinity, which
@@ -283,9 +517,11 @@ enum Tracer {
 const TRACER_STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Tracer {
-    fn agent(bin: &Path) -> Result<Self> {
+    fn agent(bin: &Path, extra: &[&str]) -> Result<Self> {
         let agent = dev_agent::Launch::new(bin)
-            .arg("--no-task-socket")
+            .arg("--task-socket")
+            .arg(marker_socket())
+            .args(extra)
             .log(util::target_dir().join("bench-overhead-agent.log"))
             .start()?;
         // Serving happens after the probes are attached; give the first interval time to run.
@@ -318,27 +554,15 @@ impl Tracer {
         }
     }
 
-    /// Stops the tracer; returns its CPU seconds and peak RSS bytes.
-    fn stop(self) -> Result<(f64, u64)> {
+    /// Stops the tracer; returns its peak RSS bytes.
+    fn stop(self) -> Result<u64> {
         let pid = self.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         match self {
             Self::Agent(mut agent) => agent.stop(TRACER_STOP_GRACE),
             Self::Floor(mut child) => dev_agent::stop(&mut child, TRACER_STOP_GRACE),
         };
-        let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let hwm_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        Ok((ticks / hz, hwm_kb * 1024))
+        Ok(status_kb(&status, "VmHWM:") * 1024)
     }
 }
 

@@ -204,7 +204,7 @@ fn target_command(tools: &Tools, target: Target) -> Command {
         Target::AllocBench => Command::new(&tools.alloc_bench),
         Target::PageFaults => {
             let mut cmd = Command::new(&tools.workload);
-            cmd.arg("--wait-go").args(super::PAGE_FAULTS.args);
+            cmd.arg("--wait-go").args(super::PAGE_FAULTS_ARGS);
             cmd
         }
     }

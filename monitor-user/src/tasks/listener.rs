@@ -42,6 +42,8 @@ pub trait KernelView: Send + Sync {
     fn threads(&self, pid: u32) -> Vec<(u32, ThreadStats)>;
     /// Applies per-thread accounting changes; returns the pids the kernel refused.
     fn want(&self, changes: &[(u32, bool)]) -> Vec<u32>;
+    /// The process's exact resident memory (`/proc/<pid>/statm`), read now.
+    fn statm(&self, pid: u32) -> Option<host::proc::Statm>;
 }
 
 /// The real kernel maps.
@@ -67,6 +69,10 @@ impl KernelView for Kernel {
             .as_ref()
             .map(|t| t.apply(changes))
             .unwrap_or_default()
+    }
+
+    fn statm(&self, pid: u32) -> Option<host::proc::Statm> {
+        host::proc::statm(pid).ok()
     }
 }
 
@@ -256,8 +262,8 @@ impl Listener {
             .features
             .get_mut::<crate::tasks::Tasks>()
             .on_marker(pid, who, &marker, tid, snap);
-        // Only the operator turns per-thread accounting on (it attaches host-wide probes):
-        // for the processes of the uids given with --threads-for-uid.
+        // Only the operator turns per-thread accounting on (each target costs uprobes and
+        // slots): for the processes of the uids given with --threads-for-uid.
         if threads::Threads::of(&state).opted_in(who.uid) && !self.asked.contains(&pid) {
             let changes = threads::request_for_sender(&mut state, pid, who);
             drop(state);
@@ -270,15 +276,18 @@ impl Listener {
         }
     }
 
-    /// The process's memory now: the kernel's numbers when it has them, else /proc.
+    /// The process's memory now, exact: one read of `/proc/<pid>/statm` (an exact per-CPU sum
+    /// since 6.16) for resident anon and file+shmem; the kernel's counters only split file
+    /// from shmem and give swap. Without statm, the kernel's numbers, else /proc's status.
     fn snapshot(&self, pid: u32, now: u64) -> Snapshot {
         let kernel = self
             .kernel
             .proc_stats(pid)
             .filter(|s| s.rss[RssKind::Anon as usize] != RSS_UNKNOWN);
-        let (rss, source) = match kernel {
-            Some(s) => (s.rss, Source::Kernel),
-            None => match host::proc::read(pid) {
+        let (rss, source) = match (self.kernel.statm(pid), kernel) {
+            (Some(m), kernel) => (exact_rss(m, kernel.map(|s| s.rss)), Source::Proc),
+            (None, Some(s)) => (s.rss, Source::Kernel),
+            (None, None) => match host::proc::read(pid) {
                 Ok(p) => (p.rss.map(|v| v as i64), Source::Proc),
                 Err(_) => ([RSS_UNKNOWN; RssKind::COUNT], Source::Unknown),
             },
@@ -313,6 +322,28 @@ impl Listener {
                 .is_some_and(|inner| *inner == tid)
         })
     }
+}
+
+/// RSS by kind from statm's exact totals; `counters` (the kernel's, batched) only say how
+/// much of the shared part is shmem, and what is swapped out.
+fn exact_rss(
+    m: host::proc::Statm,
+    counters: Option<[i64; RssKind::COUNT]>,
+) -> [i64; RssKind::COUNT] {
+    let known = |v: i64| (v != RSS_UNKNOWN).then_some(v.max(0) as u64);
+    let shmem = counters
+        .and_then(|c| known(c[RssKind::Shmem as usize]))
+        .unwrap_or(0)
+        .min(m.shared);
+    let swap = counters
+        .and_then(|c| known(c[RssKind::Swap as usize]))
+        .map_or(RSS_UNKNOWN, |v| v as i64);
+    let mut rss = [0; RssKind::COUNT];
+    rss[RssKind::Anon as usize] = (m.resident - m.shared) as i64;
+    rss[RssKind::File as usize] = (m.shared - shmem) as i64;
+    rss[RssKind::Shmem as usize] = shmem as i64;
+    rss[RssKind::Swap as usize] = swap;
+    rss
 }
 
 fn alive(pid: u32) -> bool {
@@ -393,6 +424,43 @@ mod tests {
             self.wanted.lock().unwrap().extend_from_slice(changes);
             Vec::new()
         }
+        /// As on a kernel without /proc access: the counters stand.
+        fn statm(&self, _pid: u32) -> Option<host::proc::Statm> {
+            None
+        }
+    }
+
+    #[test]
+    fn statm_gives_exact_anon_and_the_counters_only_split_shared_memory() {
+        let m = host::proc::Statm {
+            resident: 300 * MIB as u64,
+            shared: 100 * MIB as u64,
+        };
+        let kinds = |file, anon, shmem, swap| {
+            let mut r = [0; RssKind::COUNT];
+            r[RssKind::File as usize] = file;
+            r[RssKind::Anon as usize] = anon;
+            r[RssKind::Shmem as usize] = shmem;
+            r[RssKind::Swap as usize] = swap;
+            r
+        };
+        // Batched counters lag: their anon (190 MiB) is ignored, their shmem and swap kept.
+        let counters = kinds(95 * MIB, 190 * MIB, 10 * MIB, 3 * MIB);
+        assert_eq!(
+            exact_rss(m, Some(counters)),
+            kinds(90 * MIB, 200 * MIB, 10 * MIB, 3 * MIB)
+        );
+        // Without counters: shared counts as file, swap is unknown.
+        assert_eq!(
+            exact_rss(m, None),
+            kinds(100 * MIB, 200 * MIB, 0, RSS_UNKNOWN)
+        );
+        // Counters that overshoot statm's shared part are capped by it.
+        let over = kinds(0, 0, 500 * MIB, RSS_UNKNOWN);
+        assert_eq!(
+            exact_rss(m, Some(over)),
+            kinds(0, 200 * MIB, 100 * MIB, RSS_UNKNOWN)
+        );
     }
 
     struct Setup {

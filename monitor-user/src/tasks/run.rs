@@ -15,14 +15,14 @@ use crate::{
     bpf::maps::KernelMaps,
     model::shared::Shared,
     model::state::AgentState,
-    threads::{self, SyscallProbes, ThreadMaps, ThreadsConfig},
+    threads::{self, TargetProbes, ThreadMaps, ThreadsConfig},
 };
 
 /// What start-up prepared before the agent's state is shared.
 pub struct PerJob {
     threads: Option<Arc<ThreadMaps>>,
     /// Attached only while some process has per-thread accounting.
-    syscalls: Option<SyscallProbes>,
+    uprobes: Option<TargetProbes>,
     socket: Option<TaskSocket>,
     listener: ListenerConfig,
 }
@@ -57,7 +57,7 @@ impl PerJob {
     /// turn the feature off with a note; the agent runs on.
     pub fn prepare(
         kernel: &crate::bpf::Kernel,
-        syscalls: Option<SyscallProbes>,
+        uprobes: Option<TargetProbes>,
         state: &mut AgentState,
         config: Config,
     ) -> Self {
@@ -106,7 +106,7 @@ impl PerJob {
             });
         Self {
             threads,
-            syscalls,
+            uprobes,
             socket,
             listener: ListenerConfig::with_rate(config.marker_rate),
         }
@@ -118,7 +118,7 @@ impl PerJob {
         if let Some(maps) = &self.threads {
             tasks.push(tokio::spawn(threads::run(
                 maps.clone(),
-                self.syscalls,
+                self.uprobes,
                 shared.clone(),
                 every,
             )));

@@ -3,6 +3,8 @@
 //! `workload faults MIB ROUNDS`: map MIB of anonymous memory, touch every page, unmap; ROUNDS
 //! times (one page fault and one rss_stat event per page).
 //! `workload forks COUNT`: fork, exit and reap COUNT children.
+//! `workload writes COUNT`: COUNT one-byte writes to /dev/null (a `dd bs=1` loop: a system
+//! call and almost nothing else).
 //! Prints the elapsed seconds on stdout.
 //! `workload --wait-go faults|forks ...`: first prints `ready`, then starts (and its clock) only
 //! after a line on stdin, and exits only once stdin is closed: a tracer can attach to the pid
@@ -50,6 +52,20 @@ fn forks(count: usize) {
     }
 }
 
+fn writes(count: usize) {
+    use std::os::fd::AsRawFd as _;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("open /dev/null");
+    let byte = [0u8; 1];
+    for _ in 0..count {
+        // SAFETY: a valid fd and a one-byte buffer that outlives the call.
+        let n = unsafe { libc::write(null.as_raw_fd(), byte.as_ptr().cast(), 1) };
+        assert_eq!(n, 1, "write failed: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn wait_for_go() {
     use std::io::{BufRead as _, Write as _};
     let mut stdout = std::io::stdout().lock();
@@ -76,9 +92,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("faults") => faults(num(2, 256), num(3, 8)),
         Some("forks") => forks(num(2, 2000)),
+        Some("writes") => writes(num(2, 2_000_000)),
         _ => {
             eprintln!(
-                "usage: workload [--wait-go] faults [MIB] [ROUNDS] | workload [--wait-go] forks [COUNT]"
+                "usage: workload [--wait-go] faults [MIB] [ROUNDS] | forks [COUNT] | writes [COUNT]"
             );
             std::process::exit(2);
         }

@@ -314,11 +314,11 @@ fn one_user_cannot_squat_task_names_or_open_jobs() {
     assert_eq!(dropped(&agent, "too_many_open_jobs"), 0.0);
 }
 
-const ATTACHED: &str = "per-thread syscall probes attached";
+const ATTACHED: &str = "per-thread uprobes attached";
 
 #[test]
-fn markers_turn_the_syscall_probes_on_only_for_an_opted_in_uid() {
-    if !kernel_tests_enabled("markers_turn_the_syscall_probes_on_only_for_an_opted_in_uid") {
+fn markers_turn_the_per_thread_uprobes_on_only_for_an_opted_in_uid() {
+    if !kernel_tests_enabled("markers_turn_the_per_thread_uprobes_on_only_for_an_opted_in_uid") {
         return;
     }
     let uid = unprivileged_uid().to_string();
@@ -342,7 +342,7 @@ fn markers_turn_the_syscall_probes_on_only_for_an_opted_in_uid() {
     let m = agent.metrics();
     assert_eq!(m.value("leakscope_threads_processes", &[]), Some(0.0));
     assert_eq!(
-        m.value("leakscope_probe_events_total", &[("probe", "mem_syscalls")])
+        m.value("leakscope_probe_events_total", &[("probe", "mem_uprobes")])
             .unwrap_or(0.0),
         0.0
     );

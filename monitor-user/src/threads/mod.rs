@@ -1,9 +1,9 @@
 //! Per-thread attribution: which thread of a process maps, unmaps and faults in its memory.
 //!
 //! The kernel counts (probes/mem.rs) only for processes the agent asks for, so the page-fault
-//! path of every other process pays one inlined load. But while any process has it, the
-//! `syscalls:*` probes are attached, and they slow every syscall on the host; so only the
-//! operator turns it on. The agent asks for:
+//! path of every other process pays one inlined load, and its memory calls nothing: the
+//! address-space probes are uprobes on each target's own libc, attached to that process alone
+//! ([`uprobes`]). The agent asks for:
 //! - processes matching `--threads-for`;
 //! - processes that send task markers *from a uid given with `--threads-for-uid`* (and the
 //!   pool parent that forked them, so that its next children are asked for at their fork).
@@ -11,8 +11,13 @@
 //!
 //! Each uid (and cgroup) holds at most a fair share of the `--max-thread-processes` slots.
 //!
-//! Every interval it reads the kernel's per-thread map, keeps the top threads of each process
-//! for `/api/v1/processes` and `/metrics`, and prunes entries of processes that are gone.
+//! Every interval (and as soon as a process becomes a target) it attaches the probes of new
+//! targets and detaches those of targets gone. It reads the kernel's per-thread map, keeps
+//! the top threads of each process for `/api/v1/processes` and `/metrics`, and prunes entries
+//! of processes that are gone.
+
+pub mod uprobes;
+pub mod wrappers;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -26,13 +31,12 @@ use aya::{
     sys::SyscallError,
 };
 use leakscope_api::metrics as names;
-use monitor_common::{
-    Counter, SyscallOffsets, THREAD_CONFIG_MAP, THREAD_WANT_MAP, THREADS_MAP, ThreadStats,
-};
+use monitor_common::{Counter, THREAD_CONFIG_MAP, THREAD_WANT_MAP, THREADS_MAP, ThreadStats};
 use serde::Serialize;
+pub use uprobes::{PROBE_NAME, TargetProbes, prepare};
 
 use crate::{
-    bpf::{BpfError, Kernel, Link, NO_SUCH_TRACEPOINT, probes::ProbeStatus},
+    bpf::{BpfError, Kernel},
     model::budget::{Over, Principal, Shares},
     model::select::Selector,
     model::shared::Shared,
@@ -50,143 +54,6 @@ const DECISIONS_PER_INTERVAL: usize = 256;
 /// The fewest per-thread slots one uid or cgroup may hold, however small
 /// `--max-thread-processes` is: a pool parent and a few children.
 const SHARE_FLOOR: usize = 8;
-
-// ---- loading -----------------------------------------------------------------------------
-
-/// The address-space probes: one enter program per syscall and one exit program shared by all.
-const SYSCALLS: [(&str, &str); 4] = [
-    ("mmap", "mem_mmap_enter"),
-    ("munmap", "mem_munmap_enter"),
-    ("mremap", "mem_mremap_enter"),
-    ("brk", "mem_brk_enter"),
-];
-const EXIT_PROGRAM: &str = "mem_syscall_exit";
-pub const PROBE_NAME: &str = "mem_syscalls";
-const FALLBACK: &str = "per-thread mapped/unmapped bytes are not counted (page faults still are, \
-                        through rss_stat)";
-
-/// Loads (verifies) the syscall programs; they are attached only while some process has
-/// per-thread accounting ([`SyscallProbes`]).
-pub fn prepare(
-    kernel: Arc<Kernel>,
-    layout: &Result<SyscallOffsets, String>,
-    break_probes: &[String],
-) -> (ProbeStatus, Option<SyscallProbes>) {
-    let names: Vec<String> = SYSCALLS
-        .iter()
-        .map(|(s, _)| format!("syscalls:sys_{{enter,exit}}_{s}"))
-        .collect();
-    let result = layout
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|_| load_all(&kernel));
-    if let Err(e) = &result {
-        log::debug!("mem syscall probes off: {e}");
-    }
-    let status = ProbeStatus {
-        name: PROBE_NAME,
-        tracepoint: format!(
-            "{}, on demand (while a process has per-thread accounting)",
-            names.join(", ")
-        ),
-        attached: result.is_ok(),
-        error: result.as_ref().err().cloned(),
-        fallback: FALLBACK,
-    };
-    let probes = result.ok().map(|()| SyscallProbes {
-        kernel,
-        broken: break_probes.iter().any(|b| b == PROBE_NAME),
-        links: Vec::new(),
-        idle_since: None,
-        refused: false,
-    });
-    (status, probes)
-}
-
-fn load_all(kernel: &Kernel) -> Result<(), String> {
-    for program in std::iter::once(EXIT_PROGRAM).chain(SYSCALLS.iter().map(|(_, p)| *p)) {
-        kernel.load_tracepoint(program).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// The per-thread syscall programs, attached on demand. While attached, `syscalls:*`
-/// tracepoints put every syscall of every process on the host through the kernel's slow path
-/// (a `dd bs=1` loop ran 14% slower here), so they are attached only while some process has
-/// per-thread accounting, and detached once none has had it for [`IDLE_BEFORE_DETACH`].
-pub struct SyscallProbes {
-    kernel: Arc<Kernel>,
-    /// Fault injection: attach to a tracepoint that does not exist.
-    broken: bool,
-    /// In attach order; dropping one detaches it.
-    links: Vec<Link>,
-    idle_since: Option<std::time::Instant>,
-    /// The kernel refused once: the probe is off, not retried every interval.
-    refused: bool,
-}
-
-const IDLE_BEFORE_DETACH: Duration = Duration::from_secs(30);
-
-impl SyscallProbes {
-    pub fn attached(&self) -> bool {
-        !self.links.is_empty()
-    }
-
-    /// Attaches or detaches for `wanted` (whether some process has per-thread accounting).
-    pub fn follow(&mut self, wanted: bool) -> Result<(), String> {
-        if wanted {
-            self.idle_since = None;
-            if !self.attached() && !self.refused {
-                self.attach().inspect_err(|_| self.refused = true)?;
-                log::info!("per-thread syscall probes attached");
-            }
-        } else if self.attached() {
-            let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() >= IDLE_BEFORE_DETACH {
-                self.detach();
-                self.idle_since = None;
-                log::info!(
-                    "per-thread syscall probes detached: no process has per-thread accounting"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// All or nothing, since an enter without its exit would apply a stale length to the
-    /// thread's next call; exits first, so an enter is only recorded once its exit is watched.
-    pub fn attach(&mut self) -> Result<(), String> {
-        let event = |prefix: &str, syscall: &str| {
-            if self.broken {
-                (NO_SUCH_TRACEPOINT.0, NO_SUCH_TRACEPOINT.1.to_string())
-            } else {
-                ("syscalls", format!("{prefix}_{syscall}"))
-            }
-        };
-        let plan: Vec<(&'static str, (&str, String))> = SYSCALLS
-            .iter()
-            .map(|(s, _)| (EXIT_PROGRAM, event("sys_exit", s)))
-            .chain(SYSCALLS.iter().map(|(s, p)| (*p, event("sys_enter", s))))
-            .collect();
-        for (program, (category, event)) in plan {
-            match self.kernel.attach_tracepoint(program, category, &event) {
-                Ok(link) => self.links.push(link),
-                Err(e) => {
-                    self.detach();
-                    return Err(e.to_string());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Enters first, the reverse of attaching: a call in flight still meets its exit.
-    pub fn detach(&mut self) {
-        while let Some(link) = self.links.pop() {
-            drop(link);
-        }
-    }
-}
 
 // ---- kernel maps -------------------------------------------------------------------------
 
@@ -411,6 +278,14 @@ pub struct Threads {
     pub refused: u64,
     /// Whether the kernel side is there at all (maps present).
     pub available: bool,
+    /// Targets whose mapped bytes are not counted (no libc to probe, or the kernel refused
+    /// the uprobes), and why.
+    pub mapped_off: HashMap<u32, String>,
+    /// Targets with their address-space uprobes attached, as of the last change.
+    pub probed: usize,
+    /// Woken when a process becomes a target, so its probes are attached at once rather than
+    /// at the next interval (its first job's mappings would be missed).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Default for Threads {
@@ -446,6 +321,9 @@ impl Threads {
             removed: 0,
             refused: 0,
             available: false,
+            mapped_off: HashMap::new(),
+            probed: 0,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -478,6 +356,7 @@ impl Threads {
             self.owners.insert(pid, o);
         }
         self.wanted.insert(pid, reason);
+        self.wake.notify_one();
         Some((pid, true))
     }
 
@@ -485,6 +364,7 @@ impl Threads {
     fn forget(&mut self, pid: u32) {
         self.wanted.remove(&pid);
         self.top.remove(&pid);
+        self.mapped_off.remove(&pid);
         if let Some(o) = self.owners.remove(&pid) {
             self.shares.give_back(o);
         }
@@ -597,26 +477,64 @@ pub fn families(
 
 pub async fn run(
     maps: Arc<ThreadMaps>,
-    mut syscalls: Option<SyscallProbes>,
+    probes: Option<TargetProbes>,
     shared: Arc<Shared>,
     every: Duration,
 ) {
+    let probes = probes.map(|p| Arc::new(Mutex::new(p)));
+    let wake = Threads::of(&shared.state()).wake.clone();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
         let maps = maps.clone();
         let shared = shared.clone();
-        // Map iteration and /proc reads block: keep them off the runtime's worker threads.
+        let probes = probes.clone();
+        // Map iteration, /proc reads and ELF parsing block: keep them off the runtime's
+        // worker threads.
         let synced = shared.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&maps, &synced)).await {
+        let done = tokio::task::spawn_blocking(move || {
+            sync_once(&maps, &synced);
+            if let Some(probes) = &probes {
+                follow_targets(
+                    &mut probes.lock().unwrap_or_else(PoisonError::into_inner),
+                    &synced,
+                );
+            }
+        });
+        if let Err(e) = done.await {
             log::warn!("per-thread sync failed: {e}");
         }
-        let wanted = !Threads::of(&shared.state()).wanted.is_empty();
-        if let Some(probes) = syscalls.as_mut()
-            && let Err(e) = probes.follow(wanted)
-        {
-            shared.state().probe_failed(PROBE_NAME, e);
+    }
+}
+
+/// Attaches the address-space probes of new targets and detaches those of targets gone.
+pub fn follow_targets(probes: &mut TargetProbes, shared: &Shared) {
+    let wanted: HashSet<u32> = Threads::of(&shared.state())
+        .wanted
+        .keys()
+        .copied()
+        .collect();
+    let changes = probes.follow(&wanted);
+    for (pid, module) in &changes.attached {
+        log::info!("per-thread uprobes attached to pid {pid}: {module}");
+    }
+    for pid in &changes.detached {
+        log::info!("per-thread uprobes detached from pid {pid}");
+    }
+    for (pid, why) in &changes.off {
+        log::warn!("per-thread mapped bytes are off for pid {pid}: {why}");
+    }
+    let mut state = shared.state();
+    let threads = Threads::of_mut(&mut state);
+    threads.probed = probes.attached();
+    for (pid, why) in changes.off {
+        // Only for processes still wanted: the map stays bounded by the wanted set.
+        if threads.wanted.contains_key(&pid) {
+            threads.mapped_off.insert(pid, why);
         }
     }
 }
