@@ -57,6 +57,7 @@ pub fn process(pid: u32, comm: &str, verdict: Option<Verdict>) -> Process {
         },
         series: Series::Own,
         threads: None,
+        threads_mapped_off: None,
         growth_sampled: false,
     }
 }

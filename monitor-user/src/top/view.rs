@@ -569,6 +569,7 @@ pub(crate) mod tests {
             },
             series: Series::Own,
             threads: None,
+            threads_mapped_off: None,
             growth_sampled: false,
         }
     }
