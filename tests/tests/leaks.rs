@@ -209,6 +209,16 @@ fn oom_kills_are_counted_with_the_victim() {
     assert!(agent.log().contains(&format!("OOM killer chose pid {pid}")));
 }
 
+/// An agent watching the prefork pool scenario, ten times faster than real time.
+fn pool_agent() -> Agent {
+    Agent::start(&[
+        "--detector-time-scale",
+        SCALE,
+        "--match",
+        "cmdline=prefork_pool",
+    ])
+}
+
 fn pools_json(agent: &Agent) -> serde_json::Value {
     let (_, body) = agent.get("/api/v1/pools");
     serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
@@ -227,12 +237,7 @@ fn a_live_pool_shows_its_children_and_names_a_leaking_parent() {
     if !kernel_tests_enabled("a_live_pool_shows_its_children_and_names_a_leaking_parent") {
         return;
     }
-    let agent = Agent::start(&[
-        "--detector-time-scale",
-        SCALE,
-        "--match",
-        "cmdline=prefork_pool",
-    ]);
+    let agent = pool_agent();
     // Steady children that are never recycled; the parent leaks 10 MiB/min nominal.
     let pool = Spawned::new(
         Command::new("python3")
@@ -322,12 +327,7 @@ fn a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged() {
     if !kernel_tests_enabled("a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged") {
         return;
     }
-    let agent = Agent::start(&[
-        "--detector-time-scale",
-        SCALE,
-        "--match",
-        "cmdline=prefork_pool",
-    ]);
+    let agent = pool_agent();
     let unix_now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -163,35 +163,6 @@ const VARIANTS: [Variant; 4] = [
     Variant::AgentThreads,
 ];
 
-/// Children killed and reaped when dropped, whatever way the benchmark ends.
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-    }
-}
-
-fn sleepers(n: usize) -> Result<Kids> {
-    let mut kids = Kids(Vec::with_capacity(n));
-    for i in 0..n {
-        let child = Command::new("sleep")
-            .arg(SLEEP_ARG)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawning sleeping process {i}"))?;
-        kids.0.push(child);
-    }
-    Ok(kids)
-}
-
 /// Where the workloads send markers; an agent variant listens there.
 fn marker_socket() -> PathBuf {
     util::target_dir().join("bench-overhead-tasks.sock")
@@ -287,7 +258,7 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
         script: util::workspace_root().join("xtask/scripts/job_loop.py"),
         cpu,
     };
-    let _sleepers = sleepers(HOST_PROCESSES)?;
+    let _sleepers = util::sleepers(HOST_PROCESSES, SLEEP_ARG)?;
 
     // Warm caches and the page allocator before measuring.
     for w in &WORKLOADS {

@@ -2,10 +2,7 @@
 //! the real (release) agent, each with series of its own, scraped repeatedly; the exposition's
 //! size and the scrape time are printed against the targets of issue 6.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use leakscope_api::metrics;
@@ -22,20 +19,6 @@ pub struct Opts {
     pub scrapes: usize,
 }
 
-/// Children killed and reaped when dropped, whatever way the benchmark ends.
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-    }
-}
-
 pub fn run(opts: Opts) -> Result<()> {
     if !util::is_root() {
         bail!("the metrics benchmark loads BPF programs: run it as root");
@@ -45,17 +28,7 @@ pub fn run(opts: Opts) -> Result<()> {
     }
     let agent_bin = util::build_agent(true)?;
 
-    let mut kids = Kids(Vec::with_capacity(opts.processes));
-    for i in 0..opts.processes {
-        let child = Command::new("sleep")
-            .arg(SLEEP_ARG)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawning tracked process {i}"))?;
-        kids.0.push(child);
-    }
+    let kids = util::sleepers(opts.processes, SLEEP_ARG)?;
     let matcher = format!("cmdline=^sleep {}$", regex_escape(SLEEP_ARG));
     let max = opts.processes.max(1).to_string();
     let agent = dev_agent::Launch::new(&agent_bin)

@@ -1,6 +1,6 @@
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -75,4 +75,35 @@ pub fn exec(mut cmd: Command) -> Result<()> {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Processes killed and reaped when dropped, whatever way a benchmark ends.
+pub struct Kids(pub Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `n` processes running `sleep ARG`: a host with that many processes on it. The argument
+/// tells one benchmark's sleepers from another's (and lets an agent `--match` them).
+pub fn sleepers(n: usize, arg: &str) -> Result<Kids> {
+    let mut kids = Kids(Vec::with_capacity(n));
+    for i in 0..n {
+        let child = Command::new("sleep")
+            .arg(arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning sleeping process {i}"))?;
+        kids.0.push(child);
+    }
+    Ok(kids)
 }
