@@ -41,8 +41,14 @@ fn folded_line(stack: &StackRecord) -> String {
 /// A frame name that cannot break the folded format: `;` separates frames and a line break
 /// ends the stack. C++ and Rust names can hold `;` (`[u8; 8]`).
 fn folded_name(frame: &Frame) -> String {
-    let name: String = frame
-        .display_name()
+    let mut name = frame.display_name();
+    // A Python function is told apart by where it is: `qualname (file:line)`.
+    if frame.python
+        && let Some(location) = frame.location()
+    {
+        name = format!("{name} ({location})");
+    }
+    let name: String = name
         .chars()
         .map(|c| match c {
             ';' => ':',

@@ -415,7 +415,7 @@ impl Builder {
             // Only the demangled name is known; pprof falls back to it either way.
             system_name: name,
             filename,
-            start_line: 0,
+            start_line: frame.start_line.map_or(0, i64::from),
         });
         self.function_ids.insert(key, id);
         id

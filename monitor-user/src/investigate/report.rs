@@ -21,6 +21,10 @@ pub struct Frame {
     pub line: Option<u32>,
     /// The frame was inlined into the next (outer) one.
     pub inlined: bool,
+    /// Python frames: the first line of the function (`co_firstlineno`).
+    pub start_line: Option<u32>,
+    /// A Python function (from the interpreter's frames), not machine code.
+    pub python: bool,
 }
 
 /// Where the bytes of a stack came from.
@@ -108,6 +112,8 @@ static NO_FRAME: Frame = Frame {
     file: None,
     line: None,
     inlined: false,
+    start_line: None,
+    python: false,
 };
 
 /// The last component of a path: modules and source files are long absolute paths, and the
@@ -136,11 +142,25 @@ impl Frame {
         })
     }
 
+    /// A Python function outside the interpreter's standard library and frozen modules.
+    pub fn is_user_python(&self) -> bool {
+        let file = self.file.as_deref().unwrap_or_default();
+        self.python && !file.starts_with('<') && !is_standard_library(file)
+    }
+
     /// Part of the allocator or the C runtime: never where a leak is, only how it happened.
     pub fn is_allocator(&self) -> bool {
         is_runtime_module(basename(&self.module))
             || self.function.as_deref().is_some_and(is_allocator_function)
     }
+}
+
+/// `.../lib/python3.X/module.py`, outside site-packages and dist-packages.
+fn is_standard_library(file: &str) -> bool {
+    let Some((_, rest)) = file.split_once("/lib/python3") else {
+        return false;
+    };
+    !rest.contains("/site-packages/") && !rest.contains("/dist-packages/")
 }
 
 /// Shared objects that implement allocation; frames in them say nothing about who leaks.
@@ -226,6 +246,11 @@ impl StackRecord {
         if self.frames.is_empty() {
             return None;
         }
+        // In a Python process the user's code is the innermost Python frame outside the
+        // standard library: below it are the interpreter's internals and the library's.
+        if let Some(i) = self.frames.iter().position(Frame::is_user_python) {
+            return Some(i);
+        }
         Some(
             self.frames
                 .iter()
@@ -299,6 +324,8 @@ pub(crate) mod test_support {
             file: None,
             line: None,
             inlined: false,
+            start_line: None,
+            python: false,
         }
     }
 
@@ -319,6 +346,8 @@ pub(crate) mod test_support {
             file: None,
             line: None,
             inlined: false,
+            start_line: None,
+            python: false,
         }
     }
 
