@@ -138,6 +138,11 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
             if let Ok(m) = maps_snapshot::read(pid) {
                 mappings = m;
             }
+            if let Some(g) = &growth {
+                shared
+                    .python
+                    .warm(pid, g.collect(pid).into_iter().map(|(k, _)| k.py_stack));
+            }
             last_maps = Instant::now();
         }
         if let Some(trace) = alloc.as_mut().filter(|t| t.is_attached()) {

@@ -129,6 +129,17 @@ impl Python {
         Some(self.resolve(pid, layout, &stack))
     }
 
+    /// Reads the code objects behind `keys` now, while the process lives: a process that
+    /// exits before the report keeps the names already read.
+    pub fn warm(&self, pid: u32, keys: impl IntoIterator<Item = u64>) {
+        let mut seen = std::collections::HashSet::new();
+        for key in keys {
+            if key >= PY_FIRST_KEY && seen.insert(key) {
+                let _ = self.path(pid, key);
+            }
+        }
+    }
+
     fn resolve(&self, pid: u32, layout: &Layout, stack: &PyStack) -> PyPath {
         let mem = Memory::new(pid);
         let mut path = PyPath::default();
