@@ -9,13 +9,15 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use integration_tests::{Agent, Spawned, kernel_tests_enabled, scenario_bin, agent_bin};
+use integration_tests::{Agent, Spawned, agent_bin, kernel_tests_enabled, scenario_bin};
 use serde_json::Value;
 
 const WORKER: &str = "json_keeper.py";
 
 fn worker_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(WORKER)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(WORKER)
 }
 
 fn ci() -> bool {
@@ -30,7 +32,10 @@ fn pythons() -> Vec<PathBuf> {
     if debian.is_file() {
         found.push(debian);
     } else {
-        assert!(!ci(), "CI=true: /usr/bin/python3.11 (package python3.11) is missing");
+        assert!(
+            !ci(),
+            "CI=true: /usr/bin/python3.11 (package python3.11) is missing"
+        );
         eprintln!("SKIPPED Debian's python3.11: not installed");
     }
     let mut pyenv: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
@@ -124,15 +129,29 @@ fn assert_charged_to_keep_document(report: &Value, source: &str, keep_line: u64,
     let top = stacks
         .first()
         .unwrap_or_else(|| panic!("{}: no {source} stacks: {report}", python.display()));
-    let frame = user_python_frame(top)
-        .unwrap_or_else(|| panic!("{}: top {source} stack has no Python frame: {top}", python.display()));
-    assert_eq!(frame["function"], "keep_document", "{}: {top}", python.display());
+    let frame = user_python_frame(top).unwrap_or_else(|| {
+        panic!(
+            "{}: top {source} stack has no Python frame: {top}",
+            python.display()
+        )
+    });
+    assert_eq!(
+        frame["function"],
+        "keep_document",
+        "{}: {top}",
+        python.display()
+    );
     assert!(
         frame["file"].as_str().unwrap().ends_with(WORKER),
         "{}: {frame}",
         python.display()
     );
-    assert_eq!(frame["line"].as_u64(), Some(keep_line), "{}: {frame}", python.display());
+    assert_eq!(
+        frame["line"].as_u64(),
+        Some(keep_line),
+        "{}: {frame}",
+        python.display()
+    );
     assert_eq!(frame["start_line"].as_u64(), Some(keep_line - 1), "{frame}");
     // Its callers follow, outermost last.
     let names: Vec<&str> = top["frames"]
@@ -147,21 +166,30 @@ fn assert_charged_to_keep_document(report: &Value, source: &str, keep_line: u64,
 }
 
 #[test]
-fn growth_mode_names_the_python_function_file_and_line_under_both_cpython_3_11_builds() {
-    if !kernel_tests_enabled("growth_mode_names_the_python_function_file_and_line") {
+fn growth_and_alloc_modes_name_the_python_function_file_and_line_under_both_cpython_builds() {
+    if !kernel_tests_enabled("growth_and_alloc_modes_name_the_python_function_file_and_line") {
         return;
     }
     for python in pythons() {
         let (worker, keep_line) = start_worker(&python);
-        let out = investigate(worker.pid(), &["--mode", "growth", "--duration", "6s"]);
-        let growth = report(&out, "growth");
-        let said = notes(&growth);
-        assert!(
-            said.iter().any(|n| n.starts_with("Python frames from CPython 3.11")),
-            "{}: {said:?}",
-            python.display()
+        let out = investigate(
+            worker.pid(),
+            &["--mode", "both", "--duration", "6s", "--min-age", "1s"],
         );
-        assert_charged_to_keep_document(&growth, "page_fault", keep_line, &python);
+        for (mode, source) in [("growth", "page_fault"), ("alloc", "alloc")] {
+            let found = report(&out, mode);
+            let said = notes(&found);
+            assert!(
+                said.iter()
+                    .any(|n| n.starts_with("Python frames from CPython 3.11")),
+                "{} {mode}: {said:?}",
+                python.display()
+            );
+            assert_charged_to_keep_document(&found, source, keep_line, &python);
+        }
+        // The python family is probed: pymalloc's blocks are seen, not only malloc's.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(":PyObject_Malloc"), "{stderr}");
     }
 }
 
@@ -176,12 +204,16 @@ fn the_agent_serves_growth_profiles_with_python_frames() {
     let agent = Agent::start(&["--no-task-socket", "--enable-profiling"]);
     let (worker, keep_line) = start_worker(&python);
     let pid = worker.pid();
-    let (status, text) = agent.get(&format!("/debug/pprof/growth?pid={pid}&seconds=4&format=txt"));
+    let (status, text) = agent.get(&format!(
+        "/debug/pprof/growth?pid={pid}&seconds=4&format=txt"
+    ));
     assert_eq!(status, 200, "{text}");
-    let first_row = text.lines().find(|l| l.starts_with("1 ")).unwrap_or_default();
+    let first_row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_default();
     assert!(
-        first_row.contains("keep_document")
-            && first_row.contains(&format!("{WORKER}:{keep_line}")),
+        first_row.contains("keep_document") && first_row.contains(&format!("{WORKER}:{keep_line}")),
         "{text}"
     );
 }
@@ -195,7 +227,9 @@ fn a_process_without_python_keeps_its_native_stacks_and_says_so() {
     let out = investigate(target.pid(), &["--mode", "growth", "--duration", "3s"]);
     let growth = report(&out, "growth");
     assert!(
-        notes(&growth).iter().any(|n| n == "not a CPython process: native stacks only"),
+        notes(&growth)
+            .iter()
+            .any(|n| n == "not a CPython process: native stacks only"),
         "{:?}",
         notes(&growth)
     );
