@@ -165,7 +165,7 @@ mod tests {
         //   (no location)   1 unit
         //   return          long form, delta -1 (12), 2 units
         let table = [
-            0x80 | 0 << 3, // code 0, 1 unit
+            0x80, // code 0 (short form), 1 unit
             0x00,
             0x80 | 11 << 3 | 1, // +1, 2 units
             4,
