@@ -276,3 +276,61 @@ fn a_python_worker_that_exits_mid_trace_still_gets_its_report() {
         assert!(!stack["frames"].as_array().unwrap().is_empty(), "{stack}");
     }
 }
+
+#[test]
+fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
+    if !kernel_tests_enabled("an_unsupported_interpreter_gets_one_note_and_native_stacks") {
+        return;
+    }
+    // Any pyenv CPython without a table: 3.10 has no Py_Version, 3.12+ no table yet.
+    let mut others: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|v| {
+                    let name = v.file_name().to_string_lossy().into_owned();
+                    ["3.10.", "3.12.", "3.13."]
+                        .iter()
+                        .any(|p| name.starts_with(p))
+                })
+                .map(|v| v.path().join("bin/python3"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    others.sort();
+    if others.is_empty() {
+        eprintln!("SKIPPED: no pyenv CPython 3.10, 3.12 or 3.13 on this machine");
+        return;
+    }
+    let script = "import time\nkept = []\nwhile True:\n    kept.append(bytearray(64 * 1024))\n    \
+                  time.sleep(0.002)\n";
+    for python in others {
+        let worker = Spawned::new(Command::new(&python).args(["-c", script]));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let out = investigate(worker.pid(), &["--mode", "growth", "--duration", "2s"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let growth = report(&out, "growth");
+        let said: Vec<String> = notes(&growth)
+            .into_iter()
+            .filter(|n| n.contains("Python frames"))
+            .collect();
+        assert_eq!(said.len(), 1, "{}: {said:?}", python.display());
+        assert!(
+            said[0].starts_with("no Python frames:") && said[0].contains("supported for CPython"),
+            "{}: {said:?}",
+            python.display()
+        );
+        let stacks = growth["stacks"].as_array().unwrap();
+        assert!(!stacks.is_empty(), "{growth}");
+        assert!(
+            stacks
+                .iter()
+                .flat_map(|s| s["frames"].as_array().unwrap())
+                .all(|f| f["python"] == false)
+        );
+    }
+}

@@ -169,6 +169,24 @@ mod tests {
     }
 
     #[test]
+    fn python_frames_are_labelled_with_file_and_line() {
+        let stack = record(
+            vec![
+                frame("malloc", EXE, 0x10),
+                python("keep_document", "/app/jobs.py", 15, 16),
+                python("<module>", "/app/jobs.py", 1, 30),
+            ],
+            Source::PageFault,
+            4096,
+            1,
+        );
+        assert_eq!(
+            folded(&report(Mode::Growth, vec![stack])),
+            ["[page_fault];<module> (jobs.py:30);keep_document (jobs.py:16);malloc 4096"]
+        );
+    }
+
+    #[test]
     fn folded_names_cannot_break_the_format() {
         let stack = record(
             vec![

@@ -351,6 +351,21 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A Python function's frame, as the interpreter's frames resolve to.
+    pub fn python(function: &str, file: &str, start_line: u32, line: u32) -> Frame {
+        Frame {
+            function: Some(function.to_string()),
+            module: "[python]".to_string(),
+            offset: 0,
+            address: 0,
+            file: Some(file.to_string()),
+            line: Some(line),
+            inlined: false,
+            start_line: Some(start_line),
+            python: true,
+        }
+    }
+
     pub fn libc(function: &str, address: u64) -> Frame {
         frame(function, "/usr/lib/x86_64-linux-gnu/libc.so.6", address)
     }
@@ -432,6 +447,40 @@ mod tests {
         );
         assert_eq!(stack.headline_index(), Some(8));
         assert_eq!(stack.headline().display_name(), "cache_insert");
+    }
+
+    #[test]
+    fn headline_of_a_python_stack_is_the_innermost_user_python_frame() {
+        let lib = "/usr/lib/python3.11/json/decoder.py";
+        let stack = record(
+            vec![
+                libc("malloc", 0x7fff_0000_2000),
+                frame("_PyObject_Malloc", "/usr/bin/python3.11", 0x5555_0000_1000),
+                python("JSONDecoder.raw_decode", lib, 343, 353),
+                python(
+                    "<frozen importlib._bootstrap>",
+                    "<frozen importlib._bootstrap>",
+                    1,
+                    2,
+                ),
+                python("keep_document", "/app/jobs.py", 15, 16),
+                python("<module>", "/app/jobs.py", 1, 30),
+            ],
+            Source::PageFault,
+            1,
+            1,
+        );
+        assert_eq!(stack.headline().display_name(), "keep_document");
+        assert_eq!(stack.headline().location().as_deref(), Some("jobs.py:16"));
+        // Site-packages are the user's dependencies, not the standard library.
+        let celery = "/venv/lib/python3.11/site-packages/celery/app/task.py";
+        let stack = record(
+            vec![python("Task.__call__", celery, 400, 411)],
+            Source::Alloc,
+            1,
+            1,
+        );
+        assert_eq!(stack.headline().display_name(), "Task.__call__");
     }
 
     #[test]
