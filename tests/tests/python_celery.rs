@@ -86,14 +86,25 @@ fn app_cmd(broker: &str) -> Command {
             "/nonexistent/leakscope-python-celery.sock",
         )
         .env("LEAKSCOPE_TEST_BROKER", broker)
-        .env("LEAKSCOPE_TEST_LEAK_BYTES", (1 << 20).to_string())
-        .env("LEAKSCOPE_TEST_CLEAN_BYTES", (4 << 20).to_string())
+        .env("LEAKSCOPE_TEST_LEAK_BYTES", (256 << 10).to_string())
+        .env("LEAKSCOPE_TEST_CLEAN_BYTES", (1 << 20).to_string())
         // As in tasks.rs: glibc's dynamic mmap threshold would keep `clean`'s freed buffers in
         // the heap, where `leaky` reuses pages `clean` faulted in first, and growth mode
         // charges a page to the code that first touched it. Alloc mode is immune.
         .env("MALLOC_MMAP_THRESHOLD_", "131072");
     cmd
 }
+
+/// Enqueues a run of each task every 20 ms for up to two minutes.
+const PACED_CLIENT: &str = "\
+import time
+from leakscope_test_app import clean, leaky
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    leaky.delay()
+    clean.delay()
+    time.sleep(0.02)
+";
 
 #[test]
 fn investigate_names_the_leaking_celery_task_function() {
@@ -122,11 +133,23 @@ fn investigate_names_the_leaking_celery_task_function() {
         "worker not ready: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    // Enough runs to outlast the trace; the client is killed when the test ends.
+    // Paced runs for longer than the trace (the client is killed when the test ends): a
+    // queue drained before the trace would leave nothing to see.
     let _client = Spawned::new(
         app_cmd(&broker)
-            .args(["enqueue.py", "400"])
+            .args(["-c", PACED_CLIENT])
             .stderr(Stdio::null()),
+    );
+    // Traced once runs flow, not while the client starts up.
+    let flowing = wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.matches("leakscope_test.leaky").count() >= 6)
+    });
+    assert!(
+        flowing.is_some(),
+        "no runs of leaky: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let out = Command::new(agent_bin())
         .args(["investigate", "--pid", &worker.pid().to_string(), "--json"])
