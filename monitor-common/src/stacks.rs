@@ -286,27 +286,37 @@ pub const PY_TRUNCATED: u32 = 1;
 /// [`PyStack::flags`]: a read failed mid-chain (frames changed under the walk).
 pub const PY_BROKEN: u32 = 2;
 
-/// Where a CPython process keeps its current thread and the layout of the structures on the
-/// way to its frames (byte offsets for one interpreter version, see user space's table).
+/// Where a CPython process keeps the thread state holding the GIL and the layout of the
+/// structures on the way to its frames (byte offsets for one interpreter version, see user
+/// space's table).
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
 pub struct PyTarget {
-    /// Address, in the target, of the pointer to the thread state holding the GIL
-    /// (`_PyRuntime.gilstate.tstate_current` in 3.11).
-    pub tstate_current: u64,
+    /// Address, in the target, of the first pointer on the way to the thread state
+    /// (3.11: `_PyRuntime.gilstate.tstate_current`, the thread state itself; 3.12:
+    /// `_PyRuntime.interpreters.main`).
+    pub tstate_root: u64,
+    /// Offsets added to each further pointer read (3.12: `ceval.gil`, then
+    /// `last_holder`); the first `tstate_hops_len` are used.
+    pub tstate_hops: [u32; PY_MAX_HOPS],
+    pub tstate_hops_len: u32,
     pub tstate_cframe: u32,
     pub tstate_native_thread_id: u32,
     pub cframe_current_frame: u32,
     pub frame_code: u32,
     pub frame_previous: u32,
     pub frame_prev_instr: u32,
+    /// The byte that says a frame is an entry frame (3.11's `is_entry`), kept through
+    /// `entry_mask` (0 for versions without it, whose entry frames follow a shim).
     pub frame_is_entry: u32,
+    pub entry_mask: u32,
     pub frame_owner: u32,
     /// `owner` of the C-stack shim frames to skip (3.12+); [`PY_NO_OWNER`] (no byte equals
     /// it) when none.
     pub owner_cstack: u32,
-    pub _pad: u32,
 }
+
+pub const PY_MAX_HOPS: usize = 2;
 
 pub const PY_NO_OWNER: u32 = u32::MAX;
 

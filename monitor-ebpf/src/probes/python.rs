@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use monitor_common::stacks::{
     DEFAULT_MAX_GROWTH_TARGETS, DEFAULT_MAX_PY_STACKS, PY_BROKEN, PY_EMPTY, PY_FIRST_KEY, PY_LOST,
-    PY_MAX_FRAMES, PY_NO_GIL, PY_NONE, PY_TRUNCATED, PY_UNREADABLE, PyStack, PyTarget,
+    PY_MAX_FRAMES, PY_MAX_HOPS, PY_NO_GIL, PY_NONE, PY_TRUNCATED, PY_UNREADABLE, PyStack, PyTarget,
     StackCounter,
 };
 
@@ -51,9 +51,21 @@ pub fn python_stack(tgid: u32) -> u64 {
 
 #[inline(never)]
 fn walk(t: &PyTarget) -> u64 {
-    let Some(tstate) = read::<u64>(t.tstate_current) else {
+    let Some(mut tstate) = read::<u64>(t.tstate_root) else {
         return PY_UNREADABLE;
     };
+    for i in 0..PY_MAX_HOPS {
+        if i as u32 >= t.tstate_hops_len {
+            break;
+        }
+        if tstate == 0 {
+            return PY_NO_GIL;
+        }
+        match read::<u64>(tstate + u64::from(t.tstate_hops[i])) {
+            Some(next) => tstate = next,
+            None => return PY_UNREADABLE,
+        }
+    }
     if tstate == 0 {
         return PY_NO_GIL;
     }
@@ -104,7 +116,7 @@ fn walk(t: &PyTarget) -> u64 {
         // 1 when owner == cstack, without a branch: (x - 1) >> 63 is 1 only for x == 0.
         let shim = (u64::from(owner) ^ cstack).wrapping_sub(1) >> 63;
         stack.shims |= shim << slot;
-        stack.entries |= u64::from(entry & 1) << slot;
+        stack.entries |= u64::from(u32::from(entry) & t.entry_mask & 1) << slot;
         hash = (hash ^ code).wrapping_mul(0x0100_0000_01b3);
         hash = (hash ^ instr).wrapping_mul(0x0100_0000_01b3);
         n += 1;

@@ -167,7 +167,12 @@ impl Python {
                 code,
                 code.line_at(layout, f.code, f.instr),
             ));
-            path.entries.push(stack.entries >> i & 1 == 1);
+            // Without `is_entry`, an entry frame is the one just inside a shim frame.
+            let entry = match layout.frame_is_entry {
+                Some(_) => stack.entries >> i & 1 == 1,
+                None => i + 1 < len && stack.shims >> (i + 1) & 1 == 1,
+            };
+            path.entries.push(entry);
         }
         if path.note.is_none() {
             if stack.flags & PY_BROKEN != 0 {
