@@ -4,9 +4,11 @@
 
 use super::{layout::Layout, memory::Memory};
 
-/// Longest string and line table read: a bound on what a corrupt object can make us read.
-const MAX_STRING_CHARS: u64 = 4096;
-const MAX_LINETABLE_BYTES: u64 = 1 << 20;
+/// Longest string and line table read: a bound on what a corrupt object can make us read
+/// and on the cache's memory (a table cut short gives no line past its end; real ones are a
+/// few hundred bytes).
+const MAX_STRING_CHARS: u64 = 1024;
+const MAX_LINETABLE_BYTES: u64 = 32 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Code {

@@ -21,8 +21,9 @@ use self::{code::Code, detect::Detected, layout::Layout, memory::Memory};
 use super::{maps_snapshot::Mapping, report::Frame};
 use crate::bpf::{BpfError, Kernel};
 
-/// Code objects remembered per process: beyond this the cache starts over.
-const MAX_CACHED_CODES: usize = 65_536;
+/// Code objects remembered (over all targets): beyond this the cache starts over. With the
+/// bounds of `code`, at most about 80 MiB; a few MiB in practice.
+const MAX_CACHED_CODES: usize = 2048;
 
 pub struct Python {
     targets: BpfHashMap<MapData, u32, PyTarget>,
