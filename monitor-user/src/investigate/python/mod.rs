@@ -127,7 +127,11 @@ impl Python {
                 ..PyPath::default()
             });
         };
-        Some(self.resolve(pid, layout, &stack))
+        let mut codes = match self.codes.lock() {
+            Ok(codes) => codes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Some(resolve(pid, layout, &stack, &mut codes))
     }
 
     /// Reads the code objects behind `keys` now, while the process lives: a process that
@@ -140,48 +144,184 @@ impl Python {
             }
         }
     }
+}
 
-    fn resolve(&self, pid: u32, layout: &Layout, stack: &PyStack) -> PyPath {
-        let mem = Memory::new(pid);
-        let mut path = PyPath::default();
-        let mut codes = match self.codes.lock() {
-            Ok(codes) => codes,
-            Err(poisoned) => poisoned.into_inner(),
+/// Names the frames of a recorded stack, leaf first, reading code objects (cached) from
+/// `pid`'s memory. A code object that cannot be read ends the path, marked truncated.
+fn resolve(
+    pid: u32,
+    layout: &Layout,
+    stack: &PyStack,
+    codes: &mut HashMap<(u32, u64), Option<Code>>,
+) -> PyPath {
+    let mem = Memory::new(pid);
+    let mut path = PyPath::default();
+    if codes.len() >= MAX_CACHED_CODES {
+        codes.clear();
+    }
+    let len = (stack.len as usize).min(stack.frames.len());
+    for (i, f) in stack.frames[..len].iter().enumerate() {
+        if stack.shims >> i & 1 == 1 {
+            continue;
+        }
+        let code = codes
+            .entry((pid, f.code))
+            .or_insert_with(|| Code::read(&mem, layout, f.code).ok());
+        let Some(code) = code else {
+            // Freed or moved since the sample, or the process is gone.
+            path.note = Some("Python stack truncated: a code object could not be read");
+            break;
         };
-        if codes.len() >= MAX_CACHED_CODES {
-            codes.clear();
+        path.frames.push(merge::python_frame(
+            code,
+            code.line_at(layout, f.code, f.instr),
+        ));
+        // Without `is_entry`, an entry frame is the one just inside a shim frame.
+        let entry = match layout.frame_is_entry {
+            Some(_) => stack.entries >> i & 1 == 1,
+            None => i + 1 < len && stack.shims >> (i + 1) & 1 == 1,
+        };
+        path.entries.push(entry);
+    }
+    if path.note.is_none() {
+        if stack.flags & PY_BROKEN != 0 {
+            path.note = Some("Python stack truncated: the frames changed while read");
+        } else if stack.flags & PY_TRUNCATED != 0 {
+            path.note = Some("Python stack truncated: deeper than the frames recorded");
         }
-        let len = (stack.len as usize).min(stack.frames.len());
-        for (i, f) in stack.frames[..len].iter().enumerate() {
-            if stack.shims >> i & 1 == 1 {
-                continue;
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::stacks::{PY_MAX_FRAMES, PyFrame};
+
+    use super::*;
+    use crate::investigate::python::layout::CPYTHON_3_11;
+
+    /// Bytes laid out as CPython 3.11 lays out its objects, in this process's memory, which
+    /// `process_vm_readv` reads like any other process's.
+    struct Fake {
+        words: Vec<u64>,
+    }
+
+    impl Fake {
+        fn new(bytes: usize) -> Self {
+            Self {
+                words: vec![0; bytes / 8],
             }
-            let code = codes
-                .entry((pid, f.code))
-                .or_insert_with(|| Code::read(&mem, layout, f.code).ok());
-            let Some(code) = code else {
-                // Freed or moved since the sample, or the process is gone.
-                path.note = Some("Python stack truncated: a code object could not be read");
-                break;
-            };
-            path.frames.push(merge::python_frame(
-                code,
-                code.line_at(layout, f.code, f.instr),
-            ));
-            // Without `is_entry`, an entry frame is the one just inside a shim frame.
-            let entry = match layout.frame_is_entry {
-                Some(_) => stack.entries >> i & 1 == 1,
-                None => i + 1 < len && stack.shims >> (i + 1) & 1 == 1,
-            };
-            path.entries.push(entry);
         }
-        if path.note.is_none() {
-            if stack.flags & PY_BROKEN != 0 {
-                path.note = Some("Python stack truncated: the frames changed while read");
-            } else if stack.flags & PY_TRUNCATED != 0 {
-                path.note = Some("Python stack truncated: deeper than the frames recorded");
-            }
+        fn base(&self) -> u64 {
+            self.words.as_ptr() as u64
         }
-        path
+        fn put(&mut self, at: u64, bytes: &[u8]) {
+            let raw: &mut [u8] = as_bytes(&mut self.words);
+            raw[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+
+    fn as_bytes(words: &mut [u64]) -> &mut [u8] {
+        // SAFETY: u64s reinterpreted as their bytes; the length covers the same memory.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
+    }
+
+    /// A compact ASCII str object.
+    fn ascii(text: &str) -> Fake {
+        let l = CPYTHON_3_11;
+        let mut f = Fake::new(l.ascii_header as usize + text.len() + 8);
+        f.put(l.unicode_length, &(text.len() as u64).to_ne_bytes());
+        // kind 1 (bits 2-4), compact (bit 5), ascii (bit 6).
+        f.put(
+            l.unicode_state,
+            &(1u32 << 2 | 1 << 5 | 1 << 6).to_ne_bytes(),
+        );
+        f.put(l.ascii_header, text.as_bytes());
+        f
+    }
+
+    /// A compact non-ASCII str of 2-byte characters.
+    fn ucs2(text: &str) -> Fake {
+        let l = CPYTHON_3_11;
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let mut f = Fake::new(l.compact_header as usize + units.len() * 2 + 8);
+        f.put(l.unicode_length, &(units.len() as u64).to_ne_bytes());
+        f.put(l.unicode_state, &(2u32 << 2 | 1 << 5).to_ne_bytes());
+        let raw: Vec<u8> = units.iter().flat_map(|u| u.to_ne_bytes()).collect();
+        f.put(l.compact_header, &raw);
+        f
+    }
+
+    fn bytes_object(data: &[u8]) -> Fake {
+        let l = CPYTHON_3_11;
+        let mut f = Fake::new(l.bytes_data as usize + data.len() + 8);
+        f.put(l.var_size, &(data.len() as u64).to_ne_bytes());
+        f.put(l.bytes_data, data);
+        f
+    }
+
+    #[test]
+    fn frames_are_named_from_code_objects_and_an_unreadable_one_truncates_the_path() {
+        let l = CPYTHON_3_11;
+        let qualname = ascii("Worker.keep_document");
+        let filename = ucs2("/srv/jobs/société.py");
+        // First line 40; code unit 0 on line 40, units 1-2 on line 41 (one-line form, +1).
+        let linetable = bytes_object(&[0x80, 0x00, 0x80 | 11 << 3 | 1, 4, 9]);
+        let mut code = Fake::new(l.code_adaptive as usize + 64);
+        code.put(l.code_qualname, &qualname.base().to_ne_bytes());
+        code.put(l.code_filename, &filename.base().to_ne_bytes());
+        code.put(l.code_linetable, &linetable.base().to_ne_bytes());
+        code.put(l.code_firstlineno, &40u32.to_ne_bytes());
+        let code_at = code.base();
+        let mut stack = PyStack {
+            len: 2,
+            flags: 0,
+            entries: 0b10,
+            shims: 0,
+            frames: [PyFrame::default(); PY_MAX_FRAMES],
+        };
+        // `prev_instr` at code unit 2 (two bytes each).
+        stack.frames[0] = PyFrame {
+            code: code_at,
+            instr: code_at + l.code_adaptive + 4,
+        };
+        // A code object freed since the sample: its address is no longer mapped.
+        stack.frames[1] = PyFrame { code: 8, instr: 0 };
+        let mut codes = HashMap::new();
+        let path = resolve(std::process::id(), &l, &stack, &mut codes);
+        assert_eq!(path.frames.len(), 1, "{path:?}");
+        let f = &path.frames[0];
+        assert_eq!(f.function.as_deref(), Some("Worker.keep_document"));
+        assert_eq!(f.file.as_deref(), Some("/srv/jobs/société.py"));
+        assert_eq!((f.start_line, f.line), (Some(40), Some(41)));
+        assert!(f.python);
+        assert_eq!(
+            path.note,
+            Some("Python stack truncated: a code object could not be read")
+        );
+        // Cached: the second resolution reads nothing again and says the same.
+        assert_eq!(resolve(std::process::id(), &l, &stack, &mut codes), path);
+        drop((qualname, filename, linetable, code));
+    }
+
+    #[test]
+    fn frames_changed_under_the_walk_are_marked_truncated() {
+        let stack = PyStack {
+            len: 0,
+            flags: PY_BROKEN,
+            entries: 0,
+            shims: 0,
+            frames: [PyFrame::default(); PY_MAX_FRAMES],
+        };
+        let path = resolve(
+            std::process::id(),
+            &CPYTHON_3_11,
+            &stack,
+            &mut HashMap::new(),
+        );
+        assert_eq!(
+            path.note,
+            Some("Python stack truncated: the frames changed while read")
+        );
     }
 }
