@@ -34,8 +34,14 @@ pub enum Detected {
     Found(Interpreter),
 }
 
-/// Looks for CPython in `pid`'s modules: the executable and any libpython.
+/// Largest module read to look for CPython's symbols: a bound on what a process can make
+/// the agent read by mapping a huge file under a Python-like name.
+const MAX_MODULE_BYTES: u64 = 512 << 20;
+
+/// Looks for CPython in `pid`'s modules: the executable (whatever its name: uWSGI or
+/// another embedder may link libpython statically) and any `python*`/`libpython*` object.
 pub fn detect(pid: u32, mappings: &[Mapping]) -> Detected {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let mut seen = HashSet::new();
     for m in mappings {
         let Some(path) = m.path.as_deref() else {
@@ -45,10 +51,15 @@ pub fn detect(pid: u32, mappings: &[Mapping]) -> Detected {
             continue;
         }
         let name = crate::investigate::report::basename(path);
-        if !(name.starts_with("python") || name.starts_with("libpython")) {
+        let is_exe = exe.as_deref().is_some_and(|e| e.as_os_str() == path);
+        if !(is_exe || name.starts_with("python") || name.starts_with("libpython")) {
             continue;
         }
-        let Ok(data) = std::fs::read(m.open_path(pid)) else {
+        let file = m.open_path(pid);
+        if std::fs::metadata(&file).map_or(true, |meta| meta.len() > MAX_MODULE_BYTES) {
+            continue;
+        }
+        let Ok(data) = std::fs::read(&file) else {
             continue;
         };
         let Ok(elf) = object::File::parse(&*data) else {
