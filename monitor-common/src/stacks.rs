@@ -292,6 +292,10 @@ pub const PY_BROKEN: u32 = 2;
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
 pub struct PyTarget {
+    /// The target's pid namespace (nsfs device, kernel encoding, and inode): CPython records
+    /// thread ids as the process sees them, which inside a container are not the host's.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
     /// Address, in the target, of the first pointer on the way to the thread state
     /// (3.11: `_PyRuntime.gilstate.tstate_current`, the thread state itself; 3.12:
     /// `_PyRuntime.interpreters.main`).

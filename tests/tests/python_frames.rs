@@ -77,13 +77,18 @@ fn pythons() -> Vec<PathBuf> {
 
 /// The worker, started and past its start-up, with the line it leaks from.
 fn start_worker(python: &Path) -> (Spawned, u64) {
+    start_worker_with(Command::new(python))
+}
+
+/// The worker run by `launcher` (the interpreter, or a command that runs it).
+fn start_worker_with(mut launcher: Command) -> (Spawned, u64) {
     use std::os::unix::process::CommandExt as _;
-    let mut child = Command::new(python)
+    let mut child = launcher
         .arg(worker_script())
         .stdout(Stdio::piped())
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", python.display()));
+        .unwrap_or_else(|e| panic!("spawn {launcher:?}: {e}"));
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
@@ -91,7 +96,7 @@ fn start_worker(python: &Path) -> (Spawned, u64) {
     let line = first
         .strip_prefix("ready ")
         .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{} said {first:?}", python.display()));
+        .unwrap_or_else(|| panic!("{launcher:?} said {first:?}"));
     (Spawned { child }, line)
 }
 
@@ -204,6 +209,29 @@ fn growth_and_alloc_modes_name_the_python_function_file_and_line_under_both_cpyt
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(":PyObject_Malloc"), "{stderr}");
     }
+}
+
+#[test]
+fn a_worker_in_its_own_pid_namespace_gets_python_frames() {
+    if !kernel_tests_enabled("a_worker_in_its_own_pid_namespace_gets_python_frames") {
+        return;
+    }
+    let Some(python) = pythons().pop() else {
+        return;
+    };
+    // As in a container: the worker's thread ids are not the host's.
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--pid", "--fork"]).arg(&python);
+    let (launcher, keep_line) = start_worker_with(unshare);
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.pid())).unwrap();
+    let worker: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.ends_with("\t1"), "{nspid}");
+    let out = investigate(worker, &["--mode", "growth", "--duration", "4s"]);
+    let growth = report(&out, "growth");
+    assert_charged_to_keep_document(&growth, "page_fault", keep_line, &python);
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //! are read from the code objects by user space, once per code object.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_pidns_info},
+    helpers::{bpf_probe_read_user, generated::bpf_get_ns_current_pid_tgid},
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
@@ -69,7 +69,21 @@ fn walk(t: &PyTarget) -> u64 {
     if tstate == 0 {
         return PY_NO_GIL;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
+    // The thread id as the process sees it, in its own pid namespace.
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: the helper writes `size` bytes into `ns`, a local of that size.
+    let found = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            t.pidns_dev,
+            t.pidns_ino,
+            &mut ns,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    if found != 0 {
+        return PY_UNREADABLE;
+    }
+    let tid = ns.pid;
     match read::<u64>(tstate + u64::from(t.tstate_native_thread_id)) {
         Some(native) if native == u64::from(tid) => {}
         Some(_) => return PY_NO_GIL,

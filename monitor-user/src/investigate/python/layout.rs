@@ -113,12 +113,15 @@ pub fn for_version(major: u8, minor: u8) -> Option<&'static Layout> {
 pub const SUPPORTED: &str = "3.11 and 3.12";
 
 impl Layout {
-    /// What the kernel walk needs for a process whose `_PyRuntime` is at `runtime`.
-    pub fn target(&self, runtime: u64) -> PyTarget {
+    /// What the kernel walk needs for a process whose `_PyRuntime` is at `runtime` and whose
+    /// pid namespace is `(dev, ino)`.
+    pub fn target(&self, runtime: u64, pidns: (u64, u64)) -> PyTarget {
         let mut hops = [0; PY_MAX_HOPS];
         let used = self.tstate_hops.len().min(PY_MAX_HOPS);
         hops[..used].copy_from_slice(&self.tstate_hops[..used]);
         PyTarget {
+            pidns_dev: pidns.0,
+            pidns_ino: pidns.1,
             tstate_root: runtime + self.runtime_tstate_root,
             tstate_hops: hops,
             tstate_hops_len: used as u32,

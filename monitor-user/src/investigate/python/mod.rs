@@ -61,15 +61,19 @@ impl Python {
         let (note, layout) = match detect::detect(pid, mappings) {
             Detected::NotPython => ("not a CPython process: native stacks only".to_owned(), None),
             Detected::Unsupported(why) => (format!("no Python frames: {why}"), None),
-            Detected::Found(i) => match self.targets.insert(pid, i.layout.target(i.runtime), 0) {
+            Detected::Found(i) => match pid_namespace(pid).and_then(|ns| {
+                self.targets
+                    .insert(pid, i.layout.target(i.runtime, ns), 0)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            }) {
                 Ok(()) => (
                     format!("Python frames from CPython {} ({})", i.version, i.module),
                     Some(i.layout),
                 ),
                 Err(e) => (
                     format!(
-                        "no Python frames: CPython {} found but the target table refused \
-                             it ({e})",
+                        "no Python frames: CPython {} found but could not be set up for \
+                         sampling ({e})",
                         i.version
                     ),
                     None,
@@ -144,6 +148,16 @@ impl Python {
             }
         }
     }
+}
+
+/// `pid`'s pid namespace as `bpf_get_ns_current_pid_tgid` takes it: the nsfs device in the
+/// kernel's encoding (major << 20 | minor) and the inode.
+fn pid_namespace(pid: u32) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(format!("/proc/{pid}/ns/pid"))?;
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    Ok(((u64::from(major) << 20) | u64::from(minor), meta.ino()))
 }
 
 /// Names the frames of a recorded stack, leaf first, reading code objects (cached) from
