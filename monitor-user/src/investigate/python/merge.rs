@@ -23,6 +23,21 @@ pub fn python_frame(code: &Code, line: Option<u32>) -> Frame {
     }
 }
 
+/// Stands past the outermost Python frame of a path that could not be read to its end.
+pub fn truncated_frame() -> Frame {
+    Frame {
+        function: Some("[python stack truncated]".to_owned()),
+        module: PYTHON_MODULE.to_owned(),
+        offset: 0,
+        address: 0,
+        file: None,
+        line: None,
+        inlined: false,
+        start_line: None,
+        python: false,
+    }
+}
+
 fn is_eval_loop(frame: &Frame) -> bool {
     frame
         .function

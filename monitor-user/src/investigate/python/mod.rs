@@ -204,6 +204,11 @@ fn resolve(
             path.note = Some("Python stack truncated: deeper than the frames recorded");
         }
     }
+    // The row says so itself, in every output, past its outermost Python frame.
+    if path.note.is_some() && !path.frames.is_empty() {
+        path.frames.push(merge::truncated_frame());
+        path.entries.push(false);
+    }
     path
 }
 
@@ -303,7 +308,8 @@ mod tests {
         stack.frames[1] = PyFrame { code: 8, instr: 0 };
         let mut codes = HashMap::new();
         let path = resolve(std::process::id(), &l, &stack, &mut codes);
-        assert_eq!(path.frames.len(), 1, "{path:?}");
+        assert_eq!(path.frames.len(), 2, "{path:?}");
+        assert_eq!(path.frames[1].display_name(), "[python stack truncated]");
         let f = &path.frames[0];
         assert_eq!(f.function.as_deref(), Some("Worker.keep_document"));
         assert_eq!(f.file.as_deref(), Some("/srv/jobs/société.py"));
