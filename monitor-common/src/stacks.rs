@@ -98,6 +98,8 @@ pub struct GrowthKey {
     /// libc's wrappers keep no frame. 0 for page faults. User space keeps it only if it points
     /// just after a call instruction.
     pub return_hint: u64,
+    /// The Python stack: a key of [`PY_STACKS_MAP`], or one of the `PY_*` reasons below it.
+    pub py_stack: u64,
 }
 
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -144,6 +146,8 @@ pub struct AllocPending {
     pub return_address: u64,
     pub stack_id: i32,
     pub kind: u32,
+    /// As [`GrowthKey::py_stack`].
+    pub py_stack: u64,
 }
 
 #[derive(Copy, Clone, Debug, Default)]
@@ -157,6 +161,8 @@ pub struct AllocInfo {
     pub return_address: u64,
     pub stack_id: i32,
     pub tgid: u32,
+    /// As [`GrowthKey::py_stack`].
+    pub py_stack: u64,
 }
 
 /// A sampled page fault: its stack and when (`bpf_ktime_get_ns`).
@@ -165,6 +171,8 @@ pub struct AllocInfo {
 pub struct PageSample {
     pub stack_id: i64,
     pub sampled_ns: u64,
+    /// As [`GrowthKey::py_stack`].
+    pub py_stack: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -210,10 +218,12 @@ pub enum StackCounter {
     FreeCalls,
     /// Released ranges [`GROWTH_RELEASES_MAP`] had no room for.
     ReleaseLost,
+    /// Python stacks [`PY_STACKS_MAP`] had no room for.
+    PyStackLost,
 }
 
 impl StackCounter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [StackCounter; Self::COUNT as usize] = [
         Self::GrowthSampled,
         Self::StackLost,
@@ -225,6 +235,7 @@ impl StackCounter {
         Self::AllocUnpaired,
         Self::FreeCalls,
         Self::ReleaseLost,
+        Self::PyStackLost,
     ];
 }
 
@@ -241,4 +252,96 @@ mod pod {
     unsafe impl aya::Pod for Release {}
     unsafe impl aya::Pod for AllocPending {}
     unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for PyTarget {}
+    unsafe impl aya::Pod for PyFrame {}
+    unsafe impl aya::Pod for PyStack {}
+}
+
+/// pid -> [`PyTarget`]: CPython processes whose samples also record the Python call path;
+/// written by user space, which found the interpreter and its version.
+pub const PY_TARGETS_MAP: &str = "PY_TARGETS";
+/// Python stack key -> [`PyStack`]: the interpreter frames of sampled events, leaf first.
+pub const PY_STACKS_MAP: &str = "PY_STACKS";
+pub const DEFAULT_MAX_PY_STACKS: u32 = 8_192;
+/// Interpreter frames recorded per sample; deeper stacks keep their innermost frames and are
+/// marked [`PY_TRUNCATED`].
+pub const PY_MAX_FRAMES: usize = 64;
+
+/// `py_stack` reasons, below any real key (which is a hash forced above them).
+/// Not a Python target.
+pub const PY_NONE: u64 = 0;
+/// The sampled thread does not hold the GIL (or the interpreter has no current thread).
+pub const PY_NO_GIL: u64 = 1;
+/// The thread state or its frames could not be read.
+pub const PY_UNREADABLE: u64 = 2;
+/// [`PY_STACKS_MAP`] was full.
+pub const PY_LOST: u64 = 3;
+/// The thread holds the GIL but runs no Python code (start-up, shutdown, a C thread).
+pub const PY_EMPTY: u64 = 4;
+/// Keys at or above this are [`PY_STACKS_MAP`] keys.
+pub const PY_FIRST_KEY: u64 = 16;
+
+/// [`PyStack::flags`]: the chain went on past [`PY_MAX_FRAMES`].
+pub const PY_TRUNCATED: u32 = 1;
+/// [`PyStack::flags`]: a read failed mid-chain (frames changed under the walk).
+pub const PY_BROKEN: u32 = 2;
+
+/// Where a CPython process keeps the thread state holding the GIL and the layout of the
+/// structures on the way to its frames (byte offsets for one interpreter version, see user
+/// space's table).
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct PyTarget {
+    /// The target's pid namespace (nsfs device, kernel encoding, and inode): CPython records
+    /// thread ids as the process sees them, which inside a container are not the host's.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+    /// Address, in the target, of the first pointer on the way to the thread state
+    /// (3.11: `_PyRuntime.gilstate.tstate_current`, the thread state itself; 3.12:
+    /// `_PyRuntime.interpreters.main`).
+    pub tstate_root: u64,
+    /// Offsets added to each further pointer read (3.12: `ceval.gil`, then
+    /// `last_holder`); the first `tstate_hops_len` are used.
+    pub tstate_hops: [u32; PY_MAX_HOPS],
+    pub tstate_hops_len: u32,
+    pub tstate_cframe: u32,
+    pub tstate_native_thread_id: u32,
+    pub cframe_current_frame: u32,
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_prev_instr: u32,
+    /// The byte that says a frame is an entry frame (3.11's `is_entry`), kept through
+    /// `entry_mask` (0 for versions without it, whose entry frames follow a shim).
+    pub frame_is_entry: u32,
+    pub entry_mask: u32,
+    pub frame_owner: u32,
+    /// `owner` of the C-stack shim frames to skip (3.12+); [`PY_NO_OWNER`] (no byte equals
+    /// it) when none.
+    pub owner_cstack: u32,
+}
+
+pub const PY_MAX_HOPS: usize = 2;
+
+pub const PY_NO_OWNER: u32 = u32::MAX;
+
+/// One interpreter frame: its code object and the `prev_instr` pointer into the code.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PyFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct PyStack {
+    pub len: u32,
+    pub flags: u32,
+    /// Bit i set: frame i is an entry frame, the first one a `_PyEval_EvalFrameDefault` call
+    /// ran (the outermost of its call's frames).
+    pub entries: u64,
+    /// Bit i set: frame i is a C-stack shim (`owner` is [`PyTarget::owner_cstack`]), which
+    /// user space skips.
+    pub shims: u64,
+    pub frames: [PyFrame; PY_MAX_FRAMES],
 }

@@ -13,6 +13,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // Debian's, by path: the security suite runs it as an unprivileged user, who cannot
     // reach a python under /root.
     ("/usr/bin/python3", "python3"),
+    // Python frames are tested under Debian's CPython 3.11 (static libpython, stripped)
+    // besides the machine's pyenv build; gdb reads libpython's DWARF to check the 3.11
+    // offsets table (monitor-user's investigate::python::layout test).
+    ("/usr/bin/python3.11", "python3.11"),
+    ("gdb", "gdb"),
     ("setpriv", "util-linux"),
     ("runuser", "util-linux"),
     // The security suite's network peer lives in a namespace of its own.

@@ -25,6 +25,7 @@ use monitor_common::stacks::{
 
 use super::{
     now_ns,
+    python::python_stack,
     stack::{stack_pointer, user_stack_id, word_at_stack_pointer},
 };
 use crate::maps::count_stack;
@@ -105,6 +106,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         return_address: pending.return_address,
         stack_id: pending.stack_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        py_stack: pending.py_stack,
     };
     match ALLOCS.insert(address, info, 0) {
         Ok(()) => count_stack(StackCounter::AllocTracked),
@@ -141,6 +143,7 @@ fn enter(ctx: &ProbeContext, kind: AllocKind) {
         return_address: word_at_stack_pointer(sp),
         stack_id: user_stack_id(ctx),
         kind: kind as u32,
+        py_stack: python_stack((bpf_get_current_pid_tgid() >> 32) as u32),
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     if ALLOC_PENDING.insert(tid, pending, 0).is_err() {

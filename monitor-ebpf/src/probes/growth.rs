@@ -38,6 +38,7 @@ use super::{
     ProbeError, current_tgid, field,
     mem::{SYSCALL_OFFSETS, pages},
     now_ns,
+    python::python_stack,
     rss::{KERNEL_LAYOUT, read_kernel},
     stack::{current_return_hint, user_stack_id},
 };
@@ -102,7 +103,7 @@ fn try_fault(ctx: &RawTracePointContext) {
     }
     let shift = KERNEL_LAYOUT.load().page_shift;
     let bytes = u64::from(period) << shift;
-    let stack_id = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
+    let (stack_id, py_stack) = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
     // SAFETY: as above.
     let address = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ADDRESS) };
     let key = PageKey {
@@ -113,6 +114,7 @@ fn try_fault(ctx: &RawTracePointContext) {
     let sample = PageSample {
         stack_id: i64::from(stack_id),
         sampled_ns: now_ns(),
+        py_stack,
     };
     if GROWTH_PAGES.insert(&key, &sample, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
@@ -241,7 +243,7 @@ fn try_syscall(
     Ok(())
 }
 
-/// Adds to the stack's entry; returns the stack id.
+/// Adds to the stack's entry; returns the stack id and the Python stack key.
 #[inline(always)]
 fn record<C: StackIdContext>(
     ctx: &C,
@@ -249,13 +251,14 @@ fn record<C: StackIdContext>(
     source: GrowthSource,
     hint: u64,
     bytes: u64,
-) -> i32 {
+) -> (i32, u64) {
     let key = GrowthKey {
         tgid,
         stack_id: user_stack_id(ctx),
         source: source as u32,
         _pad: 0,
         return_hint: hint,
+        py_stack: python_stack(tgid),
     };
     count_stack(StackCounter::GrowthSampled);
     if let Some(v) = GROWTH.get_ptr_mut(&key) {
@@ -264,11 +267,11 @@ fn record<C: StackIdContext>(
         let v = unsafe { &mut *v };
         v.events += 1;
         v.bytes += bytes;
-        return key.stack_id;
+        return (key.stack_id, key.py_stack);
     }
     let fresh = GrowthValue { events: 1, bytes };
     if GROWTH.insert(&key, &fresh, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
     }
-    key.stack_id
+    (key.stack_id, key.py_stack)
 }

@@ -5,6 +5,7 @@ pub mod floor;
 pub mod growth;
 pub mod mem;
 pub mod oom;
+pub mod python;
 pub mod rss;
 pub mod sched;
 pub mod stack;

@@ -65,10 +65,22 @@ const ENTRY_POINTS: &[(&str, Role)] = &[
     ("_ZdaPv", Role::Free),
     ("_ZdlPvm", Role::Free),
     ("_ZdaPvm", Role::Free),
+    // The `python` family: CPython's object and memory APIs, in the executable or in
+    // libpython. pymalloc serves small blocks from its own arenas, which never reach malloc;
+    // large ones it passes on to malloc, and the block is then recorded once, at the address
+    // both return. PyMem_Raw* are plain malloc and are left to it.
+    ("PyObject_Malloc", Role::Allocate(AllocKind::Malloc)),
+    ("PyObject_Calloc", Role::Allocate(AllocKind::Calloc)),
+    ("PyObject_Realloc", Role::Allocate(AllocKind::Realloc)),
+    ("PyObject_Free", Role::Free),
+    ("PyMem_Malloc", Role::Allocate(AllocKind::Malloc)),
+    ("PyMem_Calloc", Role::Allocate(AllocKind::Calloc)),
+    ("PyMem_Realloc", Role::Allocate(AllocKind::Realloc)),
+    ("PyMem_Free", Role::Free),
 ];
 
 /// Symbols that mark an object as an allocator.
-const MARKERS: &[&str] = &["malloc", "je_malloc", "tc_malloc"];
+const MARKERS: &[&str] = &["malloc", "je_malloc", "tc_malloc", "PyObject_Malloc"];
 
 /// One probe to attach.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +244,32 @@ mod tests {
         assert_eq!(free.role, Role::Free);
         let malloc = sites.iter().find(|s| s.symbol == "malloc").unwrap();
         assert_eq!(malloc.entry_skip, 0);
+    }
+
+    #[test]
+    fn cpython_is_an_allocator_of_the_python_family() {
+        let path = "/usr/bin/python3.11";
+        let Ok(data) = std::fs::read(path) else {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "CI=true: {path} (package python3.11) is missing"
+            );
+            eprintln!("skipped: no {path}");
+            return;
+        };
+        // Stripped and statically linked with libpython: its dynamic symbols still name the
+        // C API.
+        let sites = probe_sites(&data, path).expect("python3.11 defines PyObject_Malloc");
+        let names: Vec<_> = sites.iter().map(|s| s.symbol.as_str()).collect();
+        for want in [
+            "PyObject_Malloc",
+            "PyObject_Realloc",
+            "PyObject_Free",
+            "PyMem_Malloc",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(!names.contains(&"malloc"), "{names:?}");
     }
 
     #[test]

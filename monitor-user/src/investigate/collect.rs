@@ -9,6 +9,7 @@ use super::{
     alloc::AllocTrace,
     growth::{Growth, page_size},
     maps_snapshot::{self, Mapping},
+    python::{PyPath, merge},
     report::{Frame, Mode, Report, Source, StackRecord},
     symbolize,
     tracer::Shared,
@@ -25,6 +26,8 @@ pub struct Target<'a> {
 /// One row before symbolization.
 struct Raw {
     ips: Vec<u64>,
+    /// The Python call path, for a CPython target.
+    py: Option<PyPath>,
     source: Source,
     bytes: u64,
     count: u64,
@@ -76,7 +79,7 @@ pub fn read_growth(
             // Faulted pages count while they are still held; address space counts as added.
             let (bytes, count) = match (source, &retained) {
                 (Source::PageFault, Ok(per)) => {
-                    let samples = per.get(&key.stack_id).copied().unwrap_or(0);
+                    let samples = per.get(&(key.stack_id, key.py_stack)).copied().unwrap_or(0);
                     faulted += value.bytes;
                     kept += page_bytes(samples);
                     (page_bytes(samples), samples)
@@ -85,6 +88,7 @@ pub fn read_growth(
             };
             Raw {
                 ips: stack_with_caller(shared, key.stack_id, key.return_hint, target.mappings),
+                py: shared.python.path(target.pid, key.py_stack),
                 source,
                 bytes,
                 count,
@@ -92,7 +96,7 @@ pub fn read_growth(
             }
         })
         .filter(|r| r.bytes > 0)
-        .collect();
+        .collect::<Vec<Raw>>();
     let mut notes = vec![match &retained {
         Ok(_) => format!(
             "page_fault rows: pages faulted in and still held at the end ({} of {} faulted in; \
@@ -110,6 +114,7 @@ pub fn read_growth(
             .to_owned(),
     }];
     notes.extend(growth.off.iter().cloned());
+    notes.extend(python_notes(target.pid, shared, &raws));
     notes.extend(loss_notes(shared));
     GrowthRecords {
         raws,
@@ -166,15 +171,17 @@ pub fn alloc_report(
     let raws = trace
         .outstanding(target.pid, born_before, sample_bytes)
         .into_iter()
-        .map(|((stack_id, ret), o)| Raw {
+        .map(|((stack_id, ret, py_stack), o)| Raw {
             ips: stack_with_caller(shared, stack_id, ret, target.mappings),
+            py: shared.python.path(target.pid, py_stack),
             source: Source::Alloc,
             bytes: o.bytes,
             count: o.count,
             oldest_ns: Some(o.oldest_ns),
         })
-        .collect();
+        .collect::<Vec<Raw>>();
     let mut notes = Vec::new();
+    notes.extend(python_notes(target.pid, shared, &raws));
     if !trace.off.is_empty() {
         notes.push(format!("probes off: {}", trace.off.join("; ")));
     }
@@ -210,6 +217,40 @@ pub fn alloc_report(
     };
     report.rank();
     report
+}
+
+/// What became of Python frames: the interpreter found (or why none), then the bytes of
+/// samples without a full Python path, by reason.
+fn python_notes(pid: u32, shared: &Shared, raws: &[Raw]) -> Vec<String> {
+    let mut notes: Vec<String> = shared
+        .python
+        .note(pid)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let mut why: HashMap<&str, (u64, u64)> = HashMap::new();
+    for raw in raws {
+        if let Some(note) = raw.py.as_ref().and_then(|p| p.note) {
+            let e = why.entry(note).or_default();
+            e.0 += raw.count;
+            e.1 += raw.bytes;
+        }
+    }
+    let mut why: Vec<_> = why.into_iter().collect();
+    why.sort();
+    for (note, (count, bytes)) in why {
+        notes.push(format!(
+            "{count} samples ({}): {note}",
+            bytesize::ByteSize(bytes)
+        ));
+    }
+    let lost = shared.counter(StackCounter::PyStackLost);
+    if lost > 0 {
+        notes.push(format!(
+            "{lost} Python stacks could not be recorded: the Python stack table was full"
+        ));
+    }
+    notes
 }
 
 fn loss_notes(shared: &Shared) -> Vec<String> {
@@ -264,8 +305,16 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
     let stacks: Vec<Vec<u64>> = raws.iter().map(|r| r.ips.clone()).collect();
     let frames = symbolize::symbolize(target.pid, target.alive, target.mappings, &stacks);
     // Rows whose frames are the same code (different stack ids can symbolize alike) merge.
-    let mut merged: HashMap<(Vec<(String, u64)>, Source), StackRecord> = HashMap::new();
+    #[expect(clippy::type_complexity, reason = "a local key: frames and source")]
+    let mut merged: HashMap<
+        (Vec<(String, u64, Option<String>, Option<u32>)>, Source),
+        StackRecord,
+    > = HashMap::new();
     for (raw, frames) in raws.into_iter().zip(frames) {
+        let frames = match &raw.py {
+            Some(py) => merge::merge(frames, py),
+            None => frames,
+        };
         let frames = if frames.is_empty() {
             vec![lost_frame()]
         } else {
@@ -274,7 +323,7 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
         let key = (
             frames
                 .iter()
-                .map(|f| (f.module.clone(), f.offset))
+                .map(|f| (f.module.clone(), f.offset, f.function.clone(), f.line))
                 .collect(),
             raw.source,
         );
@@ -305,5 +354,7 @@ fn lost_frame() -> Frame {
         file: None,
         line: None,
         inlined: false,
+        start_line: None,
+        python: false,
     }
 }

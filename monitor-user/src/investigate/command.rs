@@ -78,7 +78,7 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
         crate::bpf::object::load_for_investigation(&layout, &capacity)
             .context("loading the BPF programs")?,
     );
-    let shared = tracer::Shared::take(&kernel)?;
+    let mut shared = tracer::Shared::take(&kernel)?;
     let mut mappings = match maps_snapshot::read(pid) {
         Ok(m) => m,
         Err(MapsError::Gone { .. }) => {
@@ -87,6 +87,8 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
         Err(e) => bail!("pid {pid} ({comm}): {e}"),
     };
 
+    // Before any sampler runs, so that every sample of a CPython process has its Python path.
+    shared.python.add(pid, &mappings);
     let wants_growth = args.mode != Mode::Alloc;
     let wants_alloc = args.mode != Mode::Growth;
     let mut growth = None;
@@ -135,6 +137,11 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
         if last_maps.elapsed() >= MAPS_REFRESH {
             if let Ok(m) = maps_snapshot::read(pid) {
                 mappings = m;
+            }
+            if let Some(g) = &growth {
+                shared
+                    .python
+                    .warm(pid, g.collect(pid).into_iter().map(|(k, _)| k.py_stack));
             }
             last_maps = Instant::now();
         }

@@ -41,8 +41,14 @@ fn folded_line(stack: &StackRecord) -> String {
 /// A frame name that cannot break the folded format: `;` separates frames and a line break
 /// ends the stack. C++ and Rust names can hold `;` (`[u8; 8]`).
 fn folded_name(frame: &Frame) -> String {
-    let name: String = frame
-        .display_name()
+    let mut name = frame.display_name();
+    // A Python function is told apart by where it is: `qualname (file:line)`.
+    if frame.python
+        && let Some(location) = frame.location()
+    {
+        name = format!("{name} ({location})");
+    }
+    let name: String = name
         .chars()
         .map(|c| match c {
             ';' => ':',
@@ -159,6 +165,24 @@ mod tests {
                 "[page_fault];main;cache_insert;malloc 4194304",
                 "[mmap];main;leak_paths.stripped+0x1189 8192",
             ]
+        );
+    }
+
+    #[test]
+    fn python_frames_are_labelled_with_file_and_line() {
+        let stack = record(
+            vec![
+                frame("malloc", EXE, 0x10),
+                python("keep_document", "/app/jobs.py", 15, 16),
+                python("<module>", "/app/jobs.py", 1, 30),
+            ],
+            Source::PageFault,
+            4096,
+            1,
+        );
+        assert_eq!(
+            folded(&report(Mode::Growth, vec![stack])),
+            ["[page_fault];<module> (jobs.py:30);keep_document (jobs.py:16);malloc 4096"]
         );
     }
 

@@ -166,9 +166,9 @@ impl Growth {
     }
 
     /// Sampled pages of `pid` still resident or swapped out now, and not released since
-    /// their sample, per stack id of the fault that brought each in. None when
+    /// their sample, per (stack id, Python stack) of the fault that brought each in. None when
     /// /proc/PID/pagemap cannot be read (the process exited).
-    pub fn retained(&self, pid: u32) -> std::io::Result<HashMap<i32, u64>> {
+    pub fn retained(&self, pid: u32) -> std::io::Result<HashMap<(i32, u64), u64>> {
         use std::os::unix::fs::FileExt as _;
         let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
         let page_size = page_size();
@@ -198,7 +198,8 @@ impl Growth {
             // Bit 63: present in RAM; bit 62: swapped out. Either way the process holds it.
             let bits = u64::from_le_bytes(entry);
             if bits & (3 << 62) != 0 {
-                *per.entry(sample.stack_id as i32).or_default() += 1;
+                *per.entry((sample.stack_id as i32, sample.py_stack))
+                    .or_default() += 1;
             }
         }
         Ok(per)
@@ -288,6 +289,7 @@ mod tests {
         PageSample {
             stack_id,
             sampled_ns,
+            py_stack: 0,
         }
     }
 

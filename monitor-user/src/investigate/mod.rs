@@ -12,6 +12,7 @@ pub mod out_dir;
 pub mod pprof;
 pub mod probe_point;
 pub mod profiler;
+pub mod python;
 pub mod report;
 pub mod symbolize;
 pub mod table;

@@ -415,7 +415,7 @@ impl Builder {
             // Only the demangled name is known; pprof falls back to it either way.
             system_name: name,
             filename,
-            start_line: 0,
+            start_line: frame.start_line.map_or(0, i64::from),
         });
         self.function_ids.insert(key, id);
         id
@@ -616,6 +616,42 @@ mod tests {
             profile.sample[0].location_id.last(),
             profile.sample[1].location_id.last()
         );
+    }
+
+    #[test]
+    fn python_frames_carry_file_start_line_and_line() {
+        let report = report(
+            Mode::Growth,
+            vec![record(
+                vec![
+                    libc("malloc", 0x7fff_0000_2000),
+                    python("keep_document", "/app/jobs.py", 15, 16),
+                    python("handle_job", "/app/jobs.py", 20, 23),
+                ],
+                Source::PageFault,
+                4096,
+                1,
+            )],
+        );
+        let profile = decode(&encode(&report)).unwrap();
+        assert_eq!(
+            sample_functions(&profile, &profile.sample[0]),
+            ["malloc", "keep_document", "handle_job"]
+        );
+        let function = profile
+            .function
+            .iter()
+            .find(|f| string(&profile, f.name) == "keep_document")
+            .unwrap();
+        assert_eq!(string(&profile, function.filename), "/app/jobs.py");
+        assert_eq!(function.start_line, 15);
+        let line = profile
+            .location
+            .iter()
+            .flat_map(|l| &l.line)
+            .find(|l| l.function_id == function.id)
+            .unwrap();
+        assert_eq!(line.line, 16);
     }
 
     #[test]

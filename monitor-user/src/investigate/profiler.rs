@@ -85,7 +85,17 @@ impl Profiler {
 
     fn hold(&mut self, pid: u32, period: u32, holder: Holder) -> Result<(), HoldError> {
         if !self.growth.is_target(pid) {
-            self.growth.add(pid, period)?;
+            // Python first, so that every sample of a CPython process has its Python path.
+            match super::maps_snapshot::read(pid) {
+                Ok(mappings) => {
+                    self.stacks.python.add(pid, &mappings);
+                }
+                Err(e) => log::debug!("pid {pid}: no Python frames ({e})"),
+            }
+            if let Err(e) = self.growth.add(pid, period) {
+                self.stacks.python.remove(pid);
+                return Err(e.into());
+            }
         }
         self.holds.add(pid, holder, start_time(pid), Instant::now());
         Ok(())
@@ -101,6 +111,7 @@ impl Profiler {
 
     fn forget(&mut self, pid: u32) {
         self.growth.remove(pid);
+        self.stacks.python.remove(pid);
         if self.growth.targets().is_empty() {
             self.stacks.clear_stacks();
         }

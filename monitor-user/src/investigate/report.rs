@@ -21,6 +21,10 @@ pub struct Frame {
     pub line: Option<u32>,
     /// The frame was inlined into the next (outer) one.
     pub inlined: bool,
+    /// Python frames: the first line of the function (`co_firstlineno`).
+    pub start_line: Option<u32>,
+    /// A Python function (from the interpreter's frames), not machine code.
+    pub python: bool,
 }
 
 /// Where the bytes of a stack came from.
@@ -108,6 +112,8 @@ static NO_FRAME: Frame = Frame {
     file: None,
     line: None,
     inlined: false,
+    start_line: None,
+    python: false,
 };
 
 /// The last component of a path: modules and source files are long absolute paths, and the
@@ -136,11 +142,25 @@ impl Frame {
         })
     }
 
+    /// A Python function outside the interpreter's standard library and frozen modules.
+    pub fn is_user_python(&self) -> bool {
+        let file = self.file.as_deref().unwrap_or_default();
+        self.python && !file.starts_with('<') && !is_standard_library(file)
+    }
+
     /// Part of the allocator or the C runtime: never where a leak is, only how it happened.
     pub fn is_allocator(&self) -> bool {
         is_runtime_module(basename(&self.module))
             || self.function.as_deref().is_some_and(is_allocator_function)
     }
+}
+
+/// `.../lib/python3.X/module.py`, outside site-packages and dist-packages.
+fn is_standard_library(file: &str) -> bool {
+    let Some((_, rest)) = file.split_once("/lib/python3") else {
+        return false;
+    };
+    !rest.contains("/site-packages/") && !rest.contains("/dist-packages/")
 }
 
 /// Shared objects that implement allocation; frames in them say nothing about who leaks.
@@ -226,6 +246,11 @@ impl StackRecord {
         if self.frames.is_empty() {
             return None;
         }
+        // In a Python process the user's code is the innermost Python frame outside the
+        // standard library: below it are the interpreter's internals and the library's.
+        if let Some(i) = self.frames.iter().position(Frame::is_user_python) {
+            return Some(i);
+        }
         Some(
             self.frames
                 .iter()
@@ -299,6 +324,8 @@ pub(crate) mod test_support {
             file: None,
             line: None,
             inlined: false,
+            start_line: None,
+            python: false,
         }
     }
 
@@ -319,6 +346,23 @@ pub(crate) mod test_support {
             file: None,
             line: None,
             inlined: false,
+            start_line: None,
+            python: false,
+        }
+    }
+
+    /// A Python function's frame, as the interpreter's frames resolve to.
+    pub fn python(function: &str, file: &str, start_line: u32, line: u32) -> Frame {
+        Frame {
+            function: Some(function.to_string()),
+            module: "[python]".to_string(),
+            offset: 0,
+            address: 0,
+            file: Some(file.to_string()),
+            line: Some(line),
+            inlined: false,
+            start_line: Some(start_line),
+            python: true,
         }
     }
 
@@ -403,6 +447,40 @@ mod tests {
         );
         assert_eq!(stack.headline_index(), Some(8));
         assert_eq!(stack.headline().display_name(), "cache_insert");
+    }
+
+    #[test]
+    fn headline_of_a_python_stack_is_the_innermost_user_python_frame() {
+        let lib = "/usr/lib/python3.11/json/decoder.py";
+        let stack = record(
+            vec![
+                libc("malloc", 0x7fff_0000_2000),
+                frame("_PyObject_Malloc", "/usr/bin/python3.11", 0x5555_0000_1000),
+                python("JSONDecoder.raw_decode", lib, 343, 353),
+                python(
+                    "<frozen importlib._bootstrap>",
+                    "<frozen importlib._bootstrap>",
+                    1,
+                    2,
+                ),
+                python("keep_document", "/app/jobs.py", 15, 16),
+                python("<module>", "/app/jobs.py", 1, 30),
+            ],
+            Source::PageFault,
+            1,
+            1,
+        );
+        assert_eq!(stack.headline().display_name(), "keep_document");
+        assert_eq!(stack.headline().location().as_deref(), Some("jobs.py:16"));
+        // Site-packages are the user's dependencies, not the standard library.
+        let celery = "/venv/lib/python3.11/site-packages/celery/app/task.py";
+        let stack = record(
+            vec![python("Task.__call__", celery, 400, 411)],
+            Source::Alloc,
+            1,
+            1,
+        );
+        assert_eq!(stack.headline().display_name(), "Task.__call__");
     }
 
     #[test]

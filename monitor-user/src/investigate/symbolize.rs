@@ -88,6 +88,8 @@ pub fn symbolize(
                         file: None,
                         line: None,
                         inlined: false,
+                        start_line: None,
+                        python: false,
                     }),
                 }
             }
@@ -146,6 +148,8 @@ fn symbolize_module(
                     file: loc.as_ref().map(|(f, _)| f.clone()),
                     line: loc.and_then(|(_, l)| l),
                     inlined,
+                    start_line: None,
+                    python: false,
                 };
                 let mut frames: Vec<Frame> = sym
                     .inlined
@@ -170,6 +174,8 @@ fn unmapped(ip: u64) -> Frame {
         file: None,
         line: None,
         inlined: false,
+        start_line: None,
+        python: false,
     }
 }
 

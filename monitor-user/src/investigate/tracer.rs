@@ -1,14 +1,18 @@
-//! The maps both stack-sampling modes (growth and alloc) read: stacks and counters.
+//! The maps both stack-sampling modes (growth and alloc) read: stacks, Python stacks and
+//! counters.
 
 use aya::maps::{MapData, PerCpuArray, StackTraceMap};
 use monitor_common::stacks::{STACK_COUNTERS_MAP, STACKS_MAP, StackCounter};
 
+use super::python::Python;
 use crate::bpf::{BpfError, Kernel};
 
 /// Maps both modes read.
 pub struct Shared {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// CPython targets and their Python stacks.
+    pub python: Python,
 }
 
 impl Shared {
@@ -16,6 +20,7 @@ impl Shared {
         Ok(Self {
             stacks: kernel.take_map(STACKS_MAP, StackTraceMap::try_from)?,
             counters: kernel.take_map(STACK_COUNTERS_MAP, PerCpuArray::try_from)?,
+            python: Python::take(kernel)?,
         })
     }
 
@@ -32,6 +37,7 @@ impl Shared {
         for id in ids {
             let _ = self.stacks.remove(&id);
         }
+        self.python.clear_stacks();
     }
 
     pub fn counter(&self, c: StackCounter) -> u64 {
