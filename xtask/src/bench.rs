@@ -154,13 +154,17 @@ enum Variant {
     /// (`--threads-for-uid 0`): the marker sender and the job loop get uprobes on their
     /// libc; the other workloads are not targets.
     AgentThreads,
+    /// The agent with `--rss-events`: every RSS change and fork tracked as it happens, the
+    /// per-event cost the defaults no longer pay.
+    AgentRssEvents,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant::Baseline,
     Variant::Floor,
     Variant::Agent,
     Variant::AgentThreads,
+    Variant::AgentRssEvents,
 ];
 
 /// Where the workloads send markers; an agent variant listens there.
@@ -280,6 +284,7 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
                 Variant::AgentThreads => {
                     Some(Tracer::agent(&agent_bin, &["--threads-for-uid", "0"])?)
                 }
+                Variant::AgentRssEvents => Some(Tracer::agent(&agent_bin, &["--rss-events"])?),
             };
             if VARIANTS[v] == Variant::Agent
                 && let Some(t) = &tracer
@@ -304,7 +309,8 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
     }
     println!();
     println!(
-        "overhead: {rounds} rounds (baseline, floor, agent, agent+threads in rotated order), \
+        "overhead: {rounds} rounds (baseline, floor, agent, agent+threads, agent+rss-events in \
+         rotated order), \
          workloads pinned to CPU {cpu}, {HOST_PROCESSES} sleeping processes on the host"
     );
     println!(
@@ -314,32 +320,37 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
         "agent+threads = the agent with --threads-for-uid 0: root's marker senders (the job \
          loop, the sender beside the writes) get per-thread uprobes; the writer is no target"
     );
+    println!(
+        "rss-events = the agent with --rss-events (rss_stat and task_newtask tracked per event)"
+    );
     println!("seconds: median per run; ratios: median (min..max) of the per-round ratios");
     println!(
-        "{:<40} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<22} {:<22} {:<22}",
+        "{:<40} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<22} {:<22} {:<22}",
         "workload",
         "baseline",
         "floor",
         "agent",
         "threads",
+        "events",
         "floor/baseline",
         "agent/baseline",
-        "agent/floor",
-        "threads/baseline"
+        "threads/baseline",
+        "rss-events/baseline"
     );
-    let (b, f, a, t) = (0, 1, 2, 3);
+    let (b, f, a, t, e) = (0, 1, 2, 3, 4);
     for (i, w) in WORKLOADS.iter().enumerate() {
         println!(
-            "{:<40} {:>8.4} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22} {:<22} {:<22}",
+            "{:<40} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22} {:<22} {:<22}",
             w.name,
             median(&times[b][i]),
             median(&times[f][i]),
             median(&times[a][i]),
             median(&times[t][i]),
+            median(&times[e][i]),
             ratio_summary(&times[f][i], &times[b][i]),
             ratio_summary(&times[a][i], &times[b][i]),
-            ratio_summary(&times[a][i], &times[f][i]),
             ratio_summary(&times[t][i], &times[b][i]),
+            ratio_summary(&times[e][i], &times[b][i]),
         );
     }
     println!();
@@ -348,18 +359,27 @@ fn overhead(rounds: usize, cpu: Option<usize>) -> Result<()> {
          moved by other load on the machine than wall time)"
     );
     println!(
-        "{:<40} {:>8} {:>8} {:>8}  {:<22} {:<22}",
-        "workload", "baseline", "agent", "threads", "agent/baseline", "threads/baseline"
+        "{:<40} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<22} {:<22}",
+        "workload",
+        "baseline",
+        "agent",
+        "threads",
+        "events",
+        "agent/baseline",
+        "threads/baseline",
+        "rss-events/baseline"
     );
     for (i, w) in WORKLOADS.iter().enumerate() {
         println!(
-            "{:<40} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22}",
+            "{:<40} {:>8.4} {:>8.4} {:>8.4} {:>8.4}  {:<22} {:<22} {:<22}",
             w.name,
             median(&cpu_times[b][i]),
             median(&cpu_times[a][i]),
             median(&cpu_times[t][i]),
+            median(&cpu_times[e][i]),
             ratio_summary(&cpu_times[a][i], &cpu_times[b][i]),
             ratio_summary(&cpu_times[t][i], &cpu_times[b][i]),
+            ratio_summary(&cpu_times[e][i], &cpu_times[b][i]),
         );
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
