@@ -76,7 +76,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Err(e) = &layout.tracefs {
         state.notes.push(e.clone());
     }
+    // The iterator's layout also tells the exit program whether to read the final RSS.
+    let iter_setup = crate::bpf::iter::iter_layout(
+        std::path::Path::new(crate::bpf::btf::VMLINUX),
+        &layout.exit,
+        &args.break_probe,
+    );
     let sizes = AgentSizes {
+        iter: iter_setup.layout.as_ref().ok().copied(),
         max_kernel_processes: args.max_kernel_processes,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
@@ -88,11 +95,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     release_freed_memory();
     // Held for the agent's whole life: dropping it detaches the probes.
-    let probes = crate::bpf::probes::attach_agent(&kernel, &layout, &args.break_probe);
+    let probes =
+        crate::bpf::probes::attach_agent(&kernel, &layout, &args.break_probe, args.rss_events);
     let (syscall_status, syscalls) =
         crate::threads::prepare(kernel.clone(), &layout.syscalls, &args.break_probe);
     state.probes = probes.statuses.clone();
     state.probes.push(syscall_status);
+    let task_iter = (!args.rss_events).then(|| load_task_iter(&kernel, &iter_setup, &args));
+    if let Some(result) = &task_iter {
+        state.probes.push(crate::bpf::iter::status(result));
+        for note in iter_notes(&iter_setup, result.is_ok()) {
+            warn!("{note}");
+            state.notes.push(note);
+        }
+    }
+    let task_iter = task_iter.and_then(Result::ok).map(Arc::new);
     for p in &state.probes {
         match &p.error {
             None => info!("probe {} attached to {}", p.name, p.tracepoint),
@@ -162,8 +179,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if auto_growth.is_some() && profiler.is_none() {
         warn!("--auto-growth is off: growth profiling is unavailable (see above)");
     }
-    let sync_task = tokio::spawn(interval_loop(
+    let source = Source {
         maps,
+        iter: task_iter,
+        rss_events: args.rss_events,
+    };
+    let refresh_source = source.clone();
+    let weak = Arc::downgrade(&shared);
+    shared.set_refresher(Box::new(move || {
+        if let Some(shared) = weak.upgrade() {
+            take_snapshot(&refresh_source, &shared);
+        }
+    }));
+    let sync_task = tokio::spawn(interval_loop(
+        source,
         shared.clone(),
         profiler.clone(),
         args.interval,
@@ -312,8 +341,82 @@ async fn event_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn interval_loop(
+/// Where the agent's numbers come from: the task iterator by default, the kernel's
+/// per-process map with `--rss-events`, /proc when neither is there.
+#[derive(Clone)]
+struct Source {
     maps: Arc<KernelMaps>,
+    iter: Option<Arc<crate::bpf::iter::TaskIter>>,
+    rss_events: bool,
+}
+
+fn load_task_iter(
+    kernel: &Arc<crate::bpf::Kernel>,
+    setup: &crate::bpf::iter::IterSetup,
+    args: &RunArgs,
+) -> Result<crate::bpf::iter::TaskIter, crate::bpf::BpfError> {
+    let broken = args
+        .break_probe
+        .iter()
+        .any(|b| b == crate::bpf::iter::BREAK_ITER);
+    if let Err(why) = &setup.layout {
+        return Err(crate::bpf::BpfError::Program {
+            name: monitor_common::TASK_ITER_PROGRAM.into(),
+            detail: format!("no kernel layout: {why}"),
+        });
+    }
+    let iter = kernel.load_task_iter(broken)?;
+    // aya's BTF parse for the load is large and short-lived.
+    release_freed_memory();
+    // A first walk now: a kernel that loads the program but refuses the link says so here.
+    iter.run()?;
+    Ok(iter)
+}
+
+/// The iterator's fallbacks that are in force, in words for /healthz and the log.
+fn iter_notes(setup: &crate::bpf::iter::IterSetup, iter_on: bool) -> Vec<String> {
+    let mut notes = Vec::new();
+    if iter_on && let Some(why) = &setup.approximate {
+        notes.push(format!(
+            "fallback: RSS is the kernel's batched count, not the exact per-CPU sum ({why}); \
+             each kind may trail by up to {} bytes",
+            crate::bpf::iter::count_error_bytes()
+        ));
+    }
+    if let Some(why) = &setup.exit_snapshot {
+        notes.push(format!(
+            "fallback: exit numbers are the last snapshot, not read at exit ({why})"
+        ));
+    }
+    notes
+}
+
+/// One walk of the task iterator into the table; a failed walk turns it off for good and
+/// the /proc fallback takes over at the next interval.
+fn take_snapshot(source: &Source, shared: &Shared) {
+    let Some(iter) = &source.iter else {
+        return;
+    };
+    let mut state = shared.state();
+    if !state.probe_attached(crate::bpf::iter::BREAK_ITER) {
+        return;
+    }
+    drop(state);
+    match iter.run() {
+        Ok(records) => {
+            // Events first: an exit already applied must not be undone by an older record.
+            state = shared.current();
+            state.kernel_entries = records.len() as u64;
+            state.table.sync_snapshot(&records);
+        }
+        Err(e) => shared
+            .state()
+            .probe_failed(crate::bpf::iter::BREAK_ITER, e.to_string()),
+    }
+}
+
+async fn interval_loop(
+    source: Source,
     shared: Arc<Shared>,
     profiler: Option<http::SharedProfiler>,
     every: Duration,
@@ -325,7 +428,7 @@ async fn interval_loop(
         tick.tick().await;
         // Map iteration and /proc reads block: off the async workers, so scrapes and
         // /healthz never wait behind them.
-        let (m, s) = (maps.clone(), shared.clone());
+        let (m, s) = (source.clone(), shared.clone());
         if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&m, &s)).await {
             warn!("interval sync failed: {e}");
         }
@@ -346,22 +449,31 @@ async fn interval_loop(
 
 /// One interval: take the kernel's numbers, then look in /proc only where the kernel has not
 /// spoken (new pids, unknown members, selection) — never a full scan.
-fn sync_once(maps: &KernelMaps, shared: &Shared) {
-    let kernel = maps.procs();
-    let counters = maps.counters();
-    let (adopt, rss_off, exit_off) = {
-        // Events first: a fork must be known before the kernel's entry for it is matched.
-        let mut state = shared.current();
-        state.set_counters(counters, boot_ns());
-        state.kernel_entries = kernel.len() as u64;
-        let adopt = state.table.sync_kernel(&kernel);
-        (
-            adopt,
-            !state.probe_attached("rss_stat"),
-            !state.probe_attached("sched_exit"),
-        )
+fn sync_once(source: &Source, shared: &Shared) {
+    let counters = source.maps.counters();
+    shared.current().set_counters(counters, boot_ns());
+    let rss_off = if source.rss_events {
+        let kernel = source.maps.procs();
+        let (adopt, rss_off) = {
+            // Events first: a fork must be known before the kernel's entry for it is matched.
+            let mut state = shared.current();
+            state.kernel_entries = kernel.len() as u64;
+            let adopt = state.table.sync_kernel(&kernel);
+            (adopt, !state.probe_attached("rss_stat"))
+        };
+        adopt_unknown(shared, &kernel, adopt);
+        rss_off
+    } else {
+        shared.refresh();
+        let iter_off = !shared
+            .state()
+            .probe_attached(crate::bpf::iter::BREAK_ITER);
+        if iter_off {
+            adopt_new_from_proc(shared);
+        }
+        iter_off
     };
-    adopt_unknown(shared, &kernel, adopt);
+    let exit_off = !shared.state().probe_attached("sched_exit");
     evaluate_selection(shared);
     refresh_from_proc(shared, rss_off);
     if exit_off {
@@ -401,6 +513,30 @@ fn adopt_unknown(
         let k = kernel.get(&s.pid).copied();
         state.table.adopt(s, k);
     }
+}
+
+/// The /proc fallback's discovery: pids the table lacks, a bounded number of reads each
+/// interval (the rest wait for the next one).
+fn adopt_new_from_proc(shared: &Shared) {
+    let new: Vec<u32> = {
+        let state = shared.state();
+        proc::pids()
+            .into_iter()
+            .filter(|pid| state.table.get(*pid).is_none())
+            .collect()
+    };
+    let mut errors = Vec::new();
+    let mut found = Vec::new();
+    for pid in new.into_iter().take(PROC_READS_PER_INTERVAL) {
+        match proc::read(pid) {
+            Ok(s) => found.push(s),
+            Err(ProcError::Gone(_) | ProcError::KernelThread(_)) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut state = shared.state();
+    record_proc_errors(&mut state, &errors);
+    state.table.seed(found);
 }
 
 /// Decides selection (and any `--limit`) for processes that have settled

@@ -29,6 +29,7 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
+use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid};
 use super::rss::{KERNEL_LAYOUT, adopt_forked_mm, read_kernel, release_mm, retire_seen};
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
 use crate::maps::{PROCS, count, emit};
@@ -193,11 +194,28 @@ fn on_group_exit() {
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
         ev.exit_code = read_kernel::<i32>(task + u64::from(exit_code_at)).unwrap_or(0) as u32;
     }
+    let iter = ITER_LAYOUT.load();
+    if iter.exit_reads_mm != 0 {
+        // 6.16+: this fires before exit_mm, so the mm still holds the final numbers. This is
+        // what the agent knows of a process that lived less than one interval.
+        let layout = KERNEL_LAYOUT.load();
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+        ev.ppid = parent_tgid(task, &iter);
+        if let Ok(mm) = read_kernel::<u64>(task + u64::from(layout.task_mm))
+            && mm != 0
+        {
+            let (rss, peak, _) = mm_rss(mm, &layout, &iter);
+            ev.rss = rss;
+            ev.peak_bytes = peak;
+        }
+    }
     if let Some(stats) = PROCS.get_ptr(tgid) {
         let stats = unsafe { &*stats };
         ev.ppid = stats.ppid;
-        ev.rss = stats.rss;
-        ev.peak_bytes = stats.peak_bytes;
+        if ev.rss[monitor_common::RssKind::Anon as usize] < 0 {
+            ev.rss = stats.rss;
+        }
+        ev.peak_bytes = ev.peak_bytes.max(stats.peak_bytes);
         if !release_mm(tgid, stats.mm, stats.ppid) && stats.mm != 0 {
             retire_seen(stats.mm, tgid);
         }

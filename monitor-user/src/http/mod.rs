@@ -179,7 +179,16 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// Fresh kernel numbers for a scrape, read off the async workers (a walk over every task).
+async fn refresh(state: &Arc<Shared>) {
+    let shared = state.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || shared.refresh()).await {
+        log::warn!("refresh before a scrape failed: {e}");
+    }
+}
+
 async fn metrics_handler(State(state): State<Arc<Shared>>) -> Response {
+    refresh(&state).await;
     let rendered = metrics::render(&state.current(), web::metric_families());
     match rendered {
         Ok(body) => (
@@ -210,6 +219,7 @@ async fn processes_handler(
     State(state): State<Arc<Shared>>,
     Query(q): Query<ProcessQuery>,
 ) -> Response {
+    refresh(&state).await;
     let state = state.current();
     let export = state.export();
     let own: std::collections::HashSet<u32> = export.own.iter().map(|p| p.pid).collect();

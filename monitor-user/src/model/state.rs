@@ -45,9 +45,15 @@ pub struct AgentState {
     pub features: crate::model::features::Features,
     /// Processes whose growth stacks the agent samples on its own (--auto-growth).
     pub growth_sampled: std::collections::HashSet<u32>,
+    /// The last processes to exit, newest last, at most [`RECENT_EXITS`]: a process that
+    /// lived less than one interval is seen here, with its peak and exit code.
+    pub exits: std::collections::VecDeque<crate::model::table::Exited>,
     /// Total of dropped lifecycle events, and when that total last grew.
     last_drop: Option<(u64, u64)>,
 }
+
+/// How many exits [`AgentState::exits`] keeps.
+pub const RECENT_EXITS: usize = 256;
 
 /// A drop makes the agent degraded for this long, not forever.
 const DROP_MEMORY_NS: u64 = 600 * 1_000_000_000;
@@ -114,6 +120,7 @@ impl AgentState {
             // Each feature puts its configured state here at start-up; defaults until then.
             features: Default::default(),
             growth_sampled: Default::default(),
+            exits: Default::default(),
             last_drop: None,
         }
     }
@@ -143,6 +150,10 @@ impl AgentState {
             return;
         };
         self.pools.parent_exited(exited.pid);
+        if self.exits.len() >= RECENT_EXITS {
+            self.exits.pop_front();
+        }
+        self.exits.push_back(exited.clone());
         let (first_sample, limit) = before.unwrap_or_default();
         let reason = RecycleReason::classify(
             exited.exit_code,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
+use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind, TASK_RSS_EXACT, TaskRecord};
 use serde::Serialize;
 
 use crate::{host::container::ContainerInfo, host::proc::ProcSnapshot, model::leaks::LeakState};
@@ -47,6 +47,9 @@ pub struct Process {
     /// Container and pod, derived from `/proc/<pid>/cgroup` when selection reads it.
     pub container: ContainerInfo,
     pub leak: Option<LeakState>,
+    /// From the task iterator: whether its RSS is the exact per-CPU sum. `None` when the
+    /// numbers come from elsewhere (rss_stat events, /proc).
+    pub rss_exact: Option<bool>,
     kernel: Option<ProcStats>,
     seed: Option<ProcSnapshot>,
 }
@@ -66,8 +69,51 @@ impl Process {
             configured_limit: None,
             container: ContainerInfo::default(),
             leak: None,
+            rss_exact: None,
             kernel: None,
             seed: Some(s),
+        }
+    }
+
+    /// A process first seen by the task iterator: everything needed is in the record.
+    fn from_record(r: &TaskRecord) -> Self {
+        let mut p = Self {
+            pid: r.pid,
+            ppid: r.ppid,
+            comm: comm_str(&r.comm),
+            start_ns: r.start_ns,
+            exec_ns: r.start_ns,
+            cgroup_id: r.cgroup_id,
+            cgroup_path: None,
+            memcg_v1_path: None,
+            selected: None,
+            configured_limit: None,
+            container: ContainerInfo::default(),
+            leak: None,
+            rss_exact: None,
+            kernel: None,
+            seed: None,
+        };
+        p.take_record(r);
+        p
+    }
+
+    fn take_record(&mut self, r: &TaskRecord) {
+        let mut k = ProcStats::new(r.start_ns, r.ppid, r.cgroup_id);
+        k.rss = r.rss;
+        k.peak_bytes = r.peak_bytes;
+        self.kernel = Some(k);
+        if self.start_ns == 0 {
+            self.start_ns = r.start_ns;
+        }
+        self.rss_exact = Some(r.flags & TASK_RSS_EXACT != 0);
+        if r.cgroup_id != 0 && r.cgroup_id != self.cgroup_id {
+            self.cgroup_id = r.cgroup_id;
+            self.cgroup_path = None;
+        }
+        if r.ppid != 0 {
+            // Reparenting (the parent died) changes it; pools follow the live parent.
+            self.ppid = r.ppid;
         }
     }
 
@@ -85,6 +131,7 @@ impl Process {
             configured_limit: None,
             container: ContainerInfo::default(),
             leak: None,
+            rss_exact: None,
             kernel: None,
             seed: None,
         }
@@ -171,10 +218,13 @@ impl ProcessTable {
                 None
             }
             EventKind::Exec => {
-                let p = self
-                    .procs
-                    .entry(ev.pid)
-                    .or_insert_with(|| Process::from_fork(ev));
+                let p = self.procs.entry(ev.pid).or_insert_with(|| {
+                    // Its fork was not seen (no fork probe by default): the start is unknown
+                    // until the next snapshot gives it.
+                    let mut p = Process::from_fork(ev);
+                    p.start_ns = 0;
+                    p
+                });
                 p.comm = comm_str(&ev.comm);
                 p.exec_ns = ev.ts_ns;
                 p.cgroup_id = ev.cgroup_id;
@@ -185,9 +235,22 @@ impl ProcessTable {
                 None
             }
             EventKind::Exit => {
-                let p = self.procs.remove(&ev.pid)?;
                 let rss = |k: RssKind| ev.rss[k as usize].max(0) as u64;
                 let at_exit = rss(RssKind::File) + rss(RssKind::Anon) + rss(RssKind::Shmem);
+                let Some(p) = self.procs.remove(&ev.pid) else {
+                    // Born and gone between two snapshots: the exit program's numbers are
+                    // all there is. Its lifetime is unknown (0), so no pool counts it.
+                    return Some(Exited {
+                        pid: ev.pid,
+                        ppid: ev.ppid,
+                        comm: comm_str(&ev.comm),
+                        cgroup_id: ev.cgroup_id,
+                        lifetime_ns: 0,
+                        resident_bytes: at_exit,
+                        peak_bytes: ev.peak_bytes.max(at_exit),
+                        exit_code: ev.exit_code,
+                    });
+                };
                 Some(Exited {
                     pid: p.pid,
                     ppid: p.ppid,
@@ -231,6 +294,23 @@ impl ProcessTable {
             .collect()
     }
 
+    /// Takes the task iterator's snapshot: every live process with an address space. A pid
+    /// the table lacks, or holds for an earlier process (its start differs), is added from
+    /// its record without a /proc read. Returns how many were added.
+    pub fn sync_snapshot(&mut self, records: &[TaskRecord]) -> usize {
+        let mut added = 0;
+        for r in records {
+            match self.procs.get_mut(&r.pid) {
+                Some(p) if same_start(p.start_ns, r.start_ns) => p.take_record(r),
+                _ => {
+                    self.procs.insert(r.pid, Process::from_record(r));
+                    added += 1;
+                }
+            }
+        }
+        added
+    }
+
     pub fn adopt(&mut self, snapshot: ProcSnapshot, kernel: Option<ProcStats>) {
         let mut p = Process::from_snapshot(snapshot);
         p.kernel = kernel;
@@ -272,6 +352,12 @@ impl ProcessTable {
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
     }
+}
+
+/// Start times from /proc have clock-tick resolution and fork events are stamped just after
+/// the kernel's own start time: within 50 ms is the same process. 0 is unknown.
+fn same_start(a: u64, b: u64) -> bool {
+    a == 0 || b == 0 || a.abs_diff(b) < 50_000_000
 }
 
 pub fn comm_str(raw: &[u8; 16]) -> String {
