@@ -144,7 +144,8 @@ pub fn sched_exec(_ctx: TracePointContext) -> u32 {
             stats.cgroup_id = cgroup;
             stats.ppid
         }
-        None => 0,
+        // Not tracked in the kernel (no fork probe by default): the parent from the task.
+        None => parent_tgid(unsafe { aya_ebpf::helpers::bpf_get_current_task() }, &ITER_LAYOUT.load()),
     };
     emit(&event(EventKind::Exec, tgid, ppid, cgroup, comm));
     0

@@ -253,10 +253,15 @@ impl ProcessTable {
                 };
                 Some(Exited {
                     pid: p.pid,
-                    ppid: p.ppid,
+                    ppid: if p.ppid == 0 { ev.ppid } else { p.ppid },
                     comm: p.comm.clone(),
                     cgroup_id: p.cgroup_id,
-                    lifetime_ns: ev.ts_ns.saturating_sub(p.start_ns),
+                    // A start of 0 is unknown (seen at exec, gone before any snapshot).
+                    lifetime_ns: if p.start_ns == 0 {
+                        0
+                    } else {
+                        ev.ts_ns.saturating_sub(p.start_ns)
+                    },
                     resident_bytes: if at_exit > 0 {
                         at_exit
                     } else {
