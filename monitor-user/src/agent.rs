@@ -609,7 +609,7 @@ fn refresh_from_proc(shared: &Shared, rss_probe_off: bool) {
         match r {
             Ok(s) => {
                 if let Some(p) = state.table.get_mut(pid)
-                    && s.start_ns.abs_diff(p.start_ns) < 50_000_000
+                    && crate::model::table::same_start(p.start_ns, s.start_ns)
                 {
                     p.set_seed(s);
                 }

@@ -101,7 +101,9 @@ impl Process {
     fn take_record(&mut self, r: &TaskRecord) {
         let mut k = ProcStats::new(r.start_ns, r.ppid, r.cgroup_id);
         k.rss = r.rss;
-        k.peak_bytes = r.peak_bytes;
+        // The kernel's high-water mark is taken from its batched counter: an earlier exact
+        // snapshot may have seen more.
+        k.peak_bytes = r.peak_bytes.max(self.kernel.map_or(0, |old| old.peak_bytes));
         self.kernel = Some(k);
         if self.start_ns == 0 {
             self.start_ns = r.start_ns;
@@ -176,6 +178,9 @@ impl Process {
     pub fn set_seed(&mut self, s: ProcSnapshot) {
         if self.comm.is_empty() {
             self.comm.clone_from(&s.comm);
+        }
+        if self.start_ns == 0 {
+            self.start_ns = s.start_ns;
         }
         self.seed = Some(s);
     }
@@ -361,7 +366,7 @@ impl ProcessTable {
 
 /// Start times from /proc have clock-tick resolution and fork events are stamped just after
 /// the kernel's own start time: within 50 ms is the same process. 0 is unknown.
-fn same_start(a: u64, b: u64) -> bool {
+pub fn same_start(a: u64, b: u64) -> bool {
     a == 0 || b == 0 || a.abs_diff(b) < 50_000_000
 }
 
