@@ -406,8 +406,15 @@ fn take_snapshot(source: &Source, shared: &Shared) {
         Ok(records) => {
             // Events first: an exit already applied must not be undone by an older record.
             state = shared.current();
-            state.kernel_entries = records.len() as u64;
-            state.table.sync_snapshot(&records);
+            let first: std::collections::HashSet<u32> =
+                state.table.sync_snapshot(&records).into_iter().collect();
+            drop(state);
+            source.maps.register(
+                records
+                    .iter()
+                    .filter(|r| first.contains(&r.pid))
+                    .map(|r| (r.pid, ProcStats::new(r.start_ns, r.ppid, r.cgroup_id))),
+            );
         }
         Err(e) => shared
             .state()

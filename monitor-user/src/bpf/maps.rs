@@ -6,26 +6,44 @@ use monitor_common::{COUNTERS_MAP, Counter, EVENTS_MAP, PROCS_MAP, ProcStats};
 use super::{BpfError, Kernel};
 
 pub struct KernelMaps {
-    procs: BpfHashMap<MapData, u32, ProcStats>,
+    /// Locked only to write (the agent registers processes the iterator found).
+    procs: std::sync::Mutex<BpfHashMap<MapData, u32, ProcStats>>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 impl KernelMaps {
     pub fn take(kernel: &Kernel) -> Result<Self, BpfError> {
         Ok(Self {
-            procs: kernel.take_map(PROCS_MAP, BpfHashMap::try_from)?,
+            procs: std::sync::Mutex::new(kernel.take_map(PROCS_MAP, BpfHashMap::try_from)?),
             counters: kernel.take_map(COUNTERS_MAP, PerCpuArray::try_from)?,
         })
     }
 
     /// Every process entry; entries that vanish while iterating are skipped.
     pub fn procs(&self) -> std::collections::HashMap<u32, ProcStats> {
-        self.procs.iter().filter_map(Result::ok).collect()
+        self.lock().iter().filter_map(Result::ok).collect()
     }
 
     /// One process's entry, read now (the task listener reads it when a marker arrives).
     pub fn proc_stats(&self, pid: u32) -> Option<ProcStats> {
-        self.procs.get(&pid, 0).ok()
+        self.lock().get(&pid, 0).ok()
+    }
+
+    /// Gives processes found by the task iterator an entry, as the fork probe would have:
+    /// per-thread accounting keys on it. An entry already there is left alone; a full map
+    /// evicts its coldest entry (LRU).
+    pub fn register(&self, processes: impl IntoIterator<Item = (u32, ProcStats)>) {
+        const BPF_NOEXIST: u64 = 1;
+        let mut procs = self.lock();
+        for (pid, stats) in processes {
+            let _ = procs.insert(pid, stats, BPF_NOEXIST);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BpfHashMap<MapData, u32, ProcStats>> {
+        self.procs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn counters(&self) -> [u64; Counter::COUNT as usize] {

@@ -306,19 +306,25 @@ impl ProcessTable {
 
     /// Takes the task iterator's snapshot: every live process with an address space. A pid
     /// the table lacks, or holds for an earlier process (its start differs), is added from
-    /// its record without a /proc read. Returns how many were added.
-    pub fn sync_snapshot(&mut self, records: &[TaskRecord]) -> usize {
-        let mut added = 0;
+    /// its record without a /proc read. Returns the processes this snapshot is the first
+    /// kernel reading of.
+    pub fn sync_snapshot(&mut self, records: &[TaskRecord]) -> Vec<u32> {
+        let mut first = Vec::new();
         for r in records {
             match self.procs.get_mut(&r.pid) {
-                Some(p) if same_start(p.start_ns, r.start_ns) => p.take_record(r),
+                Some(p) if same_start(p.start_ns, r.start_ns) => {
+                    if p.kernel.is_none() {
+                        first.push(r.pid);
+                    }
+                    p.take_record(r);
+                }
                 _ => {
                     self.procs.insert(r.pid, Process::from_record(r));
-                    added += 1;
+                    first.push(r.pid);
                 }
             }
         }
-        added
+        first
     }
 
     pub fn adopt(&mut self, snapshot: ProcSnapshot, kernel: Option<ProcStats>) {
