@@ -472,9 +472,7 @@ fn sync_once(source: &Source, shared: &Shared) {
         rss_off
     } else {
         shared.refresh();
-        let iter_off = !shared
-            .state()
-            .probe_attached(crate::bpf::iter::BREAK_ITER);
+        let iter_off = !shared.state().probe_attached(crate::bpf::iter::BREAK_ITER);
         if iter_off {
             adopt_new_from_proc(shared);
         }

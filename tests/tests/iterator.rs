@@ -121,7 +121,11 @@ fn by_default_no_program_runs_on_page_faults_or_forks() {
         None,
         "off by choice is not listed as refused"
     );
-    assert!(agent.log().contains("probe task_iter attached to iter/task"));
+    assert!(
+        agent
+            .log()
+            .contains("probe task_iter attached to iter/task")
+    );
 }
 
 #[test]
@@ -147,7 +151,11 @@ fn rss_events_attach_the_per_change_probes() {
         m.value("leakscope_probe_attached", &[("probe", "rss_stat")]),
         Some(1.0)
     );
-    assert!(m.value("leakscope_probe_events_total", &[("probe", "rss_stat")]).unwrap() > 0.0);
+    assert!(
+        m.value("leakscope_probe_events_total", &[("probe", "rss_stat")])
+            .unwrap()
+            > 0.0
+    );
     assert_eq!(
         m.value("leakscope_probe_attached", &[("probe", "task_iter")]),
         None,
@@ -168,7 +176,11 @@ fn refused_iterator_falls_back_to_procfs() {
         "{body}"
     );
     assert!(body.contains("through /proc"), "{body}");
-    assert!(agent.log().contains("probe task_iter is OFF"), "{}", agent.log());
+    assert!(
+        agent.log().contains("probe task_iter is OFF"),
+        "{}",
+        agent.log()
+    );
     let mut hog = MemHog::spawn(&[]);
     hog.grow(32);
     let pid = hog.pid;
@@ -185,8 +197,10 @@ fn refused_iterator_falls_back_to_procfs() {
         Some(0.0)
     );
     hog.exit();
-    wait_for(Duration::from_secs(5), || agent.process(pid).is_none().then_some(()))
-        .expect("exit still seen");
+    wait_for(Duration::from_secs(5), || {
+        agent.process(pid).is_none().then_some(())
+    })
+    .expect("exit still seen");
 }
 
 #[test]
@@ -221,7 +235,10 @@ fn refused_exit_read_says_the_last_snapshot_stands() {
     }
     let agent = Agent::start(&["--break-probe", "exit_rss"]);
     let (_, body) = agent.get("/healthz");
-    assert!(body.contains("exit numbers are the last snapshot"), "{body}");
+    assert!(
+        body.contains("exit numbers are the last snapshot"),
+        "{body}"
+    );
     let mut hog = MemHog::spawn(&[]);
     hog.grow(32);
     let pid = hog.pid;

@@ -145,7 +145,10 @@ pub fn sched_exec(_ctx: TracePointContext) -> u32 {
             stats.ppid
         }
         // Not tracked in the kernel (no fork probe by default): the parent from the task.
-        None => parent_tgid(unsafe { aya_ebpf::helpers::bpf_get_current_task() }, &ITER_LAYOUT.load()),
+        None => parent_tgid(
+            unsafe { aya_ebpf::helpers::bpf_get_current_task() },
+            &ITER_LAYOUT.load(),
+        ),
     };
     emit(&event(EventKind::Exec, tgid, ppid, cgroup, comm));
     0

@@ -275,7 +275,10 @@ mod tests {
             .flat_map(|r| {
                 // SAFETY: a plain-old-data value viewed as its bytes.
                 unsafe {
-                    std::slice::from_raw_parts((r as *const TaskRecord).cast::<u8>(), size_of::<TaskRecord>())
+                    std::slice::from_raw_parts(
+                        (r as *const TaskRecord).cast::<u8>(),
+                        size_of::<TaskRecord>(),
+                    )
                 }
                 .to_vec()
             })

@@ -18,7 +18,11 @@ impl KernelMaps {
         let (procs, writer) = kernel.take_map(PROCS_MAP, |map| {
             let id = match &map {
                 Map::LruHashMap(data) | Map::HashMap(data) => data.info()?.id(),
-                _ => return Err(MapError::InvalidName { name: PROCS_MAP.into() }),
+                _ => {
+                    return Err(MapError::InvalidName {
+                        name: PROCS_MAP.into(),
+                    });
+                }
             };
             let writer = Map::LruHashMap(MapData::from_id(id)?);
             Ok((BpfHashMap::try_from(map)?, BpfHashMap::try_from(writer)?))

@@ -103,7 +103,9 @@ impl Process {
         k.rss = r.rss;
         // The kernel's high-water mark is taken from its batched counter: an earlier exact
         // snapshot may have seen more.
-        k.peak_bytes = r.peak_bytes.max(self.kernel.map_or(0, |old| old.peak_bytes));
+        k.peak_bytes = r
+            .peak_bytes
+            .max(self.kernel.map_or(0, |old| old.peak_bytes));
         self.kernel = Some(k);
         if self.start_ns == 0 {
             self.start_ns = r.start_ns;
@@ -512,7 +514,12 @@ mod tests {
         assert_eq!(gone.peak_bytes, 6 * MIB);
         assert_eq!(gone.lifetime_ns, 2_000);
         assert!(t.is_empty());
-        assert!(t.apply(&exit).is_none(), "a second exit is ignored");
+        let again = t.apply(&exit).unwrap();
+        assert_eq!(
+            (again.lifetime_ns, t.len()),
+            (0, 0),
+            "an exit the table does not know is told from its event alone"
+        );
     }
 
     #[test]
@@ -522,6 +529,88 @@ mod tests {
         let mut missing = t.sync_kernel(&HashMap::from([(1, stats(0, 1)), (2, stats(0, 1))]));
         missing.sort();
         assert_eq!(missing, [2]);
+    }
+
+    fn record(pid: u32, start_ns: u64, anon: i64, peak: u64, exact: bool) -> TaskRecord {
+        TaskRecord {
+            pid,
+            ppid: 7,
+            start_ns,
+            cgroup_id: 12,
+            comm: comm("celery"),
+            rss: [MIB as i64, anon, 0, 0],
+            peak_bytes: peak,
+            flags: if exact { TASK_RSS_EXACT } else { 0 },
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn snapshots_add_new_processes_and_update_known_ones() {
+        let mut t = ProcessTable::default();
+        // Seeded from /proc: start at clock-tick resolution, a few ms off the kernel's.
+        t.seed([ProcSnapshot {
+            start_ns: 1_000_000_000,
+            ..snapshot(10, 3 * MIB)
+        }]);
+        let first = t.sync_snapshot(&[
+            record(10, 1_004_000_000, 5 * MIB as i64, 6 * MIB, true),
+            record(11, 2_000_000_000, 2 * MIB as i64, 3 * MIB, false),
+        ]);
+        assert_eq!(first, [10, 11], "first kernel reading of both");
+        let p = t.get(10).unwrap();
+        assert_eq!(p.rss(RssKind::Anon), (5 * MIB, Source::Kernel));
+        assert_eq!(p.comm, "old", "a known process keeps its name");
+        assert_eq!((p.ppid, p.cgroup_id, p.rss_exact), (7, 12, Some(true)));
+        let q = t.get(11).unwrap();
+        assert_eq!((q.comm.as_str(), q.start_ns), ("celery", 2_000_000_000));
+        assert_eq!(q.rss_exact, Some(false));
+        assert!(
+            !q.needs_seed(),
+            "no /proc read for a process the iterator found"
+        );
+        // Shrinking keeps the highest peak any snapshot saw.
+        let again = t.sync_snapshot(&[record(10, 1_004_000_000, MIB as i64, 2 * MIB, true)]);
+        assert!(again.is_empty());
+        let p = t.get(10).unwrap();
+        assert_eq!(p.rss(RssKind::Anon).0, MIB);
+        assert_eq!(p.peak_bytes(), 6 * MIB);
+    }
+
+    #[test]
+    fn a_snapshot_of_a_reused_pid_replaces_the_old_process() {
+        let mut t = ProcessTable::default();
+        t.sync_snapshot(&[record(20, 1_000_000_000, 500 * MIB as i64, 500 * MIB, true)]);
+        t.get_mut(20).unwrap().selected = Some(true);
+        let first = t.sync_snapshot(&[record(20, 9_000_000_000, MIB as i64, MIB, true)]);
+        assert_eq!(first, [20]);
+        let p = t.get(20).unwrap();
+        assert_eq!((p.start_ns, p.selected), (9_000_000_000, None));
+        assert_eq!(p.peak_bytes(), 2 * MIB, "nothing carried across the reuse");
+    }
+
+    #[test]
+    fn a_process_seen_only_at_exec_takes_its_start_from_the_next_snapshot() {
+        let mut t = ProcessTable::default();
+        t.apply(&ev(EventKind::Exec, 30, 5_000_000_000));
+        assert_eq!(t.get(30).unwrap().start_ns, 0, "unknown until a snapshot");
+        t.sync_snapshot(&[record(30, 4_900_000_000, MIB as i64, MIB, true)]);
+        let p = t.get(30).unwrap();
+        assert_eq!((p.start_ns, p.exec_ns), (4_900_000_000, 5_000_000_000));
+    }
+
+    #[test]
+    fn an_exit_between_two_snapshots_is_reported_from_the_event() {
+        let mut t = ProcessTable::default();
+        let mut exit = ev(EventKind::Exit, 50, 7_000);
+        exit.ppid = 3;
+        exit.exit_code = 3 << 8;
+        exit.rss = [MIB as i64, 64 * MIB as i64, 0, 0];
+        exit.peak_bytes = 80 * MIB;
+        let gone = t.apply(&exit).expect("reported though never in the table");
+        assert_eq!((gone.pid, gone.ppid, gone.comm.as_str()), (50, 3, "worker"));
+        assert_eq!((gone.resident_bytes, gone.peak_bytes), (65 * MIB, 80 * MIB));
+        assert_eq!((gone.exit_code, gone.lifetime_ns), (3 << 8, 0));
     }
 
     #[test]
