@@ -397,15 +397,20 @@ fn take_snapshot(source: &Source, shared: &Shared) {
     let Some(iter) = &source.iter else {
         return;
     };
-    let mut state = shared.state();
-    if !state.probe_attached(crate::bpf::iter::BREAK_ITER) {
-        return;
-    }
-    drop(state);
+    let exits_before = {
+        let state = shared.current();
+        if !state.probe_attached(crate::bpf::iter::BREAK_ITER) {
+            return;
+        }
+        state.exits_total
+    };
     match iter.run() {
-        Ok(records) => {
-            // Events first: an exit already applied must not be undone by an older record.
-            state = shared.current();
+        Ok(mut records) => {
+            // Exits that arrived during the walk are applied first, and their records dropped:
+            // a stale record must not bring back a process that is gone.
+            let mut state = shared.current();
+            let gone = state.exited_since(exits_before);
+            records.retain(|r| !gone.contains(&r.pid));
             let first: std::collections::HashSet<u32> =
                 state.table.sync_snapshot(&records).into_iter().collect();
             drop(state);
