@@ -2,7 +2,10 @@
 
 use std::{
     os::fd::{AsRawFd, RawFd},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -182,6 +185,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = Source {
         maps,
         iter: task_iter,
+        iter_failures: Arc::default(),
         rss_events: args.rss_events,
     };
     let refresh_source = source.clone();
@@ -347,6 +351,8 @@ async fn event_loop(shared: Arc<Shared>) {
 struct Source {
     maps: Arc<KernelMaps>,
     iter: Option<Arc<crate::bpf::iter::TaskIter>>,
+    /// Failed walks in a row.
+    iter_failures: Arc<AtomicU32>,
     rss_events: bool,
 }
 
@@ -421,11 +427,23 @@ fn take_snapshot(source: &Source, shared: &Shared) {
                     .map(|r| (r.pid, ProcStats::new(r.start_ns, r.ppid, r.cgroup_id))),
             );
         }
-        Err(e) => shared
-            .state()
-            .probe_failed(crate::bpf::iter::BREAK_ITER, e.to_string()),
+        Err(e) => {
+            let failed = source.iter_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            warn!("task iterator walk failed ({failed} in a row): {e}");
+            if failed >= ITER_FAILURES_TO_GIVE_UP {
+                shared
+                    .state()
+                    .probe_failed(crate::bpf::iter::BREAK_ITER, e.to_string());
+            }
+            return;
+        }
     }
+    source.iter_failures.store(0, Ordering::Relaxed);
 }
+
+/// Walks that fail in a row before the /proc fallback takes over for good: one failure can
+/// be a passing shortage (memory), three are the kernel saying no.
+const ITER_FAILURES_TO_GIVE_UP: u32 = 3;
 
 async fn interval_loop(
     source: Source,
