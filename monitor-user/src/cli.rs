@@ -137,7 +137,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_processes: u32,
 
-    /// How often the agent reads the kernel's per-process map.
+    /// How often the agent reads every process's RSS (a task iterator; each scrape also
+    /// reads it, at most once per 200 ms), or the kernel's per-process map with --rss-events.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
