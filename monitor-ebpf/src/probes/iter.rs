@@ -86,7 +86,7 @@ pub extern "C" fn task_iter(ctx: *mut IterTaskCtx) -> i32 {
         flags: 0,
         _pad: 0,
     };
-    if fill(task, &mut record).is_err() {
+    if fill(task, &mut record).is_none() {
         return 0;
     }
     // SAFETY: the kernel hands a valid context; `meta->seq` is a typed load the verifier
@@ -102,20 +102,17 @@ pub extern "C" fn task_iter(ctx: *mut IterTaskCtx) -> i32 {
     0
 }
 
-/// Fills `record` for a thread-group leader with an mm; `Err` for any other task.
+/// Fills `record` for a thread-group leader with an mm; `None` for any other task (a thread,
+/// a kernel thread, a process past exit_mm) or one that could not be read.
 #[inline(always)]
-fn fill(task: u64, record: &mut TaskRecord) -> Result<(), ProbeError> {
+fn fill(task: u64, record: &mut TaskRecord) -> Option<()> {
     let layout = KERNEL_LAYOUT.load();
     let iter = ITER_LAYOUT.load();
-    let pid: i32 = read(task + u64::from(layout.task_pid))?;
-    let tgid: i32 = read(task + u64::from(iter.task_tgid))?;
-    if pid != tgid {
-        return Err(ProbeError::ReadField);
-    }
-    let mm: u64 = read(task + u64::from(layout.task_mm))?;
-    if mm == 0 {
-        // A kernel thread, or a process past exit_mm.
-        return Err(ProbeError::ReadField);
+    let pid: i32 = read(task + u64::from(layout.task_pid)).ok()?;
+    let tgid: i32 = read(task + u64::from(iter.task_tgid)).ok()?;
+    let mm: u64 = read(task + u64::from(layout.task_mm)).ok()?;
+    if pid != tgid || mm == 0 {
+        return None;
     }
     record.pid = pid as u32;
     record.comm = read(task + u64::from(layout.task_comm)).unwrap_or([0; 16]);
@@ -128,7 +125,7 @@ fn fill(task: u64, record: &mut TaskRecord) -> Result<(), ProbeError> {
     record.rss = rss;
     record.peak_bytes = peak;
     record.flags = if exact { TASK_RSS_EXACT } else { 0 };
-    Ok(())
+    Some(())
 }
 
 /// `task->real_parent->tgid`, 0 when unknown.
