@@ -1,5 +1,7 @@
-//! Process lifecycle: `task:task_newtask` (fork), `sched:sched_process_exec`,
-//! `sched:sched_process_exit`.
+//! Process lifecycle: `task:task_newtask` (fork, with `--rss-events` only),
+//! `sched:sched_process_exec`, `sched:sched_process_exit`. On 6.16+ the exit program runs
+//! before `exit_mm` and reads the final RSS and peak from the exiting mm itself
+//! (`ITER_LAYOUT.exit_reads_mm`), so a process the task iterator never saw is still measured.
 //!
 //! Fork is taken from `task_newtask` rather than `sched_process_fork` because only the former
 //! carries `clone_flags`, which tells a new process from a new thread.
@@ -215,7 +217,10 @@ fn on_group_exit() {
     }
     if let Some(stats) = PROCS.get_ptr(tgid) {
         let stats = unsafe { &*stats };
-        ev.ppid = stats.ppid;
+        if ev.ppid == 0 {
+            // The live parent (read above) wins: the entry's is as of fork.
+            ev.ppid = stats.ppid;
+        }
         if ev.rss[monitor_common::RssKind::Anon as usize] < 0 {
             ev.rss = stats.rss;
         }

@@ -395,7 +395,7 @@ fn sync_once(source: &Source, shared: &Shared) {
         adopt_unknown(shared, &kernel, adopt);
         rss_off
     } else {
-        shared.refresh();
+        shared.refresh_now();
         let iter_off = !shared.state().probe_attached(crate::bpf::iter::BREAK_ITER);
         if iter_off {
             adopt_new_from_proc(shared);

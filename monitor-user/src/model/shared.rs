@@ -45,6 +45,16 @@ impl Shared {
     /// Runs the refresher unless a run finished less than 200 ms ago. Blocks: call it off
     /// the async workers.
     pub fn refresh(&self) {
+        self.refresh_older_than(REFRESH_MIN_AGE);
+    }
+
+    /// Runs the refresher whatever the age of the last run (the interval's sample must be
+    /// of now), still one run at a time.
+    pub fn refresh_now(&self) {
+        self.refresh_older_than(Duration::ZERO);
+    }
+
+    fn refresh_older_than(&self, age: Duration) {
         let Some(refresh) = self.refresher.get() else {
             return;
         };
@@ -52,7 +62,7 @@ impl Shared {
             .last_refresh
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|t| t.elapsed() < REFRESH_MIN_AGE) {
+        if !age.is_zero() && last.is_some_and(|t| t.elapsed() < age) {
             return;
         }
         refresh();
