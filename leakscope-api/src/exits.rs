@@ -16,7 +16,9 @@ pub struct ExitedProcess {
     pub comm: String,
     /// The kernel's `exit_code`: the status shifted left by 8, or the killing signal.
     pub exit_code: u32,
-    /// Resident bytes (file + anon + shmem) at exit.
+    /// Resident bytes (file + anon + shmem) at exit, from the kernel's batched counters
+    /// (within `max(32, 2 × CPUs)` pages per CPU and kind of the exact sum: the exit path
+    /// does not pay for a per-CPU sum), or the last snapshot where the exit could not be read.
     pub resident_bytes: u64,
     /// Highest resident bytes the address space reached (the kernel's high-water mark).
     pub peak_rss_bytes: u64,

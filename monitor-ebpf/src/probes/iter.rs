@@ -121,7 +121,7 @@ fn fill(task: u64, record: &mut TaskRecord) -> Option<()> {
         record.start_ns = read(task + u64::from(iter.task_start_boottime)).unwrap_or(0);
     }
     record.cgroup_id = cgroup_id(task, &iter);
-    let (rss, peak, exact) = mm_rss(mm, &layout, &iter);
+    let (rss, peak, exact) = mm_rss(mm, &layout, &iter, true);
     record.rss = rss;
     record.peak_bytes = peak;
     record.flags = if exact { TASK_RSS_EXACT } else { 0 };
@@ -155,12 +155,15 @@ fn cgroup_id(task: u64, iter: &IterLayout) -> u64 {
 }
 
 /// Bytes per kind of `mm`, the peak (`max(hiwater_rss, resident)`, as VmHWM) and whether the
-/// per-CPU deltas were all summed in.
+/// per-CPU deltas were all summed in. `sum_cpus` false reads the batched `count` alone: the
+/// exit program's choice, whose cost is paid by every exit on the host (the per-CPU sum
+/// costs five reads per possible CPU).
 #[inline(always)]
 pub fn mm_rss(
     mm: u64,
     layout: &KernelLayout,
     iter: &IterLayout,
+    sum_cpus: bool,
 ) -> ([i64; RssKind::COUNT], u64, bool) {
     let base = mm + u64::from(layout.mm_rss_stat);
     let stride = u64::from(layout.counter_size);
@@ -171,9 +174,12 @@ pub fn mm_rss(
         if let Ok(count) = read::<i64>(counter + u64::from(layout.counter_count)) {
             pages[kind] = count;
         }
-        percpu[kind] = read::<u64>(counter + u64::from(iter.counter_counters)).unwrap_or(0);
+        if sum_cpus {
+            percpu[kind] = read::<u64>(counter + u64::from(iter.counter_counters)).unwrap_or(0);
+        }
     }
-    let mut exact = iter.counter_counters != 0
+    let mut exact = sum_cpus
+        && iter.counter_counters != 0
         && iter.nr_cpus != 0
         && (iter.per_cpu_offset != 0 || iter.array_pptrs != 0);
     // The per-CPU address of CPU_BASE's slot, when CPUs are located through it.

@@ -210,7 +210,9 @@ fn on_group_exit() {
         if let Ok(mm) = read_kernel::<u64>(task + u64::from(layout.task_mm))
             && mm != 0
         {
-            let (rss, peak, _) = mm_rss(mm, &layout, &iter);
+            // The batched counter: exact to within a batch per CPU, at a cost that does not
+            // grow with the host's CPUs (every exit on the host pays it).
+            let (rss, peak, _) = mm_rss(mm, &layout, &iter, false);
             ev.rss = rss;
             ev.peak_bytes = peak;
         }
