@@ -8,6 +8,7 @@
 //! Every type derives `Serialize` and `Deserialize` and skips nothing when serialised: an
 //! absent value is `null`, as the agent has always served it.
 
+pub mod exits;
 mod float;
 pub mod history;
 pub mod host;
@@ -17,6 +18,7 @@ pub mod pools;
 pub mod processes;
 pub mod tasks;
 
+pub use exits::{ExitedProcess, ExitsResponse};
 pub use history::{HistoryFloor, HistoryPoint, HistoryResponse};
 pub use host::{HostMemory, HostResponse};
 pub use oom::{OomKill, OomResponse, OomVictim};
@@ -39,6 +41,8 @@ pub mod paths {
     pub const POOLS: &str = "/api/v1/pools";
     /// [`crate::OomResponse`].
     pub const OOM: &str = "/api/v1/oom";
+    /// [`crate::ExitsResponse`].
+    pub const EXITS: &str = "/api/v1/exits";
     /// [`crate::TasksResponse`]; `?task=NAME` asks for one task name.
     pub const TASKS: &str = "/api/v1/tasks";
     /// [`crate::HostResponse`].

@@ -51,6 +51,11 @@ pub struct Process {
     pub rss_bytes: RssBytes,
     pub resident_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// How far each kind of `rss_bytes` may be from the kernel's exact per-CPU sum: 0 when it
+    /// is that sum (the task iterator), the batched counter's bound when only the batched
+    /// counter could be read; absent when the numbers come from elsewhere.
+    #[serde(default)]
+    pub rss_error_bytes: Option<u64>,
     /// The detector's verdict and its evidence; absent until the first sample.
     pub leak: Option<Assessment>,
     pub memory_limit_bytes: Option<u64>,
@@ -256,6 +261,7 @@ mod tests {
             },
             resident_bytes: 3,
             peak_rss_bytes: 4,
+            rss_error_bytes: Some(0),
             leak: Some(Assessment {
                 verdict: Verdict::Growing,
                 confidence: 0.5,

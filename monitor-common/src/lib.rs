@@ -12,6 +12,9 @@ pub const PROCS_MAP: &str = "PROCS";
 pub const MM_OWNERS_MAP: &str = "MM_OWNERS";
 /// Lifecycle events (fork, exec, exit, OOM kill) for the agent.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// One-slot per-CPU array whose slots locate each CPU's per-CPU area (see
+/// [`IterLayout::array_pptrs`]); never written.
+pub const CPU_BASE_MAP: &str = "CPU_BASE";
 /// Per-CPU counters indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Per-thread memory accounting ([`ThreadStats`]), keyed by tid; LRU.
@@ -32,7 +35,11 @@ pub mod globals {
     pub const MARK_VICTIM_OFFSETS: &str = "MARK_VICTIM_OFFSETS";
     pub const SYSCALL_OFFSETS: &str = "SYSCALL_OFFSETS";
     pub const ALLOC_SAMPLE_BYTES: &str = "ALLOC_SAMPLE_BYTES";
+    pub const ITER_LAYOUT: &str = "ITER_LAYOUT";
 }
+
+/// The task iterator's program (section `iter/task`).
+pub const TASK_ITER_PROGRAM: &str = "task_iter";
 
 /// Default capacity of [`THREADS_MAP`].
 pub const DEFAULT_MAX_THREADS: u32 = 16_384;
@@ -373,8 +380,72 @@ pub struct MarkVictimOffsets {
     pub _pad: u32,
 }
 
+/// What the task iterator and the exit program read beyond [`KernelLayout`], from BTF at load
+/// time. A zero offset means unknown: the field it leads to is left at 0.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct IterLayout {
+    /// `offsetof(struct task_struct, tgid)`
+    pub task_tgid: u32,
+    /// `offsetof(struct task_struct, real_parent)`
+    pub task_real_parent: u32,
+    /// `offsetof(struct task_struct, start_boottime)`: `CLOCK_BOOTTIME` ns at fork.
+    pub task_start_boottime: u32,
+    /// `offsetof(struct task_struct, cgroups)`, `offsetof(struct css_set, dfl_cgrp)`,
+    /// `offsetof(struct cgroup, kn)`, `offsetof(struct kernfs_node, id)`: the cgroup v2 id.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `offsetof(struct mm_struct, hiwater_rss)`: the peak, as /proc's VmHWM takes it.
+    pub mm_hiwater_rss: u32,
+    /// `offsetof(struct percpu_counter, counters)`: the per-CPU deltas not yet in `count`.
+    pub counter_counters: u32,
+    /// Possible CPUs whose deltas are summed (at most [`MAX_ITER_CPUS`]); 0 when
+    /// `per_cpu_offset` is unknown: `count` alone is read.
+    pub nr_cpus: u32,
+    /// Address of the kernel's `__per_cpu_offset` array (from /proc/kallsyms).
+    pub per_cpu_offset: u64,
+    /// 1 when `sched_process_exit` fires before `exit_mm` (it carries `group_dead`, 6.16+):
+    /// the exit program then reads the final RSS from the exiting task's mm.
+    pub exit_reads_mm: u32,
+    /// `offsetof(struct bpf_array, pptrs)`: where a per-CPU array keeps its values' per-CPU
+    /// address. With it, each CPU's base is found without `__per_cpu_offset` (kernels built
+    /// without CONFIG_KALLSYMS_ALL do not list it): a per-CPU array's slot on CPU n, less
+    /// that address, is the CPU's offset. 0 when unknown.
+    pub array_pptrs: u32,
+}
+
+/// Bound of the iterator's per-CPU loop.
+pub const MAX_ITER_CPUS: u32 = 256;
+
+/// One thread-group leader with an address space, as the task iterator writes it.
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct TaskRecord {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `CLOCK_BOOTTIME` ns at fork.
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// Bytes per [`RssKind`]; [`RSS_UNKNOWN`] where the read failed.
+    pub rss: [i64; RssKind::COUNT],
+    /// `max(hiwater_rss, file + anon + shmem)` in bytes.
+    pub peak_bytes: u64,
+    /// [`TASK_RSS_EXACT`] when every per-CPU delta was summed in.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TaskRecord>() == 88);
+
+/// [`TaskRecord::flags`]: the RSS is the exact per-CPU sum, not the batched `count`.
+pub const TASK_RSS_EXACT: u32 = 1;
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for IterLayout {}
+    unsafe impl aya::Pod for TaskRecord {}
     use super::*;
     unsafe impl aya::Pod for ProcStats {}
     unsafe impl aya::Pod for LifecycleEvent {}

@@ -259,6 +259,13 @@ pub fn process(state: &AgentState, p: &Process, own_series: bool) -> api::Proces
         },
         resident_bytes: p.resident_bytes(),
         peak_rss_bytes: p.peak_bytes(),
+        rss_error_bytes: p.rss_exact.map(|exact| {
+            if exact {
+                0
+            } else {
+                crate::bpf::iter::count_error_bytes()
+            }
+        }),
         leak: p.leak.as_ref().map(|l| (&l.assessment).into()),
         memory_limit_bytes: limit.map(|l| l.limit_bytes),
         memory_limit_source: limit.map(|l| l.source.into()),

@@ -82,8 +82,11 @@ impl Agent {
         let tmp = std::env::temp_dir();
         let mut launch = Launch::new(agent_bin())
             .listen(listen)
-            .log(tmp.join(format!("leakscope-test-{}.log", listen.port())))
-            .args(["--interval", "200ms"]);
+            .log(tmp.join(format!("leakscope-test-{}.log", listen.port())));
+        // Quick by default; a test that needs a long interval gives its own.
+        if !extra.contains(&"--interval") {
+            launch = launch.args(["--interval", "200ms"]);
+        }
         // A task socket of its own, so that test agents never contend for the default path
         // with each other or with an agent running on the host.
         let own_socket = !extra
@@ -278,6 +281,20 @@ impl MemHog {
         let _ = writeln!(self.stdin, "grow {mib}");
         let mut answer = String::new();
         let _ = self.stdout.read_line(&mut answer);
+    }
+
+    /// Releases everything it grew.
+    pub fn free(&mut self) {
+        let a = self.command("free");
+        assert!(a.starts_with("freed"), "memhog answered {a:?}");
+    }
+
+    /// Exits with `code` and is reaped; returns once the pid is gone.
+    pub fn exit_with(mut self, code: u8) -> u32 {
+        let _ = writeln!(self.stdin, "exit {code}");
+        let status = self.child.wait().expect("reap memhog");
+        assert_eq!(status.code(), Some(i32::from(code)), "{status}");
+        self.pid
     }
 
     /// Exits and is reaped; returns once the pid is gone.

@@ -148,7 +148,7 @@ fn refused_probe_leaves_agent_serving_and_degraded() {
         Some(0.0)
     );
     assert_eq!(
-        m.value("leakscope_probe_attached", &[("probe", "rss_stat")]),
+        m.value("leakscope_probe_attached", &[("probe", "task_iter")]),
         Some(1.0)
     );
     assert_eq!(m.value("leakscope_agent_degraded", &[]), Some(1.0));
@@ -181,24 +181,14 @@ fn healthy_agent_says_ok_and_counts_events() {
         (m.value("leakscope_probe_events_total", &[("probe", "sched_exit")])? > 0.0).then_some(m)
     })
     .expect("exit events counted");
-    for probe in [
-        "rss_stat",
-        "sched_newtask",
-        "sched_exec",
-        "sched_exit",
-        "oom_mark_victim",
-    ] {
+    // The per-change probes (rss_stat, sched_newtask) are off by default: iterator.rs.
+    for probe in ["task_iter", "sched_exec", "sched_exit", "oom_mark_victim"] {
         assert_eq!(
             m.value("leakscope_probe_attached", &[("probe", probe)]),
             Some(1.0),
             "{probe}"
         );
     }
-    assert!(
-        m.value("leakscope_probe_events_total", &[("probe", "rss_stat")])
-            .unwrap()
-            > 0.0
-    );
     assert!(m.value("leakscope_processes_tracked", &[]).unwrap() > 0.0);
     assert_eq!(
         m.value("leakscope_kernel_map_evictions_total", &[("map", "procs")]),

@@ -155,7 +155,10 @@ fn a_celery_task_that_leaks_is_flagged_and_a_clean_one_is_not() {
     let socket_arg = socket.to_string_lossy().into_owned();
     // The workers run as root here: opting root's markers in to per-thread accounting (which
     // markers alone never turn on) gives the per-thread numbers checked below.
+    // Per-thread RSS growth is counted at each change of the RSS counters, which only
+    // --rss-events watches (by default RSS is read, not listened to).
     let agent = Agent::start(&[
+        "--rss-events",
         "--task-socket",
         &socket_arg,
         "--match",

@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod floor;
 pub mod growth;
+pub mod iter;
 pub mod mem;
 pub mod oom;
 pub mod python;

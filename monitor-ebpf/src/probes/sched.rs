@@ -1,5 +1,7 @@
-//! Process lifecycle: `task:task_newtask` (fork), `sched:sched_process_exec`,
-//! `sched:sched_process_exit`.
+//! Process lifecycle: `task:task_newtask` (fork, with `--rss-events` only),
+//! `sched:sched_process_exec`, `sched:sched_process_exit`. On 6.16+ the exit program runs
+//! before `exit_mm` and reads the final RSS and peak from the exiting mm itself
+//! (`ITER_LAYOUT.exit_reads_mm`), so a process the task iterator never saw is still measured.
 //!
 //! Fork is taken from `task_newtask` rather than `sched_process_fork` because only the former
 //! carries `clone_flags`, which tells a new process from a new thread.
@@ -29,6 +31,7 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
+use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid};
 use super::rss::{KERNEL_LAYOUT, adopt_forked_mm, read_kernel, release_mm, retire_seen};
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
 use crate::maps::{PROCS, count, emit};
@@ -143,7 +146,11 @@ pub fn sched_exec(_ctx: TracePointContext) -> u32 {
             stats.cgroup_id = cgroup;
             stats.ppid
         }
-        None => 0,
+        // Not tracked in the kernel (no fork probe by default): the parent from the task.
+        None => parent_tgid(
+            unsafe { aya_ebpf::helpers::bpf_get_current_task() },
+            &ITER_LAYOUT.load(),
+        ),
     };
     emit(&event(EventKind::Exec, tgid, ppid, cgroup, comm));
     0
@@ -193,11 +200,33 @@ fn on_group_exit() {
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
         ev.exit_code = read_kernel::<i32>(task + u64::from(exit_code_at)).unwrap_or(0) as u32;
     }
+    let iter = ITER_LAYOUT.load();
+    if iter.exit_reads_mm != 0 {
+        // 6.16+: this fires before exit_mm, so the mm still holds the final numbers. This is
+        // what the agent knows of a process that lived less than one interval.
+        let layout = KERNEL_LAYOUT.load();
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+        ev.ppid = parent_tgid(task, &iter);
+        if let Ok(mm) = read_kernel::<u64>(task + u64::from(layout.task_mm))
+            && mm != 0
+        {
+            // The batched counter: exact to within a batch per CPU, at a cost that does not
+            // grow with the host's CPUs (every exit on the host pays it).
+            let (rss, peak, _) = mm_rss(mm, &layout, &iter, false);
+            ev.rss = rss;
+            ev.peak_bytes = peak;
+        }
+    }
     if let Some(stats) = PROCS.get_ptr(tgid) {
         let stats = unsafe { &*stats };
-        ev.ppid = stats.ppid;
-        ev.rss = stats.rss;
-        ev.peak_bytes = stats.peak_bytes;
+        if ev.ppid == 0 {
+            // The live parent (read above) wins: the entry's is as of fork.
+            ev.ppid = stats.ppid;
+        }
+        if ev.rss[monitor_common::RssKind::Anon as usize] < 0 {
+            ev.rss = stats.rss;
+        }
+        ev.peak_bytes = ev.peak_bytes.max(stats.peak_bytes);
         if !release_mm(tgid, stats.mm, stats.ppid) && stats.mm != 0 {
             retire_seen(stats.mm, tgid);
         }

@@ -65,6 +65,13 @@ fn member(btf: &Btf, strukt: &str, member: &str) -> Result<Found, BtfError> {
     })
 }
 
+/// `offsetof(strukt, member)`, through anonymous structs and unions.
+pub fn offset_of(btf: &Btf, strukt: &str, member_name: &str) -> Result<u32, String> {
+    member(btf, strukt, member_name)
+        .map(|m| m.offset)
+        .map_err(|e| e.to_string())
+}
+
 pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
     if !path.exists() {
         return Err(BtfError::Unavailable("no such file".into()));

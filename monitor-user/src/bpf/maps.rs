@@ -1,19 +1,35 @@
 //! Handles to the maps the agent reads every interval, and to its lifecycle ring buffer.
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use monitor_common::{COUNTERS_MAP, Counter, EVENTS_MAP, PROCS_MAP, ProcStats};
 
 use super::{BpfError, Kernel};
 
 pub struct KernelMaps {
     procs: BpfHashMap<MapData, u32, ProcStats>,
+    /// A second handle on PROCS, to write through (the agent registers processes the iterator
+    /// found) without making readers (the marker listener) wait behind a whole-map read.
+    procs_writer: std::sync::Mutex<BpfHashMap<MapData, u32, ProcStats>>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 impl KernelMaps {
     pub fn take(kernel: &Kernel) -> Result<Self, BpfError> {
+        let (procs, writer) = kernel.take_map(PROCS_MAP, |map| {
+            let id = match &map {
+                Map::LruHashMap(data) | Map::HashMap(data) => data.info()?.id(),
+                _ => {
+                    return Err(MapError::InvalidName {
+                        name: PROCS_MAP.into(),
+                    });
+                }
+            };
+            let writer = Map::LruHashMap(MapData::from_id(id)?);
+            Ok((BpfHashMap::try_from(map)?, BpfHashMap::try_from(writer)?))
+        })?;
         Ok(Self {
-            procs: kernel.take_map(PROCS_MAP, BpfHashMap::try_from)?,
+            procs,
+            procs_writer: std::sync::Mutex::new(writer),
             counters: kernel.take_map(COUNTERS_MAP, PerCpuArray::try_from)?,
         })
     }
@@ -26,6 +42,20 @@ impl KernelMaps {
     /// One process's entry, read now (the task listener reads it when a marker arrives).
     pub fn proc_stats(&self, pid: u32) -> Option<ProcStats> {
         self.procs.get(&pid, 0).ok()
+    }
+
+    /// Gives processes found by the task iterator an entry, as the fork probe would have:
+    /// per-thread accounting keys on it. An entry already there is left alone; a full map
+    /// evicts its coldest entry (LRU).
+    pub fn register(&self, processes: impl IntoIterator<Item = (u32, ProcStats)>) {
+        const BPF_NOEXIST: u64 = 1;
+        let mut procs = self
+            .procs_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (pid, stats) in processes {
+            let _ = procs.insert(pid, stats, BPF_NOEXIST);
+        }
     }
 
     pub fn counters(&self) -> [u64; Counter::COUNT as usize] {

@@ -6,9 +6,11 @@
 //! - [`object`]: the embedded object and the three ways it is loaded (agent, investigate,
 //!   bench floor), with its globals and map sizes;
 //! - [`probes`]: the agent's always-on probes, each with its fallback;
+//! - [`iter`]: the task iterator, the always-on tier's reader;
 //! - [`maps`]: the handles the agent reads every interval.
 
 pub mod btf;
+pub mod iter;
 pub mod layout;
 pub mod maps;
 pub mod object;

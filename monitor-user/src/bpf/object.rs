@@ -37,6 +37,8 @@ pub struct StackCapacity {
 
 /// What the agent's object is sized and configured with.
 pub struct AgentSizes {
+    /// The task iterator's and exit program's layout; `None` leaves them reading nothing.
+    pub iter: Option<monitor_common::IterLayout>,
     pub max_kernel_processes: u32,
     /// Capacity of the kernel's per-thread map (THREADS) and of the set of processes with
     /// per-thread accounting (THREAD_WANT).
@@ -89,6 +91,9 @@ pub fn load_agent(layout: &Layout, sizes: &AgentSizes) -> Result<Kernel, BpfErro
         .map_max_entries(THREAD_WANT_MAP, sizes.max_thread_processes);
     set_layouts(&mut loader, layout);
     set_stacks(&mut loader, &sizes.stacks);
+    if let Some(iter) = &sizes.iter {
+        loader.override_global(globals::ITER_LAYOUT, iter, true);
+    }
     Ok(Kernel::new(loader.load(OBJECT)?))
 }
 

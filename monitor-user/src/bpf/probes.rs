@@ -72,10 +72,21 @@ pub struct AgentProbes {
     _links: Vec<Link>,
 }
 
-/// Attaches every probe of [`PROBES`] and [`OOM_PROBE`]. `break_probes` names probes to
-/// attach to a tracepoint that does not exist, so tests can watch the agent survive a probe
-/// the kernel refuses.
-pub fn attach_agent(kernel: &Kernel, layout: &Layout, break_probes: &[String]) -> AgentProbes {
+/// The per-change probes: a program on every RSS change (each page fault) and every fork.
+/// They cost the host even when nothing is selected, so they run only with `--rss-events`;
+/// the task iterator reads the same numbers on demand otherwise.
+pub const PER_CHANGE_PROBES: [&str; 2] = ["rss_stat", "sched_newtask"];
+
+/// Attaches every probe of [`PROBES`] and [`OOM_PROBE`], the per-change ones only when
+/// `rss_events` asks for them (left out of the statuses otherwise: off by choice is not a
+/// degradation). `break_probes` names probes to attach to a tracepoint that does not exist,
+/// so tests can watch the agent survive a probe the kernel refuses.
+pub fn attach_agent(
+    kernel: &Kernel,
+    layout: &Layout,
+    break_probes: &[String],
+    rss_events: bool,
+) -> AgentProbes {
     let ready = |spec: &ProbeSpec| -> Result<(), String> {
         match spec.name {
             "rss_stat" => layout.rss.as_ref().map(|_| ()).map_err(Clone::clone),
@@ -88,7 +99,8 @@ pub fn attach_agent(kernel: &Kernel, layout: &Layout, break_probes: &[String]) -
     let broken = |name: &str| break_probes.iter().any(|b| b == name);
     let mut statuses = Vec::new();
     let mut links = Vec::new();
-    for spec in PROBES.iter().chain([&OOM_PROBE]) {
+    let wanted = |spec: &&ProbeSpec| rss_events || !PER_CHANGE_PROBES.contains(&spec.name);
+    for spec in PROBES.iter().chain([&OOM_PROBE]).filter(wanted) {
         let classic = format!("{}:{}", spec.category, spec.tracepoint);
         let attach_classic = || {
             ready(spec).and_then(|()| {

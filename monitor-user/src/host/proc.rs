@@ -123,6 +123,13 @@ pub fn read_all() -> Result<(Vec<ProcSnapshot>, Vec<ProcError>), ProcError> {
     Ok((found, failed))
 }
 
+/// Every pid in /proc now, without reading any process (threads are not listed).
+pub fn pids() -> Vec<u32> {
+    procfs::process::all_processes()
+        .map(|all| all.filter_map(Result::ok).map(|p| p.pid() as u32).collect())
+        .unwrap_or_default()
+}
+
 /// Whether `/proc/<pid>` is there: a zombie still is. Only a pid the kernel does not know is
 /// gone; a read refused for another reason keeps the process.
 pub fn exists(pid: u32) -> bool {

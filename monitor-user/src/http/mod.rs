@@ -20,7 +20,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use leakscope_api::{OomResponse, Overflow, PoolsResponse, ProcessesResponse, paths};
+use leakscope_api::{
+    ExitedProcess, ExitsResponse, OomResponse, Overflow, PoolsResponse, ProcessesResponse, paths,
+};
 use serde::Deserialize;
 
 use crate::{investigate::profiler::Profiler, metrics, model::shared::Shared};
@@ -102,6 +104,7 @@ pub fn router(app: App, access: Access) -> Router {
         .route(paths::PROCESS_HISTORY, get(history::handler))
         .route(paths::POOLS, get(pools_handler))
         .route(paths::OOM, get(oom_handler))
+        .route(paths::EXITS, get(exits_handler))
         .route(paths::TASKS, get(crate::tasks::api::handler))
         .route(paths::HOST, get(host_handler))
         .route("/debug/pprof/growth", get(profile::growth_handler))
@@ -180,7 +183,16 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// Fresh kernel numbers for a scrape, read off the async workers (a walk over every task).
+async fn refresh(state: &Arc<Shared>) {
+    let shared = state.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || shared.refresh()).await {
+        log::warn!("refresh before a scrape failed: {e}");
+    }
+}
+
 async fn metrics_handler(State(state): State<Arc<Shared>>) -> Response {
+    refresh(&state).await;
     let rendered = metrics::render(&state.current(), web::metric_families());
     match rendered {
         Ok(body) => (
@@ -211,6 +223,7 @@ async fn processes_handler(
     State(state): State<Arc<Shared>>,
     Query(q): Query<ProcessQuery>,
 ) -> Response {
+    refresh(&state).await;
     let state = state.current();
     let export = state.export();
     let own: std::collections::HashSet<u32> = export.own.iter().map(|p| p.pid).collect();
@@ -263,6 +276,46 @@ async fn host_handler() -> Response {
     }
 }
 
+async fn exits_handler(State(state): State<Arc<Shared>>) -> Response {
+    let state = state.current();
+    Json(ExitsResponse {
+        exits: state
+            .exits
+            .iter()
+            .filter(|e| state.selector.selects(&ExitCandidate(e)))
+            .map(|e| ExitedProcess {
+                pid: e.pid,
+                ppid: e.ppid,
+                comm: e.comm.clone(),
+                exit_code: e.exit_code,
+                resident_bytes: e.resident_bytes,
+                peak_rss_bytes: e.peak_bytes,
+                lifetime_seconds: (e.lifetime_ns > 0).then(|| e.lifetime_ns as f64 / 1e9),
+            })
+            .collect(),
+    })
+    .into_response()
+}
+
+/// An exited process as `--match` sees it: its pid and name only (its command line and cgroup
+/// are gone with it, and the pid may already be someone else's).
+struct ExitCandidate<'a>(&'a crate::model::table::Exited);
+
+impl crate::model::select::Candidate for ExitCandidate<'_> {
+    fn pid(&self) -> u32 {
+        self.0.pid
+    }
+    fn comm(&self) -> &str {
+        &self.0.comm
+    }
+    fn cmdline(&self) -> Option<String> {
+        None
+    }
+    fn cgroup_path(&self) -> Option<String> {
+        None
+    }
+}
+
 async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
     let health = state.current().health();
     let body = if health.degraded {
@@ -275,7 +328,7 @@ async fn health_handler(State(state): State<Arc<Shared>>) -> Response {
 }
 
 async fn index_handler() -> &'static str {
-    "leakscope agent: /metrics /api/v1/processes /api/v1/processes/{pid}/history /api/v1/pools /api/v1/oom /api/v1/tasks /api/v1/host /healthz\n"
+    "leakscope agent: /metrics /api/v1/processes /api/v1/processes/{pid}/history /api/v1/pools /api/v1/oom /api/v1/exits /api/v1/tasks /api/v1/host /healthz\n"
 }
 
 #[cfg(test)]

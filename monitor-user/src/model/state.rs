@@ -45,9 +45,17 @@ pub struct AgentState {
     pub features: crate::model::features::Features,
     /// Processes whose growth stacks the agent samples on its own (--auto-growth).
     pub growth_sampled: std::collections::HashSet<u32>,
+    /// The last processes to exit, newest last, at most [`RECENT_EXITS`]: a process that
+    /// lived less than one interval is seen here, with its peak and exit code.
+    pub exits: std::collections::VecDeque<crate::model::table::Exited>,
+    /// Exits applied since start: tells a snapshot which of its records are already stale.
+    pub exits_total: u64,
     /// Total of dropped lifecycle events, and when that total last grew.
     last_drop: Option<(u64, u64)>,
 }
+
+/// How many exits [`AgentState::exits`] keeps.
+pub const RECENT_EXITS: usize = 256;
 
 /// A drop makes the agent degraded for this long, not forever.
 const DROP_MEMORY_NS: u64 = 600 * 1_000_000_000;
@@ -114,6 +122,8 @@ impl AgentState {
             // Each feature puts its configured state here at start-up; defaults until then.
             features: Default::default(),
             growth_sampled: Default::default(),
+            exits: Default::default(),
+            exits_total: 0,
             last_drop: None,
         }
     }
@@ -143,6 +153,11 @@ impl AgentState {
             return;
         };
         self.pools.parent_exited(exited.pid);
+        if self.exits.len() >= RECENT_EXITS {
+            self.exits.pop_front();
+        }
+        self.exits.push_back(exited.clone());
+        self.exits_total += 1;
         let (first_sample, limit) = before.unwrap_or_default();
         let reason = RecycleReason::classify(
             exited.exit_code,
@@ -232,6 +247,12 @@ impl AgentState {
                 p.memcg_v1_path.as_deref(),
             )
         });
+    }
+
+    /// Pids of the exits applied since `exits_total` was `before` (as many as are kept).
+    pub fn exited_since(&self, before: u64) -> std::collections::HashSet<u32> {
+        let n = self.exits_total.saturating_sub(before) as usize;
+        self.exits.iter().rev().take(n).map(|e| e.pid).collect()
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
@@ -367,6 +388,34 @@ mod tests {
         c[Counter::EventsDropped as usize] = 4;
         s.set_counters(c, later);
         assert!(s.health_at(later).degraded);
+    }
+
+    #[test]
+    fn exits_since_a_point_name_the_pids_a_snapshot_must_drop() {
+        let mut s = state();
+        let exit = |pid| LifecycleEvent {
+            kind: EventKind::Exit as u32,
+            pid,
+            ppid: 1,
+            exit_code: 0,
+            ts_ns: 10,
+            cgroup_id: 0,
+            comm: [0; 16],
+            rss: [0; RssKind::COUNT],
+            peak_bytes: 0,
+        };
+        s.apply_event(&exit(5));
+        let before = s.exits_total;
+        s.apply_event(&exit(6));
+        s.apply_event(&exit(7));
+        let gone = s.exited_since(before);
+        assert_eq!(gone, [6, 7].into_iter().collect());
+        assert!(s.exited_since(s.exits_total).is_empty());
+        for pid in 0..(RECENT_EXITS as u32 + 10) {
+            s.apply_event(&exit(100 + pid));
+        }
+        assert_eq!(s.exits.len(), RECENT_EXITS, "bounded");
+        assert_eq!(s.exited_since(0).len(), RECENT_EXITS);
     }
 
     #[test]

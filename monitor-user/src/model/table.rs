@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind};
+use monitor_common::{EventKind, LifecycleEvent, ProcStats, RssKind, TASK_RSS_EXACT, TaskRecord};
 use serde::Serialize;
 
 use crate::{host::container::ContainerInfo, host::proc::ProcSnapshot, model::leaks::LeakState};
@@ -47,6 +47,9 @@ pub struct Process {
     /// Container and pod, derived from `/proc/<pid>/cgroup` when selection reads it.
     pub container: ContainerInfo,
     pub leak: Option<LeakState>,
+    /// From the task iterator: whether its RSS is the exact per-CPU sum. `None` when the
+    /// numbers come from elsewhere (rss_stat events, /proc).
+    pub rss_exact: Option<bool>,
     kernel: Option<ProcStats>,
     seed: Option<ProcSnapshot>,
 }
@@ -66,8 +69,55 @@ impl Process {
             configured_limit: None,
             container: ContainerInfo::default(),
             leak: None,
+            rss_exact: None,
             kernel: None,
             seed: Some(s),
+        }
+    }
+
+    /// A process first seen by the task iterator: everything needed is in the record.
+    fn from_record(r: &TaskRecord) -> Self {
+        let mut p = Self {
+            pid: r.pid,
+            ppid: r.ppid,
+            comm: comm_str(&r.comm),
+            start_ns: r.start_ns,
+            exec_ns: r.start_ns,
+            cgroup_id: r.cgroup_id,
+            cgroup_path: None,
+            memcg_v1_path: None,
+            selected: None,
+            configured_limit: None,
+            container: ContainerInfo::default(),
+            leak: None,
+            rss_exact: None,
+            kernel: None,
+            seed: None,
+        };
+        p.take_record(r);
+        p
+    }
+
+    fn take_record(&mut self, r: &TaskRecord) {
+        let mut k = ProcStats::new(r.start_ns, r.ppid, r.cgroup_id);
+        k.rss = r.rss;
+        // The kernel's high-water mark is taken from its batched counter: an earlier exact
+        // snapshot may have seen more.
+        k.peak_bytes = r
+            .peak_bytes
+            .max(self.kernel.map_or(0, |old| old.peak_bytes));
+        self.kernel = Some(k);
+        if self.start_ns == 0 {
+            self.start_ns = r.start_ns;
+        }
+        self.rss_exact = Some(r.flags & TASK_RSS_EXACT != 0);
+        if r.cgroup_id != 0 && r.cgroup_id != self.cgroup_id {
+            self.cgroup_id = r.cgroup_id;
+            self.cgroup_path = None;
+        }
+        if r.ppid != 0 {
+            // Reparenting (the parent died) changes it; pools follow the live parent.
+            self.ppid = r.ppid;
         }
     }
 
@@ -85,6 +135,7 @@ impl Process {
             configured_limit: None,
             container: ContainerInfo::default(),
             leak: None,
+            rss_exact: None,
             kernel: None,
             seed: None,
         }
@@ -130,6 +181,9 @@ impl Process {
         if self.comm.is_empty() {
             self.comm.clone_from(&s.comm);
         }
+        if self.start_ns == 0 {
+            self.start_ns = s.start_ns;
+        }
         self.seed = Some(s);
     }
 }
@@ -171,10 +225,13 @@ impl ProcessTable {
                 None
             }
             EventKind::Exec => {
-                let p = self
-                    .procs
-                    .entry(ev.pid)
-                    .or_insert_with(|| Process::from_fork(ev));
+                let p = self.procs.entry(ev.pid).or_insert_with(|| {
+                    // Its fork was not seen (no fork probe by default): the start is unknown
+                    // until the next snapshot gives it.
+                    let mut p = Process::from_fork(ev);
+                    p.start_ns = 0;
+                    p
+                });
                 p.comm = comm_str(&ev.comm);
                 p.exec_ns = ev.ts_ns;
                 p.cgroup_id = ev.cgroup_id;
@@ -185,15 +242,33 @@ impl ProcessTable {
                 None
             }
             EventKind::Exit => {
-                let p = self.procs.remove(&ev.pid)?;
                 let rss = |k: RssKind| ev.rss[k as usize].max(0) as u64;
                 let at_exit = rss(RssKind::File) + rss(RssKind::Anon) + rss(RssKind::Shmem);
+                let Some(p) = self.procs.remove(&ev.pid) else {
+                    // Born and gone between two snapshots: the exit program's numbers are
+                    // all there is. Its lifetime is unknown (0), so no pool counts it.
+                    return Some(Exited {
+                        pid: ev.pid,
+                        ppid: ev.ppid,
+                        comm: comm_str(&ev.comm),
+                        cgroup_id: ev.cgroup_id,
+                        lifetime_ns: 0,
+                        resident_bytes: at_exit,
+                        peak_bytes: ev.peak_bytes.max(at_exit),
+                        exit_code: ev.exit_code,
+                    });
+                };
                 Some(Exited {
                     pid: p.pid,
-                    ppid: p.ppid,
+                    ppid: if p.ppid == 0 { ev.ppid } else { p.ppid },
                     comm: p.comm.clone(),
                     cgroup_id: p.cgroup_id,
-                    lifetime_ns: ev.ts_ns.saturating_sub(p.start_ns),
+                    // A start of 0 is unknown (seen at exec, gone before any snapshot).
+                    lifetime_ns: if p.start_ns == 0 {
+                        0
+                    } else {
+                        ev.ts_ns.saturating_sub(p.start_ns)
+                    },
                     resident_bytes: if at_exit > 0 {
                         at_exit
                     } else {
@@ -229,6 +304,29 @@ impl ProcessTable {
             .filter(|pid| !self.procs.contains_key(pid))
             .copied()
             .collect()
+    }
+
+    /// Takes the task iterator's snapshot: every live process with an address space. A pid
+    /// the table lacks, or holds for an earlier process (its start differs), is added from
+    /// its record without a /proc read. Returns the processes this snapshot is the first
+    /// kernel reading of.
+    pub fn sync_snapshot(&mut self, records: &[TaskRecord]) -> Vec<u32> {
+        let mut first = Vec::new();
+        for r in records {
+            match self.procs.get_mut(&r.pid) {
+                Some(p) if same_start(p.start_ns, r.start_ns) => {
+                    if p.kernel.is_none() {
+                        first.push(r.pid);
+                    }
+                    p.take_record(r);
+                }
+                _ => {
+                    self.procs.insert(r.pid, Process::from_record(r));
+                    first.push(r.pid);
+                }
+            }
+        }
+        first
     }
 
     pub fn adopt(&mut self, snapshot: ProcSnapshot, kernel: Option<ProcStats>) {
@@ -272,6 +370,12 @@ impl ProcessTable {
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
     }
+}
+
+/// Start times from /proc have clock-tick resolution and fork events are stamped just after
+/// the kernel's own start time: within 50 ms is the same process. 0 is unknown.
+pub fn same_start(a: u64, b: u64) -> bool {
+    a == 0 || b == 0 || a.abs_diff(b) < 50_000_000
 }
 
 pub fn comm_str(raw: &[u8; 16]) -> String {
@@ -410,7 +514,12 @@ mod tests {
         assert_eq!(gone.peak_bytes, 6 * MIB);
         assert_eq!(gone.lifetime_ns, 2_000);
         assert!(t.is_empty());
-        assert!(t.apply(&exit).is_none(), "a second exit is ignored");
+        let again = t.apply(&exit).unwrap();
+        assert_eq!(
+            (again.lifetime_ns, t.len()),
+            (0, 0),
+            "an exit the table does not know is told from its event alone"
+        );
     }
 
     #[test]
@@ -420,6 +529,88 @@ mod tests {
         let mut missing = t.sync_kernel(&HashMap::from([(1, stats(0, 1)), (2, stats(0, 1))]));
         missing.sort();
         assert_eq!(missing, [2]);
+    }
+
+    fn record(pid: u32, start_ns: u64, anon: i64, peak: u64, exact: bool) -> TaskRecord {
+        TaskRecord {
+            pid,
+            ppid: 7,
+            start_ns,
+            cgroup_id: 12,
+            comm: comm("celery"),
+            rss: [MIB as i64, anon, 0, 0],
+            peak_bytes: peak,
+            flags: if exact { TASK_RSS_EXACT } else { 0 },
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn snapshots_add_new_processes_and_update_known_ones() {
+        let mut t = ProcessTable::default();
+        // Seeded from /proc: start at clock-tick resolution, a few ms off the kernel's.
+        t.seed([ProcSnapshot {
+            start_ns: 1_000_000_000,
+            ..snapshot(10, 3 * MIB)
+        }]);
+        let first = t.sync_snapshot(&[
+            record(10, 1_004_000_000, 5 * MIB as i64, 6 * MIB, true),
+            record(11, 2_000_000_000, 2 * MIB as i64, 3 * MIB, false),
+        ]);
+        assert_eq!(first, [10, 11], "first kernel reading of both");
+        let p = t.get(10).unwrap();
+        assert_eq!(p.rss(RssKind::Anon), (5 * MIB, Source::Kernel));
+        assert_eq!(p.comm, "old", "a known process keeps its name");
+        assert_eq!((p.ppid, p.cgroup_id, p.rss_exact), (7, 12, Some(true)));
+        let q = t.get(11).unwrap();
+        assert_eq!((q.comm.as_str(), q.start_ns), ("celery", 2_000_000_000));
+        assert_eq!(q.rss_exact, Some(false));
+        assert!(
+            !q.needs_seed(),
+            "no /proc read for a process the iterator found"
+        );
+        // Shrinking keeps the highest peak any snapshot saw.
+        let again = t.sync_snapshot(&[record(10, 1_004_000_000, MIB as i64, 2 * MIB, true)]);
+        assert!(again.is_empty());
+        let p = t.get(10).unwrap();
+        assert_eq!(p.rss(RssKind::Anon).0, MIB);
+        assert_eq!(p.peak_bytes(), 6 * MIB);
+    }
+
+    #[test]
+    fn a_snapshot_of_a_reused_pid_replaces_the_old_process() {
+        let mut t = ProcessTable::default();
+        t.sync_snapshot(&[record(20, 1_000_000_000, 500 * MIB as i64, 500 * MIB, true)]);
+        t.get_mut(20).unwrap().selected = Some(true);
+        let first = t.sync_snapshot(&[record(20, 9_000_000_000, MIB as i64, MIB, true)]);
+        assert_eq!(first, [20]);
+        let p = t.get(20).unwrap();
+        assert_eq!((p.start_ns, p.selected), (9_000_000_000, None));
+        assert_eq!(p.peak_bytes(), 2 * MIB, "nothing carried across the reuse");
+    }
+
+    #[test]
+    fn a_process_seen_only_at_exec_takes_its_start_from_the_next_snapshot() {
+        let mut t = ProcessTable::default();
+        t.apply(&ev(EventKind::Exec, 30, 5_000_000_000));
+        assert_eq!(t.get(30).unwrap().start_ns, 0, "unknown until a snapshot");
+        t.sync_snapshot(&[record(30, 4_900_000_000, MIB as i64, MIB, true)]);
+        let p = t.get(30).unwrap();
+        assert_eq!((p.start_ns, p.exec_ns), (4_900_000_000, 5_000_000_000));
+    }
+
+    #[test]
+    fn an_exit_between_two_snapshots_is_reported_from_the_event() {
+        let mut t = ProcessTable::default();
+        let mut exit = ev(EventKind::Exit, 50, 7_000);
+        exit.ppid = 3;
+        exit.exit_code = 3 << 8;
+        exit.rss = [MIB as i64, 64 * MIB as i64, 0, 0];
+        exit.peak_bytes = 80 * MIB;
+        let gone = t.apply(&exit).expect("reported though never in the table");
+        assert_eq!((gone.pid, gone.ppid, gone.comm.as_str()), (50, 3, "worker"));
+        assert_eq!((gone.resident_bytes, gone.peak_bytes), (65 * MIB, 80 * MIB));
+        assert_eq!((gone.exit_code, gone.lifetime_ns), (3 << 8, 0));
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn process(pid: u32, comm: &str, verdict: Option<Verdict>) -> Process {
         series: Series::Own,
         threads: None,
         threads_mapped_off: None,
+        rss_error_bytes: Some(0),
         growth_sampled: false,
     }
 }

@@ -570,6 +570,7 @@ pub(crate) mod tests {
             series: Series::Own,
             threads: None,
             threads_mapped_off: None,
+            rss_error_bytes: Some(0),
             growth_sampled: false,
         }
     }

@@ -1,7 +1,7 @@
 //! A process that really grows and frees anonymous memory on command, for the agent's tests.
 //!
 //! Reads lines from stdin: `grow MIB` (allocate and touch MIB mebibytes), `free` (release all),
-//! `exit`. Answers each with one line on stdout once done. Arguments are ignored (tests pass
+//! `exit` (or `exit CODE`). Answers each with one line on stdout once done. Arguments are ignored (tests pass
 //! fake secrets in them to check they are never exported).
 
 use std::io::{BufRead as _, Write as _};
@@ -32,6 +32,7 @@ fn main() {
                 held.clear();
                 let _ = writeln!(out, "freed");
             }
+            (Some("exit"), Some(code)) => std::process::exit(code as i32),
             (Some("exit"), _) | (None, _) => break,
             _ => {
                 let _ = writeln!(out, "unknown command: {line}");

@@ -24,6 +24,10 @@ use crate::{
     model::state::{AgentState, Settings, boot_ns},
 };
 
+mod snapshot;
+
+use snapshot::{Source, adopt_new_from_proc, iter_notes, load_task_iter, take_snapshot};
+
 const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// /proc reads per interval, so a fork storm cannot turn the agent into a /proc scanner.
@@ -76,7 +80,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Err(e) = &layout.tracefs {
         state.notes.push(e.clone());
     }
+    // The iterator's layout also tells the exit program whether to read the final RSS.
+    let iter_setup = crate::bpf::iter::iter_layout(
+        std::path::Path::new(crate::bpf::btf::VMLINUX),
+        &layout.exit,
+        &args.break_probe,
+    );
     let sizes = AgentSizes {
+        iter: iter_setup.layout.as_ref().ok().copied(),
         max_kernel_processes: args.max_kernel_processes,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
@@ -88,10 +99,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     release_freed_memory();
     // Held for the agent's whole life: dropping it detaches the probes.
-    let probes = crate::bpf::probes::attach_agent(&kernel, &layout, &args.break_probe);
+    let probes =
+        crate::bpf::probes::attach_agent(&kernel, &layout, &args.break_probe, args.rss_events);
     let (uprobe_status, uprobes) = crate::threads::prepare(kernel.clone(), &args.break_probe);
     state.probes = probes.statuses.clone();
     state.probes.push(uprobe_status);
+    let task_iter = (!args.rss_events).then(|| load_task_iter(&kernel, &iter_setup, &args));
+    if let Some(result) = &task_iter {
+        state.probes.push(crate::bpf::iter::status(result));
+        for note in iter_notes(&iter_setup, result.is_ok()) {
+            warn!("{note}");
+            state.notes.push(note);
+        }
+    }
+    let task_iter = task_iter.and_then(Result::ok).map(Arc::new);
     for p in &state.probes {
         match &p.error {
             None => info!("probe {} attached to {}", p.name, p.tracepoint),
@@ -161,8 +182,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if auto_growth.is_some() && profiler.is_none() {
         warn!("--auto-growth is off: growth profiling is unavailable (see above)");
     }
-    let sync_task = tokio::spawn(interval_loop(
+    let source = Source {
         maps,
+        iter: task_iter,
+        iter_failures: Arc::default(),
+        rss_events: args.rss_events,
+    };
+    let refresh_source = source.clone();
+    let weak = Arc::downgrade(&shared);
+    shared.set_refresher(Box::new(move || {
+        if let Some(shared) = weak.upgrade() {
+            take_snapshot(&refresh_source, &shared);
+        }
+    }));
+    let sync_task = tokio::spawn(interval_loop(
+        source,
         shared.clone(),
         profiler.clone(),
         args.interval,
@@ -312,7 +346,7 @@ async fn event_loop(shared: Arc<Shared>) {
 }
 
 async fn interval_loop(
-    maps: Arc<KernelMaps>,
+    source: Source,
     shared: Arc<Shared>,
     profiler: Option<http::SharedProfiler>,
     every: Duration,
@@ -324,7 +358,7 @@ async fn interval_loop(
         tick.tick().await;
         // Map iteration and /proc reads block: off the async workers, so scrapes and
         // /healthz never wait behind them.
-        let (m, s) = (maps.clone(), shared.clone());
+        let (m, s) = (source.clone(), shared.clone());
         if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&m, &s)).await {
             warn!("interval sync failed: {e}");
         }
@@ -345,22 +379,29 @@ async fn interval_loop(
 
 /// One interval: take the kernel's numbers, then look in /proc only where the kernel has not
 /// spoken (new pids, unknown members, selection) — never a full scan.
-fn sync_once(maps: &KernelMaps, shared: &Shared) {
-    let kernel = maps.procs();
-    let counters = maps.counters();
-    let (adopt, rss_off, exit_off) = {
-        // Events first: a fork must be known before the kernel's entry for it is matched.
-        let mut state = shared.current();
-        state.set_counters(counters, boot_ns());
-        state.kernel_entries = kernel.len() as u64;
-        let adopt = state.table.sync_kernel(&kernel);
-        (
-            adopt,
-            !state.probe_attached("rss_stat"),
-            !state.probe_attached("sched_exit"),
-        )
+fn sync_once(source: &Source, shared: &Shared) {
+    let counters = source.maps.counters();
+    shared.current().set_counters(counters, boot_ns());
+    let rss_off = if source.rss_events {
+        let kernel = source.maps.procs();
+        let (adopt, rss_off) = {
+            // Events first: a fork must be known before the kernel's entry for it is matched.
+            let mut state = shared.current();
+            state.kernel_entries = kernel.len() as u64;
+            let adopt = state.table.sync_kernel(&kernel);
+            (adopt, !state.probe_attached("rss_stat"))
+        };
+        adopt_unknown(shared, &kernel, adopt);
+        rss_off
+    } else {
+        shared.refresh_now();
+        let iter_off = !shared.state().probe_attached(crate::bpf::iter::BREAK_ITER);
+        if iter_off {
+            adopt_new_from_proc(shared);
+        }
+        iter_off
     };
-    adopt_unknown(shared, &kernel, adopt);
+    let exit_off = !shared.state().probe_attached("sched_exit");
     evaluate_selection(shared);
     refresh_from_proc(shared, rss_off);
     if exit_off {
@@ -472,7 +513,7 @@ fn refresh_from_proc(shared: &Shared, rss_probe_off: bool) {
         match r {
             Ok(s) => {
                 if let Some(p) = state.table.get_mut(pid)
-                    && s.start_ns.abs_diff(p.start_ns) < 50_000_000
+                    && crate::model::table::same_start(p.start_ns, s.start_ns)
                 {
                     p.set_seed(s);
                 }
