@@ -391,6 +391,7 @@ mod tests {
             "/api/v1/pools",
             "/api/v1/oom",
             "/api/v1/tasks",
+            "/api/v1/exits",
             "/api/v1/host",
         ] {
             let (code, body) = status(access, NETWORK, path).await;
