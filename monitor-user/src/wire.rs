@@ -151,6 +151,8 @@ impl From<&ExitRecord> for api::PoolExit {
 
 impl From<&Pool> for api::Pool {
     fn from(p: &Pool) -> Self {
+        let live = p.live.as_ref();
+        let limit = live.and_then(|l| l.limit);
         Self {
             pool: p.pool.clone(),
             parent_pid: p.parent_pid,
@@ -166,30 +168,18 @@ impl From<&Pool> for api::Pool {
             evidence: p.evidence.clone(),
             exits: p.exits.iter().map(Into::into).collect(),
             children: p.children() as u64,
-            children_bytes: p.live.as_ref().map_or(0, |l| l.children_bytes),
-            members: p
-                .live
+            children_bytes: live.map_or(0, |l| l.children_bytes),
+            members: live
                 .iter()
                 .flat_map(|l| &l.members)
                 .map(Into::into)
                 .collect(),
-            parent: p
-                .live
-                .as_ref()
-                .and_then(|l| l.parent.as_ref())
-                .map(Into::into),
-            total_bytes: p.live.as_ref().map_or(0, Live::total_bytes),
-            growth_bytes_per_second: p
-                .live
-                .as_ref()
-                .map_or(0.0, |l| l.total_assessment.rate_bytes_per_sec),
-            memory_limit_bytes: p.live.as_ref().and_then(|l| l.limit).map(|l| l.limit_bytes),
-            memory_limit_source: p
-                .live
-                .as_ref()
-                .and_then(|l| l.limit)
-                .map(|l| l.source.into()),
-            time_to_limit_seconds: p.live.as_ref().and_then(|l| l.time_to_limit_secs),
+            parent: live.and_then(|l| l.parent.as_ref()).map(Into::into),
+            total_bytes: live.map_or(0, Live::total_bytes),
+            growth_bytes_per_second: live.map_or(0.0, |l| l.total_assessment.rate_bytes_per_sec),
+            memory_limit_bytes: limit.map(|l| l.limit_bytes),
+            memory_limit_source: limit.map(|l| l.source.into()),
+            time_to_limit_seconds: live.and_then(|l| l.time_to_limit_secs),
             thrash: p.thrash.clone(),
         }
     }

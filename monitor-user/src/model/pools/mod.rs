@@ -311,28 +311,33 @@ impl Pools {
         now_ns: u64,
         mut limit_of: impl FnMut(&Process) -> Option<Limit>,
     ) {
-        let mut groups: HashMap<(u32, String), Vec<&Process>> = HashMap::new();
+        // Keyed by borrowed names: every process is grouped at every assessment, and only
+        // a group that may become a pool needs a key of its own.
+        let mut groups: HashMap<(u32, &str), Vec<&Process>> = HashMap::new();
         for p in table.iter() {
             if p.ppid > 1 && now_ns.saturating_sub(p.start_ns) >= MIN_WORKER_LIFETIME_NS {
-                groups.entry((p.ppid, p.comm.clone())).or_default().push(p);
+                groups.entry((p.ppid, p.comm.as_str())).or_default().push(p);
             }
         }
         // A refused group is not asked again while it lives: each ask reads its parent's uid.
-        self.refused.retain(|key| groups.contains_key(key));
-        for (key, children) in &groups {
-            if children.len() >= 2
-                && !self.pools.contains_key(key)
-                && !self.refused.contains(key)
-                && table.get(key.0).is_some()
-                && !self.admit(key)
-            {
+        self.refused
+            .retain(|(ppid, comm)| groups.contains_key(&(*ppid, comm.as_str())));
+        for (&(ppid, comm), children) in &groups {
+            if children.len() < 2 || table.get(ppid).is_none() {
+                continue;
+            }
+            let key = (ppid, comm.to_string());
+            if !self.pools.contains_key(&key) && !self.refused.contains(&key) && !self.admit(&key) {
                 self.overflow_pools += 1;
-                self.refused.insert(key.clone());
+                self.refused.insert(key);
             }
         }
-        for (key, (pool, _)) in &mut self.pools {
-            let children = groups.get(key).map(Vec::as_slice).unwrap_or_default();
-            let parent = table.get(key.0);
+        for ((ppid, comm), (pool, _)) in &mut self.pools {
+            let children = groups
+                .get(&(*ppid, comm.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let parent = table.get(*ppid);
             // The children's cgroup is the one they share; a pool between recycles with no
             // child left runs into its parent's.
             let limit = children.first().copied().or(parent).and_then(&mut limit_of);
