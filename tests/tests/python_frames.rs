@@ -24,6 +24,24 @@ fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// pyenv's builds whose version starts with one of `prefixes`, as `bin/NAME`, sorted.
+fn pyenv_builds(prefixes: &[&str], name: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|v| {
+                    let version = v.file_name().to_string_lossy().into_owned();
+                    prefixes.iter().any(|p| version.starts_with(p))
+                })
+                .map(|v| v.path().join("bin").join(name))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// The CPython 3.11 builds to test: Debian's by path, pyenv's by glob. Under CI=true a
 /// missing one fails the test (xtask setup installs Debian's; CI machines carry pyenv's).
 fn pythons() -> Vec<PathBuf> {
@@ -38,27 +56,9 @@ fn pythons() -> Vec<PathBuf> {
         );
         eprintln!("SKIPPED Debian's python3.11: not installed");
     }
-    let mut pyenv: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|v| v.file_name().to_string_lossy().starts_with("3.11."))
-                .map(|v| v.path().join("bin/python3.11"))
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    pyenv.sort();
+    let mut pyenv = pyenv_builds(&["3.11."], "python3.11");
     // 3.12 has a table too: tested when the machine has it (CI's guarantee is 3.11).
-    let mut pyenv_3_12: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|v| v.file_name().to_string_lossy().starts_with("3.12."))
-                .map(|v| v.path().join("bin/python3.12"))
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    pyenv_3_12.sort();
+    let mut pyenv_3_12 = pyenv_builds(&["3.12."], "python3.12");
     found.extend(pyenv_3_12.pop());
     match pyenv.pop() {
         Some(p) => found.push(p),
@@ -324,19 +324,7 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
         return;
     }
     // Any pyenv CPython without a table: 3.10 has no Py_Version, 3.13 no table yet.
-    let mut others: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|v| {
-                    let name = v.file_name().to_string_lossy().into_owned();
-                    ["3.10.", "3.13."].iter().any(|p| name.starts_with(p))
-                })
-                .map(|v| v.path().join("bin/python3"))
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    others.sort();
+    let others = pyenv_builds(&["3.10.", "3.13."], "python3");
     if others.is_empty() {
         eprintln!("SKIPPED: no pyenv CPython 3.10 or 3.13 on this machine");
         return;
