@@ -7,7 +7,14 @@
 //! - `alloc_bench` (scenarios/c/alloc_bench.c), malloc/free pairs timed in ns per pair:
 //!   untraced, under `investigate --mode alloc`, and under the classic bpftrace memleak script,
 //!   the baseline an allocator tracer has to beat;
-//! - the `overhead` bench's page-fault workload: untraced and under `investigate --mode growth`.
+//! - the `overhead` bench's page-fault workload: untraced and under `investigate --mode growth`;
+//! - a Python worker's job loop (xtask/scripts/py_worker.py on Debian's CPython, stripped and
+//!   without frame pointers): untraced, under growth mode at the default period, under alloc
+//!   mode (which adds the `python` allocator family) and under the malloc-only bpftrace script;
+//! - the cost of one sample: growth mode sampling every fault, on the C page-fault workload (no
+//!   Python frames) and on the Python worker (Python frames walked in BPF). The kernel's own
+//!   accounting (`kernel.bpf_stats_enabled`) gives the fault program's time per run, and the
+//!   tracer's CPU time over the run gives what user space spends per sample.
 //!
 //! Every round runs every variant once, in an order rotated from round to round, so slow drift
 //! (page cache, frequency, other load) spreads over all variants instead of biasing one. Figures
@@ -47,6 +54,16 @@ pub struct Opts {
 const TARGET_THROUGHPUT_VS_BPFTRACE: f64 = 2.0;
 /// Growth mode should slow the page-fault workload by at most this factor.
 const TARGET_GROWTH_SLOWDOWN: f64 = 1.05;
+/// Growth mode at its default period should slow a Python worker by at most this factor.
+const TARGET_PYTHON_GROWTH_SLOWDOWN: f64 = 1.02;
+/// Jobs per run of the Python worker: about 3 s here.
+const PYTHON_JOBS: &str = "100000";
+/// Debian's CPython, statically linked, stripped, without frame pointers: the hard case for
+/// stacks (`cargo xtask setup` installs it).
+const PYTHON: &str = "/usr/bin/python3.11";
+/// The growth program that runs on every user page fault.
+const FAULT_PROGRAM: &str = "growth_fault";
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Loading BPF, resolving symbols and (bpftrace) compiling with LLVM: seconds on a busy host.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// investigate writes its report after SIGINT; symbolizing every stack takes a while.
@@ -63,13 +80,14 @@ const PROBE_ENABLE_GRACE: Duration = Duration::from_millis(100);
 enum Target {
     AllocBench,
     PageFaults,
+    PythonWorker,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tracer {
     Untraced,
-    /// `leakscope investigate --mode <mode>`.
-    Investigate(&'static str),
+    /// `leakscope investigate` with these arguments (`--mode` and more).
+    Investigate(&'static [&'static str]),
     Bpftrace,
 }
 
@@ -79,38 +97,91 @@ struct Variant {
     slug: &'static str,
     target: Target,
     tracer: Tracer,
+    /// Measures the cost of one sample (ns in the kernel) instead of the workload's speed.
+    per_sample: bool,
 }
 
-const VARIANTS: [Variant; 5] = [
+const GROWTH: &[&str] = &["--mode", "growth"];
+const ALLOC: &[&str] = &["--mode", "alloc"];
+const GROWTH_EVERY_FAULT: &[&str] = &["--mode", "growth", "--sample-period", "1"];
+
+const VARIANTS: [Variant; 11] = [
     Variant {
         label: "alloc_bench, untraced",
         slug: "alloc-untraced",
         target: Target::AllocBench,
         tracer: Tracer::Untraced,
+        per_sample: false,
     },
     Variant {
         label: "alloc_bench + investigate --mode alloc",
         slug: "alloc-leakscope",
         target: Target::AllocBench,
-        tracer: Tracer::Investigate("alloc"),
+        tracer: Tracer::Investigate(ALLOC),
+        per_sample: false,
     },
     Variant {
         label: "alloc_bench + bpftrace memleak",
         slug: "alloc-bpftrace",
         target: Target::AllocBench,
         tracer: Tracer::Bpftrace,
+        per_sample: false,
     },
     Variant {
         label: "page faults, untraced",
         slug: "faults-untraced",
         target: Target::PageFaults,
         tracer: Tracer::Untraced,
+        per_sample: false,
     },
     Variant {
         label: "page faults + investigate --mode growth",
         slug: "faults-leakscope",
         target: Target::PageFaults,
-        tracer: Tracer::Investigate("growth"),
+        tracer: Tracer::Investigate(GROWTH),
+        per_sample: false,
+    },
+    Variant {
+        label: "python worker, untraced",
+        slug: "python-untraced",
+        target: Target::PythonWorker,
+        tracer: Tracer::Untraced,
+        per_sample: false,
+    },
+    Variant {
+        label: "python worker + investigate --mode growth",
+        slug: "python-growth",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(GROWTH),
+        per_sample: false,
+    },
+    Variant {
+        label: "python worker + investigate --mode alloc",
+        slug: "python-alloc",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(ALLOC),
+        per_sample: false,
+    },
+    Variant {
+        label: "python worker + bpftrace memleak",
+        slug: "python-bpftrace",
+        target: Target::PythonWorker,
+        tracer: Tracer::Bpftrace,
+        per_sample: false,
+    },
+    Variant {
+        label: "sample cost: C, every fault",
+        slug: "cost-c",
+        target: Target::PageFaults,
+        tracer: Tracer::Investigate(GROWTH_EVERY_FAULT),
+        per_sample: true,
+    },
+    Variant {
+        label: "sample cost: Python, every fault",
+        slug: "cost-python",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(GROWTH_EVERY_FAULT),
+        per_sample: true,
     },
 ];
 
@@ -128,6 +199,10 @@ pub fn run(opts: Opts) -> Result<()> {
         bail!("the alloc benchmark loads BPF programs: run it as root");
     }
     setup::ensure_bench_alloc_tools()?;
+    ensure!(
+        Path::new(PYTHON).is_file(),
+        "{PYTHON} is missing: `cargo xtask setup` installs Debian's python3.11"
+    );
     let tools = prepare()?;
 
     // Warm caches and the allocator before measuring.
@@ -135,15 +210,18 @@ pub fn run(opts: Opts) -> Result<()> {
         measure(&tools, v, &tools.scratch.join(format!("warmup-{}", v.slug)))?;
     }
     let mut samples = vec![Vec::new(); VARIANTS.len()];
+    let mut user = vec![Vec::new(); VARIANTS.len()];
     for round in 0..opts.rounds {
         for i in rotated(VARIANTS.len(), round) {
             let v = &VARIANTS[i];
             let dir = tools.scratch.join(format!("round{}-{}", round + 1, v.slug));
-            samples[i].push(measure(&tools, v, &dir)?);
+            let m = measure(&tools, v, &dir)?;
+            samples[i].push(m.value);
+            user[i].extend(m.user_ns_per_sample);
         }
         eprintln!("round {}/{} done", round + 1, opts.rounds);
     }
-    print_report(&mut samples, opts.rounds);
+    print_report(&samples, &user, opts.rounds);
     println!("tracer output and reports: {}", tools.scratch.display());
     Ok(())
 }
@@ -177,26 +255,57 @@ fn build_scenario(name: &str) -> Result<PathBuf> {
     Ok(out.join(name))
 }
 
-/// One run of `v`: ns per malloc/free pair (alloc_bench) or elapsed seconds (page faults).
-fn measure(tools: &Tools, v: &Variant, dir: &Path) -> Result<f64> {
+struct Measured {
+    /// ns per malloc/free pair (alloc_bench), elapsed seconds (the others), or, for a
+    /// per-sample variant, the fault program's ns per run.
+    value: f64,
+    /// Per-sample variants: the tracer's CPU time over the run, per sample.
+    user_ns_per_sample: Option<f64>,
+}
+
+fn measure(tools: &Tools, v: &Variant, dir: &Path) -> Result<Measured> {
     if v.tracer != Tracer::Untraced {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Only while a per-sample variant runs: the accounting itself costs every BPF program two
+    // clock reads per run, which the other variants should not pay.
+    let _stats = v.per_sample.then(BpfStats::enable).transpose()?;
     let mut target = PausedTarget::spawn(target_command(tools, v.target))?;
     let tracer = match v.tracer {
         Tracer::Untraced => None,
-        Tracer::Investigate(mode) => {
-            Some(start_investigate(&tools.agent, target.pid(), mode, dir)?)
+        Tracer::Investigate(args) => {
+            Some(start_investigate(&tools.agent, target.pid(), args, dir)?)
         }
         Tracer::Bpftrace => Some(start_bpftrace(target.pid(), dir)?),
     };
+    let cpu_before = match &tracer {
+        Some(t) if v.per_sample => Some(cpu_ns(t.child.id())?),
+        _ => None,
+    };
     let result = target.go_and_read_result()?;
+    let mut per_sample = None;
+    if let (Some(tracer), Some(before)) = (&tracer, cpu_before) {
+        let (run_ns, runs) = program_runs(tracer.child.id(), FAULT_PROGRAM)?;
+        ensure!(runs > 0, "{}: the fault program never ran", v.label);
+        let user_ns = cpu_ns(tracer.child.id())?.saturating_sub(before);
+        per_sample = Some((run_ns as f64 / runs as f64, user_ns as f64 / runs as f64));
+    }
     if let Some(tracer) = tracer {
         tracer.stop()?;
     }
     target.finish()?;
-    parse_result(v.target, &result)
-        .with_context(|| format!("{}: unexpected output {result:?}", v.label))
+    if let Some((kernel, user)) = per_sample {
+        return Ok(Measured {
+            value: kernel,
+            user_ns_per_sample: Some(user),
+        });
+    }
+    let value = parse_result(v.target, &result)
+        .with_context(|| format!("{}: unexpected output {result:?}", v.label))?;
+    Ok(Measured {
+        value,
+        user_ns_per_sample: None,
+    })
 }
 
 fn target_command(tools: &Tools, target: Target) -> Command {
@@ -205,6 +314,12 @@ fn target_command(tools: &Tools, target: Target) -> Command {
         Target::PageFaults => {
             let mut cmd = Command::new(&tools.workload);
             cmd.arg("--wait-go").args(super::PAGE_FAULTS_ARGS);
+            cmd
+        }
+        Target::PythonWorker => {
+            let mut cmd = Command::new(PYTHON);
+            cmd.arg(util::workspace_root().join("xtask/scripts/py_worker.py"))
+                .arg(PYTHON_JOBS);
             cmd
         }
     }
@@ -217,15 +332,102 @@ fn parse_result(target: Target, line: &str) -> Result<f64> {
     }
     Ok(match target {
         Target::AllocBench => serde_json::from_str::<AllocBenchResult>(line)?.ns_per_pair,
-        Target::PageFaults => line.trim().parse()?,
+        Target::PageFaults | Target::PythonWorker => line.trim().parse()?,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel's accounting of BPF programs
+
+/// `kernel.bpf_stats_enabled` on for as long as this lives; the previous value is restored.
+struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("enabling {BPF_STATS_SYSCTL}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, self.previous.trim());
+    }
+}
+
+/// One entry of `bpftool -j prog show`.
+#[derive(Deserialize)]
+struct Program {
+    id: u32,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    run_time_ns: u64,
+    #[serde(default)]
+    run_cnt: u64,
+}
+
+/// Total run time and runs of the program `name` that process `owner` holds. This bpftool
+/// may list no owners, so the owner's programs are found by id in its fds' fdinfo.
+fn program_runs(owner: u32, name: &str) -> Result<(u64, u64)> {
+    let held = held_program_ids(owner)?;
+    let json = util::output(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let programs: Vec<Program> =
+        serde_json::from_str(&json).context("parsing `bpftool -j prog show`")?;
+    programs
+        .iter()
+        .find(|p| p.name == name && held.contains(&p.id))
+        .map(|p| (p.run_time_ns, p.run_cnt))
+        .with_context(|| format!("pid {owner} holds no BPF program {name}"))
+}
+
+fn held_program_ids(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // An fd closed since the listing is simply not one of them.
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    Ok(ids)
+}
+
+/// User plus system CPU time of a process so far.
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<u64>()
+            .context("/proc/PID/stat")
+    };
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(total * 1_000_000_000 / hz)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn print_report(samples: &mut [Vec<f64>], rounds: usize) {
-    let medians: Vec<f64> = samples.iter_mut().map(|s| super::median(s)).collect();
+fn print_report(samples: &[Vec<f64>], user: &[Vec<f64>], rounds: usize) {
+    let medians: Vec<f64> = samples.iter().map(|s| super::median(s)).collect();
     let untraced_median = |target: Target| {
         VARIANTS
             .iter()
@@ -235,40 +437,61 @@ fn print_report(samples: &mut [Vec<f64>], rounds: usize) {
     println!();
     println!("alloc: {rounds} interleaved rounds, median (min..max) per variant");
     println!(
-        "{:<42} {:>16} {:>28} {:>12}",
+        "{:<44} {:>16} {:>28} {:>12}",
         "variant", "median", "min..max", "vs untraced"
     );
     for (i, v) in VARIANTS.iter().enumerate() {
-        // `median` sorted the samples.
-        let (min, max) = (samples[i][0], samples[i][samples[i].len() - 1]);
-        let (unit, digits) = match v.target {
-            Target::AllocBench => ("ns/pair", 1),
-            Target::PageFaults => ("s", 4),
+        let min = samples[i].iter().copied().fold(f64::INFINITY, f64::min);
+        let max = samples[i].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (unit, digits) = match (v.per_sample, v.target) {
+            (true, _) => ("ns/run", 0),
+            (false, Target::AllocBench) => ("ns/pair", 1),
+            (false, _) => ("s", 4),
+        };
+        let versus = if v.per_sample {
+            let user_ns = super::median(&user[i]);
+            format!("user {user_ns:.0} ns/sample")
+        } else {
+            format!("{:.3}x", medians[i] / untraced_median(v.target))
         };
         println!(
-            "{:<42} {:>16} {:>28} {:>11.3}x",
+            "{:<44} {:>16} {:>28} {:>12}",
             v.label,
             format!("{:.digits$} {unit}", medians[i]),
             format!("{min:.digits$}..{max:.digits$} {unit}"),
-            medians[i] / untraced_median(v.target)
+            versus
         );
     }
-    let median_of = |tracer: Tracer| {
+    let median_of = |target: Target, tracer: Tracer| {
         VARIANTS
             .iter()
-            .position(|v| v.tracer == tracer)
+            .position(|v| v.target == target && v.tracer == tracer && !v.per_sample)
             .map_or(f64::NAN, |i| medians[i])
     };
     println!();
     println!(
         "alloc mode: leakscope runs {:.2}x bpftrace's malloc/free throughput (target >= {:.0}x)",
-        median_of(Tracer::Bpftrace) / median_of(Tracer::Investigate("alloc")),
+        median_of(Target::AllocBench, Tracer::Bpftrace)
+            / median_of(Target::AllocBench, Tracer::Investigate(ALLOC)),
         TARGET_THROUGHPUT_VS_BPFTRACE
     );
     println!(
         "growth mode: page-fault workload slowed {:.3}x (target <= {:.2}x)",
-        median_of(Tracer::Investigate("growth")) / untraced_median(Target::PageFaults),
+        median_of(Target::PageFaults, Tracer::Investigate(GROWTH))
+            / untraced_median(Target::PageFaults),
         TARGET_GROWTH_SLOWDOWN
+    );
+    let python = untraced_median(Target::PythonWorker);
+    println!(
+        "growth mode: Python worker slowed {:.3}x at the default period (target <= {:.2}x)",
+        median_of(Target::PythonWorker, Tracer::Investigate(GROWTH)) / python,
+        TARGET_PYTHON_GROWTH_SLOWDOWN
+    );
+    println!(
+        "alloc mode with the python family: Python worker slowed {:.2}x; bpftrace's malloc-only \
+         script {:.2}x",
+        median_of(Target::PythonWorker, Tracer::Investigate(ALLOC)) / python,
+        median_of(Target::PythonWorker, Tracer::Bpftrace) / python
     );
 }
 
@@ -459,11 +682,11 @@ fn create(path: &Path) -> Result<File> {
 // ---------------------------------------------------------------------------------------------
 // leakscope investigate
 
-fn start_investigate(agent: &Path, pid: u32, mode: &str, dir: &Path) -> Result<TracerProcess> {
+fn start_investigate(agent: &Path, pid: u32, args: &[&str], dir: &Path) -> Result<TracerProcess> {
     let mut cmd = Command::new(agent);
     cmd.arg("investigate")
         .args(["--pid", &pid.to_string()])
-        .args(["--mode", mode])
+        .args(args)
         .args(["--duration", INVESTIGATE_DURATION])
         .arg("--out")
         .arg(dir.join("report"));
