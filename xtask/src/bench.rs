@@ -48,8 +48,9 @@ pub enum Which {
         #[arg(long, num_args = 1.., value_name = "NAME")]
         only: Vec<String>,
     },
-    /// `leakscope investigate` against an allocator-heavy microbenchmark and a page-fault
-    /// workload: its slowdown per mode, interleaved with untraced runs and a bpftrace baseline.
+    /// `leakscope investigate` against an allocator-heavy microbenchmark, a page-fault workload
+    /// and a Python worker: its slowdown per mode, interleaved with untraced runs and a bpftrace
+    /// baseline, and the cost of one growth sample with and without Python frames.
     Alloc {
         /// Interleaved rounds (each: every variant once, in rotated order).
         #[arg(long, default_value_t = 5)]
