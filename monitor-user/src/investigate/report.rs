@@ -46,6 +46,8 @@ pub enum Source {
 pub struct StackRecord {
     /// Leaf (innermost) frame first.
     pub frames: Vec<Frame>,
+    /// The unwind stopped before the outermost frame (the last frame is then `[truncated]`).
+    pub truncated: bool,
     pub source: Source,
     /// Bytes: estimated resident growth (faults, scaled by the sampling period), mapped bytes,
     /// or outstanding allocated bytes.
@@ -373,6 +375,7 @@ pub(crate) mod test_support {
     pub fn record(frames: Vec<Frame>, source: Source, bytes: u64, count: u64) -> StackRecord {
         StackRecord {
             frames,
+            truncated: false,
             source,
             bytes,
             count,
