@@ -277,9 +277,9 @@ mod pod {
 /// (`--unwind dwarf`). Frame pointers alone miss every caller of a function built without
 /// them (Debian's libc `memset`, most CPython builds).
 pub const UNWIND_SAMPLES_MAP: &str = "UNWIND_SAMPLES";
-/// Global of the kernel object `UNWIND_COPY_BYTES` (`globals::UNWIND_COPY_BYTES`): bytes of
-/// user stack copied per sample, 0 for no record at all (`--unwind fp`); at most
-/// [`UNWIND_STACK_BYTES`].
+// The kernel object's global `UNWIND_COPY_BYTES` (`globals::UNWIND_COPY_BYTES`): bytes of
+// user stack copied per sample, 0 for no record at all (`--unwind fp`); at most
+// UNWIND_STACK_BYTES.
 
 /// The stack slice one record holds. perf's `--call-graph dwarf` copies 8 KiB by default;
 /// CPython's evaluation loop keeps frames of several hundred bytes and C extensions nest

@@ -77,15 +77,19 @@ impl ModuleInfo {
     /// The module's load bias: where its virtual address 0 lies in the process, given one
     /// mapping of it (start address and file offset).
     pub fn base_avma(&self, start: u64, file_offset: u64) -> Option<u64> {
+        // A mapping starts at its segment's page-aligned offset. Segments can share a page
+        // (a read-only one ending where the code begins), so the exact start is matched
+        // first, containment only after.
+        let page = |off: u64| off & !0xfff;
         let &(p_offset, p_vaddr, _) = self
             .loads
             .iter()
-            .find(|(off, _, size)| {
-                // Mappings start on page boundaries: the segment's page-aligned offset.
-                let page = *off & !0xfff;
-                (page..off.saturating_add(*size).max(page + 1)).contains(&file_offset)
-            })
-            .or_else(|| self.loads.first())?;
+            .find(|(off, _, _)| page(*off) == file_offset)
+            .or_else(|| {
+                self.loads.iter().find(|(off, _, size)| {
+                    (page(*off)..off.saturating_add(*size)).contains(&file_offset)
+                })
+            })?;
         let svma = file_offset.wrapping_add(p_vaddr).wrapping_sub(p_offset);
         Some(start.wrapping_sub(svma))
     }

@@ -154,6 +154,91 @@ pub fn join(dwarf: &[u64], fp: &[u64]) -> Option<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::investigate::{maps_snapshot, symbolize};
+
+    /// This thread's registers and the top of its stack, as the kernel program copies them.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    fn capture_own_stack() -> (StartRegs, Vec<u8>) {
+        let (ip, sp, fp): (u64, u64, u64);
+        // SAFETY: reads three registers, touches no memory.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+            );
+        }
+        let maps = maps_snapshot::read(std::process::id()).unwrap();
+        let stack = maps_snapshot::find(&maps, sp).expect("the stack is mapped");
+        let len = (stack.end - sp).min(monitor_common::stacks::UNWIND_STACK_BYTES as u64);
+        // SAFETY: [sp, sp + len) lies in this thread's stack mapping, which outlives the copy.
+        let bytes = unsafe { std::slice::from_raw_parts(sp as *const u8, len as usize) }.to_vec();
+        let regs = StartRegs { ip, sp, fp, lr: 0 };
+        (regs, std::hint::black_box(bytes))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    fn outer_marker_for_unwinding() -> (StartRegs, Vec<u8>) {
+        std::hint::black_box(capture_own_stack())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_copy_of_this_threads_stack_unwinds_through_its_callers() {
+        let (regs, stack) = outer_marker_for_unwinding();
+        let pid = std::process::id();
+        let maps = maps_snapshot::read(pid).unwrap();
+        let mut process = Process::new(pid, &maps, &mut ModuleCache::default());
+        let walk = process.unwind(regs, &stack);
+        assert!(walk.ips.len() >= 3, "{:x?} ({:?})", walk.ips, walk.end);
+        let frames = symbolize::symbolize(pid, true, &maps, std::slice::from_ref(&walk.ips));
+        let names: Vec<String> = frames[0]
+            .iter()
+            .filter(|f| !f.inlined)
+            .filter_map(|f| f.function.clone())
+            .collect();
+        let at = |marker: &str| names.iter().position(|n| n.contains(marker));
+        let (leaf, outer, test) = (
+            at("capture_own_stack"),
+            at("outer_marker_for_unwinding"),
+            at("a_copy_of_this_threads_stack_unwinds_through_its_callers"),
+        );
+        assert!(
+            leaf.is_some() && leaf < outer && outer < test,
+            "callers out of order: {names:?}"
+        );
+    }
+
+    #[test]
+    fn garbage_for_a_stack_ends_the_unwind_without_a_panic() {
+        let pid = std::process::id();
+        let maps = maps_snapshot::read(pid).unwrap();
+        let mut process = Process::new(pid, &maps, &mut ModuleCache::default());
+        let ip = garbage_for_a_stack_ends_the_unwind_without_a_panic as *const () as usize as u64;
+        let mut noise = 0x9e37_79b9_7f4a_7c15u64;
+        let stack: Vec<u8> = (0..4096)
+            .map(|_| {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                noise as u8
+            })
+            .collect();
+        let regs = StartRegs {
+            ip,
+            sp: 0x7000_0000,
+            fp: 0x7000_0010,
+            lr: 0,
+        };
+        let walk = process.unwind(regs, &stack);
+        assert!(walk.ips.len() <= MAX_FRAMES);
+        assert_eq!(walk.ips[0], ip);
+    }
 
     #[test]
     fn frame_pointer_frames_continue_where_they_meet_the_unwound_ones() {
