@@ -38,23 +38,35 @@ fn start(binary: &Path, args: &[&str]) -> Spawned {
     s
 }
 
+/// `investigate --json` with a sample period dense enough for a few seconds; growth mode
+/// unless `args` say otherwise.
 fn investigate(pid: u32, args: &[&str]) -> Output {
+    let mode: &[&str] = if args.contains(&"--mode") {
+        &[]
+    } else {
+        &["--mode", "growth"]
+    };
     Command::new(agent_bin())
         .args(["investigate", "--pid", &pid.to_string(), "--json"])
-        .args(["--mode", "growth", "--sample-period", "8"])
+        .args(["--sample-period", "8"])
+        .args(mode)
         .args(args)
         .output()
         .expect("run leakscope investigate")
 }
 
 fn growth_report(out: &Output) -> Value {
+    mode_report(out, "growth")
+}
+
+fn mode_report(out: &Output, mode: &str) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let reports: Vec<Value> = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("bad JSON ({e}); stderr: {stderr}"));
     reports
         .into_iter()
-        .find(|r| r["mode"] == "growth")
-        .unwrap_or_else(|| panic!("no growth report; stderr: {stderr}"))
+        .find(|r| r["mode"] == mode)
+        .unwrap_or_else(|| panic!("no {mode} report; stderr: {stderr}"))
 }
 
 /// The page-fault stack holding the most bytes.
@@ -109,7 +121,16 @@ fn charged_to_the_leaking_function(name: &str, flags: &[&str]) {
     let dir = std::env::temp_dir().join(format!("leakscope-unwind-out-{}", target.pid()));
     let out = investigate(
         target.pid(),
-        &["--duration", "4s", "--out", dir.to_str().unwrap()],
+        &[
+            "--mode",
+            "both",
+            "--min-age",
+            "1s",
+            "--duration",
+            "4s",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
     );
     assert!(
         out.status.success(),
@@ -143,6 +164,16 @@ fn charged_to_the_leaking_function(name: &str, flags: &[&str]) {
     let pprof = gunzip(&dir.join("growth.pb.gz"));
     assert!(contains(&pprof, LEAKER), "{LEAKER} not in growth.pb.gz");
     assert!(!contains(&pprof, "[truncated]"), "a stack was truncated");
+    // The sampled allocations are unwound too: malloc's caller leads.
+    let alloc = mode_report(&out, "alloc");
+    let blocks = alloc["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|s| s["bytes"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no outstanding blocks: {alloc:#}"));
+    assert_eq!(leaf_user_function(blocks, &binary), LEAKER, "{blocks:#}");
+    assert_eq!(blocks["truncated"], false, "{blocks:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -20,6 +20,8 @@ const MAX_MODULES: usize = 512;
 /// Larger sections are left out (their module then unwinds by frame pointers): bounds the
 /// memory a hostile file can make the agent allocate.
 const MAX_SECTION_BYTES: u64 = 64 << 20;
+/// Section bytes held by the cache at once; past it the cache starts over.
+const MAX_CACHED_BYTES: usize = 512 << 20;
 
 /// Section bytes, shared between the processes that map the same file.
 pub type Bytes = Arc<[u8]>;
@@ -37,6 +39,15 @@ pub struct ModuleInfo {
 }
 
 impl ModuleInfo {
+    /// Bytes of section data held.
+    fn bytes(&self) -> usize {
+        let len = |s: &Option<(Range<u64>, Bytes)>| s.as_ref().map_or(0, |(_, d)| d.len());
+        len(&self.text)
+            + len(&self.eh_frame)
+            + len(&self.eh_frame_hdr)
+            + self.debug_frame.as_ref().map_or(0, |d| d.len())
+    }
+
     /// Reads `file`'s segments and unwind sections.
     pub fn read(file: File) -> Result<Self, String> {
         let cache = ReadCache::new(file);
@@ -99,6 +110,7 @@ impl ModuleInfo {
 #[derive(Default)]
 pub struct ModuleCache {
     entries: HashMap<(u64, u64), Result<Arc<ModuleInfo>, String>>,
+    bytes: usize,
 }
 
 impl ModuleCache {
@@ -112,10 +124,14 @@ impl ModuleCache {
         if let Some(found) = self.entries.get(&key) {
             return found.clone();
         }
-        if self.entries.len() >= MAX_MODULES {
-            self.entries.clear();
-        }
         let read = ModuleInfo::read(file).map(Arc::new);
+        let size = read.as_ref().map_or(0, |m| m.bytes());
+        if self.entries.len() >= MAX_MODULES || self.bytes + size > MAX_CACHED_BYTES {
+            // Processes' unwinders keep what they hold; only sharing is lost.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
         self.entries.insert(key, read.clone());
         read
     }
