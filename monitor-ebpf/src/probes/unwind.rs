@@ -24,7 +24,9 @@ use monitor_common::stacks::{
 };
 
 use super::now_ns;
-use crate::maps::count_stack;
+use crate::maps::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, count_stack};
+
+const WAKEUP_BYTES: u64 = UNWIND_RING_BYTES as u64 / 4;
 
 #[map(name = "UNWIND_SAMPLES")]
 static UNWIND_SAMPLES: RingBuf = RingBuf::with_byte_size(UNWIND_RING_BYTES, 0);
@@ -125,7 +127,14 @@ pub fn send(kind: u32, key: &GrowthKey, bytes: u64) -> u64 {
         (*rec)._pad = 0;
         (*rec).stack_len = copy_stack(&mut (*rec).stack, regs.sp, copy) as u32;
     }
-    entry.submit(0);
+    // Waking the drainer per sample would cost a wakeup per sampled fault; it drains on a
+    // short timer anyway, and is woken early once a quarter of the ring is pending.
+    let flags = if UNWIND_SAMPLES.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
     count_stack(StackCounter::UnwindSent);
     sample_id
 }

@@ -10,7 +10,7 @@ use super::{
     growth::{Growth, page_size},
     maps_snapshot::{self, Mapping},
     python::{PyPath, merge},
-    report::{Frame, Mode, Report, Source, StackRecord},
+    report::{Frame, Mode, Report, Source, StackRecord, TRUNCATED_FRAME},
     symbolize,
     tracer::Shared,
     unwind::store::Store,
@@ -480,12 +480,10 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
 /// the flame graph and pprof, so a missing caller is not mistaken for the root.
 fn truncated_frame() -> Frame {
     Frame {
-        function: Some(TRUNCATED.to_owned()),
+        function: Some(TRUNCATED_FRAME.to_owned()),
         ..lost_frame()
     }
 }
-
-pub const TRUNCATED: &str = "[truncated]";
 
 fn lost_frame() -> Frame {
     Frame {

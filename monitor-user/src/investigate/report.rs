@@ -41,6 +41,9 @@ pub enum Source {
     Alloc,
 }
 
+/// The name of the frame that ends a truncated stack.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
 /// A stack and the memory attributed to it.
 #[derive(Clone, Debug, Serialize)]
 pub struct StackRecord {
