@@ -35,6 +35,7 @@ pub mod globals {
     pub const MARK_VICTIM_OFFSETS: &str = "MARK_VICTIM_OFFSETS";
     pub const SYSCALL_OFFSETS: &str = "SYSCALL_OFFSETS";
     pub const ALLOC_SAMPLE_BYTES: &str = "ALLOC_SAMPLE_BYTES";
+    pub const UNWIND_COPY_BYTES: &str = "UNWIND_COPY_BYTES";
     pub const ITER_LAYOUT: &str = "ITER_LAYOUT";
 }
 

@@ -148,6 +148,8 @@ pub struct AllocPending {
     pub kind: u32,
     /// As [`GrowthKey::py_stack`].
     pub py_stack: u64,
+    /// As [`AllocInfo::sample_id`].
+    pub sample_id: u64,
 }
 
 #[derive(Copy, Clone, Debug, Default)]
@@ -163,6 +165,8 @@ pub struct AllocInfo {
     pub tgid: u32,
     /// As [`GrowthKey::py_stack`].
     pub py_stack: u64,
+    /// As [`PageSample::sample_id`], for the allocator call's entry.
+    pub sample_id: u64,
 }
 
 /// A sampled page fault: its stack and when (`bpf_ktime_get_ns`).
@@ -173,6 +177,9 @@ pub struct PageSample {
     pub sampled_ns: u64,
     /// As [`GrowthKey::py_stack`].
     pub py_stack: u64,
+    /// The [`UnwindSample::sample_id`] sent for this fault, whose unwound stack user space
+    /// charges the page to; 0 when none was sent (frame-pointer mode, or the ring was full).
+    pub sample_id: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -220,10 +227,15 @@ pub enum StackCounter {
     ReleaseLost,
     /// Python stacks [`PY_STACKS_MAP`] had no room for.
     PyStackLost,
+    /// Samples sent to [`UNWIND_SAMPLES_MAP`] for user space to unwind.
+    UnwindSent,
+    /// Samples [`UNWIND_SAMPLES_MAP`] had no room for (user space drains too slowly): they
+    /// keep their frame-pointer stack.
+    UnwindLost,
 }
 
 impl StackCounter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
     pub const ALL: [StackCounter; Self::COUNT as usize] = [
         Self::GrowthSampled,
         Self::StackLost,
@@ -236,6 +248,8 @@ impl StackCounter {
         Self::FreeCalls,
         Self::ReleaseLost,
         Self::PyStackLost,
+        Self::UnwindSent,
+        Self::UnwindLost,
     ];
 }
 
@@ -255,6 +269,58 @@ mod pod {
     unsafe impl aya::Pod for PyTarget {}
     unsafe impl aya::Pod for PyFrame {}
     unsafe impl aya::Pod for PyStack {}
+    unsafe impl aya::Pod for UnwindSample {}
+}
+
+/// Ring buffer of [`UnwindSample`]s: the registers and the top of the user stack of each
+/// sampled event, for user space to unwind with the modules' DWARF call-frame information
+/// (`--unwind dwarf`). Frame pointers alone miss every caller of a function built without
+/// them (Debian's libc `memset`, most CPython builds).
+pub const UNWIND_SAMPLES_MAP: &str = "UNWIND_SAMPLES";
+// The kernel object's global `UNWIND_COPY_BYTES` (`globals::UNWIND_COPY_BYTES`): bytes of
+// user stack copied per sample, 0 for no record at all (`--unwind fp`); at most
+// UNWIND_STACK_BYTES.
+
+/// The stack slice one record holds. perf's `--call-graph dwarf` copies 8 KiB by default;
+/// CPython's evaluation loop keeps frames of several hundred bytes and C extensions nest
+/// it, so twice that reaches the worker's own code in the cases measured here. Whatever lies
+/// beyond is joined from the frame-pointer walk where it is valid, or marked truncated.
+pub const UNWIND_STACK_BYTES: usize = 16 * 1024;
+/// The slice is copied in pieces of this size, so a slice that runs past the end of the
+/// stack mapping keeps what lies before it.
+pub const UNWIND_CHUNK_BYTES: usize = 4096;
+/// Ring size: 256 records of 16 KiB, drained continuously (a few ms of work each);
+/// a record that finds it full is counted in [`StackCounter::UnwindLost`].
+pub const UNWIND_RING_BYTES: u32 = 4 * 1024 * 1024;
+
+/// [`UnwindSample::kind`]
+pub const UNWIND_GROWTH: u32 = 0;
+pub const UNWIND_ALLOC: u32 = 1;
+
+/// One sampled event for user-space unwinding ([`UNWIND_SAMPLES_MAP`]).
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct UnwindSample {
+    /// Never 0; the id [`PageSample`] and [`AllocInfo`] refer to.
+    pub sample_id: u64,
+    pub ktime_ns: u64,
+    pub tid: u32,
+    /// [`UNWIND_GROWTH`] or [`UNWIND_ALLOC`].
+    pub kind: u32,
+    /// The key the kernel aggregates this event under (frame-pointer stack id included, for
+    /// the frames beyond the copied slice); for allocations `source` is unused.
+    pub key: GrowthKey,
+    /// Growth: estimated bytes the event stands for; alloc: the requested size.
+    pub bytes: u64,
+    /// User registers at the event: x86_64 rip, rsp, rbp (lr 0); aarch64 pc, sp, x29, x30.
+    pub ip: u64,
+    pub sp: u64,
+    pub fp: u64,
+    pub lr: u64,
+    /// Bytes of `stack` that hold the user stack from `sp` upward.
+    pub stack_len: u32,
+    pub _pad: u32,
+    pub stack: [u8; UNWIND_STACK_BYTES],
 }
 
 /// pid -> [`PyTarget`]: CPython processes whose samples also record the Python call path;

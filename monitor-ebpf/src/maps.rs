@@ -95,9 +95,9 @@ pub fn count(counter: Counter) {
     }
 }
 
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Wake the agent only once this much is pending; it also drains on a short timer and before
 /// every scrape. Waking it per event costs a fork/exit-heavy host dearly.
 const WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;

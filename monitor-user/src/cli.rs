@@ -95,6 +95,28 @@ pub struct InvestigateArgs {
     /// Print the reports as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+
+    /// How native stacks are unwound: `dwarf` copies the registers and 16 KiB of user stack
+    /// per sample and unwinds them with the modules' call-frame information (right through
+    /// code without frame pointers, like Debian's libc and CPython); `fp` walks frame
+    /// pointers in the kernel only (cheaper, misses callers of such code).
+    #[arg(long, value_enum, default_value_t = UnwindArg::Dwarf)]
+    pub unwind: UnwindArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindArg {
+    Dwarf,
+    Fp,
+}
+
+impl From<UnwindArg> for crate::investigate::unwind::UnwindMode {
+    fn from(a: UnwindArg) -> Self {
+        match a {
+            UnwindArg::Dwarf => Self::Dwarf,
+            UnwindArg::Fp => Self::Fp,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -143,6 +165,7 @@ impl From<InvestigateArgs> for crate::investigate::command::Options {
             max_calls: a.max_calls,
             max_allocations: a.max_allocations,
             json: a.json,
+            unwind: a.unwind.into(),
         }
     }
 }
@@ -317,6 +340,12 @@ pub struct RunArgs {
     /// --auto-growth: at most this many processes sampled at once (the fastest leakers).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub auto_growth_max: u32,
+
+    /// How the native stacks of growth profiles (/debug/pprof/growth, --auto-growth) are
+    /// unwound, as `investigate --unwind`: `dwarf` (stack copies unwound with call-frame
+    /// information) or `fp` (frame pointers only).
+    #[arg(long, value_enum, default_value_t = UnwindArg::Dwarf)]
+    pub profile_unwind: UnwindArg,
 
     /// Track RSS at every change of the kernel's counters (a program on each page fault
     /// and each fork), for every transient peak between two intervals. Off by default: the

@@ -21,12 +21,14 @@ use aya_ebpf::{
 };
 use monitor_common::stacks::{
     AllocInfo, AllocKind, AllocPending, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_PENDING, StackCounter,
+    UNWIND_ALLOC,
 };
 
 use super::{
+    growth::sample_key,
     now_ns,
-    python::python_stack,
-    stack::{stack_pointer, user_stack_id, word_at_stack_pointer},
+    stack::{stack_pointer, word_at_stack_pointer},
+    unwind,
 };
 use crate::maps::count_stack;
 
@@ -107,6 +109,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         stack_id: pending.stack_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         py_stack: pending.py_stack,
+        sample_id: pending.sample_id,
     };
     match ALLOCS.insert(address, info, 0) {
         Ok(()) => count_stack(StackCounter::AllocTracked),
@@ -137,13 +140,16 @@ fn enter(ctx: &ProbeContext, kind: AllocKind) {
     // points at the return address (see stack.rs).
     // SAFETY: the context's register set, valid for this program's run.
     let sp = stack_pointer(unsafe { &*ctx.regs });
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = sample_key(ctx, tgid, 0, word_at_stack_pointer(sp));
     let pending = AllocPending {
         size,
         out_ptr,
-        return_address: word_at_stack_pointer(sp),
-        stack_id: user_stack_id(ctx),
+        return_address: key.return_hint,
+        stack_id: key.stack_id,
         kind: kind as u32,
-        py_stack: python_stack((bpf_get_current_pid_tgid() >> 32) as u32),
+        py_stack: key.py_stack,
+        sample_id: unwind::send(UNWIND_ALLOC, &key, size),
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     if ALLOC_PENDING.insert(tid, pending, 0).is_err() {

@@ -31,7 +31,7 @@ use aya_ebpf::{
 use monitor_common::stacks::{
     DEFAULT_MAX_GROWTH_KEYS, DEFAULT_MAX_GROWTH_PAGES, DEFAULT_MAX_GROWTH_RELEASES,
     DEFAULT_MAX_GROWTH_TARGETS, GrowthKey, GrowthSampler, GrowthSource, GrowthTarget, GrowthValue,
-    PageKey, PageSample, Release, ReleaseKey, StackCounter,
+    PageKey, PageSample, Release, ReleaseKey, StackCounter, UNWIND_GROWTH,
 };
 
 use super::{
@@ -41,6 +41,7 @@ use super::{
     python::python_stack,
     rss::{KERNEL_LAYOUT, read_kernel},
     stack::{current_return_hint, user_stack_id},
+    unwind,
 };
 use crate::maps::count_stack;
 
@@ -103,7 +104,7 @@ fn try_fault(ctx: &RawTracePointContext) {
     }
     let shift = KERNEL_LAYOUT.load().page_shift;
     let bytes = u64::from(period) << shift;
-    let (stack_id, py_stack) = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
+    let (sampled, sample_id) = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
     // SAFETY: as above.
     let address = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ADDRESS) };
     let key = PageKey {
@@ -112,9 +113,10 @@ fn try_fault(ctx: &RawTracePointContext) {
         page: address >> shift << shift,
     };
     let sample = PageSample {
-        stack_id: i64::from(stack_id),
+        stack_id: i64::from(sampled.stack_id),
         sampled_ns: now_ns(),
-        py_stack,
+        py_stack: sampled.py_stack,
+        sample_id,
     };
     if GROWTH_PAGES.insert(&key, &sample, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
@@ -243,7 +245,8 @@ fn try_syscall(
     Ok(())
 }
 
-/// Adds to the stack's entry; returns the stack id and the Python stack key.
+/// Adds to the stack's entry and, with `--unwind dwarf`, sends the sample for unwinding;
+/// returns the key and the sample's id (0 when none was sent).
 #[inline(always)]
 fn record<C: StackIdContext>(
     ctx: &C,
@@ -251,27 +254,36 @@ fn record<C: StackIdContext>(
     source: GrowthSource,
     hint: u64,
     bytes: u64,
-) -> (i32, u64) {
-    let key = GrowthKey {
-        tgid,
-        stack_id: user_stack_id(ctx),
-        source: source as u32,
-        _pad: 0,
-        return_hint: hint,
-        py_stack: python_stack(tgid),
-    };
+) -> (GrowthKey, u64) {
+    let key = sample_key(ctx, tgid, source as u32, hint);
     count_stack(StackCounter::GrowthSampled);
+    let sample_id = unwind::send(UNWIND_GROWTH, &key, bytes);
     if let Some(v) = GROWTH.get_ptr_mut(&key) {
         // SAFETY: a map value pointer; concurrent updates of one stack from two CPUs can lose
         // an increment, which a sampled estimate tolerates.
         let v = unsafe { &mut *v };
         v.events += 1;
         v.bytes += bytes;
-        return (key.stack_id, key.py_stack);
+        return (key, sample_id);
     }
     let fresh = GrowthValue { events: 1, bytes };
     if GROWTH.insert(&key, &fresh, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
     }
-    (key.stack_id, key.py_stack)
+    (key, sample_id)
+}
+
+/// The key of a sampled event, built here only: what growth aggregates under and what every
+/// record for unwinding carries whole (alloc samples too, with `source` unused), so a field
+/// added to it reaches user space on both paths.
+#[inline(always)]
+pub fn sample_key<C: StackIdContext>(ctx: &C, tgid: u32, source: u32, hint: u64) -> GrowthKey {
+    GrowthKey {
+        tgid,
+        stack_id: user_stack_id(ctx),
+        source,
+        _pad: 0,
+        return_hint: hint,
+        py_stack: python_stack(tgid),
+    }
 }

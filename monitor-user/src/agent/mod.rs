@@ -91,7 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_kernel_processes: args.max_kernel_processes,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
-        stacks: crate::http::profile::AGENT_CAPACITY,
+        stacks: crate::http::profile::agent_capacity(args.profile_unwind.into()),
     };
     release_freed_memory();
     let kernel = Arc::new(
@@ -166,6 +166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         kernel.clone(),
         Duration::from_secs(crate::http::profile::MAX_SECONDS),
         args.auto_growth_max_duration,
+        args.profile_unwind.into(),
     ) {
         Ok(p) => Some(Arc::new(tokio::sync::Mutex::new(p))),
         Err(e) => {

@@ -33,6 +33,8 @@ pub struct StackCapacity {
     pub allocations: u32,
     /// One sampled allocation per this many bytes on average (0: every one).
     pub alloc_sample_bytes: u64,
+    /// User stack bytes sent per sample for unwinding in user space (0: frame pointers only).
+    pub unwind_copy_bytes: u32,
 }
 
 /// What the agent's object is sized and configured with.
@@ -77,6 +79,11 @@ fn set_stacks<'a>(loader: &mut EbpfLoader<'a>, capacity: &'a StackCapacity) {
         .override_global(
             globals::ALLOC_SAMPLE_BYTES,
             &capacity.alloc_sample_bytes,
+            true,
+        )
+        .override_global(
+            globals::UNWIND_COPY_BYTES,
+            &capacity.unwind_copy_bytes,
             true,
         );
 }

@@ -6,6 +6,7 @@
 //! Served only with `--enable-profiling`; who may ask is decided in `http` (credentials named
 //! in `profiling_users`, or a local user for their own processes).
 
+use crate::investigate::unwind::UnwindMode;
 use std::time::Instant;
 
 use axum::{
@@ -258,9 +259,13 @@ fn render(report: &Report, format: Format) -> Response {
     }
 }
 
-/// Map capacities for the agent: stacks only for on-demand growth profiles, no allocations.
-pub const AGENT_CAPACITY: crate::bpf::object::StackCapacity = crate::bpf::object::StackCapacity {
-    stacks: 4096,
-    allocations: 1024,
-    alloc_sample_bytes: 0,
-};
+/// Map capacities for the agent: stacks only for on-demand growth profiles, no allocations;
+/// `unwind` is how their native stacks are taken (`--profile-unwind`).
+pub fn agent_capacity(unwind: UnwindMode) -> crate::bpf::object::StackCapacity {
+    crate::bpf::object::StackCapacity {
+        stacks: 4096,
+        allocations: 1024,
+        alloc_sample_bytes: 0,
+        unwind_copy_bytes: unwind.copy_bytes(),
+    }
+}

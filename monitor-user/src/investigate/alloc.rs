@@ -138,24 +138,23 @@ impl AllocTrace {
         self.links.clear();
     }
 
-    /// Outstanding blocks of `pid` allocated at or before `born_before_ns`, per (stack id,
-    /// return address, Python stack); with `sample_bytes` > 1 each sampled block stands for what it was
-    /// drawn from.
-    pub fn outstanding(
+    /// Outstanding blocks of `pid` allocated at or before `born_before_ns`, per `key` of
+    /// their record (their stack); with `sample_bytes` > 1 each sampled block stands for
+    /// what it was drawn from.
+    pub fn outstanding<K: std::hash::Hash + Eq>(
         &self,
         pid: u32,
         born_before_ns: u64,
         sample_bytes: u64,
-    ) -> HashMap<(i32, u64, u64), Outstanding> {
-        let mut per: HashMap<(i32, u64, u64), Outstanding> = HashMap::new();
+        key: impl Fn(&AllocInfo) -> K,
+    ) -> HashMap<K, Outstanding> {
+        let mut per: HashMap<K, Outstanding> = HashMap::new();
         for (_, info) in self.allocs.iter().filter_map(Result::ok) {
             if info.tgid != pid || info.timestamp_ns > born_before_ns {
                 continue;
             }
             let (bytes, count) = weight(info.size, sample_bytes);
-            let o = per
-                .entry((info.stack_id, info.return_address, info.py_stack))
-                .or_default();
+            let o = per.entry(key(&info)).or_default();
             o.bytes += bytes;
             o.count += count;
             o.oldest_ns = if o.oldest_ns == 0 {

@@ -10,9 +10,10 @@ use super::{
     growth::{Growth, page_size},
     maps_snapshot::{self, Mapping},
     python::{PyPath, merge},
-    report::{Frame, Mode, Report, Source, StackRecord},
+    report::{Frame, Mode, Report, Source, StackRecord, TRUNCATED_FRAME},
     symbolize,
     tracer::Shared,
+    unwind::store::Store,
 };
 
 /// The process as last seen, for symbolization.
@@ -26,6 +27,8 @@ pub struct Target<'a> {
 /// One row before symbolization.
 struct Raw {
     ips: Vec<u64>,
+    /// The stack stops short of its outermost frame.
+    truncated: bool,
     /// The Python call path, for a CPython target.
     py: Option<PyPath>,
     source: Source,
@@ -38,12 +41,13 @@ pub fn growth_report(
     target: &Target<'_>,
     growth: &Growth,
     shared: &Shared,
+    unwound: Option<&Store>,
     duration: Duration,
     period: u32,
 ) -> Report {
     finish_growth(
         target,
-        read_growth(target, growth, shared, period),
+        read_growth(target, growth, shared, unwound, period),
         duration,
     )
 }
@@ -57,45 +61,101 @@ pub struct GrowthRecords {
     period: u32,
 }
 
+/// Which stack a row has: the kernel's frame-pointer walk (with the return address read at
+/// the stack pointer), or one unwound in user space (`--unwind dwarf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum StackRef {
+    Kernel { id: i32, hint: u64 },
+    Unwound(u32),
+}
+
+/// `unwound`: the stacks unwound in user space (`--unwind dwarf`), None with `--unwind fp`.
+/// A sample the unwinder did not get (ring full) keeps its frame-pointer stack.
 pub fn read_growth(
     target: &Target<'_>,
     growth: &Growth,
     shared: &Shared,
+    unwound: Option<&Store>,
     period: u32,
 ) -> GrowthRecords {
-    let retained = growth.retained(target.pid);
+    let page_ref = |s: &monitor_common::stacks::PageSample| {
+        let kernel = StackRef::Kernel {
+            id: s.stack_id as i32,
+            hint: 0,
+        };
+        let found = unwound.and_then(|u| u.sample(s.sample_id));
+        (found.map_or(kernel, StackRef::Unwound), s.py_stack)
+    };
+    let retained = growth.retained(target.pid, page_ref);
     let page_bytes = |samples: u64| samples * u64::from(period) * page_size();
-    let mut faulted = 0;
+    let kernel_rows = growth.collect(target.pid);
+    let faulted: u64 = kernel_rows
+        .iter()
+        .filter(|(k, _)| GrowthSource::from_u32(k.source) == Some(GrowthSource::PageFault))
+        .map(|(_, v)| v.bytes)
+        .sum();
+    let rows: Vec<(StackRef, u64, u32, u64, u64)> = match unwound {
+        None => kernel_rows
+            .iter()
+            .map(|(k, v)| {
+                let r = StackRef::Kernel {
+                    id: k.stack_id,
+                    hint: k.return_hint,
+                };
+                (r, k.py_stack, k.source, v.bytes, v.events)
+            })
+            .collect(),
+        Some(u) => u
+            .growth(target.pid)
+            .into_iter()
+            .map(|(k, i, v)| {
+                (
+                    StackRef::Unwound(i),
+                    k.py_stack,
+                    k.source,
+                    v.bytes,
+                    v.events,
+                )
+            })
+            .collect(),
+    };
+    let source_of = |s: u32| match GrowthSource::from_u32(s) {
+        Some(GrowthSource::Mmap) => Source::Mmap,
+        Some(GrowthSource::Brk) => Source::Brk,
+        _ => Source::PageFault,
+    };
+    // Faulted pages count while they are still held (one row per stack of the samples that
+    // brought them in); address space counts as added.
+    let mut found: Vec<(StackRef, u64, Source, u64, u64)> = Vec::new();
     let mut kept = 0;
-    let raws = growth
-        .collect(target.pid)
+    if let Ok(per) = &retained {
+        for (&(r, py), &samples) in per {
+            kept += page_bytes(samples);
+            found.push((r, py, Source::PageFault, page_bytes(samples), samples));
+        }
+    }
+    for (r, py, source, bytes, events) in rows {
+        let source = source_of(source);
+        if source == Source::PageFault && retained.is_ok() {
+            continue;
+        }
+        found.push((r, py, source, bytes, events));
+    }
+    let raws = found
         .into_iter()
-        .map(|(key, value)| {
-            let source = match GrowthSource::from_u32(key.source) {
-                Some(GrowthSource::Mmap) => Source::Mmap,
-                Some(GrowthSource::Brk) => Source::Brk,
-                _ => Source::PageFault,
-            };
-            // Faulted pages count while they are still held; address space counts as added.
-            let (bytes, count) = match (source, &retained) {
-                (Source::PageFault, Ok(per)) => {
-                    let samples = per.get(&(key.stack_id, key.py_stack)).copied().unwrap_or(0);
-                    faulted += value.bytes;
-                    kept += page_bytes(samples);
-                    (page_bytes(samples), samples)
-                }
-                _ => (value.bytes, value.events),
-            };
+        .filter(|f| f.3 > 0)
+        .map(|(r, py, source, bytes, count)| {
+            let (ips, truncated) = resolve(shared, unwound, r, target.mappings);
             Raw {
-                ips: stack_with_caller(shared, key.stack_id, key.return_hint, target.mappings),
-                py: shared.python.path(target.pid, key.py_stack),
+                ips,
+                truncated,
+                py: shared.python.path(target.pid, py),
                 source,
                 bytes,
                 count,
                 oldest_ns: None,
             }
         })
-        .filter(|r| r.bytes > 0)
         .collect::<Vec<Raw>>();
     let mut notes = vec![match &retained {
         Ok(_) => format!(
@@ -116,6 +176,7 @@ pub fn read_growth(
     notes.extend(growth.off.iter().cloned());
     notes.extend(python_notes(target.pid, shared, &raws));
     notes.extend(loss_notes(shared));
+    notes.extend(unwind_notes(shared, unwound, &raws));
     GrowthRecords {
         raws,
         notes,
@@ -159,6 +220,7 @@ pub fn alloc_report(
     target: &Target<'_>,
     trace: &AllocTrace,
     shared: &Shared,
+    unwound: Option<&Store>,
     window: AllocWindow,
 ) -> Report {
     let AllocWindow {
@@ -168,16 +230,28 @@ pub fn alloc_report(
         sample_bytes,
     } = window;
     let born_before = now_ns.saturating_sub(min_age.as_nanos() as u64);
+    let block_ref = |info: &monitor_common::stacks::AllocInfo| {
+        let kernel = StackRef::Kernel {
+            id: info.stack_id,
+            hint: info.return_address,
+        };
+        let found = unwound.and_then(|u| u.sample(info.sample_id));
+        (found.map_or(kernel, StackRef::Unwound), info.py_stack)
+    };
     let raws = trace
-        .outstanding(target.pid, born_before, sample_bytes)
+        .outstanding(target.pid, born_before, sample_bytes, block_ref)
         .into_iter()
-        .map(|((stack_id, ret, py_stack), o)| Raw {
-            ips: stack_with_caller(shared, stack_id, ret, target.mappings),
-            py: shared.python.path(target.pid, py_stack),
-            source: Source::Alloc,
-            bytes: o.bytes,
-            count: o.count,
-            oldest_ns: Some(o.oldest_ns),
+        .map(|((r, py_stack), o)| {
+            let (ips, truncated) = resolve(shared, unwound, r, target.mappings);
+            Raw {
+                ips,
+                truncated,
+                py: shared.python.path(target.pid, py_stack),
+                source: Source::Alloc,
+                bytes: o.bytes,
+                count: o.count,
+                oldest_ns: Some(o.oldest_ns),
+            }
         })
         .collect::<Vec<Raw>>();
     let mut notes = Vec::new();
@@ -186,6 +260,7 @@ pub fn alloc_report(
         notes.push(format!("probes off: {}", trace.off.join("; ")));
     }
     notes.extend(loss_notes(shared));
+    notes.extend(unwind_notes(shared, unwound, &raws));
     let unpaired = shared.counter(StackCounter::AllocUnpaired);
     if unpaired > 0 {
         notes.push(format!(
@@ -285,6 +360,58 @@ fn loss_notes(shared: &Shared) -> Vec<String> {
     notes
 }
 
+/// The instruction pointers of a row's stack, leaf first, and whether it is truncated.
+fn resolve(
+    shared: &Shared,
+    unwound: Option<&Store>,
+    stack: StackRef,
+    mappings: &[Mapping],
+) -> (Vec<u64>, bool) {
+    match (stack, unwound) {
+        (StackRef::Unwound(i), Some(u)) => u.frames(i, |id| shared.stack(id)),
+        (StackRef::Kernel { id, hint }, _) => {
+            (stack_with_caller(shared, id, hint, mappings), false)
+        }
+        (StackRef::Unwound(_), None) => (Vec::new(), true),
+    }
+}
+
+/// How the stacks were unwound, and what did not go to plan.
+fn unwind_notes(shared: &Shared, unwound: Option<&Store>, raws: &[Raw]) -> Vec<String> {
+    let Some(u) = unwound else {
+        return vec!["native stacks: frame pointers only (--unwind fp)".to_owned()];
+    };
+    let mut notes = vec![format!(
+        "native stacks: unwound with DWARF call-frame information ({} samples), frame \
+         pointers beyond the copied stack",
+        u.received
+    )];
+    let truncated = raws.iter().filter(|r| r.truncated).count();
+    if truncated > 0 {
+        notes.push(format!(
+            "{truncated} stacks end in [truncated]: the unwind stopped before the outermost \
+             frame and the frame-pointer walk did not meet it"
+        ));
+    }
+    let lost = shared.counter(StackCounter::UnwindLost);
+    if lost > 0 {
+        notes.push(format!(
+            "{lost} samples could not be sent for unwinding (ring full): they keep their \
+             frame-pointer stacks"
+        ));
+    }
+    if u.overflow > 0 {
+        notes.push(format!(
+            "{} unwound samples not kept (table full): they keep their frame-pointer stacks",
+            u.overflow
+        ));
+    }
+    for m in u.unreadable() {
+        notes.push(format!("no unwind information, frame pointers used: {m}"));
+    }
+    notes
+}
+
 /// The stack's instruction pointers with `caller` (the return address read at the stack
 /// pointer) after the leaf, unless the walk already has it or it is not code.
 fn stack_with_caller(
@@ -315,11 +442,14 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
             Some(py) => merge::merge(frames, py),
             None => frames,
         };
-        let frames = if frames.is_empty() {
+        let mut frames = if frames.is_empty() {
             vec![lost_frame()]
         } else {
             frames
         };
+        if raw.truncated {
+            frames.push(truncated_frame());
+        }
         let key = (
             frames
                 .iter()
@@ -333,6 +463,7 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
             .map(|(t, now)| Duration::from_nanos(now.saturating_sub(t)));
         let row = merged.entry(key).or_insert_with(|| StackRecord {
             frames,
+            truncated: raw.truncated,
             source: raw.source,
             bytes: 0,
             count: 0,
@@ -343,6 +474,15 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
         row.oldest_age = row.oldest_age.max(age);
     }
     merged.into_values().collect()
+}
+
+/// The outermost frame of a stack whose unwind stopped short: shown as such in the table,
+/// the flame graph and pprof, so a missing caller is not mistaken for the root.
+fn truncated_frame() -> Frame {
+    Frame {
+        function: Some(TRUNCATED_FRAME.to_owned()),
+        ..lost_frame()
+    }
 }
 
 fn lost_frame() -> Frame {

@@ -19,6 +19,7 @@ use super::{
     pprof,
     report::{Report, human_duration},
     table, target, tracer,
+    unwind::{UnwindMode, Unwinding},
 };
 use crate::{bpf::object::StackCapacity, host::caps::CapSet, model::state::boot_ns};
 
@@ -41,6 +42,7 @@ pub struct Options {
     pub max_calls: u64,
     pub max_allocations: u32,
     pub json: bool,
+    pub unwind: UnwindMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +75,18 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
         stacks: STACK_CAPACITY,
         allocations: args.max_allocations,
         alloc_sample_bytes: args.sample_bytes,
+        unwind_copy_bytes: args.unwind.copy_bytes(),
     };
     let kernel = Arc::new(
         crate::bpf::object::load_for_investigation(&layout, &capacity)
             .context("loading the BPF programs")?,
     );
     let mut shared = tracer::Shared::take(&kernel)?;
+    // Draining before any sampler runs, so the first samples find room in the ring.
+    let unwinding = match args.unwind {
+        UnwindMode::Dwarf => Some(Unwinding::start(&kernel)?),
+        UnwindMode::Fp => None,
+    };
     let mut mappings = match maps_snapshot::read(pid) {
         Ok(m) => m,
         Err(MapsError::Gone { .. }) => {
@@ -170,6 +178,13 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
     if let Some(trace) = alloc.as_mut() {
         trace.detach();
     }
+    // Growth too: a page sampled after the unwinding ring's last drain would keep its
+    // frame-pointer stack.
+    if let Some(g) = growth.as_mut() {
+        g.detach();
+    }
+    // What is still in the ring is unwound before the reports are read.
+    let unwound = unwinding.map(Unwinding::finish);
     let now = boot_ns();
     let alive = exited.is_none();
     if alive && let Ok(m) = maps_snapshot::read(pid) {
@@ -187,6 +202,7 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
             &target,
             g,
             &shared,
+            unwound.as_ref(),
             traced,
             args.sample_period,
         ));
@@ -198,7 +214,7 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
             now_ns: now,
             sample_bytes: args.sample_bytes,
         };
-        let mut r = collect::alloc_report(&target, trace, &shared, window);
+        let mut r = collect::alloc_report(&target, trace, &shared, unwound.as_ref(), window);
         r.notes.extend(budget_note.clone());
         reports.push(r);
     }

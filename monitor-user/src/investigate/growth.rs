@@ -156,6 +156,11 @@ impl Growth {
         }
     }
 
+    /// Stops sampling (every target); what was recorded stays readable.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
     /// Everything sampled for `pid` so far.
     pub fn collect(&self, pid: u32) -> Vec<(GrowthKey, GrowthValue)> {
         self.growth
@@ -166,9 +171,13 @@ impl Growth {
     }
 
     /// Sampled pages of `pid` still resident or swapped out now, and not released since
-    /// their sample, per (stack id, Python stack) of the fault that brought each in. None when
+    /// their sample, counted per `key` of the sample that brought each in. Err when
     /// /proc/PID/pagemap cannot be read (the process exited).
-    pub fn retained(&self, pid: u32) -> std::io::Result<HashMap<(i32, u64), u64>> {
+    pub fn retained<K: std::hash::Hash + Eq>(
+        &self,
+        pid: u32,
+        key: impl Fn(&PageSample) -> K,
+    ) -> std::io::Result<HashMap<K, u64>> {
         use std::os::unix::fs::FileExt as _;
         let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
         let page_size = page_size();
@@ -198,8 +207,7 @@ impl Growth {
             // Bit 63: present in RAM; bit 62: swapped out. Either way the process holds it.
             let bits = u64::from_le_bytes(entry);
             if bits & (3 << 62) != 0 {
-                *per.entry((sample.stack_id as i32, sample.py_stack))
-                    .or_default() += 1;
+                *per.entry(key(&sample)).or_default() += 1;
             }
         }
         Ok(per)
@@ -290,6 +298,7 @@ mod tests {
             stack_id,
             sampled_ns,
             py_stack: 0,
+            sample_id: 0,
         }
     }
 

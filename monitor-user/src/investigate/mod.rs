@@ -18,3 +18,4 @@ pub mod symbolize;
 pub mod table;
 pub mod target;
 pub mod tracer;
+pub mod unwind;

@@ -15,6 +15,7 @@ use super::{
     collect::{self, GrowthRecords, Target},
     growth::{Growth, GrowthError},
     tracer::Shared as Stacks,
+    unwind::{UnwindMode, Unwinding},
 };
 
 /// Profiles taken on request at once, all pids together: each keeps the host-wide page-fault
@@ -29,6 +30,8 @@ const REQUEST_GRACE: Duration = Duration::from_secs(60);
 pub struct Profiler {
     growth: Growth,
     stacks: Stacks,
+    /// `--profile-unwind dwarf`: the samples' stacks unwound in user space.
+    unwinding: Option<Unwinding>,
     holds: Holds,
 }
 
@@ -53,8 +56,14 @@ impl Profiler {
         kernel: Arc<Kernel>,
         max_request: Duration,
         max_auto: Duration,
+        unwind: UnwindMode,
     ) -> Result<Self, String> {
+        let unwinding = match unwind {
+            UnwindMode::Dwarf => Some(Unwinding::start(&kernel).map_err(|e| e.to_string())?),
+            UnwindMode::Fp => None,
+        };
         Ok(Self {
+            unwinding,
             stacks: Stacks::take(&kernel).map_err(|e| e.to_string())?,
             growth: Growth::new(kernel).map_err(|e| e.to_string())?,
             holds: Holds::new(max_request + REQUEST_GRACE, max_auto),
@@ -112,8 +121,15 @@ impl Profiler {
     fn forget(&mut self, pid: u32) {
         self.growth.remove(pid);
         self.stacks.python.remove(pid);
+        let mut unwound = self.unwinding.as_ref().map(Unwinding::store);
+        if let Some(u) = unwound.as_mut() {
+            u.remove(pid);
+        }
         if self.growth.targets().is_empty() {
             self.stacks.clear_stacks();
+            if let Some(u) = unwound.as_mut() {
+                u.clear();
+            }
         }
     }
 
@@ -137,8 +153,15 @@ impl Profiler {
         let started = self
             .auto_since(target.pid)
             .map_or(requested, |since| since.min(requested));
+        let unwound = self.unwinding.as_ref().map(Unwinding::store);
         (
-            collect::read_growth(target, &self.growth, &self.stacks, period),
+            collect::read_growth(
+                target,
+                &self.growth,
+                &self.stacks,
+                unwound.as_deref(),
+                period,
+            ),
             started,
         )
     }

@@ -41,11 +41,16 @@ pub enum Source {
     Alloc,
 }
 
+/// The name of the frame that ends a truncated stack.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
 /// A stack and the memory attributed to it.
 #[derive(Clone, Debug, Serialize)]
 pub struct StackRecord {
     /// Leaf (innermost) frame first.
     pub frames: Vec<Frame>,
+    /// The unwind stopped before the outermost frame (the last frame is then `[truncated]`).
+    pub truncated: bool,
     pub source: Source,
     /// Bytes: estimated resident growth (faults, scaled by the sampling period), mapped bytes,
     /// or outstanding allocated bytes.
@@ -373,6 +378,7 @@ pub(crate) mod test_support {
     pub fn record(frames: Vec<Frame>, source: Source, bytes: u64, count: u64) -> StackRecord {
         StackRecord {
             frames,
+            truncated: false,
             source,
             bytes,
             count,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use bytesize::ByteSize;
 
-use super::report::{Mode, Report, StackRecord, human_duration};
+use super::report::{Mode, Report, StackRecord, TRUNCATED_FRAME, human_duration};
 
 /// Longest function name shown in the FUNCTION column before it is shortened.
 const FUNCTION_WIDTH: usize = 40;
@@ -143,6 +143,11 @@ fn call_path(stack: &StackRecord) -> String {
     if callers.len() > PATH_FRAMES {
         path.push_str(PATH_SEPARATOR);
         path.push('…');
+        // A stack that stops short says so even when its end is not shown.
+        if stack.truncated {
+            path.push_str(PATH_SEPARATOR);
+            path.push_str(TRUNCATED_FRAME);
+        }
     }
     if let Some(location) = stack.headline().location() {
         let _ = write!(path, " ({location})");
@@ -298,6 +303,26 @@ mod tests {
         );
         assert!(lines[3].contains("small_leak"), "{text}");
         assert!(lines[3].trim_start().starts_with("2  small_leak"), "{text}");
+    }
+
+    #[test]
+    fn a_truncated_stack_says_so_past_the_frames_shown() {
+        let mut report = growth_report();
+        let stack = report
+            .stacks
+            .iter_mut()
+            .find(|s| s.headline().function.as_deref() == Some("cache_insert"))
+            .unwrap();
+        stack.truncated = true;
+        let mut end = stack.frames.last().unwrap().clone();
+        end.function = Some(TRUNCATED_FRAME.to_owned());
+        stack.frames.push(end);
+        let text = render(&report, 10);
+        let row = row_of(&text, "cache_insert");
+        assert!(
+            row.contains("start_thread ← … ← [truncated] (cache.c:42)"),
+            "{row}"
+        );
     }
 
     #[test]
