@@ -304,9 +304,13 @@ pub struct PyTarget {
     /// `last_holder`); the first `tstate_hops_len` are used.
     pub tstate_hops: [u32; PY_MAX_HOPS],
     pub tstate_hops_len: u32,
+    /// The thread state's pointer towards the current frame: to a `_PyCFrame` (3.11, 3.12)
+    /// whose `current_frame` is at `cframe_current_frame`, or (`cframe_indirect` 0, 3.13+)
+    /// `current_frame` itself.
     pub tstate_cframe: u32,
     pub tstate_native_thread_id: u32,
     pub cframe_current_frame: u32,
+    pub cframe_indirect: u32,
     pub frame_code: u32,
     pub frame_previous: u32,
     pub frame_prev_instr: u32,
@@ -321,6 +325,8 @@ pub struct PyTarget {
 }
 
 pub const PY_MAX_HOPS: usize = 2;
+
+const _: () = assert!(core::mem::size_of::<PyTarget>() == 80);
 
 pub const PY_NO_OWNER: u32 = u32::MAX;
 
