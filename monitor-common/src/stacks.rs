@@ -92,7 +92,8 @@ pub struct GrowthKey {
     /// Id in [`STACKS_MAP`]; negative when the stack could not be taken.
     pub stack_id: i32,
     pub source: u32,
-    pub _pad: u32,
+    /// The task the sampled thread was running ([`TASK_THREADS_MAP`]), [`NO_TASK`] if none.
+    pub task: u32,
     /// The word at the user stack pointer when the event was raised inside a syscall wrapper:
     /// the return address into the wrapper's caller, which a frame-pointer walk skips because
     /// libc's wrappers keep no frame. 0 for page faults. User space keeps it only if it points
@@ -163,6 +164,9 @@ pub struct AllocInfo {
     pub tgid: u32,
     /// As [`GrowthKey::py_stack`].
     pub py_stack: u64,
+    /// As [`GrowthKey::task`], when the block was returned.
+    pub task: u32,
+    pub _pad: u32,
 }
 
 /// A sampled page fault: its stack and when (`bpf_ktime_get_ns`).
@@ -173,6 +177,9 @@ pub struct PageSample {
     pub sampled_ns: u64,
     /// As [`GrowthKey::py_stack`].
     pub py_stack: u64,
+    /// As [`GrowthKey::task`].
+    pub task: u32,
+    pub _pad: u32,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -255,6 +262,28 @@ mod pod {
     unsafe impl aya::Pod for PyTarget {}
     unsafe impl aya::Pod for PyFrame {}
     unsafe impl aya::Pod for PyStack {}
+    unsafe impl aya::Pod for TaskName {}
+}
+
+/// Host tid -> task id: the task each thread is running, from the workers' task markers;
+/// written by the agent at each begin and end marker, read by the samplers. LRU: a thread
+/// that died inside a task leaves an entry the next ones push out.
+pub const TASK_THREADS_MAP: &str = "TASK_THREADS";
+/// Task id -> [`TaskName`], written by the agent when it first sees a task name; user space
+/// names the samples' task ids with it. Not read by the programs.
+pub const TASK_NAMES_MAP: &str = "TASK_NAMES";
+pub const DEFAULT_MAX_TASK_THREADS: u32 = 16_384;
+pub const DEFAULT_MAX_TASK_NAMES: u32 = 1_024;
+/// No task running (or no markers).
+pub const NO_TASK: u32 = 0;
+/// The protocol's longest task name.
+pub const TASK_NAME_BYTES: usize = 128;
+
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct TaskName {
+    pub len: u32,
+    pub name: [u8; TASK_NAME_BYTES],
 }
 
 /// pid -> [`PyTarget`]: CPython processes whose samples also record the Python call path;

@@ -95,6 +95,17 @@ pub struct InvestigateArgs {
     /// Print the reports as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+
+    /// Fold rows: `user-entry` makes one row per user entry frame, the outermost frame of
+    /// your Python code that a framework or the standard library called (the task function
+    /// under Celery, RQ or Dramatiq; a script's outermost frame), and per task.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub fold: Option<FoldArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FoldArg {
+    UserEntry,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -143,6 +154,9 @@ impl From<InvestigateArgs> for crate::investigate::command::Options {
             max_calls: a.max_calls,
             max_allocations: a.max_allocations,
             json: a.json,
+            fold: a.fold.map(|f| match f {
+                FoldArg::UserEntry => crate::investigate::fold::Fold::UserEntry,
+            }),
         }
     }
 }

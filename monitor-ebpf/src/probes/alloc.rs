@@ -26,6 +26,7 @@ use monitor_common::stacks::{
 use super::{
     now_ns,
     python::python_stack,
+    task::current_task,
     stack::{stack_pointer, user_stack_id, word_at_stack_pointer},
 };
 use crate::maps::count_stack;
@@ -107,6 +108,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         stack_id: pending.stack_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         py_stack: pending.py_stack,
+        task: current_task(),
+        _pad: 0,
     };
     match ALLOCS.insert(address, info, 0) {
         Ok(()) => count_stack(StackCounter::AllocTracked),

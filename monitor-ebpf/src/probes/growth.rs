@@ -39,6 +39,7 @@ use super::{
     mem::{SYSCALL_OFFSETS, pages},
     now_ns,
     python::python_stack,
+    task::current_task,
     rss::{KERNEL_LAYOUT, read_kernel},
     stack::{current_return_hint, user_stack_id},
 };
@@ -103,7 +104,7 @@ fn try_fault(ctx: &RawTracePointContext) {
     }
     let shift = KERNEL_LAYOUT.load().page_shift;
     let bytes = u64::from(period) << shift;
-    let (stack_id, py_stack) = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
+    let (stack_id, py_stack, task) = record(ctx, tgid, GrowthSource::PageFault, 0, bytes);
     // SAFETY: as above.
     let address = unsafe { *(ctx.as_ptr() as *const u64).add(ARG_ADDRESS) };
     let key = PageKey {
@@ -115,6 +116,8 @@ fn try_fault(ctx: &RawTracePointContext) {
         stack_id: i64::from(stack_id),
         sampled_ns: now_ns(),
         py_stack,
+        task,
+        _pad: 0,
     };
     if GROWTH_PAGES.insert(&key, &sample, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
@@ -243,7 +246,7 @@ fn try_syscall(
     Ok(())
 }
 
-/// Adds to the stack's entry; returns the stack id and the Python stack key.
+/// Adds to the stack's entry; returns the stack id, the Python stack key and the task.
 #[inline(always)]
 fn record<C: StackIdContext>(
     ctx: &C,
@@ -251,12 +254,12 @@ fn record<C: StackIdContext>(
     source: GrowthSource,
     hint: u64,
     bytes: u64,
-) -> (i32, u64) {
+) -> (i32, u64, u32) {
     let key = GrowthKey {
         tgid,
         stack_id: user_stack_id(ctx),
         source: source as u32,
-        _pad: 0,
+        task: current_task(),
         return_hint: hint,
         py_stack: python_stack(tgid),
     };
@@ -267,11 +270,11 @@ fn record<C: StackIdContext>(
         let v = unsafe { &mut *v };
         v.events += 1;
         v.bytes += bytes;
-        return (key.stack_id, key.py_stack);
+        return (key.stack_id, key.py_stack, key.task);
     }
     let fresh = GrowthValue { events: 1, bytes };
     if GROWTH.insert(&key, &fresh, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
     }
-    (key.stack_id, key.py_stack)
+    (key.stack_id, key.py_stack, key.task)
 }

@@ -10,6 +10,7 @@ pub mod python;
 pub mod rss;
 pub mod sched;
 pub mod stack;
+pub mod task;
 
 /// Why a program gave up on an event; every variant is counted before returning.
 #[derive(Clone, Copy)]

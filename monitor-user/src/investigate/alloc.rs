@@ -139,22 +139,27 @@ impl AllocTrace {
     }
 
     /// Outstanding blocks of `pid` allocated at or before `born_before_ns`, per (stack id,
-    /// return address, Python stack); with `sample_bytes` > 1 each sampled block stands for what it was
+    /// return address, Python stack, task); with `sample_bytes` > 1 each sampled block stands for what it was
     /// drawn from.
     pub fn outstanding(
         &self,
         pid: u32,
         born_before_ns: u64,
         sample_bytes: u64,
-    ) -> HashMap<(i32, u64, u64), Outstanding> {
-        let mut per: HashMap<(i32, u64, u64), Outstanding> = HashMap::new();
+    ) -> HashMap<(i32, u64, u64, u32), Outstanding> {
+        let mut per: HashMap<(i32, u64, u64, u32), Outstanding> = HashMap::new();
         for (_, info) in self.allocs.iter().filter_map(Result::ok) {
             if info.tgid != pid || info.timestamp_ns > born_before_ns {
                 continue;
             }
             let (bytes, count) = weight(info.size, sample_bytes);
             let o = per
-                .entry((info.stack_id, info.return_address, info.py_stack))
+                .entry((
+                    info.stack_id,
+                    info.return_address,
+                    info.py_stack,
+                    info.task,
+                ))
                 .or_default();
             o.bytes += bytes;
             o.count += count;

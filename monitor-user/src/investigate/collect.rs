@@ -32,6 +32,8 @@ struct Raw {
     bytes: u64,
     count: u64,
     oldest_ns: Option<u64>,
+    /// The task running on the sampled thread (task markers).
+    task: Option<String>,
 }
 
 pub fn growth_report(
@@ -79,7 +81,10 @@ pub fn read_growth(
             // Faulted pages count while they are still held; address space counts as added.
             let (bytes, count) = match (source, &retained) {
                 (Source::PageFault, Ok(per)) => {
-                    let samples = per.get(&(key.stack_id, key.py_stack)).copied().unwrap_or(0);
+                    let samples = per
+                        .get(&(key.stack_id, key.py_stack, key.task))
+                        .copied()
+                        .unwrap_or(0);
                     faulted += value.bytes;
                     kept += page_bytes(samples);
                     (page_bytes(samples), samples)
@@ -93,6 +98,7 @@ pub fn read_growth(
                 bytes,
                 count,
                 oldest_ns: None,
+                task: shared.task_name(key.task),
             }
         })
         .filter(|r| r.bytes > 0)
@@ -171,13 +177,14 @@ pub fn alloc_report(
     let raws = trace
         .outstanding(target.pid, born_before, sample_bytes)
         .into_iter()
-        .map(|((stack_id, ret, py_stack), o)| Raw {
+        .map(|((stack_id, ret, py_stack, task), o)| Raw {
             ips: stack_with_caller(shared, stack_id, ret, target.mappings),
             py: shared.python.path(target.pid, py_stack),
             source: Source::Alloc,
             bytes: o.bytes,
             count: o.count,
             oldest_ns: Some(o.oldest_ns),
+            task: shared.task_name(task),
         })
         .collect::<Vec<Raw>>();
     let mut notes = Vec::new();
@@ -305,9 +312,13 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
     let stacks: Vec<Vec<u64>> = raws.iter().map(|r| r.ips.clone()).collect();
     let frames = symbolize::symbolize(target.pid, target.alive, target.mappings, &stacks);
     // Rows whose frames are the same code (different stack ids can symbolize alike) merge.
-    #[expect(clippy::type_complexity, reason = "a local key: frames and source")]
+    #[expect(clippy::type_complexity, reason = "a local key: frames, source and task")]
     let mut merged: HashMap<
-        (Vec<(String, u64, Option<String>, Option<u32>)>, Source),
+        (
+            Vec<(String, u64, Option<String>, Option<u32>)>,
+            Source,
+            Option<String>,
+        ),
         StackRecord,
     > = HashMap::new();
     for (raw, frames) in raws.into_iter().zip(frames) {
@@ -326,6 +337,7 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
                 .map(|f| (f.module.clone(), f.offset, f.function.clone(), f.line))
                 .collect(),
             raw.source,
+            raw.task.clone(),
         );
         let age = raw
             .oldest_ns
@@ -337,6 +349,7 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
             bytes: 0,
             count: 0,
             oldest_age: None,
+            task: raw.task,
         });
         row.bytes += raw.bytes;
         row.count += raw.count;

@@ -41,6 +41,7 @@ pub struct Options {
     pub max_calls: u64,
     pub max_allocations: u32,
     pub json: bool,
+    pub fold: Option<super::fold::Fold>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +210,11 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
                  named, as seen from the host",
                 human_duration(after)
             ));
+        }
+    }
+    if let Some(how) = args.fold {
+        for r in &mut reports {
+            super::fold::fold(r, how);
         }
     }
     print(&reports, &args)?;

@@ -166,9 +166,9 @@ impl Growth {
     }
 
     /// Sampled pages of `pid` still resident or swapped out now, and not released since
-    /// their sample, per (stack id, Python stack) of the fault that brought each in. None when
-    /// /proc/PID/pagemap cannot be read (the process exited).
-    pub fn retained(&self, pid: u32) -> std::io::Result<HashMap<(i32, u64), u64>> {
+    /// their sample, per (stack id, Python stack, task) of the fault that brought each in.
+    /// None when /proc/PID/pagemap cannot be read (the process exited).
+    pub fn retained(&self, pid: u32) -> std::io::Result<HashMap<(i32, u64, u32), u64>> {
         use std::os::unix::fs::FileExt as _;
         let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
         let page_size = page_size();
@@ -198,7 +198,7 @@ impl Growth {
             // Bit 63: present in RAM; bit 62: swapped out. Either way the process holds it.
             let bits = u64::from_le_bytes(entry);
             if bits & (3 << 62) != 0 {
-                *per.entry((sample.stack_id as i32, sample.py_stack))
+                *per.entry((sample.stack_id as i32, sample.py_stack, sample.task))
                     .or_default() += 1;
             }
         }
@@ -290,6 +290,8 @@ mod tests {
             stack_id,
             sampled_ns,
             py_stack: 0,
+            task: 0,
+            _pad: 0,
         }
     }
 
