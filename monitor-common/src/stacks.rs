@@ -92,7 +92,8 @@ pub struct GrowthKey {
     /// Id in [`STACKS_MAP`]; negative when the stack could not be taken.
     pub stack_id: i32,
     pub source: u32,
-    pub _pad: u32,
+    /// The task the sampled thread was running ([`TASK_THREADS_MAP`]), [`NO_TASK`] if none.
+    pub task: u32,
     /// The word at the user stack pointer when the event was raised inside a syscall wrapper:
     /// the return address into the wrapper's caller, which a frame-pointer walk skips because
     /// libc's wrappers keep no frame. 0 for page faults. User space keeps it only if it points
@@ -167,6 +168,9 @@ pub struct AllocInfo {
     pub py_stack: u64,
     /// As [`PageSample::sample_id`], for the allocator call's entry.
     pub sample_id: u64,
+    /// As [`GrowthKey::task`], when the block was returned.
+    pub task: u32,
+    pub _pad: u32,
 }
 
 /// A sampled page fault: its stack and when (`bpf_ktime_get_ns`).
@@ -180,6 +184,9 @@ pub struct PageSample {
     /// The [`UnwindSample::sample_id`] sent for this fault, whose unwound stack user space
     /// charges the page to; 0 when none was sent (frame-pointer mode, or the ring was full).
     pub sample_id: u64,
+    /// As [`GrowthKey::task`].
+    pub task: u32,
+    pub _pad: u32,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -270,6 +277,7 @@ mod pod {
     unsafe impl aya::Pod for PyFrame {}
     unsafe impl aya::Pod for PyStack {}
     unsafe impl aya::Pod for UnwindSample {}
+    unsafe impl aya::Pod for TaskName {}
 }
 
 /// Ring buffer of [`UnwindSample`]s: the registers and the top of the user stack of each
@@ -323,6 +331,27 @@ pub struct UnwindSample {
     pub stack: [u8; UNWIND_STACK_BYTES],
 }
 
+/// Host tid -> task id: the task each thread is running, from the workers' task markers;
+/// written by the agent at each begin and end marker, read by the samplers. LRU: a thread
+/// that died inside a task leaves an entry the next ones push out.
+pub const TASK_THREADS_MAP: &str = "TASK_THREADS";
+/// Task id -> [`TaskName`], written by the agent when it first sees a task name; user space
+/// names the samples' task ids with it. Not read by the programs.
+pub const TASK_NAMES_MAP: &str = "TASK_NAMES";
+pub const DEFAULT_MAX_TASK_THREADS: u32 = 16_384;
+pub const DEFAULT_MAX_TASK_NAMES: u32 = 1_024;
+/// No task running (or no markers).
+pub const NO_TASK: u32 = 0;
+/// The protocol's longest task name.
+pub const TASK_NAME_BYTES: usize = 128;
+
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct TaskName {
+    pub len: u32,
+    pub name: [u8; TASK_NAME_BYTES],
+}
+
 /// pid -> [`PyTarget`]: CPython processes whose samples also record the Python call path;
 /// written by user space, which found the interpreter and its version.
 pub const PY_TARGETS_MAP: &str = "PY_TARGETS";
@@ -370,9 +399,13 @@ pub struct PyTarget {
     /// `last_holder`); the first `tstate_hops_len` are used.
     pub tstate_hops: [u32; PY_MAX_HOPS],
     pub tstate_hops_len: u32,
+    /// The thread state's pointer towards the current frame: to a `_PyCFrame` (3.11, 3.12)
+    /// whose `current_frame` is at `cframe_current_frame`, or (`cframe_indirect` 0, 3.13+)
+    /// `current_frame` itself.
     pub tstate_cframe: u32,
     pub tstate_native_thread_id: u32,
     pub cframe_current_frame: u32,
+    pub cframe_indirect: u32,
     pub frame_code: u32,
     pub frame_previous: u32,
     pub frame_prev_instr: u32,
@@ -387,6 +420,8 @@ pub struct PyTarget {
 }
 
 pub const PY_MAX_HOPS: usize = 2;
+
+const _: () = assert!(core::mem::size_of::<PyTarget>() == 80);
 
 pub const PY_NO_OWNER: u32 = u32::MAX;
 

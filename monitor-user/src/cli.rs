@@ -102,6 +102,12 @@ pub struct InvestigateArgs {
     /// pointers in the kernel only (cheaper, misses callers of such code).
     #[arg(long, value_enum, default_value_t = UnwindArg::Dwarf)]
     pub unwind: UnwindArg,
+
+    /// Fold rows: `user-entry` makes one row per user entry frame, the outermost frame of
+    /// your Python code that a framework or the standard library called (the task function
+    /// under Celery, RQ or Dramatiq; a script's outermost frame), and per task.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub fold: Option<FoldArg>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +123,11 @@ impl From<UnwindArg> for crate::investigate::unwind::UnwindMode {
             UnwindArg::Fp => Self::Fp,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FoldArg {
+    UserEntry,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -166,6 +177,9 @@ impl From<InvestigateArgs> for crate::investigate::command::Options {
             max_allocations: a.max_allocations,
             json: a.json,
             unwind: a.unwind.into(),
+            fold: a.fold.map(|f| match f {
+                FoldArg::UserEntry => crate::investigate::fold::Fold::UserEntry,
+            }),
         }
     }
 }

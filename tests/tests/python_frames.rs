@@ -1,7 +1,8 @@
 //! Python frames in `leakscope investigate` and `/debug/pprof/growth`: a real CPython worker
 //! that keeps every job's parsed document (tests/python/json_keeper.py), under both CPython
 //! 3.11 builds of the machine: Debian's `python3.11` (static libpython, stripped) and the
-//! pyenv build with a shared `libpython3.11.so`; and pyenv's 3.12 where the machine has it.
+//! pyenv build with a shared `libpython3.11.so`; pyenv's 3.13, whose layout comes from its own
+//! `_Py_DebugOffsets`; and pyenv's 3.12 where the machine has it.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -60,6 +61,17 @@ fn pythons() -> Vec<PathBuf> {
     // 3.12 has a table too: tested when the machine has it (CI's guarantee is 3.11).
     let mut pyenv_3_12 = pyenv_builds(&["3.12."], "python3.12");
     found.extend(pyenv_3_12.pop());
+    match pyenv_builds(&["3.13."], "python3.13").pop() {
+        Some(p) => found.push(p),
+        None => {
+            assert!(
+                !ci(),
+                "CI=true: no /root/.pyenv/versions/3.13.*/bin/python3.13 to test the layout \
+                 read from _Py_DebugOffsets with"
+            );
+            eprintln!("SKIPPED pyenv's python3.13: not found");
+        }
+    }
     match pyenv.pop() {
         Some(p) => found.push(p),
         None => {
@@ -323,10 +335,10 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
     if !kernel_tests_enabled("an_unsupported_interpreter_gets_one_note_and_native_stacks") {
         return;
     }
-    // Any pyenv CPython without a table: 3.10 has no Py_Version, 3.13 no table yet.
-    let others = pyenv_builds(&["3.10.", "3.13."], "python3");
+    // Any pyenv CPython without a layout: 3.10 has no Py_Version (nor debug offsets).
+    let others = pyenv_builds(&["3.10."], "python3");
     if others.is_empty() {
-        eprintln!("SKIPPED: no pyenv CPython 3.10 or 3.13 on this machine");
+        eprintln!("SKIPPED: no pyenv CPython 3.10 on this machine");
         return;
     }
     let script = "import time\nkept = []\nwhile True:\n    kept.append(bytearray(64 * 1024))\n    \

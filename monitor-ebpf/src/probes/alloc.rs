@@ -28,6 +28,7 @@ use super::{
     growth::sample_key,
     now_ns,
     stack::{stack_pointer, word_at_stack_pointer},
+    task::current_task,
     unwind,
 };
 use crate::maps::count_stack;
@@ -110,6 +111,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         py_stack: pending.py_stack,
         sample_id: pending.sample_id,
+        task: current_task(),
+        _pad: 0,
     };
     match ALLOCS.insert(address, info, 0) {
         Ok(()) => count_stack(StackCounter::AllocTracked),

@@ -39,6 +39,7 @@ use super::{
     mem::{SYSCALL_OFFSETS, pages},
     now_ns,
     python::python_stack,
+    task::current_task,
     rss::{KERNEL_LAYOUT, read_kernel},
     stack::{current_return_hint, user_stack_id},
     unwind,
@@ -117,6 +118,8 @@ fn try_fault(ctx: &RawTracePointContext) {
         sampled_ns: now_ns(),
         py_stack: sampled.py_stack,
         sample_id,
+        task: sampled.task,
+        _pad: 0,
     };
     if GROWTH_PAGES.insert(&key, &sample, 0).is_err() {
         count_stack(StackCounter::GrowthKeyLost);
@@ -282,7 +285,7 @@ pub fn sample_key<C: StackIdContext>(ctx: &C, tgid: u32, source: u32, hint: u64)
         tgid,
         stack_id: user_stack_id(ctx),
         source,
-        _pad: 0,
+        task: current_task(),
         return_hint: hint,
         py_stack: python_stack(tgid),
     }

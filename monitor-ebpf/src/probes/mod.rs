@@ -11,6 +11,7 @@ pub mod rss;
 pub mod sched;
 pub mod stack;
 pub mod unwind;
+pub mod task;
 
 /// Why a program gave up on an event; every variant is counted before returning.
 #[derive(Clone, Copy)]

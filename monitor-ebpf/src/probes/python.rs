@@ -92,9 +92,14 @@ fn walk(t: &PyTarget) -> u64 {
     let Some(cframe) = read::<u64>(tstate + u64::from(t.tstate_cframe)) else {
         return PY_UNREADABLE;
     };
-    let Some(mut frame) = read::<u64>(cframe + u64::from(t.cframe_current_frame)) else {
-        return PY_UNREADABLE;
-    };
+    // 3.13 dropped `_PyCFrame`: the thread state points at the frame itself.
+    let mut frame = cframe;
+    if t.cframe_indirect != 0 {
+        let Some(current) = read::<u64>(cframe + u64::from(t.cframe_current_frame)) else {
+            return PY_UNREADABLE;
+        };
+        frame = current;
+    }
     let Some(stack) = PY_SCRATCH.get_ptr_mut(0) else {
         return PY_UNREADABLE;
     };

@@ -86,12 +86,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &layout.exit,
         &args.break_probe,
     );
+    // `investigate --pid` run beside the agent labels its samples with the agent's tasks
+    // through these pins; without them only the agent's own profiles have task labels.
+    let task_pins = crate::bpf::task_map::prepare_pins()
+        .map_err(|e| warn!("task labels for `leakscope investigate` are off: {e}"))
+        .ok();
     let sizes = AgentSizes {
         iter: iter_setup.layout.as_ref().ok().copied(),
         max_kernel_processes: args.max_kernel_processes,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
         stacks: crate::http::profile::agent_capacity(args.profile_unwind.into()),
+        task_pins: task_pins.as_ref().map(|p| p.dir().to_path_buf()),
     };
     release_freed_memory();
     let kernel = Arc::new(
@@ -250,6 +256,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(per_job);
     // The probes go last, with everything that read what they count.
     drop(probes);
+    drop(task_pins);
     result.map_err(Into::into)
 }
 

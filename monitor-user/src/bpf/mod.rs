@@ -15,6 +15,7 @@ pub mod layout;
 pub mod maps;
 pub mod object;
 pub mod probes;
+pub mod task_map;
 pub mod tracefs;
 
 use std::{
@@ -102,6 +103,19 @@ impl Kernel {
 
     /// Runs the verifier on `name` now, so a refusal shows at start rather than at the first
     /// attach; loading twice is harmless.
+    /// A handle of its own on a hash map the object keeps, for clients that share the map.
+    pub fn map_handle<T>(
+        &self,
+        name: &'static str,
+        convert: impl FnOnce(Map) -> Result<T, MapError>,
+    ) -> Result<T, BpfError> {
+        let ebpf = self.lock();
+        let map = ebpf.map(name).ok_or(BpfError::MissingMap(name))?;
+        task_map::reopen(map)
+            .and_then(convert)
+            .map_err(|cause| BpfError::Map { name, cause })
+    }
+
     pub fn load_raw_tracepoint(&self, name: &str) -> Result<(), BpfError> {
         with_program(&mut self.lock(), name, load::<RawTracePoint>)
     }

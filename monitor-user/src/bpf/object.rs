@@ -47,6 +47,8 @@ pub struct AgentSizes {
     pub max_kernel_threads: u32,
     pub max_thread_processes: u32,
     pub stacks: StackCapacity,
+    /// Where to pin the task maps for `investigate` (see `task_map`); None pins nothing.
+    pub task_pins: Option<std::path::PathBuf>,
 }
 
 /// Every global whose layout is known; the others keep their compiled-in defaults, and the
@@ -69,6 +71,13 @@ fn set_layouts<'a>(loader: &mut EbpfLoader<'a>, layout: &'a Layout) {
     }
     if let Ok(o) = &layout.syscalls {
         loader.override_global(globals::SYSCALL_OFFSETS, o, true);
+    }
+}
+
+/// The task maps at their pins in `dir`: created there, or the ones found there reused.
+fn pin_task_maps(loader: &mut EbpfLoader<'_>, dir: &std::path::Path) {
+    for (name, path) in super::task_map::pins(dir) {
+        loader.map_pin_path(name, path);
     }
 }
 
@@ -101,11 +110,15 @@ pub fn load_agent(layout: &Layout, sizes: &AgentSizes) -> Result<Kernel, BpfErro
     if let Some(iter) = &sizes.iter {
         loader.override_global(globals::ITER_LAYOUT, iter, true);
     }
+    if let Some(dir) = &sizes.task_pins {
+        pin_task_maps(&mut loader, dir);
+    }
     Ok(Kernel::new(loader.load(OBJECT)?))
 }
 
 /// The object for `leakscope investigate`, with the agent's own maps made small: only the
-/// stack programs will run.
+/// stack programs will run. A running agent's task maps are used when it pinned them, so
+/// that samples carry the task their thread ran.
 pub fn load_for_investigation(
     layout: &Layout,
     capacity: &StackCapacity,
@@ -117,6 +130,10 @@ pub fn load_for_investigation(
     }
     set_layouts(&mut loader, layout);
     set_stacks(&mut loader, capacity);
+    if let Some(dir) = super::task_map::agent_pins() {
+        log::info!("task labels from the agent's maps in {}", dir.display());
+        pin_task_maps(&mut loader, &dir);
+    }
     Ok(Kernel::new(loader.load(OBJECT)?))
 }
 

@@ -35,6 +35,8 @@ struct Raw {
     bytes: u64,
     count: u64,
     oldest_ns: Option<u64>,
+    /// The task running on the sampled thread (task markers).
+    task: Option<String>,
 }
 
 pub fn growth_report(
@@ -84,7 +86,7 @@ pub fn read_growth(
             hint: 0,
         };
         let found = unwound.and_then(|u| u.sample(s.sample_id));
-        (found.map_or(kernel, StackRef::Unwound), s.py_stack)
+        (found.map_or(kernel, StackRef::Unwound), s.py_stack, s.task)
     };
     let retained = growth.retained(target.pid, page_ref);
     let page_bytes = |samples: u64| samples * u64::from(period) * page_size();
@@ -94,7 +96,7 @@ pub fn read_growth(
         .filter(|(k, _)| GrowthSource::from_u32(k.source) == Some(GrowthSource::PageFault))
         .map(|(_, v)| v.bytes)
         .sum();
-    let rows: Vec<(StackRef, u64, u32, u64, u64)> = match unwound {
+    let rows: Vec<(StackRef, u64, u32, u32, u64, u64)> = match unwound {
         None => kernel_rows
             .iter()
             .map(|(k, v)| {
@@ -102,7 +104,7 @@ pub fn read_growth(
                     id: k.stack_id,
                     hint: k.return_hint,
                 };
-                (r, k.py_stack, k.source, v.bytes, v.events)
+                (r, k.py_stack, k.task, k.source, v.bytes, v.events)
             })
             .collect(),
         Some(u) => u
@@ -112,6 +114,7 @@ pub fn read_growth(
                 (
                     StackRef::Unwound(i),
                     k.py_stack,
+                    k.task,
                     k.source,
                     v.bytes,
                     v.events,
@@ -126,25 +129,25 @@ pub fn read_growth(
     };
     // Faulted pages count while they are still held (one row per stack of the samples that
     // brought them in); address space counts as added.
-    let mut found: Vec<(StackRef, u64, Source, u64, u64)> = Vec::new();
+    let mut found: Vec<(StackRef, u64, u32, Source, u64, u64)> = Vec::new();
     let mut kept = 0;
     if let Ok(per) = &retained {
-        for (&(r, py), &samples) in per {
+        for (&(r, py, task), &samples) in per {
             kept += page_bytes(samples);
-            found.push((r, py, Source::PageFault, page_bytes(samples), samples));
+            found.push((r, py, task, Source::PageFault, page_bytes(samples), samples));
         }
     }
-    for (r, py, source, bytes, events) in rows {
+    for (r, py, task, source, bytes, events) in rows {
         let source = source_of(source);
         if source == Source::PageFault && retained.is_ok() {
             continue;
         }
-        found.push((r, py, source, bytes, events));
+        found.push((r, py, task, source, bytes, events));
     }
     let raws = found
         .into_iter()
-        .filter(|f| f.3 > 0)
-        .map(|(r, py, source, bytes, count)| {
+        .filter(|f| f.4 > 0)
+        .map(|(r, py, task, source, bytes, count)| {
             let (ips, truncated) = resolve(shared, unwound, r, target.mappings);
             Raw {
                 ips,
@@ -154,6 +157,7 @@ pub fn read_growth(
                 bytes,
                 count,
                 oldest_ns: None,
+                task: shared.task_name(task),
             }
         })
         .collect::<Vec<Raw>>();
@@ -236,12 +240,12 @@ pub fn alloc_report(
             hint: info.return_address,
         };
         let found = unwound.and_then(|u| u.sample(info.sample_id));
-        (found.map_or(kernel, StackRef::Unwound), info.py_stack)
+        (found.map_or(kernel, StackRef::Unwound), info.py_stack, info.task)
     };
     let raws = trace
         .outstanding(target.pid, born_before, sample_bytes, block_ref)
         .into_iter()
-        .map(|((r, py_stack), o)| {
+        .map(|((r, py_stack, task), o)| {
             let (ips, truncated) = resolve(shared, unwound, r, target.mappings);
             Raw {
                 ips,
@@ -251,6 +255,7 @@ pub fn alloc_report(
                 bytes: o.bytes,
                 count: o.count,
                 oldest_ns: Some(o.oldest_ns),
+                task: shared.task_name(task),
             }
         })
         .collect::<Vec<Raw>>();
@@ -432,9 +437,13 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
     let stacks: Vec<Vec<u64>> = raws.iter().map(|r| r.ips.clone()).collect();
     let frames = symbolize::symbolize(target.pid, target.alive, target.mappings, &stacks);
     // Rows whose frames are the same code (different stack ids can symbolize alike) merge.
-    #[expect(clippy::type_complexity, reason = "a local key: frames and source")]
+    #[expect(clippy::type_complexity, reason = "a local key: frames, source and task")]
     let mut merged: HashMap<
-        (Vec<(String, u64, Option<String>, Option<u32>)>, Source),
+        (
+            Vec<(String, u64, Option<String>, Option<u32>)>,
+            Source,
+            Option<String>,
+        ),
         StackRecord,
     > = HashMap::new();
     for (raw, frames) in raws.into_iter().zip(frames) {
@@ -456,6 +465,7 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
                 .map(|f| (f.module.clone(), f.offset, f.function.clone(), f.line))
                 .collect(),
             raw.source,
+            raw.task.clone(),
         );
         let age = raw
             .oldest_ns
@@ -468,6 +478,7 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
             bytes: 0,
             count: 0,
             oldest_age: None,
+            task: raw.task,
         });
         row.bytes += raw.bytes;
         row.count += raw.count;

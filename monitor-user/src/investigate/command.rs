@@ -43,6 +43,7 @@ pub struct Options {
     pub max_allocations: u32,
     pub json: bool,
     pub unwind: UnwindMode,
+    pub fold: Option<super::fold::Fold>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +226,11 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
                  named, as seen from the host",
                 human_duration(after)
             ));
+        }
+    }
+    if let Some(how) = args.fold {
+        for r in &mut reports {
+            super::fold::fold(r, how);
         }
     }
     print(&reports, &args)?;

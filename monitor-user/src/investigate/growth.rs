@@ -299,6 +299,8 @@ mod tests {
             sampled_ns,
             py_stack: 0,
             sample_id: 0,
+            task: 0,
+            _pad: 0,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod auto;
 pub mod collect;
 pub mod command;
 pub mod flame;
+pub mod fold;
 pub mod growth;
 pub mod maps_snapshot;
 pub mod out_dir;

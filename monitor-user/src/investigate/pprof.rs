@@ -466,15 +466,25 @@ impl Builder {
             .collect();
         let source_key = self.string("source");
         let source = self.string(stack.source.as_str());
+        let mut label = vec![Label {
+            key: source_key,
+            str: source,
+            num: 0,
+            num_unit: 0,
+        }];
+        // The task its thread ran (task markers): `go tool pprof -tagfocus task=NAME`.
+        if let Some(task) = &stack.task {
+            label.push(Label {
+                key: self.string("task"),
+                str: self.string(task),
+                num: 0,
+                num_unit: 0,
+            });
+        }
         Sample {
             location_id,
             value: vec![signed(stack.count), signed(stack.bytes)],
-            label: vec![Label {
-                key: source_key,
-                str: source,
-                num: 0,
-                num_unit: 0,
-            }],
+            label,
         }
     }
 }
@@ -744,6 +754,32 @@ mod tests {
             .map(|label| (string(&profile, label.key), string(&profile, label.str)))
             .collect();
         assert_eq!(labels, [("source", "page_fault"), ("source", "mmap")]);
+    }
+
+    #[test]
+    fn a_sample_with_a_task_is_labelled_with_it() {
+        let mut with_task = record(vec![frame("main", "/app", 0x1000)], Source::PageFault, 8, 1);
+        with_task.task = Some("jobs.ingest".to_owned());
+        let without = record(vec![frame("main", "/app", 0x2000)], Source::Mmap, 4, 1);
+        let profile = decode(&encode(&report(Mode::Growth, vec![with_task, without]))).unwrap();
+        let labels: Vec<Vec<(&str, &str)>> = profile
+            .sample
+            .iter()
+            .map(|sample| {
+                sample
+                    .label
+                    .iter()
+                    .map(|l| (string(&profile, l.key), string(&profile, l.str)))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                vec![("source", "page_fault"), ("task", "jobs.ingest")],
+                vec![("source", "mmap")],
+            ]
+        );
     }
 
     #[test]

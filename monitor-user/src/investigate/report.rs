@@ -59,6 +59,9 @@ pub struct StackRecord {
     pub count: u64,
     /// Alloc mode: age of the oldest outstanding allocation.
     pub oldest_age: Option<Duration>,
+    /// The task its thread was running when sampled, from the workers' task markers (None
+    /// without markers, or between tasks).
+    pub task: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -383,6 +386,7 @@ pub(crate) mod test_support {
             bytes,
             count,
             oldest_age: None,
+            task: None,
         }
     }
 

@@ -14,17 +14,20 @@ const PATH_FRAME_WIDTH: usize = 48;
 /// Frames in CALL PATH, starting at the headline and going towards `main`.
 const PATH_FRAMES: usize = 4;
 const PATH_SEPARATOR: &str = " ← ";
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 8] = [
     "#",
     "FUNCTION",
     "BYTES",
     "COUNT",
     "AGE",
     "SOURCE",
+    "TASK",
     "CALL PATH",
 ];
+/// Longest task name shown.
+const TASK_WIDTH: usize = 32;
 /// Numbers line up on the right; names on the left.
-const RIGHT_ALIGNED: [bool; 7] = [true, false, true, true, true, false, false];
+const RIGHT_ALIGNED: [bool; 8] = [true, false, true, true, true, false, false, false];
 
 /// The report as text: a header line, the `top` largest stacks (all of them when `top` is 0),
 /// then the notes. Columns are aligned by character count, so names with double-width
@@ -43,7 +46,7 @@ pub fn render(report: &Report, top: usize) -> String {
         } else {
             top.min(report.stacks.len())
         };
-        let rows: Vec<[String; 7]> = report.stacks[..shown]
+        let rows: Vec<[String; 8]> = report.stacks[..shown]
             .iter()
             .enumerate()
             .map(|(index, stack)| row(index + 1, stack))
@@ -113,7 +116,7 @@ fn nothing_found(report: &Report) -> String {
     }
 }
 
-fn row(rank: usize, stack: &StackRecord) -> [String; 7] {
+fn row(rank: usize, stack: &StackRecord) -> [String; 8] {
     let headline = stack.headline();
     [
         rank.to_string(),
@@ -124,6 +127,10 @@ fn row(rank: usize, stack: &StackRecord) -> [String; 7] {
             .oldest_age
             .map_or_else(|| "-".to_string(), human_duration),
         stack.source.as_str().to_string(),
+        stack
+            .task
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |t| shorten(t, TASK_WIDTH)),
         call_path(stack),
     ]
 }
@@ -155,7 +162,7 @@ fn call_path(stack: &StackRecord) -> String {
     path
 }
 
-fn aligned(rows: &[[String; 7]]) -> String {
+fn aligned(rows: &[[String; 8]]) -> String {
     let mut widths = HEADERS.map(|header| header.chars().count());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

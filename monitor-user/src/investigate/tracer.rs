@@ -5,7 +5,7 @@ use aya::maps::{MapData, PerCpuArray, StackTraceMap};
 use monitor_common::stacks::{STACK_COUNTERS_MAP, STACKS_MAP, StackCounter};
 
 use super::python::Python;
-use crate::bpf::{BpfError, Kernel};
+use crate::bpf::{BpfError, Kernel, task_map::TaskMap};
 
 /// Maps both modes read.
 pub struct Shared {
@@ -13,6 +13,8 @@ pub struct Shared {
     counters: PerCpuArray<MapData, u64>,
     /// CPython targets and their Python stacks.
     pub python: Python,
+    /// Names of the tasks samples carry; None when the object has no task maps.
+    tasks: Option<TaskMap>,
 }
 
 impl Shared {
@@ -21,7 +23,15 @@ impl Shared {
             stacks: kernel.take_map(STACKS_MAP, StackTraceMap::try_from)?,
             counters: kernel.take_map(STACK_COUNTERS_MAP, PerCpuArray::try_from)?,
             python: Python::take(kernel)?,
+            tasks: TaskMap::open(kernel)
+                .map_err(|e| log::warn!("samples carry no task names: {e}"))
+                .ok(),
         })
+    }
+
+    /// The name of a sample's task id (see `bpf::task_map`).
+    pub fn task_name(&self, id: u32) -> Option<String> {
+        self.tasks.as_ref()?.name(id)
     }
 
     /// Instruction pointers of a stack, leaf first.

@@ -25,7 +25,7 @@ use super::{
     socket::{Datagram, TaskSocket},
 };
 use crate::{
-    bpf::maps::KernelMaps,
+    bpf::{maps::KernelMaps, task_map::TaskMap},
     host,
     model::budget::{Principal, Rate, RateLimiter},
     model::shared::Shared,
@@ -44,12 +44,16 @@ pub trait KernelView: Send + Sync {
     fn want(&self, changes: &[(u32, bool)]) -> Vec<u32>;
     /// The process's exact resident memory (`/proc/<pid>/statm`), read now.
     fn statm(&self, pid: u32) -> Option<host::proc::Statm>;
+    /// Thread `tid` runs `task` from now on (None: no task), for the stack samplers.
+    fn running(&self, _tid: u32, _task: Option<&str>) {}
 }
 
 /// The real kernel maps.
 pub struct Kernel {
     pub procs: Arc<KernelMaps>,
     pub threads: Option<Arc<ThreadMaps>>,
+    /// The samplers' view of which task each thread runs.
+    pub tasks: Option<std::sync::Mutex<TaskMap>>,
 }
 
 impl KernelView for Kernel {
@@ -73,6 +77,19 @@ impl KernelView for Kernel {
 
     fn statm(&self, pid: u32) -> Option<host::proc::Statm> {
         host::proc::statm(pid).ok()
+    }
+
+    fn running(&self, tid: u32, task: Option<&str>) {
+        let Some(tasks) = &self.tasks else {
+            return;
+        };
+        let mut tasks = tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match task {
+            Some(task) => tasks.begin(tid, task),
+            None => tasks.end(tid),
+        }
     }
 }
 
@@ -262,6 +279,12 @@ impl Listener {
             .features
             .get_mut::<crate::tasks::Tasks>()
             .on_marker(pid, who, &marker, tid, snap);
+        // The marker's thread, else the process's main thread (a prefork worker's only one).
+        let running = match marker.phase {
+            protocol::Phase::Begin => Some(marker.task),
+            protocol::Phase::End => None,
+        };
+        self.kernel.running(tid.unwrap_or(pid), running);
         // Only the operator turns per-thread accounting on (each target costs uprobes and
         // slots): for the processes of the uids given with --threads-for-uid.
         if threads::Threads::of(&state).opted_in(who.uid) && !self.asked.contains(&pid) {

@@ -21,6 +21,8 @@ use crate::{
 /// What start-up prepared before the agent's state is shared.
 pub struct PerJob {
     threads: Option<Arc<ThreadMaps>>,
+    /// Which task each thread runs, for the stack samplers.
+    tasks: Option<crate::bpf::task_map::TaskMap>,
     /// Attached only while some process has per-thread accounting.
     uprobes: Option<TargetProbes>,
     socket: Option<TaskSocket>,
@@ -104,8 +106,13 @@ impl PerJob {
                     None
                 }
             });
+        // Without it, samples carry no task; markers work as before.
+        let tasks = crate::bpf::task_map::TaskMap::open(kernel)
+            .map_err(|e| warn!("task labels on stack samples are off: {e}"))
+            .ok();
         Self {
             threads,
+            tasks,
             uprobes,
             socket,
             listener: ListenerConfig::with_rate(config.marker_rate),
@@ -129,6 +136,7 @@ impl PerJob {
             let kernel = Arc::new(Kernel {
                 procs,
                 threads: self.threads.clone(),
+                tasks: self.tasks.map(std::sync::Mutex::new),
             });
             let listener = Listener::new(socket, shared.clone(), kernel, self.listener);
             if let Err(e) = std::thread::Builder::new()

@@ -1,13 +1,15 @@
 //! Is a process CPython, which version, and where is its `_PyRuntime`: the symbols come from
 //! the ELF of the executable or of `libpython3.X.so` (their dynamic symbol tables export the C
 //! API even when stripped), the addresses from the process's mappings, and the version from
-//! `Py_Version` read in the process's own memory.
+//! `Py_Version` read in the process's own memory. The layout is a table for 3.11 and 3.12,
+//! and from 3.13 on what the interpreter's `_Py_DebugOffsets` say.
 
 use std::collections::HashSet;
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use super::{
+    debug_offsets,
     layout::{self, Layout},
     memory::Memory,
 };
@@ -22,14 +24,15 @@ pub struct Interpreter {
     pub module: String,
     /// `_PyRuntime`'s address in the process.
     pub runtime: u64,
-    pub layout: &'static Layout,
+    pub layout: Layout,
 }
 
 #[derive(Debug)]
 pub enum Detected {
     /// No module of the process defines `_PyRuntime`.
     NotPython,
-    /// CPython without a layout table (or a `_PyRuntime` without `Py_Version`: before 3.11).
+    /// CPython without a layout (before 3.11, which has no `Py_Version`; a version after
+    /// 3.13; debug offsets that do not hold).
     Unsupported(String),
     Found(Interpreter),
 }
@@ -86,7 +89,8 @@ fn found(pid: u32, elf: &object::File<'_>, path: &str, runtime: u64, maps: &[Map
             layout::SUPPORTED
         ));
     };
-    let hex = match Memory::new(pid).read_u32(version) {
+    let mem = Memory::new(pid);
+    let hex = match mem.read_u32(version) {
         Ok(hex) => hex,
         Err(e) => {
             return Detected::Unsupported(format!(
@@ -96,16 +100,20 @@ fn found(pid: u32, elf: &object::File<'_>, path: &str, runtime: u64, maps: &[Map
     };
     let (major, minor, micro) = ((hex >> 24) as u8, (hex >> 16) as u8, (hex >> 8) as u8);
     let version = format!("{major}.{minor}.{micro}");
-    match layout::for_version(major, minor) {
-        Some(layout) => Detected::Found(Interpreter {
+    let layout = match layout::for_version(major, minor) {
+        Some(table) => Ok(table),
+        None if (major, minor) >= (3, 13) => debug_offsets::read(&mem, runtime, major, minor),
+        None => Err("no frame layout table".to_owned()),
+    };
+    match layout {
+        Ok(layout) => Detected::Found(Interpreter {
             version,
             module: path.to_owned(),
             runtime,
             layout,
         }),
-        None => Detected::Unsupported(format!(
-            "CPython {version} ({path}) has no frame layout table: Python frames are supported \
-             for CPython {}",
+        Err(why) => Detected::Unsupported(format!(
+            "CPython {version} ({path}): {why}; Python frames are supported for CPython {}",
             layout::SUPPORTED
         )),
     }

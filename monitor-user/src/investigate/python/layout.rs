@@ -1,5 +1,6 @@
 //! Byte offsets of the CPython structures on the way from `_PyRuntime` to a frame's code
-//! object and line, per interpreter version. Sources: CPython's
+//! object and line, per interpreter version: tables for 3.11 and 3.12, and for 3.13 on the
+//! interpreter's own `_Py_DebugOffsets` (see `debug_offsets`). Sources of the tables: CPython's
 //! Include/internal/pycore_runtime.h, pycore_interp.h, pycore_gil.h, pycore_frame.h,
 //! Include/cpython/pystate.h, code.h and unicodeobject.h of 3.11 and 3.12 (x86-64 and aarch64
 //! share them: LP64, natural alignment). The tests below check each table against the DWARF
@@ -17,14 +18,15 @@ pub struct Layout {
     /// Offset in `_PyRuntime` of the first pointer towards the thread state holding the GIL,
     /// then the offsets to add to each pointer read after it.
     pub runtime_tstate_root: u64,
-    pub tstate_hops: &'static [u32],
-    /// `PyThreadState.cframe` (`_PyCFrame *`).
+    pub tstate_hops: Hops,
+    /// `PyThreadState.cframe` (`_PyCFrame *`), or from 3.13 on `.current_frame`.
     pub tstate_cframe: u32,
     pub tstate_native_thread_id: u32,
-    /// `_PyCFrame.current_frame`.
-    pub cframe_current_frame: u32,
-    /// `_PyInterpreterFrame.f_code`, `.previous`, `.prev_instr`, `.is_entry` (None when the
-    /// version has no such field), `.owner`.
+    /// `_PyCFrame.current_frame`; None from 3.13 on, which has no `_PyCFrame`.
+    pub cframe_current_frame: Option<u32>,
+    /// `_PyInterpreterFrame.f_code` (3.13: `f_executable`), `.previous`, `.prev_instr`
+    /// (3.13: `instr_ptr`, the same instruction), `.is_entry` (None when the version has no
+    /// such field), `.owner`.
     pub frame_code: u32,
     pub frame_previous: u32,
     pub frame_prev_instr: u32,
@@ -50,12 +52,40 @@ pub struct Layout {
     pub bytes_data: u64,
 }
 
+/// At most [`PY_MAX_HOPS`] offsets, owned: a layout read from the process is not static.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hops {
+    offsets: [u32; PY_MAX_HOPS],
+    len: usize,
+}
+
+impl Hops {
+    /// Panics (at compile time for the tables) beyond [`PY_MAX_HOPS`].
+    pub const fn new(hops: &[u32]) -> Self {
+        assert!(hops.len() <= PY_MAX_HOPS);
+        let mut offsets = [0; PY_MAX_HOPS];
+        let mut i = 0;
+        while i < hops.len() {
+            offsets[i] = hops[i];
+            i += 1;
+        }
+        Self {
+            offsets,
+            len: hops.len(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.offsets[..self.len]
+    }
+}
+
 pub const CPYTHON_3_11: Layout = Layout {
     runtime_tstate_root: 576,
-    tstate_hops: &[],
+    tstate_hops: Hops::new(&[]),
     tstate_cframe: 56,
     tstate_native_thread_id: 160,
-    cframe_current_frame: 8,
+    cframe_current_frame: Some(8),
     frame_code: 32,
     frame_previous: 48,
     frame_prev_instr: 56,
@@ -77,10 +107,10 @@ pub const CPYTHON_3_11: Layout = Layout {
 
 pub const CPYTHON_3_12: Layout = Layout {
     runtime_tstate_root: 48,
-    tstate_hops: &[384, 8],
+    tstate_hops: Hops::new(&[384, 8]),
     tstate_cframe: 56,
     tstate_native_thread_id: 144,
-    cframe_current_frame: 0,
+    cframe_current_frame: Some(0),
     frame_code: 0,
     frame_previous: 8,
     frame_prev_instr: 56,
@@ -100,34 +130,32 @@ pub const CPYTHON_3_12: Layout = Layout {
     bytes_data: 32,
 };
 
-/// The layout of CPython `major.minor`, None for a version without a table.
-pub fn for_version(major: u8, minor: u8) -> Option<&'static Layout> {
+/// The table of CPython `major.minor`, None for a version without one.
+pub fn for_version(major: u8, minor: u8) -> Option<Layout> {
     match (major, minor) {
-        (3, 11) => Some(&CPYTHON_3_11),
-        (3, 12) => Some(&CPYTHON_3_12),
+        (3, 11) => Some(CPYTHON_3_11),
+        (3, 12) => Some(CPYTHON_3_12),
         _ => None,
     }
 }
 
-/// The interpreter versions with a table, for messages.
-pub const SUPPORTED: &str = "3.11 and 3.12";
+/// The interpreter versions supported (by table or by their debug offsets), for messages.
+pub const SUPPORTED: &str = "3.11, 3.12 and 3.13";
 
 impl Layout {
     /// What the kernel walk needs for a process whose `_PyRuntime` is at `runtime` and whose
     /// pid namespace is `(dev, ino)`.
     pub fn target(&self, runtime: u64, pidns: (u64, u64)) -> PyTarget {
-        let mut hops = [0; PY_MAX_HOPS];
-        let used = self.tstate_hops.len().min(PY_MAX_HOPS);
-        hops[..used].copy_from_slice(&self.tstate_hops[..used]);
         PyTarget {
             pidns_dev: pidns.0,
             pidns_ino: pidns.1,
             tstate_root: runtime + self.runtime_tstate_root,
-            tstate_hops: hops,
-            tstate_hops_len: used as u32,
+            tstate_hops: self.tstate_hops.offsets,
+            tstate_hops_len: self.tstate_hops.len as u32,
             tstate_cframe: self.tstate_cframe,
             tstate_native_thread_id: self.tstate_native_thread_id,
-            cframe_current_frame: self.cframe_current_frame,
+            cframe_current_frame: self.cframe_current_frame.unwrap_or(0),
+            cframe_indirect: u32::from(self.cframe_current_frame.is_some()),
             frame_code: self.frame_code,
             frame_previous: self.frame_previous,
             frame_prev_instr: self.frame_prev_instr,
@@ -141,7 +169,7 @@ impl Layout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{path::PathBuf, process::Command};
 
     use super::*;
@@ -151,7 +179,7 @@ mod tests {
     }
 
     /// A shared build with DWARF of CPython `minor` (pyenv's), found by glob.
-    fn libpython(minor: u8) -> Option<PathBuf> {
+    pub fn libpython(minor: u8) -> Option<PathBuf> {
         let versions = std::fs::read_dir("/root/.pyenv/versions").ok()?;
         let mut found: Vec<_> = versions
             .filter_map(Result::ok)
@@ -189,7 +217,7 @@ mod tests {
         values
     }
 
-    fn offset(ty: &str, field: &str) -> String {
+    pub fn offset(ty: &str, field: &str) -> String {
         format!("(long)&(({ty} *)0)->{field}")
     }
 
@@ -203,7 +231,7 @@ mod tests {
             ),
             (
                 offset("_PyCFrame", "current_frame"),
-                l.cframe_current_frame.into(),
+                l.cframe_current_frame.unwrap().into(),
             ),
             (offset("_PyInterpreterFrame", "f_code"), l.frame_code.into()),
             (
@@ -245,13 +273,18 @@ mod tests {
             eprintln!("skipped: no pyenv CPython 3.{minor} with a shared libpython");
             return;
         };
+        check_against_dwarf(&lib, cases);
+    }
+
+    /// Checks `cases` against the DWARF of `lib`.
+    pub fn check_against_dwarf(lib: &std::path::Path, cases: Vec<(String, u64)>) {
         if Command::new("gdb").arg("--version").output().is_err() {
             assert!(!ci(), "CI=true: gdb is missing (xtask setup installs it)");
             eprintln!("skipped: no gdb");
             return;
         }
         let exprs: Vec<String> = cases.iter().map(|(e, _)| e.clone()).collect();
-        let found = dwarf_values(&lib, &exprs);
+        let found = dwarf_values(lib, &exprs);
         for ((expr, want), got) in cases.iter().zip(found) {
             assert_eq!(*want, got, "{expr} in {}", lib.display());
         }
@@ -260,7 +293,7 @@ mod tests {
     #[test]
     fn the_3_11_table_matches_the_dwarf_of_libpython() {
         let l = CPYTHON_3_11;
-        assert!(l.tstate_hops.is_empty());
+        assert!(l.tstate_hops.as_slice().is_empty());
         let mut cases = common(&l);
         cases.push((
             offset("_PyRuntimeState", "gilstate.tstate_current"),
@@ -284,11 +317,11 @@ mod tests {
         ));
         cases.push((
             offset("PyInterpreterState", "ceval.gil"),
-            l.tstate_hops[0].into(),
+            l.tstate_hops.as_slice()[0].into(),
         ));
         cases.push((
             offset("struct _gil_runtime_state", "last_holder"),
-            l.tstate_hops[1].into(),
+            l.tstate_hops.as_slice()[1].into(),
         ));
         cases.push((
             "(long)FRAME_OWNED_BY_CSTACK".to_owned(),

@@ -4,6 +4,7 @@
 //! This module owns PY_TARGETS and PY_STACKS.
 
 pub mod code;
+pub mod debug_offsets;
 pub mod detect;
 pub mod layout;
 pub mod memory;
@@ -29,7 +30,7 @@ pub struct Python {
     targets: BpfHashMap<MapData, u32, PyTarget>,
     stacks: BpfHashMap<MapData, u64, PyStack>,
     /// Per pid: what detection found (for the report's note), and the layout in use.
-    found: HashMap<u32, (String, Option<&'static Layout>)>,
+    found: HashMap<u32, (String, Option<Layout>)>,
     /// (pid, code object address) -> its name, file and lines; None when unreadable.
     codes: Mutex<HashMap<(u32, u64), Option<Code>>>,
 }
@@ -135,7 +136,7 @@ impl Python {
             Ok(codes) => codes,
             Err(poisoned) => poisoned.into_inner(),
         };
-        Some(resolve(pid, layout, &stack, &mut codes))
+        Some(resolve(pid, &layout, &stack, &mut codes))
     }
 
     /// Reads the code objects behind `keys` now, while the process lives: a process that
