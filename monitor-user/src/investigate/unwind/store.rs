@@ -229,7 +229,7 @@ mod tests {
                 tgid: 7,
                 stack_id: id as i32,
                 source: source as u32,
-                _pad: 0,
+                task: 0,
                 return_hint: 0,
                 py_stack: 0,
             },
