@@ -16,7 +16,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::RingBuf,
 };
 use monitor_common::stacks::{
     GrowthKey, StackCounter, UNWIND_CHUNK_BYTES, UNWIND_RING_BYTES, UNWIND_STACK_BYTES,
@@ -30,10 +30,6 @@ const WAKEUP_BYTES: u64 = UNWIND_RING_BYTES as u64 / 4;
 
 #[map(name = "UNWIND_SAMPLES")]
 static UNWIND_SAMPLES: RingBuf = RingBuf::with_byte_size(UNWIND_RING_BYTES, 0);
-
-/// Per-CPU sequence numbers for sample ids.
-#[map(name = "UNWIND_SEQ")]
-static UNWIND_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bytes of stack to copy per sample; 0 sends nothing (`--unwind fp`).
 #[unsafe(no_mangle)]
@@ -95,27 +91,24 @@ pub fn send(kind: u32, key: &GrowthKey, bytes: u64) -> u64 {
     let Some(regs) = user_regs() else {
         return 0;
     };
-    let Some(seq) = UNWIND_SEQ.get_ptr_mut(0) else {
-        return 0;
-    };
     let Some(mut entry) = UNWIND_SAMPLES.reserve::<UnwindSample>(0) else {
         count_stack(StackCounter::UnwindLost);
         return 0;
     };
-    // SAFETY: this CPU's slot; the program does not migrate while it runs.
-    let seq = unsafe {
-        *seq += 1;
-        *seq
-    };
-    // The CPU in the top bits keeps ids of different CPUs apart; never 0.
+    // The id is this CPU and the time. A per-CPU counter would need an atomic add (a fault
+    // handler can be preempted by another task's fault on the same CPU, and a plain increment
+    // then hands both the same id, charging one page to the other's stack), which this target
+    // lacks; two runs on one CPU never read the same nanosecond. 12 bits of CPU and 52 of
+    // time (52 days) keep ids apart within any trace.
+    let ktime = now_ns();
     let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
-    let sample_id = ((cpu + 1) << 48) | (seq & ((1 << 48) - 1));
+    let sample_id = (((cpu + 1) & 0xfff) << 52) | (ktime & ((1 << 52) - 1));
     let rec = entry.as_mut_ptr();
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     // SAFETY: `rec` is the reserved record, written field by field before it is submitted.
     unsafe {
         (*rec).sample_id = sample_id;
-        (*rec).ktime_ns = now_ns();
+        (*rec).ktime_ns = ktime;
         (*rec).tid = tid;
         (*rec).kind = kind;
         (*rec).key = *key;
