@@ -552,4 +552,28 @@ mod tests {
         assert!(err(&["investigate", "--pid", "1", "--duration", "2h"]).contains("out of range"));
         assert!(err(&["investigate", "--pid", "1", "--sample-period", "0"]).contains("0"));
     }
+
+    #[test]
+    fn unwinding_is_dwarf_unless_told_fp() {
+        let Command::Investigate(inv) = parse(&["investigate", "--pid", "42"]).unwrap().command
+        else {
+            panic!("not investigate")
+        };
+        assert_eq!(inv.unwind, UnwindArg::Dwarf);
+        let Command::Investigate(inv) = parse(&["investigate", "--pid", "42", "--unwind", "fp"])
+            .unwrap()
+            .command
+        else {
+            panic!("not investigate")
+        };
+        assert_eq!(inv.unwind, UnwindArg::Fp);
+        let Command::Run(run) = parse(&["run", "--profile-unwind", "fp"]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.profile_unwind, UnwindArg::Fp);
+        let err = parse(&["investigate", "--pid", "1", "--unwind", "lbr"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dwarf") && err.contains("fp"), "{err}");
+    }
 }

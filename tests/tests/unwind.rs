@@ -265,3 +265,64 @@ fn a_process_that_exits_mid_trace_still_gets_its_unwound_report() {
     let top = top_page_fault(&report);
     assert_eq!(leaf_user_function(top, &binary), LEAKER, "{top:#}");
 }
+
+/// Function names of `stack`, leaf first.
+fn names(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+#[test]
+fn a_stack_deeper_than_the_copy_is_joined_to_frame_pointers_or_marked_truncated() {
+    if !kernel_tests_enabled(
+        "a_stack_deeper_than_the_copy_is_joined_to_frame_pointers_or_marked_truncated",
+    ) {
+        return;
+    }
+    // 100 recursive calls of 256 bytes each: more stack than the 16 KiB the kernel copies.
+    let depth = "100";
+    // With frame pointers, the kernel's walk continues where the copy ends.
+    let binary = build("leak_deep_fp", &["-fno-omit-frame-pointer"]);
+    let target = start(&binary, &["0", depth]);
+    let out = investigate(target.pid(), &["--duration", "3s"]);
+    drop(target);
+    let report = growth_report(&out);
+    let top = top_page_fault(&report);
+    let functions = names(top);
+    assert_eq!(leaf_user_function(top, &binary), LEAKER, "{functions:?}");
+    assert_eq!(top["truncated"], false, "{functions:?}");
+    // Every recursive frame once (the 100 calls and main's), then main.
+    let deep = functions.iter().filter(|f| **f == "leak_deep").count();
+    assert_eq!(deep, 101, "{functions:?}");
+    assert!(functions.contains(&"main"), "{functions:?}");
+
+    // Without them, the stack ends where the copy does, and says so everywhere.
+    let binary = build("leak_deep_nofp", &["-fomit-frame-pointer"]);
+    let target = start(&binary, &["0", depth]);
+    let dir = std::env::temp_dir().join(format!("leakscope-unwind-deep-{}", target.pid()));
+    let out = investigate(
+        target.pid(),
+        &["--duration", "3s", "--out", dir.to_str().unwrap()],
+    );
+    let report = growth_report(&out);
+    let top = top_page_fault(&report);
+    let functions = names(top);
+    assert_eq!(leaf_user_function(top, &binary), LEAKER, "{functions:?}");
+    assert_eq!(top["truncated"], true, "{functions:?}");
+    assert_eq!(functions.last(), Some(&"[truncated]"), "{functions:?}");
+    assert!(!functions.contains(&"main"), "{functions:?}");
+    let pprof = gunzip(&dir.join("growth.pb.gz"));
+    assert!(
+        contains(&pprof, "[truncated]"),
+        "no [truncated] in growth.pb.gz"
+    );
+    let table = std::fs::read_to_string(dir.join("growth.txt")).unwrap();
+    assert!(table.contains("[truncated]"), "{table}");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("end in [truncated]"), "{notes}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,7 @@
 use aya::{Ebpf, EbpfLoader};
 use monitor_common::{
     MM_OWNERS_MAP, PROCS_MAP, THREAD_WANT_MAP, THREADS_MAP, globals,
-    stacks::{ALLOCS_MAP, STACKS_MAP},
+    stacks::{ALLOCS_MAP, STACKS_MAP, UNWIND_SAMPLES_MAP},
 };
 
 use super::{BpfError, Kernel, layout::Layout};
@@ -82,6 +82,10 @@ fn pin_task_maps(loader: &mut EbpfLoader<'_>, dir: &std::path::Path) {
 }
 
 fn set_stacks<'a>(loader: &mut EbpfLoader<'a>, capacity: &'a StackCapacity) {
+    if capacity.unwind_copy_bytes == 0 {
+        // Frame pointers only: nothing is sent, so the ring is kept to the minimum (a page).
+        loader.map_max_entries(UNWIND_SAMPLES_MAP, 4096);
+    }
     loader
         .map_max_entries(STACKS_MAP, capacity.stacks)
         .map_max_entries(ALLOCS_MAP, capacity.allocations)

@@ -10,7 +10,7 @@ use monitor_common::stacks::{
     GrowthKey, GrowthSource, GrowthValue, UNWIND_ALLOC, UNWIND_GROWTH, UnwindSample,
 };
 
-use super::walk::{End, Walk, join};
+use super::walk::{End, MAX_FRAMES, Walk, join};
 
 /// Distinct unwound stacks kept.
 const MAX_STACKS: usize = 65_536;
@@ -199,7 +199,11 @@ impl Store {
                     return (fp, true);
                 }
                 match join(&u.ips, &fp) {
-                    Some(joined) => (joined, false),
+                    // At the cap, either walk may have stopped short of the root.
+                    Some(joined) => {
+                        let capped = joined.len() >= MAX_FRAMES || fp.len() >= MAX_FRAMES;
+                        (joined, capped)
+                    }
                     None => (u.ips.clone(), true),
                 }
             }

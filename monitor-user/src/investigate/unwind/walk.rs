@@ -140,11 +140,24 @@ impl Process {
 /// `dwarf` continued with the frames of the kernel's frame-pointer walk (`fp`, leaf first)
 /// that lie beyond it: the two are joined at the outermost return address they share. None
 /// when they share none past the leaf (the frame-pointer walk went astray).
+///
+/// A recursive function repeats its return address, so the n-th occurrence in `dwarf` is
+/// matched with the n-th in `fp` (the walk skips only frames without a frame pointer, which
+/// a frame holding that return address is not when it appears in both).
 pub fn join(dwarf: &[u64], fp: &[u64]) -> Option<Vec<u64>> {
     for k in (1..dwarf.len()).rev() {
-        if let Some(j) = fp.iter().skip(1).position(|&ip| ip == dwarf[k]) {
+        let ra = dwarf[k];
+        let nth = dwarf[1..=k].iter().filter(|&&ip| ip == ra).count();
+        let at = fp
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|&(_, &ip)| ip == ra)
+            .nth(nth - 1)
+            .map(|(j, _)| j);
+        if let Some(j) = at {
             let mut joined = dwarf[..=k].to_vec();
-            joined.extend(fp.iter().skip(j + 2).take(MAX_FRAMES.saturating_sub(k + 1)));
+            joined.extend(fp.iter().skip(j + 1).take(MAX_FRAMES.saturating_sub(k + 1)));
             return Some(joined);
         }
     }
@@ -252,6 +265,14 @@ mod tests {
         assert_eq!(
             join(&[0x10, 0xa0, 0xb0], &[0x11, 0xa0, 0xb0, 0xe0]),
             Some(vec![0x10, 0xa0, 0xb0, 0xe0])
+        );
+        // Recursion: the copy held two of the four recursive frames; the walk has all four
+        // (but not the leaf's caller) and continues with main.
+        let dwarf = [0x10, 0xa0, 0xcc, 0xcc];
+        let fp = [0x10, 0xcc, 0xcc, 0xcc, 0xcc, 0xdd, 0xee];
+        assert_eq!(
+            join(&dwarf, &fp),
+            Some(vec![0x10, 0xa0, 0xcc, 0xcc, 0xcc, 0xcc, 0xdd, 0xee])
         );
     }
 }
