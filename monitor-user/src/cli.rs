@@ -108,6 +108,11 @@ pub struct InvestigateArgs {
     /// under Celery, RQ or Dramatiq; a script's outermost frame), and per task.
     #[arg(long, value_enum, value_name = "HOW")]
     pub fold: Option<FoldArg>,
+
+    /// Do not walk CPython's frames: native stacks only, and a cheaper sample of a Python
+    /// process (`cargo xtask bench alloc` measures by how much).
+    #[arg(long)]
+    pub no_python_frames: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,6 +185,7 @@ impl From<InvestigateArgs> for crate::investigate::command::Options {
             fold: a.fold.map(|f| match f {
                 FoldArg::UserEntry => crate::investigate::fold::Fold::UserEntry,
             }),
+            python_frames: !a.no_python_frames,
         }
     }
 }

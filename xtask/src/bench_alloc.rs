@@ -11,10 +11,11 @@
 //! - a Python worker's job loop (xtask/scripts/py_worker.py on Debian's CPython, stripped and
 //!   without frame pointers): untraced, under growth mode at the default period, under alloc
 //!   mode (which adds the `python` allocator family) and under the malloc-only bpftrace script;
-//! - the cost of one sample: growth mode sampling every fault, on the C page-fault workload (no
-//!   Python frames) and on the Python worker (Python frames walked in BPF). The kernel's own
-//!   accounting (`kernel.bpf_stats_enabled`) gives the fault program's time per run, and the
-//!   tracer's CPU time over the run gives what user space spends per sample.
+//! - the cost of one sample: growth mode sampling every fault, on the C page-fault workload and
+//!   on the Python worker, with DWARF unwinding (stack copies unwound in user space) and with
+//!   frame pointers only, and on the Python worker with and without its Python frames. The
+//!   kernel's own accounting (`kernel.bpf_stats_enabled`) gives the fault program's time per
+//!   run, and the tracer's CPU time over the run what user space spends per sample (unwinding).
 //!
 //! Every round runs every variant once, in an order rotated from round to round, so slow drift
 //! (page cache, frequency, other load) spreads over all variants instead of biasing one. Figures
@@ -56,8 +57,8 @@ const TARGET_THROUGHPUT_VS_BPFTRACE: f64 = 2.0;
 const TARGET_GROWTH_SLOWDOWN: f64 = 1.05;
 /// Growth mode at its default period should slow a Python worker by at most this factor.
 const TARGET_PYTHON_GROWTH_SLOWDOWN: f64 = 1.02;
-/// Jobs per run of the Python worker: about 3 s here.
-const PYTHON_JOBS: &str = "100000";
+/// Jobs per run of the Python worker: about 1.3 s here untraced, a minute under alloc mode.
+const PYTHON_JOBS: &str = "50000";
 /// Debian's CPython, statically linked, stripped, without frame pointers: the hard case for
 /// stacks (`cargo xtask setup` installs it).
 const PYTHON: &str = "/usr/bin/python3.11";
@@ -102,10 +103,28 @@ struct Variant {
 }
 
 const GROWTH: &[&str] = &["--mode", "growth"];
+const GROWTH_FP: &[&str] = &["--mode", "growth", "--unwind", "fp"];
 const ALLOC: &[&str] = &["--mode", "alloc"];
-const GROWTH_EVERY_FAULT: &[&str] = &["--mode", "growth", "--sample-period", "1"];
+const EVERY_FAULT_DWARF: &[&str] = &["--mode", "growth", "--sample-period", "1"];
+const EVERY_FAULT_FP: &[&str] = &["--mode", "growth", "--sample-period", "1", "--unwind", "fp"];
+const EVERY_FAULT_DWARF_NO_PYTHON: &[&str] = &[
+    "--mode",
+    "growth",
+    "--sample-period",
+    "1",
+    "--no-python-frames",
+];
+const EVERY_FAULT_FP_NO_PYTHON: &[&str] = &[
+    "--mode",
+    "growth",
+    "--sample-period",
+    "1",
+    "--unwind",
+    "fp",
+    "--no-python-frames",
+];
 
-const VARIANTS: [Variant; 11] = [
+const VARIANTS: [Variant; 16] = [
     Variant {
         label: "alloc_bench, untraced",
         slug: "alloc-untraced",
@@ -170,17 +189,52 @@ const VARIANTS: [Variant; 11] = [
         per_sample: false,
     },
     Variant {
-        label: "sample cost: C, every fault",
-        slug: "cost-c",
+        label: "python worker + growth --unwind fp",
+        slug: "python-growth-fp",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(GROWTH_FP),
+        per_sample: false,
+    },
+    Variant {
+        label: "sample cost: C, dwarf",
+        slug: "cost-c-dwarf",
         target: Target::PageFaults,
-        tracer: Tracer::Investigate(GROWTH_EVERY_FAULT),
+        tracer: Tracer::Investigate(EVERY_FAULT_DWARF),
         per_sample: true,
     },
     Variant {
-        label: "sample cost: Python, every fault",
-        slug: "cost-python",
+        label: "sample cost: C, fp",
+        slug: "cost-c-fp",
+        target: Target::PageFaults,
+        tracer: Tracer::Investigate(EVERY_FAULT_FP),
+        per_sample: true,
+    },
+    Variant {
+        label: "sample cost: Python, dwarf + py frames",
+        slug: "cost-py-dwarf",
         target: Target::PythonWorker,
-        tracer: Tracer::Investigate(GROWTH_EVERY_FAULT),
+        tracer: Tracer::Investigate(EVERY_FAULT_DWARF),
+        per_sample: true,
+    },
+    Variant {
+        label: "sample cost: Python, fp + py frames",
+        slug: "cost-py-fp",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(EVERY_FAULT_FP),
+        per_sample: true,
+    },
+    Variant {
+        label: "sample cost: Python, dwarf, no py frames",
+        slug: "cost-py-dwarf-nopy",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(EVERY_FAULT_DWARF_NO_PYTHON),
+        per_sample: true,
+    },
+    Variant {
+        label: "sample cost: Python, fp, no py frames",
+        slug: "cost-py-fp-nopy",
+        target: Target::PythonWorker,
+        tracer: Tracer::Investigate(EVERY_FAULT_FP_NO_PYTHON),
         per_sample: true,
     },
 ];
@@ -483,8 +537,10 @@ fn print_report(samples: &[Vec<f64>], user: &[Vec<f64>], rounds: usize) {
     );
     let python = untraced_median(Target::PythonWorker);
     println!(
-        "growth mode: Python worker slowed {:.3}x at the default period (target <= {:.2}x)",
+        "growth mode: Python worker slowed {:.3}x at the default period, {:.3}x with --unwind fp \
+         (target <= {:.2}x)",
         median_of(Target::PythonWorker, Tracer::Investigate(GROWTH)) / python,
+        median_of(Target::PythonWorker, Tracer::Investigate(GROWTH_FP)) / python,
         TARGET_PYTHON_GROWTH_SLOWDOWN
     );
     println!(

@@ -10,8 +10,8 @@ pub mod python;
 pub mod rss;
 pub mod sched;
 pub mod stack;
-pub mod unwind;
 pub mod task;
+pub mod unwind;
 
 /// Why a program gave up on an event; every variant is counted before returning.
 #[derive(Clone, Copy)]

@@ -203,7 +203,10 @@ impl TaskMap {
         name.len = bytes.len() as u32;
         if let Err(e) = self.names.insert(id, name, 0) {
             if !self.full_logged {
-                log::warn!("task names past the first {} carry no sample labels: {e}", id - 1);
+                log::warn!(
+                    "task names past the first {} carry no sample labels: {e}",
+                    id - 1
+                );
                 self.full_logged = true;
             }
             return None;

@@ -240,7 +240,11 @@ pub fn alloc_report(
             hint: info.return_address,
         };
         let found = unwound.and_then(|u| u.sample(info.sample_id));
-        (found.map_or(kernel, StackRef::Unwound), info.py_stack, info.task)
+        (
+            found.map_or(kernel, StackRef::Unwound),
+            info.py_stack,
+            info.task,
+        )
     };
     let raws = trace
         .outstanding(target.pid, born_before, sample_bytes, block_ref)
@@ -437,7 +441,10 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
     let stacks: Vec<Vec<u64>> = raws.iter().map(|r| r.ips.clone()).collect();
     let frames = symbolize::symbolize(target.pid, target.alive, target.mappings, &stacks);
     // Rows whose frames are the same code (different stack ids can symbolize alike) merge.
-    #[expect(clippy::type_complexity, reason = "a local key: frames, source and task")]
+    #[expect(
+        clippy::type_complexity,
+        reason = "a local key: frames, source and task"
+    )]
     let mut merged: HashMap<
         (
             Vec<(String, u64, Option<String>, Option<u32>)>,

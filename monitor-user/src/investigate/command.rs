@@ -44,6 +44,8 @@ pub struct Options {
     pub json: bool,
     pub unwind: UnwindMode,
     pub fold: Option<super::fold::Fold>,
+    /// Walk CPython's frames in the samplers (off: native stacks only, a cheaper sample).
+    pub python_frames: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +99,14 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
     };
 
     // Before any sampler runs, so that every sample of a CPython process has its Python path.
-    shared.python.add(pid, &mappings);
+    if args.python_frames {
+        shared.python.add(pid, &mappings);
+    } else {
+        shared.python.skip(
+            pid,
+            "Python frames off (--no-python-frames): native stacks only",
+        );
+    }
     let wants_growth = args.mode != Mode::Alloc;
     let wants_alloc = args.mode != Mode::Growth;
     let mut growth = None;

@@ -86,6 +86,11 @@ impl Python {
         note
     }
 
+    /// Records that `pid`'s Python frames are not wanted, for the report.
+    pub fn skip(&mut self, pid: u32, why: &str) {
+        self.found.insert(pid, (why.to_owned(), None));
+    }
+
     pub fn remove(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
         self.found.remove(&pid);
