@@ -16,8 +16,9 @@ use monitor_common::{RSS_UNKNOWN, RssKind, ThreadStats};
 use serde::Serialize;
 
 use super::{
+    attribution::{AttributionConfig, BlockRun, TaskAttribution, attribute},
     protocol::{Marker, MarkerError, Phase},
-    verdict::{RunSample, TaskVerdict, VerdictConfig, assess, median},
+    verdict::{RunSample, TaskVerdict, VerdictConfig, assess, combine, median},
 };
 use crate::{
     model::budget::{Over, Principal, Shares},
@@ -103,6 +104,10 @@ pub struct TasksConfig {
     /// Recent jobs per task shown in /api/v1/tasks.
     pub recent_jobs: usize,
     pub verdict: VerdictConfig,
+    /// The verdict from allocator blocks (`blocks=` on `end`), across runs and processes.
+    pub attribution: AttributionConfig,
+    /// The attribution is refitted at most this often (it spans every task's recent runs).
+    pub attribution_every_ns: u64,
     /// Nesting depth per (process, thread).
     pub max_depth: usize,
     /// Distinct threads with open jobs per process.
@@ -124,6 +129,8 @@ impl Default for TasksConfig {
             window_runs: 64,
             recent_jobs: 20,
             verdict: VerdictConfig::default(),
+            attribution: AttributionConfig::default(),
+            attribution_every_ns: 250_000_000,
             max_depth: 16,
             max_keys_per_process: 64,
             max_processes: 4096,
@@ -145,6 +152,9 @@ pub struct Snapshot {
     /// The kernel's per-thread counters of the process's threads (empty without per-thread
     /// accounting).
     pub threads: Vec<(u32, ThreadStats)>,
+    /// The process's pool: its parent when same-named (a prefork child, an RQ work horse),
+    /// else the process itself. Runs of one pool explain each other's memory.
+    pub pool: u32,
 }
 
 impl Snapshot {
@@ -269,7 +279,13 @@ pub struct TaskStats {
     window: VecDeque<RunSample>,
     pub recent: VecDeque<JobRecord>,
     pub last_seen_ns: u64,
+    /// The verdict: today's per-run rule, overruled by the allocator's evidence when there is
+    /// enough of it.
     pub verdict: TaskVerdict,
+    /// The per-run rule alone (from pages at the markers).
+    per_run: TaskVerdict,
+    /// From allocator blocks across runs, when the worker sends them.
+    allocator: Option<TaskAttribution>,
     /// Whose share of task names this name counts against: the first to run it.
     owner: Option<Principal>,
 }
@@ -287,6 +303,8 @@ impl TaskStats {
             recent: VecDeque::new(),
             last_seen_ns: now_ns,
             verdict: TaskVerdict::default(),
+            per_run: TaskVerdict::default(),
+            allocator: None,
         }
     }
 
@@ -297,6 +315,33 @@ impl TaskStats {
 
     pub fn median_retained(&self) -> i64 {
         median(&mut self.window_retained())
+    }
+
+    /// What one run keeps: the allocator's figure when it names this type, else the median
+    /// of the runs' page deltas.
+    pub fn retained_per_run(&self) -> i64 {
+        match &self.allocator {
+            Some(a) if self.verdict.leak_suspected && a.suspected => a.bytes_per_run as i64,
+            _ => self.median_retained(),
+        }
+    }
+
+    /// Combines the per-run rule with the allocator's evidence; logs a change.
+    fn decide(&mut self, min_runs: usize) {
+        let before = self.verdict.leak_suspected;
+        self.verdict = combine(&self.per_run, self.allocator.as_ref(), min_runs);
+        if self.verdict.leak_suspected != before {
+            log::warn!(
+                "task {}: leak {} ({})",
+                self.name,
+                if self.verdict.leak_suspected {
+                    "suspected"
+                } else {
+                    "no longer suspected"
+                },
+                self.verdict.evidence
+            );
+        }
     }
 }
 
@@ -363,6 +408,11 @@ pub struct Tasks {
     processes_share: Shares,
     pub counters: MarkerCounters,
     pub socket: Option<SocketStatus>,
+    /// Recent runs whose end carried `blocks=`, oldest first (at most `attribution.max_runs`).
+    block_runs: VecDeque<BlockRun>,
+    /// When the attribution was last fitted, and whether runs came in since.
+    attributed_ns: u64,
+    attribution_stale: bool,
 }
 
 impl Default for Tasks {
@@ -399,6 +449,9 @@ impl Tasks {
             open_total: 0,
             counters: MarkerCounters::default(),
             socket: None,
+            block_runs: VecDeque::new(),
+            attributed_ns: 0,
+            attribution_stale: false,
         }
     }
 
@@ -622,10 +675,11 @@ impl Tasks {
             self.close(&j);
             self.abandon(j, now);
         }
-        self.complete(pid, job, m.failed, snap);
+        self.complete(pid, job, m, snap);
     }
 
-    fn complete(&mut self, pid: u32, job: OpenJob, failed: bool, end: Snapshot) {
+    fn complete(&mut self, pid: u32, job: OpenJob, m: &Marker<'_>, end: Snapshot) {
+        let failed = m.failed;
         let (begin_held, end_held) = held_pair(&job.begin, &end);
         let source = match (job.begin.source, end.source) {
             (Source::Kernel, Source::Kernel) => Source::Kernel,
@@ -664,20 +718,57 @@ impl Tasks {
             s.recent.pop_front();
         }
         let runs: Vec<RunSample> = s.window.iter().copied().collect();
-        let before = s.verdict.leak_suspected;
-        s.verdict = assess(&runs, &verdict_cfg);
-        if s.verdict.leak_suspected != before {
-            log::warn!(
-                "task {}: leak {} ({})",
-                s.name,
-                if s.verdict.leak_suspected {
-                    "suspected"
-                } else {
-                    "no longer suspected"
-                },
-                s.verdict.evidence
-            );
+        s.per_run = assess(&runs, &verdict_cfg);
+        let name = s.name.clone();
+        if let Some(blocks) = m.blocks {
+            self.block_runs.push_back(BlockRun {
+                pid,
+                pool: end.pool,
+                task: name.clone(),
+                begin_ns: job.begin.at_ns,
+                end_ns: end.at_ns,
+                blocks,
+                begin_held,
+                end_held,
+            });
+            while self.block_runs.len() > self.config.attribution.max_runs {
+                self.block_runs.pop_front();
+            }
+            self.attribution_stale = true;
         }
+        if !self.attribute(end.at_ns, false) {
+            let min_runs = self.config.attribution.min_runs;
+            if let Some(s) = self.named_mut(&name) {
+                s.decide(min_runs);
+            }
+        }
+    }
+
+    fn named_mut(&mut self, name: &str) -> Option<&mut TaskStats> {
+        if name == OVERFLOW_TASK {
+            return self.overflow.as_mut();
+        }
+        self.by_name.get_mut(name)
+    }
+
+    /// Refits the allocator attribution over the recent runs with block evidence when runs
+    /// came in since, at most every `attribution_every_ns` unless `now`; then every task's
+    /// verdict is decided again. Whether it refitted.
+    pub fn attribute(&mut self, now_ns: u64, now: bool) -> bool {
+        let due = now_ns.saturating_sub(self.attributed_ns) >= self.config.attribution_every_ns;
+        if !self.attribution_stale || !(now || due) {
+            return false;
+        }
+        self.attributed_ns = now_ns;
+        self.attribution_stale = false;
+        let runs: Vec<BlockRun> = self.block_runs.iter().cloned().collect();
+        let mut fitted = attribute(&runs, &self.config.attribution);
+        let min_runs = self.config.attribution.min_runs;
+        for s in self.by_name.values_mut().chain(self.overflow.as_mut()) {
+            s.allocator = fitted.remove(&s.name);
+            s.decide(min_runs);
+        }
+        true
     }
 
     /// Abandons the open jobs of processes that are gone.
@@ -709,6 +800,7 @@ mod tests {
             rss: [10 * MIB, anon, 0, 0],
             source: Source::Kernel,
             threads: Vec::new(),
+            pool: 0,
         }
     }
 

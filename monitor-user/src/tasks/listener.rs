@@ -251,6 +251,14 @@ impl Listener {
         let tid = marker.tid.and_then(|t| self.verify_tid(pid, t));
         keep_threads(&mut snap.threads, tid);
         let mut state = self.shared.state();
+        if let Some(p) = state.table.get(pid)
+            && state
+                .table
+                .get(p.ppid)
+                .is_some_and(|parent| parent.comm == p.comm)
+        {
+            snap.pool = p.ppid;
+        }
         if marker.tid.is_some() && tid.is_none() {
             state
                 .features
@@ -302,6 +310,7 @@ impl Listener {
             rss,
             source,
             threads,
+            pool: pid,
         }
     }
 
@@ -380,10 +389,13 @@ pub fn prune(shared: &Shared) {
             .filter(|pid| !alive(*pid))
             .collect()
     };
+    let mut state = shared.state();
+    let tasks = crate::tasks::Tasks::of_mut(&mut state);
     if !pids.is_empty() {
-        crate::tasks::Tasks::of_mut(&mut shared.state())
-            .prune(|pid| !pids.contains(&pid), boot_ns());
+        tasks.prune(|pid| !pids.contains(&pid), boot_ns());
     }
+    // Runs that came in since the last fit (the last ones of a burst) are fitted now.
+    tasks.attribute(boot_ns(), true);
 }
 
 #[cfg(test)]
