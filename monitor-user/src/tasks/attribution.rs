@@ -27,7 +27,9 @@
 //! Blocks are not bytes (a pymalloc block is 8–512 bytes; larger objects are one block each),
 //! so bytes come from the pages after all: each process's floor rise (held at the end of its
 //! last run minus at the beginning of its first) is shared among the types it ran in
-//! proportion to the blocks their runs kept there.
+//! proportion to the blocks their runs kept there, counting only types whose rate is
+//! confidently above what frameworks keep anyway; a rise no such type ran beside stays
+//! unexplained (an RQ work horse's allocator slack).
 //!
 //! A type is suspected when it has enough runs, its rate's lower bound is above what
 //! frameworks keep per run anyway (Celery's bookkeeping, RQ's job objects: tens of blocks),
@@ -91,6 +93,8 @@ pub struct TaskAttribution {
     pub suspected: bool,
     /// Runs of this type with block evidence in the fit.
     pub runs: usize,
+    /// At least `min_runs` of them: the evidence decides.
+    pub enough_runs: bool,
     /// Live blocks kept per run, with its 95% interval.
     pub blocks_per_run: f64,
     pub blocks_low: f64,
@@ -337,6 +341,7 @@ pub fn attribute(runs: &[BlockRun], cfg: &AttributionConfig) -> HashMap<String, 
             .map(|(t, name)| {
                 let a = TaskAttribution {
                     runs: total[t],
+                    enough_runs: total[t] >= cfg.min_runs,
                     evidence: format!(
                         "allocator blocks: {} runs of {k} task types that always overlap \
                          alike (or too few runs): which type keeps what cannot be told apart",
@@ -349,6 +354,17 @@ pub fn attribute(runs: &[BlockRun], cfg: &AttributionConfig) -> HashMap<String, 
             .collect();
     };
     let t = t95(rows.len().saturating_sub(active));
+    // Only types confidently keeping objects share the rise: the few dozen blocks frameworks
+    // keep per run of anything must not take an RQ work horse's allocator slack.
+    let keeps: Vec<f64> = (0..k)
+        .map(|i| {
+            if beta[i] - t * se[i] >= cfg.min_blocks_per_run {
+                beta[i]
+            } else {
+                0.0
+            }
+        })
+        .collect();
 
     let mut out: HashMap<String, TaskAttribution> = HashMap::new();
     for (ti, name) in names.iter().enumerate() {
@@ -362,9 +378,9 @@ pub fn attribute(runs: &[BlockRun], cfg: &AttributionConfig) -> HashMap<String, 
             pids += 1;
             let up = (p.last.1 - p.first.1).max(0);
             rise += up;
-            let kept: f64 = (0..k).map(|s| p.runs[s] as f64 * beta[s].max(0.0)).sum();
+            let kept: f64 = (0..k).map(|s| p.runs[s] as f64 * keeps[s]).sum();
             if kept > 0.0 {
-                mine += up as f64 * p.runs[ti] as f64 * b.max(0.0) / kept;
+                mine += up as f64 * p.runs[ti] as f64 * keeps[ti] / kept;
             }
         }
         let n = total[ti];
@@ -380,6 +396,7 @@ pub fn attribute(runs: &[BlockRun], cfg: &AttributionConfig) -> HashMap<String, 
         let mut a = TaskAttribution {
             suspected: false,
             runs: n,
+            enough_runs: n >= cfg.min_runs,
             blocks_per_run: b,
             blocks_low: low,
             blocks_high: high,
@@ -709,6 +726,13 @@ mod tests {
         assert!(a["leaky"].suspected, "{:?}", a["leaky"]);
         assert!(!a["clean"].suspected, "{:?}", a["clean"]);
         assert!(a["clean"].explained_by_other);
+        // The clean horses' slack is nobody's: RQ's few dozen blocks a job do not take it.
+        assert_eq!(a["clean"].bytes_per_run, 0.0, "{:?}", a["clean"]);
+        let l = &a["leaky"];
+        assert!(
+            (l.bytes_per_run - 1.25 * f64::from(1 << 20)).abs() < 1.0,
+            "{l:?}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use monitor_common::{ProcStats, RSS_UNKNOWN, RssKind, ThreadStats};
 
 use super::{
     jobs::{Snapshot, reason},
-    protocol::{self, MAX_DATAGRAM, MarkerError},
+    protocol::{self, MAX_DATAGRAM, MarkerError, Phase},
     socket::{Datagram, TaskSocket},
 };
 use crate::{
@@ -251,6 +251,16 @@ impl Listener {
         let tid = marker.tid.and_then(|t| self.verify_tid(pid, t));
         keep_threads(&mut snap.threads, tid);
         let mut state = self.shared.state();
+        // A process that sends its last `end` and exits at once (an RQ work horse) is gone by
+        // the time that `end` is read: its thread cannot be checked any more, but it was when
+        // the job began, under the same kernel-given pid.
+        let tid = tid.or_else(|| {
+            let t = marker.tid?;
+            (marker.phase == Phase::End
+                && crate::tasks::Tasks::of(&state).has_open(pid, t)
+                && !alive(pid))
+            .then_some(t)
+        });
         if let Some(p) = state.table.get(pid)
             && state
                 .table
@@ -391,9 +401,7 @@ pub fn prune(shared: &Shared) {
     };
     let mut state = shared.state();
     let tasks = crate::tasks::Tasks::of_mut(&mut state);
-    if !pids.is_empty() {
-        tasks.prune(|pid| !pids.contains(&pid), boot_ns());
-    }
+    tasks.prune_gone(|pid| !pids.contains(&pid), boot_ns());
     // Runs that came in since the last fit (the last ones of a burst) are fitted now.
     tasks.attribute(boot_ns(), true);
 }

@@ -80,21 +80,20 @@ pub struct TaskVerdict {
 }
 
 /// The verdict from the per-run rule and, when the worker sends allocator blocks and a type
-/// has `min_runs` of them, from those: they name a type that keeps objects whatever the pages
+/// has enough runs with them, from those: they name a type that keeps objects whatever the pages
 /// did. The per-run rule still names a type that keeps a few large buffers (few blocks, many
 /// pages), unless another type of its pools keeps objects: then that one explains the rise
 /// the pages showed in this type's runs (the allocator's free room moving between types).
-pub fn combine(
-    per_run: &TaskVerdict,
-    allocator: Option<&TaskAttribution>,
-    min_runs: usize,
-) -> TaskVerdict {
+pub fn combine(per_run: &TaskVerdict, allocator: Option<&TaskAttribution>) -> TaskVerdict {
     let mut v = per_run.clone();
     v.allocator = allocator.cloned();
     let Some(a) = allocator else {
         return v;
     };
-    if a.runs < min_runs {
+    if !a.enough_runs {
+        // The worker sends blocks: pages alone decide nothing until they can be checked
+        // (an RQ work horse's allocator slack looks like retention in every run).
+        v.leak_suspected = false;
         v.evidence = format!("{}; allocator: {}", per_run.evidence, a.evidence);
         return v;
     }
