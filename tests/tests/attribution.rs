@@ -235,7 +235,8 @@ fn task<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// The graph is named with about its size and most of the floor's rise; the churn is not.
-fn check(v: &Value, graph_bytes: f64, keep: &str, churn: &str) {
+/// `low` is the least fraction of the graph's size the bytes a run may show.
+fn check(v: &Value, graph_bytes: f64, keep: &str, churn: &str, low: f64) {
     let k = task(v, keep).unwrap();
     let c = task(v, churn).unwrap();
     eprintln!("{keep}: {}", k["verdict"]["evidence"]);
@@ -247,7 +248,7 @@ fn check(v: &Value, graph_bytes: f64, keep: &str, churn: &str) {
     // make the bytes a run larger than what the tracer counts; not several times over.
     let per_run = a["bytes_per_run"].as_f64().unwrap();
     assert!(
-        per_run >= graph_bytes / 2.0 && per_run <= graph_bytes * 3.0,
+        per_run >= graph_bytes * low && per_run <= graph_bytes * 3.0,
         "{keep} keeps {per_run} bytes a run, its graph is {graph_bytes}: {a:#}"
     );
     assert!(a["bytes_low"].as_f64().unwrap() > 0.0, "{a:#}");
@@ -277,7 +278,7 @@ fn celery_prefork_names_the_small_leak_not_the_churn_leak_first() {
         order: "keep-first",
     };
     if let Some((v, graph)) = run.go() {
-        check(&v, graph, KEEP, CHURN);
+        check(&v, graph, KEEP, CHURN, 0.5);
     }
 }
 
@@ -290,7 +291,7 @@ fn celery_prefork_names_the_small_leak_not_the_churn_churn_first() {
         order: "churn-first",
     };
     if let Some((v, graph)) = run.go() {
-        check(&v, graph, KEEP, CHURN);
+        check(&v, graph, KEEP, CHURN, 0.5);
     }
 }
 
@@ -303,7 +304,7 @@ fn celery_threads_names_the_small_leak_though_jobs_overlap() {
         order: "keep-first",
     };
     if let Some((v, graph)) = run.go() {
-        check(&v, graph, KEEP, CHURN);
+        check(&v, graph, KEEP, CHURN, 0.5);
     }
 }
 
@@ -316,6 +317,8 @@ fn rq_work_horses_name_the_small_leak_not_the_churn() {
         order: "churn-first",
     };
     if let Some((v, graph)) = run.go() {
-        check(&v, graph, RQ_KEEP, RQ_CHURN);
+        // A work horse's graph first fills free room its heap inherited from the worker at
+        // fork, so the pages it adds are fewer (measured: half to three quarters).
+        check(&v, graph, RQ_KEEP, RQ_CHURN, 0.25);
     }
 }

@@ -517,62 +517,76 @@ mod tests {
         transient_blocks: 40_000.0,
     };
 
+    /// One synthetic job: its span, its kind (index), the blocks and bytes it keeps.
+    #[derive(Clone, Copy)]
+    struct Job {
+        begin: u64,
+        end: u64,
+        kind: usize,
+        kept: f64,
+        kept_bytes: i64,
+    }
+
     /// `runs` jobs spread over `procs` processes of one pool, `threads` at a time per process
     /// (1: one job at a time), types picked at random. The floor follows the bytes kept,
     /// plus a heap step now and then that lands on whichever run is there (as pages do).
     fn history(kinds: &[Kind], runs: usize, procs: u32, threads: u64, seed: u64) -> Vec<BlockRun> {
         let mut rng = Rng(seed);
         let mut out = Vec::new();
-        // Per process: time, live blocks, held bytes; per thread slot: when it is free.
-        let mut state: Vec<(u64, f64, i64, Vec<u64>)> = (0..procs)
-            .map(|_| (0, 0.0, 50 << 20, vec![0; threads as usize]))
-            .collect();
-        let mut open: Vec<Vec<(u64, u64, usize, f64, i64)>> = vec![Vec::new(); procs as usize];
+        // Per process, per thread slot: when it is free.
+        let mut free: Vec<Vec<u64>> = vec![vec![0; threads as usize]; procs as usize];
+        let mut open: Vec<Vec<Job>> = vec![Vec::new(); procs as usize];
         for i in 0..runs {
             let p = (i as u32) % procs;
             let kind = kinds[rng.below(kinds.len() as u64) as usize];
-            let st = &mut state[p as usize];
-            let slot = (0..threads as usize).min_by_key(|&s| st.3[s]).unwrap();
-            let begin = st.3[slot] + rng.below(1_000);
+            let slots = &mut free[p as usize];
+            let slot = (0..threads as usize).min_by_key(|&s| slots[s]).unwrap();
+            let begin = slots[slot] + rng.below(1_000);
             let end = begin + 1_000_000 + rng.below(1_000_000);
-            st.3[slot] = end;
+            slots[slot] = end;
             let keeps = rng.below(kind.one_in) == 0;
             let kept = if keeps {
                 kind.blocks * kind.one_in as f64
             } else {
                 0.0
             };
-            open[p as usize].push((
+            open[p as usize].push(Job {
                 begin,
                 end,
-                kinds.iter().position(|k| k.name == kind.name).unwrap(),
+                kind: kinds.iter().position(|k| k.name == kind.name).unwrap(),
                 kept,
-                kept as i64 * kind.bytes_per_block,
-            ));
+                kept_bytes: kept as i64 * kind.bytes_per_block,
+            });
         }
         // Replay each process's jobs in time: blocks at a marker are everything kept by runs
         // that ended, part of what running ones keep, and their transients.
         for (p, jobs) in open.iter().enumerate() {
             let blocks_at = |t: u64| -> f64 {
                 jobs.iter()
-                    .map(|&(b, e, k, kept, _)| {
-                        if t >= e {
-                            kept
-                        } else if t > b {
-                            let f = (t - b) as f64 / (e - b) as f64;
-                            kept * f + kinds[k].transient_blocks
+                    .map(|j| {
+                        if t >= j.end {
+                            j.kept
+                        } else if t > j.begin {
+                            let f = (t - j.begin) as f64 / (j.end - j.begin) as f64;
+                            j.kept * f + kinds[j.kind].transient_blocks
                         } else {
                             0.0
                         }
                     })
                     .sum()
             };
-            let mut held = state[p].2;
-            let mut order: Vec<usize> = (0..jobs.len()).collect();
-            order.sort_by_key(|&j| jobs[j].1);
+            let mut held: i64 = 50 << 20;
+            let mut order: Vec<Job> = jobs.clone();
+            order.sort_by_key(|j| j.end);
             let mut step_debt = 0i64;
-            for j in order {
-                let (b, e, k, _, kept_bytes) = jobs[j];
+            for Job {
+                begin: b,
+                end: e,
+                kind: k,
+                kept_bytes,
+                ..
+            } in order
+            {
                 let begin_held = held;
                 // Pages: what the run kept fills free room first; the heap steps 1 MiB at a
                 // time, in whichever run needs it.
