@@ -16,7 +16,7 @@ use monitor_common::{RSS_UNKNOWN, RssKind, ThreadStats};
 use serde::Serialize;
 
 use super::{
-    attribution::{AttributionConfig, BlockRun, TaskAttribution, attribute},
+    attribution::{AttributionConfig, BlockRun, TaskAttribution},
     protocol::{Marker, MarkerError, Phase},
     verdict::{RunSample, TaskVerdict, VerdictConfig, assess, combine, median},
 };
@@ -106,8 +106,6 @@ pub struct TasksConfig {
     pub verdict: VerdictConfig,
     /// The verdict from allocator blocks (`blocks=` on `end`), across runs and processes.
     pub attribution: AttributionConfig,
-    /// The attribution is refitted at most this often (it spans every task's recent runs).
-    pub attribution_every_ns: u64,
     /// Nesting depth per (process, thread).
     pub max_depth: usize,
     /// Distinct threads with open jobs per process.
@@ -130,7 +128,6 @@ impl Default for TasksConfig {
             recent_jobs: 20,
             verdict: VerdictConfig::default(),
             attribution: AttributionConfig::default(),
-            attribution_every_ns: 250_000_000,
             max_depth: 16,
             max_keys_per_process: 64,
             max_processes: 4096,
@@ -413,8 +410,7 @@ pub struct Tasks {
     pub socket: Option<SocketStatus>,
     /// Recent runs whose end carried `blocks=`, oldest first (at most `attribution.max_runs`).
     block_runs: VecDeque<BlockRun>,
-    /// When the attribution was last fitted, and whether runs came in since.
-    attributed_ns: u64,
+    /// Whether runs with blocks came in since the attribution was last fitted.
     attribution_stale: bool,
     /// Processes with open jobs that were gone at the last prune.
     gone_once: std::collections::HashSet<u32>,
@@ -455,7 +451,6 @@ impl Tasks {
             counters: MarkerCounters::default(),
             socket: None,
             block_runs: VecDeque::new(),
-            attributed_ns: 0,
             attribution_stale: false,
             gone_once: std::collections::HashSet::new(),
         }
@@ -749,9 +744,9 @@ impl Tasks {
             }
             self.attribution_stale = true;
         }
-        if !self.attribute(end.at_ns, false)
-            && let Some(s) = self.named_mut(&name)
-        {
+        // The fit spans every task's recent runs: it is redone each interval, outside the
+        // agent's lock (see `listener::prune`); meanwhile this run's pages count.
+        if let Some(s) = self.named_mut(&name) {
             s.decide();
         }
     }
@@ -763,23 +758,30 @@ impl Tasks {
         self.by_name.get_mut(name)
     }
 
-    /// Refits the allocator attribution over the recent runs with block evidence when runs
-    /// came in since, at most every `attribution_every_ns` unless `now`; then every task's
-    /// verdict is decided again. Whether it refitted.
-    pub fn attribute(&mut self, now_ns: u64, now: bool) -> bool {
-        let due = now_ns.saturating_sub(self.attributed_ns) >= self.config.attribution_every_ns;
-        if !self.attribution_stale || !(now || due) {
-            return false;
+    /// The recent runs with block evidence, when runs came in since the last fit, and how to
+    /// fit them: to be fitted without holding the agent's lock.
+    pub fn attribution_input(&mut self) -> Option<(Vec<BlockRun>, AttributionConfig)> {
+        if !std::mem::take(&mut self.attribution_stale) {
+            return None;
         }
-        self.attributed_ns = now_ns;
-        self.attribution_stale = false;
-        let runs: Vec<BlockRun> = self.block_runs.iter().cloned().collect();
-        let mut fitted = attribute(&runs, &self.config.attribution);
+        let runs = self.block_runs.iter().cloned().collect();
+        Some((runs, self.config.attribution.clone()))
+    }
+
+    /// Takes a fit of [`Self::attribution_input`]; every task's verdict is decided again.
+    pub fn apply_attribution(&mut self, mut fitted: HashMap<String, TaskAttribution>) {
         for s in self.by_name.values_mut().chain(self.overflow.as_mut()) {
             s.allocator = fitted.remove(&s.name);
             s.decide();
         }
-        true
+    }
+
+    /// Fits and applies at once (under the caller's lock).
+    #[cfg(test)]
+    pub fn attribute(&mut self) {
+        if let Some((runs, cfg)) = self.attribution_input() {
+            self.apply_attribution(super::attribution::attribute(&runs, &cfg));
+        }
     }
 
     /// Abandons the open jobs of processes found gone twice in a row: a process that sends
@@ -1231,7 +1233,7 @@ mod tests {
             feed(&mut t, 1, &end, None, snap(at + 3 * ms, anon));
         }
         // The last runs may wait for the next refit; the agent's interval makes it.
-        t.attribute(1 << 40, true);
+        t.attribute();
         let leaky = t.get("leaky").unwrap();
         let clean = t.get("clean").unwrap();
         assert!(clean.per_run.leak_suspected, "{:?}", clean.per_run);
@@ -1274,7 +1276,7 @@ mod tests {
                 snap(at + 3 * ms, anon),
             );
         }
-        t.attribute(1 << 40, true);
+        t.attribute();
         let big = t.get("big").unwrap();
         assert!(big.verdict.leak_suspected, "{:?}", big.verdict);
         assert!(

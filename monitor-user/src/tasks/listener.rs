@@ -390,7 +390,8 @@ fn bound_map<V>(map: &mut HashMap<u32, V>, alive: impl Fn(&u32) -> bool) {
     }
 }
 
-/// Abandons open jobs of processes that are gone; called every interval.
+/// Abandons open jobs of processes that are gone and refits the allocator attribution;
+/// called every interval, off the async runtime (the fit is CPU work).
 pub fn prune(shared: &Shared) {
     let pids: Vec<u32> = {
         let state = shared.state();
@@ -399,11 +400,18 @@ pub fn prune(shared: &Shared) {
             .filter(|pid| !alive(*pid))
             .collect()
     };
-    let mut state = shared.state();
-    let tasks = crate::tasks::Tasks::of_mut(&mut state);
-    tasks.prune_gone(|pid| !pids.contains(&pid), boot_ns());
-    // Runs that came in since the last fit (the last ones of a burst) are fitted now.
-    tasks.attribute(boot_ns(), true);
+    let input = {
+        let mut state = shared.state();
+        let tasks = crate::tasks::Tasks::of_mut(&mut state);
+        tasks.prune_gone(|pid| !pids.contains(&pid), boot_ns());
+        tasks.attribution_input()
+    };
+    // Runs with allocator blocks that came in since the last fit: fitted without the lock
+    // (tens of ms with hundreds of task types), then applied.
+    if let Some((runs, cfg)) = input {
+        let fitted = super::attribution::attribute(&runs, &cfg);
+        crate::tasks::Tasks::of_mut(&mut shared.state()).apply_attribution(fitted);
+    }
 }
 
 #[cfg(test)]
