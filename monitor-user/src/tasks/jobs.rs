@@ -86,6 +86,7 @@ pub mod reason {
 const NAME_SHARE_FLOOR: usize = 16;
 const OPEN_JOB_SHARE_FLOOR: usize = 64;
 const OPEN_PROCESS_SHARE_FLOOR: usize = 16;
+const BLOCK_RUNS_FLOOR: usize = 256;
 
 /// Every label `leakscope_markers_dropped_total{reason}` can take, parser's first.
 pub fn all_drop_reasons() -> impl Iterator<Item = &'static str> {
@@ -408,8 +409,11 @@ pub struct Tasks {
     processes_share: Shares,
     pub counters: MarkerCounters,
     pub socket: Option<SocketStatus>,
-    /// Recent runs whose end carried `blocks=`, oldest first (at most `attribution.max_runs`).
-    block_runs: VecDeque<BlockRun>,
+    /// Recent runs whose end carried `blocks=`, oldest first, per sender uid: at most
+    /// `attribution.max_runs` in all, and a quarter of that (at least [`BLOCK_RUNS_FLOOR`]) per
+    /// uid, so that one user's marker flood cannot push another's evidence out.
+    block_runs: HashMap<u32, VecDeque<BlockRun>>,
+    block_runs_total: usize,
     /// Whether runs with blocks came in since the attribution was last fitted.
     attribution_stale: bool,
     /// Processes with open jobs that were gone at the last prune.
@@ -450,7 +454,8 @@ impl Tasks {
             open_total: 0,
             counters: MarkerCounters::default(),
             socket: None,
-            block_runs: VecDeque::new(),
+            block_runs: HashMap::new(),
+            block_runs_total: 0,
             attribution_stale: false,
             gone_once: std::collections::HashSet::new(),
         }
@@ -729,7 +734,7 @@ impl Tasks {
         s.per_run = assess(&runs, &verdict_cfg);
         let name = s.name.clone();
         if let Some(blocks) = m.blocks {
-            self.block_runs.push_back(BlockRun {
+            let run = BlockRun {
                 pid,
                 pool: end.pool,
                 task: name.clone(),
@@ -738,16 +743,44 @@ impl Tasks {
                 blocks,
                 begin_held,
                 end_held,
-            });
-            while self.block_runs.len() > self.config.attribution.max_runs {
-                self.block_runs.pop_front();
-            }
+            };
+            self.keep_block_run(job.owner.uid, run);
             self.attribution_stale = true;
         }
         // The fit spans every task's recent runs: it is redone each interval, outside the
         // agent's lock (see `listener::prune`); meanwhile this run's pages count.
         if let Some(s) = self.named_mut(&name) {
             s.decide();
+        }
+    }
+
+    /// Keeps a run with block evidence within the uid's share and the total.
+    fn keep_block_run(&mut self, uid: u32, run: BlockRun) {
+        let max = self.config.attribution.max_runs;
+        let share = (max / 4).max(BLOCK_RUNS_FLOOR).min(max);
+        let mine = self.block_runs.entry(uid).or_default();
+        mine.push_back(run);
+        self.block_runs_total += 1;
+        if mine.len() > share {
+            mine.pop_front();
+            self.block_runs_total -= 1;
+        }
+        while self.block_runs_total > max {
+            // The uid holding the most gives up its oldest.
+            let Some(most) = self
+                .block_runs
+                .iter()
+                .max_by_key(|(_, runs)| runs.len())
+                .map(|(uid, _)| *uid)
+            else {
+                break;
+            };
+            let runs = self.block_runs.get_mut(&most).expect("found above");
+            runs.pop_front();
+            self.block_runs_total -= 1;
+            if runs.is_empty() {
+                self.block_runs.remove(&most);
+            }
         }
     }
 
@@ -764,7 +797,7 @@ impl Tasks {
         if !std::mem::take(&mut self.attribution_stale) {
             return None;
         }
-        let runs = self.block_runs.iter().cloned().collect();
+        let runs = self.block_runs.values().flatten().cloned().collect();
         Some((runs, self.config.attribution.clone()))
     }
 
@@ -1248,6 +1281,42 @@ mod tests {
         // The floor rose 40 MiB over 40 leaky runs: 1 MiB a run is what pages say it keeps.
         assert_eq!(leaky.retained_per_run(), MIB);
         assert_eq!(clean.retained_per_run(), 0);
+    }
+
+    #[test]
+    fn one_uid_cannot_push_anothers_block_evidence_out() {
+        let mut t = Tasks::default();
+        let max = t.config.attribution.max_runs;
+        let victim = Principal::uid(1000);
+        let flood = Principal::uid(666);
+        for i in 0..40u64 {
+            feed_as(&mut t, victim, 1, "LS1 begin mine", None, snap(i, 0));
+            feed_as(
+                &mut t,
+                victim,
+                1,
+                "LS1 end mine blocks=4000",
+                None,
+                snap(i, 0),
+            );
+        }
+        for i in 0..(max as u64 * 2) {
+            feed_as(&mut t, flood, 2, "LS1 begin noise", None, snap(i, 0));
+            feed_as(&mut t, flood, 2, "LS1 end noise blocks=1", None, snap(i, 0));
+        }
+        assert_eq!(t.block_runs[&1000].len(), 40);
+        assert_eq!(t.block_runs[&666].len(), max / 4);
+        assert_eq!(t.block_runs_total, 40 + max / 4);
+        t.attribute();
+        assert!(
+            t.get("mine")
+                .unwrap()
+                .verdict
+                .allocator
+                .as_ref()
+                .unwrap()
+                .enough_runs
+        );
     }
 
     #[test]
