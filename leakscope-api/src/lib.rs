@@ -28,7 +28,8 @@ pub use processes::{
     RssSources, Runtime, Series, Source, ThreadGrowth, Verdict,
 };
 pub use tasks::{
-    Job, JobThread, MarkerCounters, Retained, Task, TaskSocket, TaskVerdict, TasksResponse,
+    AllocatorEvidence, Job, JobThread, MarkerCounters, Retained, Task, TaskSocket, TaskVerdict,
+    TasksResponse,
 };
 
 /// Where each response type is served.

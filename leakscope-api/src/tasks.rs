@@ -51,7 +51,8 @@ pub struct Task {
     pub failed_runs: u64,
     pub abandoned_jobs: u64,
     pub leak_suspected: bool,
-    /// Median retained bytes of recent runs: what one run keeps.
+    /// What one run keeps: the allocator evidence's bytes a run when it names this type,
+    /// else the median retained bytes of recent runs.
     pub retained_bytes_per_run: i64,
     pub retained_bytes: Retained,
     pub verdict: TaskVerdict,
@@ -72,7 +73,7 @@ pub struct Retained {
     pub last: Option<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskVerdict {
     pub leak_suspected: bool,
     /// Runs the verdict looked at (the most recent ones).
@@ -86,6 +87,30 @@ pub struct TaskVerdict {
     /// Rise of the floor across the span of the runs, summed over processes.
     pub floor_rise_bytes: i64,
     /// Why, in words.
+    pub evidence: String,
+    /// From the worker's allocator (`blocks=` on `end` markers), across runs; absent when the
+    /// worker does not send it.
+    #[serde(default)]
+    pub allocator: Option<AllocatorEvidence>,
+}
+
+/// What the worker's allocator says a task type keeps, fitted across its recent runs (and the
+/// runs that overlapped them) in every process that ran it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllocatorEvidence {
+    pub leak_suspected: bool,
+    pub runs: u64,
+    /// Live allocator blocks kept per run, with a 95% interval.
+    pub blocks_per_run: f64,
+    pub blocks_low: f64,
+    pub blocks_high: f64,
+    /// The floor's rise apportioned by blocks kept, per run, with the blocks' interval.
+    pub bytes_per_run: f64,
+    pub bytes_low: f64,
+    pub bytes_high: f64,
+    /// Share of the floor's rise in the processes that ran this type explained by it, 0 to 1.
+    pub share: f64,
+    pub floor_rise_bytes: i64,
     pub evidence: String,
 }
 

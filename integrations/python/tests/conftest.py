@@ -20,7 +20,8 @@ MARKER_RE = re.compile(
     r"\ALS1 (?P<phase>begin|end) (?P<task>[A-Za-z0-9_.:/@-]{1,128})"
     r"(?: job=(?P<job>[!-~]{1,64}))?"
     r"(?: tid=(?P<tid>[1-9][0-9]{0,9}))?"
-    r"(?: status=(?P<status>ok|error))?\Z"
+    r"(?: status=(?P<status>ok|error))?"
+    r"(?: blocks=(?P<blocks>0|-?[1-9][0-9]{0,12}))?\Z"
 )
 
 _UCRED = struct.Struct("iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
@@ -33,6 +34,7 @@ class Marker(NamedTuple):
     job: Optional[str]
     tid: Optional[int]
     status: Optional[str]
+    blocks: Optional[int]
     pid: int
     uid: int
     gid: int
@@ -44,9 +46,10 @@ def parse_marker(text: str, pid: int = -1, uid: int = -1, gid: int = -1) -> Mark
     tid = int(m.group("tid")) if m.group("tid") else None
     assert tid is None or tid <= 0xFFFFFFFF
     if m.group("phase") == "begin":
-        assert m.group("status") is None, text
+        assert m.group("status") is None and m.group("blocks") is None, text
+    blocks = int(m.group("blocks")) if m.group("blocks") else None
     return Marker(text, m.group("phase"), m.group("task"), m.group("job"), tid,
-                  m.group("status"), pid, uid, gid)
+                  m.group("status"), blocks, pid, uid, gid)
 
 
 class Receiver:

@@ -1,5 +1,6 @@
 import asyncio
 import errno
+import gc
 import os
 import socket
 import subprocess
@@ -28,7 +29,7 @@ def test_context_manager_sends_begin_and_end_with_kernel_credentials(receiver):
     second = receiver.recv()
     me = threading.get_native_id()
     assert first.text == "LS1 begin reports.build job=job-1 tid=%d" % me
-    assert second.text == "LS1 end reports.build job=job-1 tid=%d status=ok" % me
+    assert second.text.startswith("LS1 end reports.build job=job-1 tid=%d status=ok" % me)
     for m in (first, second):
         assert m.pid == os.getpid()
         assert m.uid == os.getuid()
@@ -144,7 +145,52 @@ def test_begin_end_functions(receiver):
     b, e, e2 = receiver.recv_n(3)
     assert b.text == "LS1 begin manual job=j tid=%d" % threading.get_native_id()
     assert e.status == "error"
-    assert e2.text == "LS1 end manual tid=99 status=ok"
+    assert e2.text == "LS1 end manual tid=99 status=ok"  # no begin of its own: no blocks
+
+
+def test_end_carries_the_blocks_the_job_kept(receiver):
+    kept = []
+    # Garbage from earlier tests, collected inside a job, would count against it.
+    gc.collect()
+    with leakscope.task("keeps"):
+        kept.append([{"i": i} for i in range(5000)])
+    with leakscope.task("frees"):
+        transient = [{"i": i} for i in range(50000)]
+        del transient
+    _, keeps, _, frees = receiver.recv_n(4)
+    # 5000 dicts and the list: at least one block each.
+    assert keeps.blocks >= 5000, keeps.text
+    assert abs(frees.blocks) < 500, frees.text
+
+
+def test_nested_jobs_count_their_own_span(receiver):
+    kept = []
+    with leakscope.task("outer", job_id=1):
+        with leakscope.task("inner", job_id=2):
+            kept.append([object() for _ in range(3000)])
+        kept.append([object() for _ in range(1000)])
+    ms = receiver.recv_n(4)
+    inner, outer = ms[2], ms[3]
+    assert 3000 <= inner.blocks < 3500, inner.text
+    assert 4000 <= outer.blocks < 4600, outer.text
+
+
+def test_blocks_can_be_turned_off(receiver, monkeypatch):
+    monkeypatch.setenv(_client.ENV_BLOCKS, "0")
+    with leakscope.task("quiet"):
+        pass
+    _, e = receiver.recv_n(2)
+    assert e.blocks is None and e.text.endswith("status=ok"), e.text
+
+
+def test_lost_ends_do_not_grow_the_begin_table(receiver):
+    for i in range(_client._MAX_OPEN_COUNTS * 3):
+        leakscope.begin("never.ends", i)
+        receiver.recv()
+    assert len(_client._open_counts.stack) == _client._MAX_OPEN_COUNTS
+    leakscope.end("never.ends", 0)  # forgotten: sent without blocks
+    assert receiver.recv().blocks is None
+    _client._open_counts.stack.clear()
 
 
 def test_env_var_selects_socket(sockdir, monkeypatch):

@@ -107,6 +107,7 @@ pub fn hostile_task() -> Task {
             retained_total_bytes: 40,
             floor_rise_bytes: 40,
             evidence: "kept <b>512 KiB</b> & more".into(),
+            allocator: None,
         },
         recent_jobs: Vec::<Job>::new(),
     }

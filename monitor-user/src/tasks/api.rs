@@ -59,7 +59,7 @@ pub fn tasks_json(state: &AgentState, only: Option<&str>) -> TasksResponse {
             failed_runs: t.failed,
             abandoned_jobs: t.abandoned,
             leak_suspected: t.verdict.leak_suspected,
-            retained_bytes_per_run: t.median_retained(),
+            retained_bytes_per_run: t.retained_per_run(),
             retained_bytes: retained_json(t),
             verdict: (&t.verdict).into(),
             recent_jobs: t
@@ -100,6 +100,19 @@ impl From<&TaskVerdict> for api::TaskVerdict {
             retained_total_bytes: v.retained_total_bytes,
             floor_rise_bytes: v.floor_rise_bytes,
             evidence: v.evidence.clone(),
+            allocator: v.allocator.as_ref().map(|a| api::AllocatorEvidence {
+                leak_suspected: a.suspected,
+                runs: a.runs as u64,
+                blocks_per_run: a.blocks_per_run,
+                blocks_low: a.blocks_low,
+                blocks_high: a.blocks_high,
+                bytes_per_run: a.bytes_per_run,
+                bytes_low: a.bytes_low,
+                bytes_high: a.bytes_high,
+                share: a.share,
+                floor_rise_bytes: a.floor_rise_bytes,
+                evidence: a.evidence.clone(),
+            }),
         }
     }
 }
@@ -181,6 +194,7 @@ mod tests {
             retained_total_bytes: 18 << 20,
             floor_rise_bytes: 17 << 20,
             evidence: "18 of the last 20 runs retained memory".into(),
+            allocator: None,
         };
         same(&v, &api::TaskVerdict::from(&v));
         let counters = MarkerCounters::default();

@@ -16,8 +16,9 @@ use monitor_common::{RSS_UNKNOWN, RssKind, ThreadStats};
 use serde::Serialize;
 
 use super::{
+    attribution::{AttributionConfig, BlockRun, TaskAttribution},
     protocol::{Marker, MarkerError, Phase},
-    verdict::{RunSample, TaskVerdict, VerdictConfig, assess, median},
+    verdict::{RunSample, TaskVerdict, VerdictConfig, assess, combine, median},
 };
 use crate::{
     model::budget::{Over, Principal, Shares},
@@ -85,6 +86,7 @@ pub mod reason {
 const NAME_SHARE_FLOOR: usize = 16;
 const OPEN_JOB_SHARE_FLOOR: usize = 64;
 const OPEN_PROCESS_SHARE_FLOOR: usize = 16;
+const BLOCK_RUNS_FLOOR: usize = 256;
 
 /// Every label `leakscope_markers_dropped_total{reason}` can take, parser's first.
 pub fn all_drop_reasons() -> impl Iterator<Item = &'static str> {
@@ -103,6 +105,8 @@ pub struct TasksConfig {
     /// Recent jobs per task shown in /api/v1/tasks.
     pub recent_jobs: usize,
     pub verdict: VerdictConfig,
+    /// The verdict from allocator blocks (`blocks=` on `end`), across runs and processes.
+    pub attribution: AttributionConfig,
     /// Nesting depth per (process, thread).
     pub max_depth: usize,
     /// Distinct threads with open jobs per process.
@@ -124,6 +128,7 @@ impl Default for TasksConfig {
             window_runs: 64,
             recent_jobs: 20,
             verdict: VerdictConfig::default(),
+            attribution: AttributionConfig::default(),
             max_depth: 16,
             max_keys_per_process: 64,
             max_processes: 4096,
@@ -145,6 +150,9 @@ pub struct Snapshot {
     /// The kernel's per-thread counters of the process's threads (empty without per-thread
     /// accounting).
     pub threads: Vec<(u32, ThreadStats)>,
+    /// The process's pool: its parent when same-named (a prefork child, an RQ work horse),
+    /// else the process itself. Runs of one pool explain each other's memory.
+    pub pool: u32,
 }
 
 impl Snapshot {
@@ -269,7 +277,13 @@ pub struct TaskStats {
     window: VecDeque<RunSample>,
     pub recent: VecDeque<JobRecord>,
     pub last_seen_ns: u64,
+    /// The verdict: today's per-run rule, overruled by the allocator's evidence when there is
+    /// enough of it.
     pub verdict: TaskVerdict,
+    /// The per-run rule alone (from pages at the markers).
+    per_run: TaskVerdict,
+    /// From allocator blocks across runs, when the worker sends them.
+    allocator: Option<TaskAttribution>,
     /// Whose share of task names this name counts against: the first to run it.
     owner: Option<Principal>,
 }
@@ -287,6 +301,8 @@ impl TaskStats {
             recent: VecDeque::new(),
             last_seen_ns: now_ns,
             verdict: TaskVerdict::default(),
+            per_run: TaskVerdict::default(),
+            allocator: None,
         }
     }
 
@@ -297,6 +313,36 @@ impl TaskStats {
 
     pub fn median_retained(&self) -> i64 {
         median(&mut self.window_retained())
+    }
+
+    /// What one run keeps: the allocator's figure when it decided the verdict, else (no
+    /// blocks, too few runs, or a large-buffer leak only pages show) the median of the runs'
+    /// page deltas.
+    pub fn retained_per_run(&self) -> i64 {
+        match &self.allocator {
+            Some(a) if a.enough_runs && (a.suspected || !self.verdict.leak_suspected) => {
+                a.bytes_per_run as i64
+            }
+            _ => self.median_retained(),
+        }
+    }
+
+    /// Combines the per-run rule with the allocator's evidence; logs a change.
+    fn decide(&mut self) {
+        let before = self.verdict.leak_suspected;
+        self.verdict = combine(&self.per_run, self.allocator.as_ref());
+        if self.verdict.leak_suspected != before {
+            log::warn!(
+                "task {}: leak {} ({})",
+                self.name,
+                if self.verdict.leak_suspected {
+                    "suspected"
+                } else {
+                    "no longer suspected"
+                },
+                self.verdict.evidence
+            );
+        }
     }
 }
 
@@ -363,6 +409,15 @@ pub struct Tasks {
     processes_share: Shares,
     pub counters: MarkerCounters,
     pub socket: Option<SocketStatus>,
+    /// Recent runs whose end carried `blocks=`, oldest first, per sender uid: at most
+    /// `attribution.max_runs` in all, and a quarter of that (at least [`BLOCK_RUNS_FLOOR`]) per
+    /// uid, so that one user's marker flood cannot push another's evidence out.
+    block_runs: HashMap<u32, VecDeque<BlockRun>>,
+    block_runs_total: usize,
+    /// Whether runs with blocks came in since the attribution was last fitted.
+    attribution_stale: bool,
+    /// Processes with open jobs that were gone at the last prune.
+    gone_once: std::collections::HashSet<u32>,
 }
 
 impl Default for Tasks {
@@ -399,6 +454,10 @@ impl Tasks {
             open_total: 0,
             counters: MarkerCounters::default(),
             socket: None,
+            block_runs: HashMap::new(),
+            block_runs_total: 0,
+            attribution_stale: false,
+            gone_once: std::collections::HashSet::new(),
         }
     }
 
@@ -430,6 +489,13 @@ impl Tasks {
     /// Processes with open jobs.
     pub fn open_pids(&self) -> impl Iterator<Item = u32> + '_ {
         self.open.keys().copied()
+    }
+
+    /// Whether `pid` has open jobs under thread `tid` (verified when they began).
+    pub fn has_open(&self, pid: u32, tid: u32) -> bool {
+        self.open
+            .get(&pid)
+            .is_some_and(|keys| keys.contains_key(&Some(tid)))
     }
 
     pub fn open_jobs(&self) -> usize {
@@ -622,10 +688,11 @@ impl Tasks {
             self.close(&j);
             self.abandon(j, now);
         }
-        self.complete(pid, job, m.failed, snap);
+        self.complete(pid, job, m, snap);
     }
 
-    fn complete(&mut self, pid: u32, job: OpenJob, failed: bool, end: Snapshot) {
+    fn complete(&mut self, pid: u32, job: OpenJob, m: &Marker<'_>, end: Snapshot) {
+        let failed = m.failed;
         let (begin_held, end_held) = held_pair(&job.begin, &end);
         let source = match (job.begin.source, end.source) {
             (Source::Kernel, Source::Kernel) => Source::Kernel,
@@ -664,19 +731,102 @@ impl Tasks {
             s.recent.pop_front();
         }
         let runs: Vec<RunSample> = s.window.iter().copied().collect();
-        let before = s.verdict.leak_suspected;
-        s.verdict = assess(&runs, &verdict_cfg);
-        if s.verdict.leak_suspected != before {
-            log::warn!(
-                "task {}: leak {} ({})",
-                s.name,
-                if s.verdict.leak_suspected {
-                    "suspected"
-                } else {
-                    "no longer suspected"
-                },
-                s.verdict.evidence
-            );
+        s.per_run = assess(&runs, &verdict_cfg);
+        let name = s.name.clone();
+        if let Some(blocks) = m.blocks {
+            let run = BlockRun {
+                pid,
+                pool: end.pool,
+                task: name.clone(),
+                begin_ns: job.begin.at_ns,
+                end_ns: end.at_ns,
+                blocks,
+                begin_held,
+                end_held,
+            };
+            self.keep_block_run(job.owner.uid, run);
+            self.attribution_stale = true;
+        }
+        // The fit spans every task's recent runs: it is redone each interval, outside the
+        // agent's lock (see `listener::prune`); meanwhile this run's pages count.
+        if let Some(s) = self.named_mut(&name) {
+            s.decide();
+        }
+    }
+
+    /// Keeps a run with block evidence within the uid's share and the total.
+    fn keep_block_run(&mut self, uid: u32, run: BlockRun) {
+        let max = self.config.attribution.max_runs;
+        let share = (max / 4).max(BLOCK_RUNS_FLOOR).min(max);
+        let mine = self.block_runs.entry(uid).or_default();
+        mine.push_back(run);
+        self.block_runs_total += 1;
+        if mine.len() > share {
+            mine.pop_front();
+            self.block_runs_total -= 1;
+        }
+        while self.block_runs_total > max {
+            // The uid holding the most gives up its oldest.
+            let Some(most) = self
+                .block_runs
+                .iter()
+                .max_by_key(|(_, runs)| runs.len())
+                .map(|(uid, _)| *uid)
+            else {
+                break;
+            };
+            let runs = self.block_runs.get_mut(&most).expect("found above");
+            runs.pop_front();
+            self.block_runs_total -= 1;
+            if runs.is_empty() {
+                self.block_runs.remove(&most);
+            }
+        }
+    }
+
+    fn named_mut(&mut self, name: &str) -> Option<&mut TaskStats> {
+        if name == OVERFLOW_TASK {
+            return self.overflow.as_mut();
+        }
+        self.by_name.get_mut(name)
+    }
+
+    /// The recent runs with block evidence, when runs came in since the last fit, and how to
+    /// fit them: to be fitted without holding the agent's lock.
+    pub fn attribution_input(&mut self) -> Option<(Vec<BlockRun>, AttributionConfig)> {
+        if !std::mem::take(&mut self.attribution_stale) {
+            return None;
+        }
+        let runs = self.block_runs.values().flatten().cloned().collect();
+        Some((runs, self.config.attribution.clone()))
+    }
+
+    /// Takes a fit of [`Self::attribution_input`]; every task's verdict is decided again.
+    pub fn apply_attribution(&mut self, mut fitted: HashMap<String, TaskAttribution>) {
+        for s in self.by_name.values_mut().chain(self.overflow.as_mut()) {
+            s.allocator = fitted.remove(&s.name);
+            s.decide();
+        }
+    }
+
+    /// Fits and applies at once (under the caller's lock).
+    #[cfg(test)]
+    pub fn attribute(&mut self) {
+        if let Some((runs, cfg)) = self.attribution_input() {
+            self.apply_attribution(super::attribution::attribute(&runs, &cfg));
+        }
+    }
+
+    /// Abandons the open jobs of processes found gone twice in a row: a process that sends
+    /// its last `end` and exits at once (an RQ work horse) is gone before the listener has
+    /// read that `end` from the socket's queue; one interval later it has.
+    pub fn prune_gone(&mut self, alive: impl Fn(u32) -> bool, now_ns: u64) {
+        let gone: Vec<u32> = self.open.keys().filter(|p| !alive(**p)).copied().collect();
+        let (twice, once): (Vec<u32>, Vec<u32>) =
+            gone.into_iter().partition(|p| self.gone_once.contains(p));
+        self.gone_once = once.into_iter().collect();
+        if !twice.is_empty() {
+            self.prune(|p| !twice.contains(&p), now_ns);
         }
     }
 
@@ -709,6 +859,7 @@ mod tests {
             rss: [10 * MIB, anon, 0, 0],
             source: Source::Kernel,
             threads: Vec::new(),
+            pool: 0,
         }
     }
 
@@ -1064,6 +1215,22 @@ mod tests {
     }
 
     #[test]
+    fn an_end_read_after_its_process_exited_still_completes_the_job() {
+        let mut t = Tasks::default();
+        feed(&mut t, 5, "LS1 begin horse", None, snap(0, 0));
+        feed(&mut t, 6, "LS1 begin lost", None, snap(0, 0));
+        // Both exited; 5's end is still in the socket's queue at the first prune.
+        t.prune_gone(|_| false, 10);
+        assert_eq!(t.open_jobs(), 2);
+        feed(&mut t, 5, "LS1 end horse", None, snap(11, MIB));
+        t.prune_gone(|_| false, 20);
+        assert_eq!(t.open_jobs(), 0);
+        assert_eq!(t.get("horse").unwrap().runs, 1);
+        assert_eq!(t.get("lost").unwrap().abandoned, 1);
+        assert_eq!(dropped(&t, reason::UNMATCHED_END), 0);
+    }
+
+    #[test]
     fn the_verdict_follows_the_runs() {
         let mut t = Tasks::default();
         let mut anon = 100 * MIB;
@@ -1078,6 +1245,114 @@ mod tests {
         let leaky = t.get("leaky").unwrap();
         assert!(leaky.verdict.leak_suspected, "{:?}", leaky.verdict);
         assert_eq!(leaky.median_retained(), 4 * MIB);
+        assert!(!t.get("clean").unwrap().verdict.leak_suspected);
+    }
+
+    #[test]
+    fn allocator_blocks_name_the_type_that_keeps_objects_where_pages_blame_another() {
+        // The pages move as the issue saw on Celery: the leaking type's objects fill room the
+        // clean type freed, so its runs look flat, and each clean run grows the heap 1 MiB.
+        let mut t = Tasks::default();
+        let mut anon = 100 * MIB;
+        let ms = 1_000_000;
+        for i in 0..40u64 {
+            let at = i * 10 * ms;
+            feed(&mut t, 1, "LS1 begin leaky", None, snap(at, anon));
+            let end = format!("LS1 end leaky blocks={}", 3500 + i % 7);
+            feed(&mut t, 1, &end, None, snap(at + ms, anon));
+            feed(&mut t, 1, "LS1 begin clean", None, snap(at + 2 * ms, anon));
+            anon += MIB;
+            let end = format!("LS1 end clean blocks={}", 20 + i % 5);
+            feed(&mut t, 1, &end, None, snap(at + 3 * ms, anon));
+        }
+        // The last runs may wait for the next refit; the agent's interval makes it.
+        t.attribute();
+        let leaky = t.get("leaky").unwrap();
+        let clean = t.get("clean").unwrap();
+        assert!(clean.per_run.leak_suspected, "{:?}", clean.per_run);
+        assert!(!leaky.per_run.leak_suspected, "{:?}", leaky.per_run);
+        assert!(leaky.verdict.leak_suspected, "{:?}", leaky.verdict);
+        assert!(!clean.verdict.leak_suspected, "{:?}", clean.verdict);
+        assert!(
+            clean.verdict.evidence.contains("another type of its pools"),
+            "{}",
+            clean.verdict.evidence
+        );
+        // The floor rose 40 MiB over 40 leaky runs: 1 MiB a run is what pages say it keeps.
+        assert_eq!(leaky.retained_per_run(), MIB);
+        assert_eq!(clean.retained_per_run(), 0);
+    }
+
+    #[test]
+    fn one_uid_cannot_push_anothers_block_evidence_out() {
+        let mut t = Tasks::default();
+        let max = t.config.attribution.max_runs;
+        let victim = Principal::uid(1000);
+        let flood = Principal::uid(666);
+        for i in 0..40u64 {
+            feed_as(&mut t, victim, 1, "LS1 begin mine", None, snap(i, 0));
+            feed_as(
+                &mut t,
+                victim,
+                1,
+                "LS1 end mine blocks=4000",
+                None,
+                snap(i, 0),
+            );
+        }
+        for i in 0..(max as u64 * 2) {
+            feed_as(&mut t, flood, 2, "LS1 begin noise", None, snap(i, 0));
+            feed_as(&mut t, flood, 2, "LS1 end noise blocks=1", None, snap(i, 0));
+        }
+        assert_eq!(t.block_runs[&1000].len(), 40);
+        assert_eq!(t.block_runs[&666].len(), max / 4);
+        assert_eq!(t.block_runs_total, 40 + max / 4);
+        t.attribute();
+        assert!(
+            t.get("mine")
+                .unwrap()
+                .verdict
+                .allocator
+                .as_ref()
+                .unwrap()
+                .enough_runs
+        );
+    }
+
+    #[test]
+    fn a_large_buffer_leak_without_blocks_to_show_stays_named_by_pages() {
+        // 4 MiB buffers, one block each: the allocator's count cannot tell, the pages can.
+        let mut t = Tasks::default();
+        let mut anon = 100 * MIB;
+        let ms = 1_000_000;
+        for i in 0..40u64 {
+            let at = i * 10 * ms;
+            feed(&mut t, 1, "LS1 begin big", None, snap(at, anon));
+            anon += 4 * MIB;
+            feed(
+                &mut t,
+                1,
+                "LS1 end big blocks=25",
+                None,
+                snap(at + ms, anon),
+            );
+            feed(&mut t, 1, "LS1 begin clean", None, snap(at + 2 * ms, anon));
+            feed(
+                &mut t,
+                1,
+                "LS1 end clean blocks=24",
+                None,
+                snap(at + 3 * ms, anon),
+            );
+        }
+        t.attribute();
+        let big = t.get("big").unwrap();
+        assert!(big.verdict.leak_suspected, "{:?}", big.verdict);
+        assert!(
+            big.verdict.evidence.starts_with("pages:"),
+            "{}",
+            big.verdict.evidence
+        );
         assert!(!t.get("clean").unwrap().verdict.leak_suspected);
     }
 

@@ -21,7 +21,7 @@ use monitor_common::{ProcStats, RSS_UNKNOWN, RssKind, ThreadStats};
 
 use super::{
     jobs::{Snapshot, reason},
-    protocol::{self, MAX_DATAGRAM, MarkerError},
+    protocol::{self, MAX_DATAGRAM, MarkerError, Phase},
     socket::{Datagram, TaskSocket},
 };
 use crate::{
@@ -268,6 +268,24 @@ impl Listener {
         let tid = marker.tid.and_then(|t| self.verify_tid(pid, t));
         keep_threads(&mut snap.threads, tid);
         let mut state = self.shared.state();
+        // A process that sends its last `end` and exits at once (an RQ work horse) is gone by
+        // the time that `end` is read: its thread cannot be checked any more, but it was when
+        // the job began, under the same kernel-given pid.
+        let tid = tid.or_else(|| {
+            let t = marker.tid?;
+            (marker.phase == Phase::End
+                && crate::tasks::Tasks::of(&state).has_open(pid, t)
+                && !alive(pid))
+            .then_some(t)
+        });
+        if let Some(p) = state.table.get(pid)
+            && state
+                .table
+                .get(p.ppid)
+                .is_some_and(|parent| parent.comm == p.comm)
+        {
+            snap.pool = p.ppid;
+        }
         if marker.tid.is_some() && tid.is_none() {
             state
                 .features
@@ -325,6 +343,7 @@ impl Listener {
             rss,
             source,
             threads,
+            pool: pid,
         }
     }
 
@@ -394,7 +413,8 @@ fn bound_map<V>(map: &mut HashMap<u32, V>, alive: impl Fn(&u32) -> bool) {
     }
 }
 
-/// Abandons open jobs of processes that are gone; called every interval.
+/// Abandons open jobs of processes that are gone and refits the allocator attribution;
+/// called every interval, off the async runtime (the fit is CPU work).
 pub fn prune(shared: &Shared) {
     let pids: Vec<u32> = {
         let state = shared.state();
@@ -403,9 +423,17 @@ pub fn prune(shared: &Shared) {
             .filter(|pid| !alive(*pid))
             .collect()
     };
-    if !pids.is_empty() {
-        crate::tasks::Tasks::of_mut(&mut shared.state())
-            .prune(|pid| !pids.contains(&pid), boot_ns());
+    let input = {
+        let mut state = shared.state();
+        let tasks = crate::tasks::Tasks::of_mut(&mut state);
+        tasks.prune_gone(|pid| !pids.contains(&pid), boot_ns());
+        tasks.attribution_input()
+    };
+    // Runs with allocator blocks that came in since the last fit: fitted without the lock
+    // (tens of ms with hundreds of task types), then applied.
+    if let Some((runs, cfg)) = input {
+        let fitted = super::attribution::attribute(&runs, &cfg);
+        crate::tasks::Tasks::of_mut(&mut shared.state()).apply_attribution(fitted);
     }
 }
 

@@ -191,6 +191,7 @@ mod tests {
             rss: [0, anon, 0, 0],
             source: Source::Kernel,
             threads: Vec::new(),
+            pool: 1,
         };
         for i in 0..3 {
             let b = parse(b"LS1 begin app.t").unwrap();

@@ -5,7 +5,7 @@
 //! One marker per datagram, ASCII text:
 //!
 //! ```text
-//! LS1 <begin|end> <task> [job=<id>] [tid=<tid>] [status=<ok|error>]
+//! LS1 <begin|end> <task> [job=<id>] [tid=<tid>] [status=<ok|error>] [blocks=<delta>]
 //! ```
 //!
 //! The parser is pure (no I/O, no allocation) and borrows from the datagram.
@@ -25,6 +25,10 @@ pub const MAX_TASK_LEN: usize = 128;
 
 /// Longest job id, in bytes.
 pub const MAX_JOB_ID_LEN: usize = 64;
+
+/// Largest `blocks=` magnitude: 2^40 live blocks is more memory than any machine has, so a
+/// larger change is a broken client, not a job.
+pub const MAX_BLOCKS_DELTA: i64 = 1 << 40;
 
 /// The only protocol magic/version this parser accepts.
 pub const MAGIC: &str = "LS1";
@@ -66,6 +70,9 @@ pub struct Marker<'a> {
     pub tid: Option<u32>,
     /// `status=error` was given. Always `false` for [`Phase::Begin`].
     pub failed: bool,
+    /// `end` only: the change over the job in the sender's count of live allocator blocks
+    /// (Python: `sys.getallocatedblocks()`), within ±[`MAX_BLOCKS_DELTA`].
+    pub blocks: Option<i64>,
 }
 
 impl fmt::Display for Marker<'_> {
@@ -85,6 +92,9 @@ impl fmt::Display for Marker<'_> {
             } else {
                 " status=ok"
             })?;
+        }
+        if let Some(blocks) = self.blocks {
+            write!(f, " blocks={blocks}")?;
         }
         Ok(())
     }
@@ -122,6 +132,10 @@ pub enum MarkerError {
     StatusInvalid,
     #[error("status is only allowed on `end` markers")]
     StatusOnBegin,
+    #[error("blocks is not a canonical decimal within ±2^40")]
+    BlocksInvalid,
+    #[error("blocks is only allowed on `end` markers")]
+    BlocksOnBegin,
     #[error("unknown or malformed field")]
     UnknownField,
     #[error("field given more than once")]
@@ -145,6 +159,8 @@ impl MarkerError {
         MarkerError::TidInvalid,
         MarkerError::StatusInvalid,
         MarkerError::StatusOnBegin,
+        MarkerError::BlocksInvalid,
+        MarkerError::BlocksOnBegin,
         MarkerError::UnknownField,
         MarkerError::DuplicateField,
     ];
@@ -168,6 +184,8 @@ impl MarkerError {
             MarkerError::TidInvalid => "tid_invalid",
             MarkerError::StatusInvalid => "status_invalid",
             MarkerError::StatusOnBegin => "status_on_begin",
+            MarkerError::BlocksInvalid => "blocks_invalid",
+            MarkerError::BlocksOnBegin => "blocks_on_begin",
             MarkerError::UnknownField => "unknown_field",
             MarkerError::DuplicateField => "duplicate_field",
         }
@@ -200,6 +218,24 @@ fn parse_tid(value: &str) -> Result<u32, MarkerError> {
         return Err(MarkerError::TidInvalid);
     }
     value.parse::<u32>().map_err(|_| MarkerError::TidInvalid)
+}
+
+fn parse_blocks(value: &str) -> Result<i64, MarkerError> {
+    // Canonical signed decimal: an optional `-`, then `0` alone or digits without a leading
+    // zero; `-0` is not canonical.
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let canonical = !digits.is_empty()
+        && digits.len() <= 13
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && value != "-0";
+    if !canonical {
+        return Err(MarkerError::BlocksInvalid);
+    }
+    match value.parse::<i64>() {
+        Ok(v) if v.abs() <= MAX_BLOCKS_DELTA => Ok(v),
+        _ => Err(MarkerError::BlocksInvalid),
+    }
 }
 
 /// Parses one datagram. Never panics; runs in time linear in the input and
@@ -256,6 +292,7 @@ pub fn parse(datagram: &[u8]) -> Result<Marker<'_>, MarkerError> {
         job_id: None,
         tid: None,
         failed: false,
+        blocks: None,
     };
     let mut seen_status = false;
 
@@ -299,6 +336,15 @@ pub fn parse(datagram: &[u8]) -> Result<Marker<'_>, MarkerError> {
                     _ => return Err(MarkerError::StatusInvalid),
                 };
             }
+            "blocks" => {
+                if marker.blocks.is_some() {
+                    return Err(MarkerError::DuplicateField);
+                }
+                if phase == Phase::Begin {
+                    return Err(MarkerError::BlocksOnBegin);
+                }
+                marker.blocks = Some(parse_blocks(value)?);
+            }
             _ => return Err(MarkerError::UnknownField),
         }
     }
@@ -331,6 +377,7 @@ mod tests {
             job_id: None,
             tid: None,
             failed: false,
+            blocks: None,
         }
     }
 
@@ -370,8 +417,41 @@ mod tests {
                 job_id: Some("J"),
                 tid: Some(1),
                 failed: true,
+                blocks: None,
             }
         );
+    }
+
+    #[test]
+    fn blocks_on_end() {
+        assert_eq!(ok("LS1 end t blocks=3541").blocks, Some(3541));
+        assert_eq!(ok("LS1 end t blocks=-12 status=ok").blocks, Some(-12));
+        assert_eq!(ok("LS1 end t blocks=0").blocks, Some(0));
+        let max = MAX_BLOCKS_DELTA.to_string();
+        assert_eq!(
+            ok(&format!("LS1 end t blocks=-{max}")).blocks,
+            Some(-MAX_BLOCKS_DELTA)
+        );
+        assert_eq!(ok("LS1 end t").blocks, None);
+    }
+
+    #[test]
+    fn blocks_invalid() {
+        let over = format!("LS1 end t blocks={}", MAX_BLOCKS_DELTA + 1);
+        for bad in [
+            "LS1 end t blocks=",
+            "LS1 end t blocks=-",
+            "LS1 end t blocks=-0",
+            "LS1 end t blocks=007",
+            "LS1 end t blocks=+7",
+            "LS1 end t blocks=1e3",
+            "LS1 end t blocks=99999999999999999999",
+            over.as_str(),
+        ] {
+            assert_eq!(err(bad.as_bytes()), E::BlocksInvalid, "{bad}");
+        }
+        assert_eq!(err(b"LS1 begin t blocks=5"), E::BlocksOnBegin);
+        assert_eq!(err(b"LS1 end t blocks=1 blocks=1"), E::DuplicateField);
     }
 
     #[test]
@@ -451,7 +531,7 @@ mod tests {
         // Fields cannot repeat, so the longest valid marker is well under the
         // datagram limit; the limit only bounds what a receiver must read.
         let m = format!(
-            "LS1 end {} job={} tid={} status=error",
+            "LS1 end {} job={} tid={} status=error blocks=-{MAX_BLOCKS_DELTA}",
             "t".repeat(MAX_TASK_LEN),
             "j".repeat(MAX_JOB_ID_LEN),
             u32::MAX
@@ -688,7 +768,7 @@ mod tests {
             assert!(seen.insert(r), "duplicate reason {r}");
             assert!(!e.to_string().is_empty());
         }
-        assert_eq!(MarkerError::ALL.len(), 16);
+        assert_eq!(MarkerError::ALL.len(), 18);
     }
 
     #[test]
@@ -698,6 +778,10 @@ mod tests {
         assert_eq!(
             ok("LS1 end t status=error tid=3 job=q\n").to_string(),
             "LS1 end t job=q tid=3 status=error"
+        );
+        assert_eq!(
+            ok("LS1 end t blocks=-4 job=q").to_string(),
+            "LS1 end t job=q status=ok blocks=-4"
         );
         assert_eq!(Phase::Begin.to_string(), "begin");
     }
@@ -754,6 +838,10 @@ mod tests {
                 if rng.chance(2) { "ok" } else { "error" }
             ));
         }
+        if phase == "end" && rng.chance(2) {
+            let v = (rng.next() % (2 * MAX_BLOCKS_DELTA as u64 + 1)) as i64 - MAX_BLOCKS_DELTA;
+            fields.push(format!("blocks={v}"));
+        }
         // Shuffle field order.
         for i in (1..fields.len()).rev() {
             let j = rng.below(i + 1);
@@ -787,6 +875,9 @@ mod tests {
         "status=",
         "status=ok",
         "status=error",
+        "blocks=0",
+        "blocks=-0",
+        "blocks=-17",
         "=",
         " ",
         "  ",
@@ -877,7 +968,9 @@ mod tests {
         assert_ne!(m.tid, Some(0));
         if m.phase == Phase::Begin {
             assert!(!m.failed);
+            assert_eq!(m.blocks, None);
         }
+        assert!(m.blocks.is_none_or(|b| b.abs() <= MAX_BLOCKS_DELTA));
     }
 
     #[test]

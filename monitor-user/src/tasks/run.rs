@@ -153,7 +153,8 @@ impl PerJob {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    listener::prune(&pruned);
+                    let shared = pruned.clone();
+                    let _ = tokio::task::spawn_blocking(move || listener::prune(&shared)).await;
                 }
             }));
         }

@@ -22,6 +22,8 @@
 
 use serde::Serialize;
 
+use super::attribution::TaskAttribution;
+
 #[derive(Clone, Debug)]
 pub struct VerdictConfig {
     /// Fewer runs than this: no verdict yet.
@@ -73,6 +75,43 @@ pub struct TaskVerdict {
     pub floor_rise_bytes: i64,
     /// Why, in words.
     pub evidence: String,
+    /// Evidence from the worker's allocator (`blocks=`), across runs, when it sends it.
+    pub allocator: Option<TaskAttribution>,
+}
+
+/// The verdict from the per-run rule and, when the worker sends allocator blocks and a type
+/// has enough runs with them, from those: they name a type that keeps objects whatever the pages
+/// did. The per-run rule still names a type that keeps a few large buffers (few blocks, many
+/// pages), unless another type of its pools keeps objects: then that one explains the rise
+/// the pages showed in this type's runs (the allocator's free room moving between types).
+pub fn combine(per_run: &TaskVerdict, allocator: Option<&TaskAttribution>) -> TaskVerdict {
+    let mut v = per_run.clone();
+    v.allocator = allocator.cloned();
+    let Some(a) = allocator else {
+        return v;
+    };
+    if !a.enough_runs {
+        // The worker sends blocks: pages alone decide nothing until they can be checked
+        // (an RQ work horse's allocator slack looks like retention in every run).
+        v.leak_suspected = false;
+        v.evidence = format!("{}; allocator: {}", per_run.evidence, a.evidence);
+        return v;
+    }
+    let by_pages = per_run.leak_suspected && !a.explained_by_other;
+    v.leak_suspected = a.suspected || by_pages;
+    v.evidence = if a.suspected || !by_pages {
+        format!("allocator: {}; pages: {}", a.evidence, per_run.evidence)
+    } else {
+        format!(
+            "pages: {}; allocator: {} (large buffers keep few blocks)",
+            per_run.evidence, a.evidence
+        )
+    };
+    if per_run.leak_suspected && a.explained_by_other && !a.suspected {
+        v.evidence
+            .push_str("; another type of its pools keeps the objects that explain the rise");
+    }
+    v
 }
 
 /// Median of `values` (the lower middle for even counts); 0 when empty.
@@ -110,6 +149,7 @@ pub fn assess(runs: &[RunSample], cfg: &VerdictConfig) -> TaskVerdict {
         retained_total_bytes,
         floor_rise_bytes,
         evidence: String::new(),
+        allocator: None,
     };
     let mib = |b: i64| b as f64 / (1 << 20) as f64;
     if n < cfg.min_runs {

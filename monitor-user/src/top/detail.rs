@@ -261,6 +261,7 @@ mod tests {
                 retained_total_bytes: 0,
                 floor_rise_bytes: 0,
                 evidence: format!("{name} evidence"),
+                allocator: None,
             },
             recent_jobs: vec![Job {
                 job_id: None,

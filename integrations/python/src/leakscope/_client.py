@@ -11,6 +11,7 @@ import inspect
 import os
 import re
 import socket
+import sys
 import threading
 from typing import Any, Callable, Dict, Optional, TypeVar
 
@@ -33,6 +34,11 @@ __all__ = [
 
 DEFAULT_SOCKET = "/run/leakscope/tasks.sock"
 ENV_SOCKET = "LEAKSCOPE_SOCKET"
+# "0" leaves `blocks=` out of end markers (for agents older than the field, which drop them).
+ENV_BLOCKS = "LEAKSCOPE_BLOCKS"
+# Open jobs per thread whose begin count is kept; beyond, the oldest is forgotten (its end
+# then goes without `blocks=`): ends can be lost, so the table must not grow with them.
+_MAX_OPEN_COUNTS = 64
 MAX_DATAGRAM = 512
 MAX_TASK_LEN = 128
 MAX_JOB_ID_LEN = 64
@@ -193,7 +199,12 @@ def sanitize_job_id(job_id: Any) -> Optional[str]:
 
 
 def _format(
-    phase: str, name: str, job: Optional[str], tid: Optional[int], failed: bool
+    phase: str,
+    name: str,
+    job: Optional[str],
+    tid: Optional[int],
+    failed: bool,
+    blocks: Optional[int] = None,
 ) -> str:
     parts = ["LS1", phase, name]
     if job is not None:
@@ -202,7 +213,41 @@ def _format(
         parts.append("tid=%d" % tid)
     if phase == "end":
         parts.append("status=error" if failed else "status=ok")
+        if blocks is not None and -(1 << 40) <= blocks <= 1 << 40:
+            parts.append("blocks=%d" % blocks)
     return " ".join(parts)
+
+
+# Live allocator blocks (CPython: pymalloc's blocks plus larger objects, one each); a job
+# that keeps objects raises the count, one that frees what it allocated does not, whatever
+# the pages do. Other interpreters may lack it: then no `blocks=`.
+_allocated_blocks = getattr(sys, "getallocatedblocks", None)
+_open_counts = threading.local()
+
+
+def _blocks_enabled() -> bool:
+    return _allocated_blocks is not None and os.environ.get(ENV_BLOCKS, "1") != "0"
+
+
+def _note_begin(name: str, job: Optional[str]) -> None:
+    counts = getattr(_open_counts, "stack", None)
+    if counts is None:
+        counts = _open_counts.stack = []
+    if len(counts) >= _MAX_OPEN_COUNTS:
+        del counts[0]
+    counts.append((name, job, _allocated_blocks()))  # type: ignore[misc]
+
+
+def _blocks_since_begin(name: str, job: Optional[str]) -> Optional[int]:
+    now = _allocated_blocks()  # type: ignore[misc]
+    counts = getattr(_open_counts, "stack", None) or []
+    # The innermost open job of that name (and id, when both have one), as the agent pairs.
+    for i in range(len(counts) - 1, -1, -1):
+        n, j, at = counts[i]
+        if n == name and (j is None or job is None or j == job):
+            del counts[i:]
+            return now - at
+    return None
 
 
 def format_marker(
@@ -258,7 +303,16 @@ def _emit(phase: str, name: Any, job_id: Any, failed: bool, tid: Optional[int]) 
             job_id is not None and clean_job != _text(job_id)
         ):
             _count(state, "names_sanitized")
-        _send(state, _format(phase, clean_name, clean_job, tid, failed).encode("ascii"))
+        blocks = None
+        counted = _blocks_enabled()
+        if counted and phase == "end":
+            blocks = _blocks_since_begin(clean_name, clean_job)
+        _send(
+            state, _format(phase, clean_name, clean_job, tid, failed, blocks).encode("ascii")
+        )
+        if counted and phase == "begin":
+            # After the send, so that the marker's own strings are gone from the count.
+            _note_begin(clean_name, clean_job)
     except Exception as exc:  # never raise into the worker
         try:
             _count_drop(_state, "dropped_error", type(exc).__name__)
