@@ -11,11 +11,14 @@
 //! - a Python worker's job loop (xtask/scripts/py_worker.py on Debian's CPython, stripped and
 //!   without frame pointers): untraced, under growth mode at the default period, under alloc
 //!   mode (which adds the `python` allocator family) and under the malloc-only bpftrace script;
-//! - the cost of one sample: growth mode sampling every fault, on the C page-fault workload and
-//!   on the Python worker, with DWARF unwinding (stack copies unwound in user space) and with
-//!   frame pointers only, and on the Python worker with and without its Python frames. The
-//!   kernel's own accounting (`kernel.bpf_stats_enabled`) gives the fault program's time per
-//!   run, and the tracer's CPU time over the run what user space spends per sample (unwinding).
+//! - the cost of one sample: growth mode sampling one fault in 4, on the C page-fault workload and
+//!   on a fault-heavy run of the Python worker (glibc told to mmap its 256 KiB buffer for every
+//!   job), with DWARF unwinding (stack copies unwound in user space) and with frame pointers
+//!   only, and on the Python worker with and without its Python frames. The target pays the
+//!   sample: its extra time over its untraced median, per sample it took, is the cost of one
+//!   sample (kernel dispatch, stack walks and copies); the tracer's CPU time per fault is what
+//!   user space spends on it (unwinding). The kernel's own per-program accounting would not
+//!   do: the program runs on every process's faults, not only the target's.
 //!
 //! Every round runs every variant once, in an order rotated from round to round, so slow drift
 //! (page cache, frequency, other load) spreads over all variants instead of biasing one. Figures
@@ -62,9 +65,8 @@ const PYTHON_JOBS: &str = "50000";
 /// Debian's CPython, statically linked, stripped, without frame pointers: the hard case for
 /// stacks (`cargo xtask setup` installs it).
 const PYTHON: &str = "/usr/bin/python3.11";
-/// The growth program that runs on every user page fault.
-const FAULT_PROGRAM: &str = "growth_fault";
-const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Jobs per fault-heavy run of the Python worker (64 faults each).
+const PYTHON_FAULTS_JOBS: &str = "20000";
 /// Loading BPF, resolving symbols and (bpftrace) compiling with LLVM: seconds on a busy host.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// investigate writes its report after SIGINT; symbolizing every stack takes a while.
@@ -82,6 +84,8 @@ enum Target {
     AllocBench,
     PageFaults,
     PythonWorker,
+    /// The Python worker with its per-job buffer mapped and unmapped every time.
+    PythonFaults,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -98,33 +102,36 @@ struct Variant {
     slug: &'static str,
     target: Target,
     tracer: Tracer,
-    /// Measures the cost of one sample (ns in the kernel) instead of the workload's speed.
+    /// Also reports the cost of one sample.
     per_sample: bool,
 }
 
 const GROWTH: &[&str] = &["--mode", "growth"];
 const GROWTH_FP: &[&str] = &["--mode", "growth", "--unwind", "fp"];
 const ALLOC: &[&str] = &["--mode", "alloc"];
-const EVERY_FAULT_DWARF: &[&str] = &["--mode", "growth", "--sample-period", "1"];
-const EVERY_FAULT_FP: &[&str] = &["--mode", "growth", "--sample-period", "1", "--unwind", "fp"];
-const EVERY_FAULT_DWARF_NO_PYTHON: &[&str] = &[
+/// One fault in 4 for the per-sample costs: every fault would outrun the unwinder's ring on
+/// these fault-bound targets, and a dropped record costs less than an unwound one.
+const COST_PERIOD: f64 = 4.0;
+const COST_DWARF: &[&str] = &["--mode", "growth", "--sample-period", "4"];
+const COST_FP: &[&str] = &["--mode", "growth", "--sample-period", "4", "--unwind", "fp"];
+const COST_DWARF_NO_PYTHON: &[&str] = &[
     "--mode",
     "growth",
     "--sample-period",
-    "1",
+    "4",
     "--no-python-frames",
 ];
-const EVERY_FAULT_FP_NO_PYTHON: &[&str] = &[
+const COST_FP_NO_PYTHON: &[&str] = &[
     "--mode",
     "growth",
     "--sample-period",
-    "1",
+    "4",
     "--unwind",
     "fp",
     "--no-python-frames",
 ];
 
-const VARIANTS: [Variant; 16] = [
+const VARIANTS: [Variant; 17] = [
     Variant {
         label: "alloc_bench, untraced",
         slug: "alloc-untraced",
@@ -196,45 +203,52 @@ const VARIANTS: [Variant; 16] = [
         per_sample: false,
     },
     Variant {
+        label: "python worker, mmap per job, untraced",
+        slug: "python-faults-untraced",
+        target: Target::PythonFaults,
+        tracer: Tracer::Untraced,
+        per_sample: false,
+    },
+    Variant {
         label: "sample cost: C, dwarf",
         slug: "cost-c-dwarf",
         target: Target::PageFaults,
-        tracer: Tracer::Investigate(EVERY_FAULT_DWARF),
+        tracer: Tracer::Investigate(COST_DWARF),
         per_sample: true,
     },
     Variant {
         label: "sample cost: C, fp",
         slug: "cost-c-fp",
         target: Target::PageFaults,
-        tracer: Tracer::Investigate(EVERY_FAULT_FP),
+        tracer: Tracer::Investigate(COST_FP),
         per_sample: true,
     },
     Variant {
         label: "sample cost: Python, dwarf + py frames",
         slug: "cost-py-dwarf",
-        target: Target::PythonWorker,
-        tracer: Tracer::Investigate(EVERY_FAULT_DWARF),
+        target: Target::PythonFaults,
+        tracer: Tracer::Investigate(COST_DWARF),
         per_sample: true,
     },
     Variant {
         label: "sample cost: Python, fp + py frames",
         slug: "cost-py-fp",
-        target: Target::PythonWorker,
-        tracer: Tracer::Investigate(EVERY_FAULT_FP),
+        target: Target::PythonFaults,
+        tracer: Tracer::Investigate(COST_FP),
         per_sample: true,
     },
     Variant {
         label: "sample cost: Python, dwarf, no py frames",
         slug: "cost-py-dwarf-nopy",
-        target: Target::PythonWorker,
-        tracer: Tracer::Investigate(EVERY_FAULT_DWARF_NO_PYTHON),
+        target: Target::PythonFaults,
+        tracer: Tracer::Investigate(COST_DWARF_NO_PYTHON),
         per_sample: true,
     },
     Variant {
         label: "sample cost: Python, fp, no py frames",
         slug: "cost-py-fp-nopy",
-        target: Target::PythonWorker,
-        tracer: Tracer::Investigate(EVERY_FAULT_FP_NO_PYTHON),
+        target: Target::PythonFaults,
+        tracer: Tracer::Investigate(COST_FP_NO_PYTHON),
         per_sample: true,
     },
 ];
@@ -264,18 +278,20 @@ pub fn run(opts: Opts) -> Result<()> {
         measure(&tools, v, &tools.scratch.join(format!("warmup-{}", v.slug)))?;
     }
     let mut samples = vec![Vec::new(); VARIANTS.len()];
-    let mut user = vec![Vec::new(); VARIANTS.len()];
+    let mut faults = vec![Vec::new(); VARIANTS.len()];
+    let mut tracer_cpu = vec![Vec::new(); VARIANTS.len()];
     for round in 0..opts.rounds {
         for i in rotated(VARIANTS.len(), round) {
             let v = &VARIANTS[i];
             let dir = tools.scratch.join(format!("round{}-{}", round + 1, v.slug));
             let m = measure(&tools, v, &dir)?;
             samples[i].push(m.value);
-            user[i].extend(m.user_ns_per_sample);
+            faults[i].push(m.faults as f64);
+            tracer_cpu[i].extend(m.tracer_cpu_ns.map(|ns| ns as f64));
         }
         eprintln!("round {}/{} done", round + 1, opts.rounds);
     }
-    print_report(&samples, &user, opts.rounds);
+    print_report(&samples, &faults, &tracer_cpu, opts.rounds);
     println!("tracer output and reports: {}", tools.scratch.display());
     Ok(())
 }
@@ -310,20 +326,18 @@ fn build_scenario(name: &str) -> Result<PathBuf> {
 }
 
 struct Measured {
-    /// ns per malloc/free pair (alloc_bench), elapsed seconds (the others), or, for a
-    /// per-sample variant, the fault program's ns per run.
+    /// ns per malloc/free pair (alloc_bench) or elapsed seconds (the others).
     value: f64,
-    /// Per-sample variants: the tracer's CPU time over the run, per sample.
-    user_ns_per_sample: Option<f64>,
+    /// Page faults the target took in its measured part.
+    faults: u64,
+    /// Per-sample variants: the tracer's CPU time over the measured part.
+    tracer_cpu_ns: Option<u64>,
 }
 
 fn measure(tools: &Tools, v: &Variant, dir: &Path) -> Result<Measured> {
     if v.tracer != Tracer::Untraced {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // Only while a per-sample variant runs: the accounting itself costs every BPF program two
-    // clock reads per run, which the other variants should not pay.
-    let _stats = v.per_sample.then(BpfStats::enable).transpose()?;
     let mut target = PausedTarget::spawn(target_command(tools, v.target))?;
     let tracer = match v.tracer {
         Tracer::Untraced => None,
@@ -336,29 +350,23 @@ fn measure(tools: &Tools, v: &Variant, dir: &Path) -> Result<Measured> {
         Some(t) if v.per_sample => Some(cpu_ns(t.child.id())?),
         _ => None,
     };
+    let faults_before = minor_faults(target.pid())?;
     let result = target.go_and_read_result()?;
-    let mut per_sample = None;
-    if let (Some(tracer), Some(before)) = (&tracer, cpu_before) {
-        let (run_ns, runs) = program_runs(tracer.child.id(), FAULT_PROGRAM)?;
-        ensure!(runs > 0, "{}: the fault program never ran", v.label);
-        let user_ns = cpu_ns(tracer.child.id())?.saturating_sub(before);
-        per_sample = Some((run_ns as f64 / runs as f64, user_ns as f64 / runs as f64));
-    }
+    let faults = minor_faults(target.pid())?.saturating_sub(faults_before);
+    let tracer_cpu_ns = match (&tracer, cpu_before) {
+        (Some(t), Some(before)) => Some(cpu_ns(t.child.id())?.saturating_sub(before)),
+        _ => None,
+    };
     if let Some(tracer) = tracer {
         tracer.stop()?;
     }
     target.finish()?;
-    if let Some((kernel, user)) = per_sample {
-        return Ok(Measured {
-            value: kernel,
-            user_ns_per_sample: Some(user),
-        });
-    }
     let value = parse_result(v.target, &result)
         .with_context(|| format!("{}: unexpected output {result:?}", v.label))?;
     Ok(Measured {
         value,
-        user_ns_per_sample: None,
+        faults,
+        tracer_cpu_ns,
     })
 }
 
@@ -376,6 +384,15 @@ fn target_command(tools: &Tools, target: Target) -> Command {
                 .arg(PYTHON_JOBS);
             cmd
         }
+        Target::PythonFaults => {
+            let mut cmd = Command::new(PYTHON);
+            // A fixed threshold turns off glibc's adaptive one, which would otherwise move
+            // above the 256 KiB buffer after the first job and reuse the heap from then on.
+            cmd.arg(util::workspace_root().join("xtask/scripts/py_worker.py"))
+                .arg(PYTHON_FAULTS_JOBS)
+                .env("MALLOC_MMAP_THRESHOLD_", "131072");
+            cmd
+        }
     }
 }
 
@@ -386,101 +403,50 @@ fn parse_result(target: Target, line: &str) -> Result<f64> {
     }
     Ok(match target {
         Target::AllocBench => serde_json::from_str::<AllocBenchResult>(line)?.ns_per_pair,
-        Target::PageFaults | Target::PythonWorker => line.trim().parse()?,
+        Target::PageFaults | Target::PythonWorker | Target::PythonFaults => line.trim().parse()?,
     })
 }
 
 // ---------------------------------------------------------------------------------------------
-// The kernel's accounting of BPF programs
+// /proc/PID/stat
 
-/// `kernel.bpf_stats_enabled` on for as long as this lives; the previous value is restored.
-struct BpfStats {
-    previous: String,
-}
-
-impl BpfStats {
-    fn enable() -> Result<Self> {
-        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
-            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
-        std::fs::write(BPF_STATS_SYSCTL, "1")
-            .with_context(|| format!("enabling {BPF_STATS_SYSCTL}"))?;
-        Ok(Self { previous })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS_SYSCTL, self.previous.trim());
-    }
-}
-
-/// One entry of `bpftool -j prog show`.
-#[derive(Deserialize)]
-struct Program {
-    id: u32,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    run_time_ns: u64,
-    #[serde(default)]
-    run_cnt: u64,
-}
-
-/// Total run time and runs of the program `name` that process `owner` holds. This bpftool
-/// may list no owners, so the owner's programs are found by id in its fds' fdinfo.
-fn program_runs(owner: u32, name: &str) -> Result<(u64, u64)> {
-    let held = held_program_ids(owner)?;
-    let json = util::output(Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    let programs: Vec<Program> =
-        serde_json::from_str(&json).context("parsing `bpftool -j prog show`")?;
-    programs
-        .iter()
-        .find(|p| p.name == name && held.contains(&p.id))
-        .map(|p| (p.run_time_ns, p.run_cnt))
-        .with_context(|| format!("pid {owner} holds no BPF program {name}"))
-}
-
-fn held_program_ids(pid: u32) -> Result<Vec<u32>> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        // An fd closed since the listing is simply not one of them.
-        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
-            continue;
-        };
-        ids.extend(
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
-    }
-    Ok(ids)
-}
-
-/// User plus system CPU time of a process so far.
-fn cpu_ns(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
+/// The fields of /proc/PID/stat after the command name, which is in parentheses and may hold
+/// spaces.
+fn stat_fields(pid: u32) -> Result<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .context("short /proc/PID/stat")?
-            .parse::<u64>()
-            .context("/proc/PID/stat")
-    };
-    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
-    let total = ticks(11)? + ticks(12)?;
+    // The state (a letter) reads as 0; the numbers used here come after it.
+    Ok(rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect())
+}
+
+fn stat_field(pid: u32, index: usize) -> Result<u64> {
+    stat_fields(pid)?
+        .get(index)
+        .copied()
+        .with_context(|| format!("short /proc/{pid}/stat"))
+}
+
+/// Minor page faults so far (stat's field 10, 8th after the name).
+fn minor_faults(pid: u32) -> Result<u64> {
+    stat_field(pid, 7)
+}
+
+/// User plus system CPU time of a process so far (stat's fields 14 and 15).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let ticks = stat_field(pid, 11)? + stat_field(pid, 12)?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(total * 1_000_000_000 / hz)
+    Ok(ticks * 1_000_000_000 / hz)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn print_report(samples: &[Vec<f64>], user: &[Vec<f64>], rounds: usize) {
+fn print_report(samples: &[Vec<f64>], faults: &[Vec<f64>], tracer_cpu: &[Vec<f64>], rounds: usize) {
     let medians: Vec<f64> = samples.iter().map(|s| super::median(s)).collect();
     let untraced_median = |target: Target| {
         VARIANTS
@@ -497,24 +463,29 @@ fn print_report(samples: &[Vec<f64>], user: &[Vec<f64>], rounds: usize) {
     for (i, v) in VARIANTS.iter().enumerate() {
         let min = samples[i].iter().copied().fold(f64::INFINITY, f64::min);
         let max = samples[i].iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (unit, digits) = match (v.per_sample, v.target) {
-            (true, _) => ("ns/run", 0),
-            (false, Target::AllocBench) => ("ns/pair", 1),
-            (false, _) => ("s", 4),
-        };
-        let versus = if v.per_sample {
-            let user_ns = super::median(&user[i]);
-            format!("user {user_ns:.0} ns/sample")
-        } else {
-            format!("{:.3}x", medians[i] / untraced_median(v.target))
+        let (unit, digits) = match v.target {
+            Target::AllocBench => ("ns/pair", 1),
+            _ => ("s", 4),
         };
         println!(
-            "{:<44} {:>16} {:>28} {:>12}",
+            "{:<44} {:>16} {:>28} {:>11.3}x",
             v.label,
             format!("{:.digits$} {unit}", medians[i]),
             format!("{min:.digits$}..{max:.digits$} {unit}"),
-            versus
+            medians[i] / untraced_median(v.target)
         );
+    }
+    println!();
+    println!("the cost of one sample (growth mode, one fault in {COST_PERIOD} sampled), medians:");
+    println!(
+        "{:<44} {:>12} {:>22} {:>22}",
+        "variant", "samples", "target's ns per sample", "tracer's ns per sample"
+    );
+    for (i, v) in VARIANTS.iter().enumerate().filter(|(_, v)| v.per_sample) {
+        let n = (super::median(&faults[i]) / COST_PERIOD).max(1.0);
+        let extra = (medians[i] - untraced_median(v.target)) * 1e9 / n;
+        let tracer = super::median(&tracer_cpu[i]) / n;
+        println!("{:<44} {n:>12.0} {extra:>22.0} {tracer:>22.0}", v.label);
     }
     let median_of = |target: Target, tracer: Tracer| {
         VARIANTS
