@@ -183,6 +183,8 @@ fn assert_charged_to_keep_document(report: &Value, source: &str, keep_line: u64,
         python.display()
     );
     assert_eq!(frame["start_line"].as_u64(), Some(keep_line - 1), "{frame}");
+    // No agent runs beside these: no task maps to read, no task, and no error.
+    assert!(top["task"].is_null(), "{top}");
     // Its callers follow, outermost last.
     let names: Vec<&str> = top["frames"]
         .as_array()
@@ -372,4 +374,101 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
                 .all(|f| f["python"] == false)
         );
     }
+}
+
+/// The row a JSON report ranks first among its `source` rows.
+fn top_stack<'a>(report: &'a Value, source: &str) -> &'a Value {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == source)
+        .unwrap_or_else(|| panic!("no {source} stacks: {report}"))
+}
+
+#[test]
+fn samples_carry_the_task_their_thread_ran_and_rows_fold_by_task_function() {
+    use std::os::unix::process::CommandExt as _;
+    let test = "samples_carry_the_task_their_thread_ran_and_rows_fold_by_task_function";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    let Some(python) = pythons().pop() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("leakscope-py-tasks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("tasks.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let agent = Agent::start(&["--task-socket", &socket_arg, "--enable-profiling"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/task_pair.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", python.display()));
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "ready", "{}", python.display());
+    let worker = Spawned { child };
+    let pid = worker.pid();
+
+    // The agent's own profile: its first row is the leaking task's.
+    let (status, text) = agent.get(&format!(
+        "/debug/pprof/growth?pid={pid}&seconds=4&format=txt"
+    ));
+    assert_eq!(status, 200, "{text}");
+    let first_row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_default();
+    assert!(
+        first_row.contains("jobs.leaky") && first_row.contains("leaky_task"),
+        "{text}"
+    );
+
+    // `investigate` beside the agent sees the agent's tasks; folded by the user entry, the
+    // task function heads each row.
+    let out = investigate(
+        pid,
+        &["--mode", "growth", "--duration", "4s", "--fold", "user-entry"],
+    );
+    let growth = report(&out, "growth");
+    let top = top_stack(&growth, "page_fault");
+    assert_eq!(top["task"], "jobs.leaky", "{top}");
+    let entry = &top["frames"][0];
+    assert_eq!(entry["function"], "leaky_task", "{top}");
+    assert!(
+        entry["file"].as_str().unwrap().ends_with("task_pair.py"),
+        "{entry}"
+    );
+    assert!(
+        notes(&growth)
+            .iter()
+            .any(|n| n.contains("folded by their user entry frame")),
+        "{:?}",
+        notes(&growth)
+    );
+    // A folded row that went through a task function starts at it, not inside it.
+    for stack in growth["stacks"].as_array().unwrap() {
+        let frames = stack["frames"].as_array().unwrap();
+        if let Some(task) = frames
+            .iter()
+            .find(|f| f["function"] == "leaky_task" || f["function"] == "clean_task")
+        {
+            assert_eq!(&frames[0], task, "{stack}");
+        }
+    }
+    drop(worker);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    // Without an agent, no pins: investigate runs and its rows carry no task.
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/leakscope/task_threads").exists(),
+        "the agent removes its pins at exit"
+    );
 }
