@@ -435,11 +435,25 @@ fn samples_carry_the_task_their_thread_ran_and_rows_fold_by_task_function() {
     // task function heads each row.
     let out = investigate(
         pid,
-        &["--mode", "growth", "--duration", "4s", "--fold", "user-entry"],
+        &[
+            "--mode",
+            "both",
+            "--duration",
+            "4s",
+            "--min-age",
+            "1s",
+            "--fold",
+            "user-entry",
+        ],
     );
     let growth = report(&out, "growth");
     let top = top_stack(&growth, "page_fault");
     assert_eq!(top["task"], "jobs.leaky", "{top}");
+    // Alloc mode: the task of the thread a block was allocated on.
+    let alloc = report(&out, "alloc");
+    let kept = top_stack(&alloc, "alloc");
+    assert_eq!(kept["task"], "jobs.leaky", "{kept}");
+    assert_eq!(kept["frames"][0]["function"], "leaky_task", "{kept}");
     let entry = &top["frames"][0];
     assert_eq!(entry["function"], "leaky_task", "{top}");
     assert!(

@@ -223,3 +223,30 @@ pub(super) fn reopen(map: &Map) -> Result<Map, MapError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn only_a_closed_directory_of_root_is_trusted_with_pins() {
+        let base = std::env::temp_dir().join(format!("leakscope-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let dir = base.join("pins");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let root = rustix::process::geteuid().is_root();
+        assert_eq!(check_dir(&dir).is_ok(), root, "{:?}", check_dir(&dir));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o733)).unwrap();
+        let open = check_dir(&dir).unwrap_err();
+        assert!(open.contains("mode 0700"), "{open}");
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let linked = check_dir(&link).unwrap_err();
+        assert!(linked.contains("not a directory"), "{linked}");
+        assert!(check_dir(&base.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
