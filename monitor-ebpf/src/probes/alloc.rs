@@ -26,8 +26,8 @@ use monitor_common::stacks::{
 use super::{
     now_ns,
     python::python_stack,
-    task::current_task,
     stack::{stack_pointer, user_stack_id, word_at_stack_pointer},
+    task::current_task,
 };
 use crate::maps::count_stack;
 

@@ -39,9 +39,9 @@ use super::{
     mem::{SYSCALL_OFFSETS, pages},
     now_ns,
     python::python_stack,
-    task::current_task,
     rss::{KERNEL_LAYOUT, read_kernel},
     stack::{current_return_hint, user_stack_id},
+    task::current_task,
 };
 use crate::maps::count_stack;
 

@@ -6,9 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap},
 };
-use monitor_common::stacks::{
-    DEFAULT_MAX_TASK_NAMES, DEFAULT_MAX_TASK_THREADS, NO_TASK, TaskName,
-};
+use monitor_common::stacks::{DEFAULT_MAX_TASK_NAMES, DEFAULT_MAX_TASK_THREADS, NO_TASK, TaskName};
 
 #[map(name = "TASK_THREADS")]
 static TASK_THREADS: LruHashMap<u32, u32> =
@@ -22,5 +20,7 @@ static TASK_NAMES: HashMap<u32, TaskName> = HashMap::with_max_entries(DEFAULT_MA
 #[inline(always)]
 pub fn current_task() -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    unsafe { TASK_THREADS.get(&tid) }.copied().unwrap_or(NO_TASK)
+    unsafe { TASK_THREADS.get(&tid) }
+        .copied()
+        .unwrap_or(NO_TASK)
 }

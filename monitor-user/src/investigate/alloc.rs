@@ -154,12 +154,7 @@ impl AllocTrace {
             }
             let (bytes, count) = weight(info.size, sample_bytes);
             let o = per
-                .entry((
-                    info.stack_id,
-                    info.return_address,
-                    info.py_stack,
-                    info.task,
-                ))
+                .entry((info.stack_id, info.return_address, info.py_stack, info.task))
                 .or_default();
             o.bytes += bytes;
             o.count += count;

@@ -312,7 +312,10 @@ fn build(target: &Target<'_>, raws: Vec<Raw>, now_ns: Option<u64>) -> Vec<StackR
     let stacks: Vec<Vec<u64>> = raws.iter().map(|r| r.ips.clone()).collect();
     let frames = symbolize::symbolize(target.pid, target.alive, target.mappings, &stacks);
     // Rows whose frames are the same code (different stack ids can symbolize alike) merge.
-    #[expect(clippy::type_complexity, reason = "a local key: frames, source and task")]
+    #[expect(
+        clippy::type_complexity,
+        reason = "a local key: frames, source and task"
+    )]
     let mut merged: HashMap<
         (
             Vec<(String, u64, Option<String>, Option<u32>)>,
