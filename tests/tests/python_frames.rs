@@ -337,16 +337,29 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
     if !kernel_tests_enabled("an_unsupported_interpreter_gets_one_note_and_native_stacks") {
         return;
     }
-    // Any pyenv CPython without a layout: 3.10 has no Py_Version (nor debug offsets).
-    let others = pyenv_builds(&["3.10."], "python3");
-    if others.is_empty() {
-        eprintln!("SKIPPED: no pyenv CPython 3.10 on this machine");
+    let leak = "import time\nkept = []\nwhile True:\n    kept.append(bytearray(64 * 1024))\n    \
+                time.sleep(0.002)\n";
+    // 3.10 has no Py_Version (nor debug offsets); a 3.13 whose `_Py_DebugOffsets` cookie was
+    // overwritten (the interpreter never reads it itself) must not be believed.
+    let spoiled = format!(
+        "import ctypes\nruntime = ctypes.c_char.in_dll(ctypes.pythonapi, '_PyRuntime')\n\
+         ctypes.memmove(ctypes.addressof(runtime), b'notdebug', 8)\n{leak}"
+    );
+    let mut cases: Vec<(PathBuf, String, &str)> = pyenv_builds(&["3.10."], "python3")
+        .into_iter()
+        .map(|p| (p, leak.to_owned(), "supported for CPython"))
+        .collect();
+    cases.extend(
+        pyenv_builds(&["3.13."], "python3.13")
+            .pop()
+            .map(|p| (p, spoiled, "_Py_DebugOffsets cookie")),
+    );
+    if cases.is_empty() {
+        eprintln!("SKIPPED: no pyenv CPython 3.10 or 3.13 on this machine");
         return;
     }
-    let script = "import time\nkept = []\nwhile True:\n    kept.append(bytearray(64 * 1024))\n    \
-                  time.sleep(0.002)\n";
-    for python in others {
-        let worker = Spawned::new(Command::new(&python).args(["-c", script]));
+    for (python, script, why) in cases {
+        let worker = Spawned::new(Command::new(&python).args(["-c", &script]));
         std::thread::sleep(std::time::Duration::from_millis(500));
         let out = investigate(worker.pid(), &["--mode", "growth", "--duration", "2s"]);
         assert!(
@@ -361,7 +374,9 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
             .collect();
         assert_eq!(said.len(), 1, "{}: {said:?}", python.display());
         assert!(
-            said[0].starts_with("no Python frames:") && said[0].contains("supported for CPython"),
+            said[0].starts_with("no Python frames:")
+                && said[0].contains("supported for CPython")
+                && said[0].contains(why),
             "{}: {said:?}",
             python.display()
         );
