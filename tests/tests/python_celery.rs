@@ -198,5 +198,38 @@ fn investigate_names_the_leaking_celery_task_function() {
             "{mode}: {top}"
         );
     }
+    // Without task markers, folded by the user entry frame: the top row is the task function
+    // Celery called.
+    let out = Command::new(agent_bin())
+        .args(["investigate", "--pid", &worker.pid().to_string(), "--json"])
+        .args([
+            "--mode",
+            "growth",
+            "--duration",
+            "5s",
+            "--fold",
+            "user-entry",
+        ])
+        .output()
+        .expect("run leakscope investigate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let growth = &reports[0];
+    let top = growth["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "page_fault")
+        .unwrap_or_else(|| panic!("no page_fault stacks: {growth}"));
+    let entry = &top["frames"][0];
+    assert_eq!(entry["function"], "leaky", "{top}");
+    assert!(
+        entry["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("leakscope_test_app.py"),
+        "{entry}"
+    );
     let _ = std::fs::remove_file(&log);
 }

@@ -183,6 +183,8 @@ fn assert_charged_to_keep_document(report: &Value, source: &str, keep_line: u64,
         python.display()
     );
     assert_eq!(frame["start_line"].as_u64(), Some(keep_line - 1), "{frame}");
+    // No agent runs beside these: no task maps to read, no task, and no error.
+    assert!(top["task"].is_null(), "{top}");
     // Its callers follow, outermost last.
     let names: Vec<&str> = top["frames"]
         .as_array()
@@ -335,16 +337,29 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
     if !kernel_tests_enabled("an_unsupported_interpreter_gets_one_note_and_native_stacks") {
         return;
     }
-    // Any pyenv CPython without a layout: 3.10 has no Py_Version (nor debug offsets).
-    let others = pyenv_builds(&["3.10."], "python3");
-    if others.is_empty() {
-        eprintln!("SKIPPED: no pyenv CPython 3.10 on this machine");
+    let leak = "import time\nkept = []\nwhile True:\n    kept.append(bytearray(64 * 1024))\n    \
+                time.sleep(0.002)\n";
+    // 3.10 has no Py_Version (nor debug offsets); a 3.13 whose `_Py_DebugOffsets` cookie was
+    // overwritten (the interpreter never reads it itself) must not be believed.
+    let spoiled = format!(
+        "import ctypes\nruntime = ctypes.c_char.in_dll(ctypes.pythonapi, '_PyRuntime')\n\
+         ctypes.memmove(ctypes.addressof(runtime), b'notdebug', 8)\n{leak}"
+    );
+    let mut cases: Vec<(PathBuf, String, &str)> = pyenv_builds(&["3.10."], "python3")
+        .into_iter()
+        .map(|p| (p, leak.to_owned(), "supported for CPython"))
+        .collect();
+    cases.extend(
+        pyenv_builds(&["3.13."], "python3.13")
+            .pop()
+            .map(|p| (p, spoiled, "_Py_DebugOffsets cookie")),
+    );
+    if cases.is_empty() {
+        eprintln!("SKIPPED: no pyenv CPython 3.10 or 3.13 on this machine");
         return;
     }
-    let script = "import time\nkept = []\nwhile True:\n    kept.append(bytearray(64 * 1024))\n    \
-                  time.sleep(0.002)\n";
-    for python in others {
-        let worker = Spawned::new(Command::new(&python).args(["-c", script]));
+    for (python, script, why) in cases {
+        let worker = Spawned::new(Command::new(&python).args(["-c", &script]));
         std::thread::sleep(std::time::Duration::from_millis(500));
         let out = investigate(worker.pid(), &["--mode", "growth", "--duration", "2s"]);
         assert!(
@@ -359,7 +374,9 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
             .collect();
         assert_eq!(said.len(), 1, "{}: {said:?}", python.display());
         assert!(
-            said[0].starts_with("no Python frames:") && said[0].contains("supported for CPython"),
+            said[0].starts_with("no Python frames:")
+                && said[0].contains("supported for CPython")
+                && said[0].contains(why),
             "{}: {said:?}",
             python.display()
         );
@@ -372,4 +389,115 @@ fn an_unsupported_interpreter_gets_one_note_and_native_stacks() {
                 .all(|f| f["python"] == false)
         );
     }
+}
+
+/// The row a JSON report ranks first among its `source` rows.
+fn top_stack<'a>(report: &'a Value, source: &str) -> &'a Value {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == source)
+        .unwrap_or_else(|| panic!("no {source} stacks: {report}"))
+}
+
+#[test]
+fn samples_carry_the_task_their_thread_ran_and_rows_fold_by_task_function() {
+    use std::os::unix::process::CommandExt as _;
+    let test = "samples_carry_the_task_their_thread_ran_and_rows_fold_by_task_function";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    let Some(python) = pythons().pop() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("leakscope-py-tasks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("tasks.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let agent = Agent::start(&["--task-socket", &socket_arg, "--enable-profiling"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/task_pair.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", python.display()));
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "ready", "{}", python.display());
+    let worker = Spawned { child };
+    let pid = worker.pid();
+
+    // The agent's own profile: its first row is the leaking task's.
+    let (status, text) = agent.get(&format!(
+        "/debug/pprof/growth?pid={pid}&seconds=4&format=txt"
+    ));
+    assert_eq!(status, 200, "{text}");
+    let first_row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_default();
+    assert!(
+        first_row.contains("jobs.leaky") && first_row.contains("leaky_task"),
+        "{text}"
+    );
+
+    // `investigate` beside the agent sees the agent's tasks; folded by the user entry, the
+    // task function heads each row.
+    let out = investigate(
+        pid,
+        &[
+            "--mode",
+            "both",
+            "--duration",
+            "4s",
+            "--min-age",
+            "1s",
+            "--fold",
+            "user-entry",
+        ],
+    );
+    let growth = report(&out, "growth");
+    let top = top_stack(&growth, "page_fault");
+    assert_eq!(top["task"], "jobs.leaky", "{top}");
+    // Alloc mode: the task of the thread a block was allocated on.
+    let alloc = report(&out, "alloc");
+    let kept = top_stack(&alloc, "alloc");
+    assert_eq!(kept["task"], "jobs.leaky", "{kept}");
+    assert_eq!(kept["frames"][0]["function"], "leaky_task", "{kept}");
+    let entry = &top["frames"][0];
+    assert_eq!(entry["function"], "leaky_task", "{top}");
+    assert!(
+        entry["file"].as_str().unwrap().ends_with("task_pair.py"),
+        "{entry}"
+    );
+    assert!(
+        notes(&growth)
+            .iter()
+            .any(|n| n.contains("folded by their user entry frame")),
+        "{:?}",
+        notes(&growth)
+    );
+    // A folded row that went through a task function starts at it, not inside it.
+    for stack in growth["stacks"].as_array().unwrap() {
+        let frames = stack["frames"].as_array().unwrap();
+        if let Some(task) = frames
+            .iter()
+            .find(|f| f["function"] == "leaky_task" || f["function"] == "clean_task")
+        {
+            assert_eq!(&frames[0], task, "{stack}");
+        }
+    }
+    drop(worker);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    // Without an agent, no pins: investigate runs and its rows carry no task.
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/leakscope/task_threads").exists(),
+        "the agent removes its pins at exit"
+    );
 }

@@ -127,18 +127,35 @@ pub fn load_for_investigation(
     layout: &Layout,
     capacity: &StackCapacity,
 ) -> Result<Kernel, BpfError> {
-    let mut loader = EbpfLoader::new();
-    // LRU maps need a few entries per CPU; nothing writes these here.
-    for name in [PROCS_MAP, MM_OWNERS_MAP, THREADS_MAP, THREAD_WANT_MAP] {
-        loader.map_max_entries(name, 1024);
-    }
-    set_layouts(&mut loader, layout);
-    set_stacks(&mut loader, capacity);
+    let load = |pins: Option<&std::path::Path>| {
+        let mut loader = EbpfLoader::new();
+        // LRU maps need a few entries per CPU; nothing writes these here.
+        for name in [PROCS_MAP, MM_OWNERS_MAP, THREADS_MAP, THREAD_WANT_MAP] {
+            loader.map_max_entries(name, 1024);
+        }
+        set_layouts(&mut loader, layout);
+        set_stacks(&mut loader, capacity);
+        if let Some(dir) = pins {
+            pin_task_maps(&mut loader, dir);
+        }
+        loader.load(OBJECT)
+    };
     if let Some(dir) = super::task_map::agent_pins() {
-        log::info!("task labels from the agent's maps in {}", dir.display());
-        pin_task_maps(&mut loader, &dir);
+        match load(Some(&dir)) {
+            Ok(ebpf) => {
+                log::info!("task labels from the agent's maps in {}", dir.display());
+                return Ok(Kernel::new(ebpf));
+            }
+            // An agent of another version may have pinned maps of another shape: the
+            // investigation goes on without its labels.
+            Err(e) => log::warn!(
+                "samples carry no task labels: the agent's maps in {} do not fit ({})",
+                dir.display(),
+                crate::error::chain(&e)
+            ),
+        }
     }
-    Ok(Kernel::new(loader.load(OBJECT)?))
+    Ok(Kernel::new(load(None)?))
 }
 
 /// The object as `leakscope bench-floor` uses it: its empty programs, defaults elsewhere.

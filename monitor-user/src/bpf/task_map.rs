@@ -16,7 +16,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
 use monitor_common::stacks::{
-    NO_TASK, TASK_NAME_BYTES, TASK_NAMES_MAP, TASK_THREADS_MAP, TaskName,
+    DEFAULT_MAX_TASK_NAMES, NO_TASK, TASK_NAME_BYTES, TASK_NAMES_MAP, TASK_THREADS_MAP, TaskName,
 };
 
 use super::{BpfError, Kernel};
@@ -148,8 +148,14 @@ pub struct TaskMap {
     names: BpfHashMap<MapData, u32, TaskName>,
     /// The writer's ids, name -> id; ids start at 1 ([`NO_TASK`] is 0).
     ids: HashMap<String, u32>,
+    /// Names each uid brought in: one uid may fill a quarter of TASK_NAMES, so that it
+    /// cannot leave other users' tasks without labels.
+    per_uid: HashMap<u32, u32>,
     full_logged: bool,
 }
+
+/// The names one uid may bring in.
+const UID_SHARE: u32 = DEFAULT_MAX_TASK_NAMES / 4;
 
 impl TaskMap {
     pub fn open(kernel: &Kernel) -> Result<Self, BpfError> {
@@ -157,13 +163,14 @@ impl TaskMap {
             threads: kernel.map_handle(TASK_THREADS_MAP, BpfHashMap::try_from)?,
             names: kernel.map_handle(TASK_NAMES_MAP, BpfHashMap::try_from)?,
             ids: HashMap::new(),
+            per_uid: HashMap::new(),
             full_logged: false,
         })
     }
 
-    /// Thread `tid` (host pid namespace) runs `task` from now on.
-    pub fn begin(&mut self, tid: u32, task: &str) {
-        let Some(id) = self.id(task) else {
+    /// Thread `tid` (host pid namespace) of a process of `uid` runs `task` from now on.
+    pub fn begin(&mut self, tid: u32, task: &str, uid: u32) {
+        let Some(id) = self.id(task, uid) else {
             let _ = self.threads.remove(&tid);
             return;
         };
@@ -188,10 +195,14 @@ impl TaskMap {
     }
 
     /// The id of `task`, given and written to TASK_NAMES the first time; None once
-    /// TASK_NAMES is full (those tasks' samples carry none).
-    fn id(&mut self, task: &str) -> Option<u32> {
+    /// TASK_NAMES is full or `uid` brought in its share (those tasks' samples carry none).
+    fn id(&mut self, task: &str, uid: u32) -> Option<u32> {
         if let Some(id) = self.ids.get(task) {
             return Some(*id);
+        }
+        let brought = self.per_uid.entry(uid).or_default();
+        if *brought >= UID_SHARE {
+            return None;
         }
         let id = u32::try_from(self.ids.len() + 1).ok()?;
         let mut name = TaskName {
@@ -212,6 +223,7 @@ impl TaskMap {
             return None;
         }
         self.ids.insert(task.to_owned(), id);
+        *self.per_uid.entry(uid).or_default() += 1;
         Some(id)
     }
 }
@@ -224,5 +236,32 @@ pub(super) fn reopen(map: &Map) -> Result<Map, MapError> {
         _ => Err(MapError::InvalidName {
             name: "not a hash map".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn only_a_closed_directory_of_root_is_trusted_with_pins() {
+        let base = std::env::temp_dir().join(format!("leakscope-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let dir = base.join("pins");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let root = rustix::process::geteuid().is_root();
+        assert_eq!(check_dir(&dir).is_ok(), root, "{:?}", check_dir(&dir));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o733)).unwrap();
+        let open = check_dir(&dir).unwrap_err();
+        assert!(open.contains("mode 0700"), "{open}");
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let linked = check_dir(&link).unwrap_err();
+        assert!(linked.contains("not a directory"), "{linked}");
+        assert!(check_dir(&base.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::report::{Frame, Report, StackRecord, basename};
+use super::report::{Frame, Report, StackRecord};
 
 /// How rows are folded (`--fold`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +66,7 @@ pub fn fold(report: &mut Report, how: Fold) {
     report.rank();
     let before = report.stacks.len();
     let mut rows: Vec<StackRecord> = Vec::with_capacity(before);
+    // Source, task, and the entry frame: function, file, first line.
     type Key = (
         &'static str,
         Option<String>,
@@ -111,23 +112,23 @@ pub fn fold(report: &mut Report, how: Fold) {
     ));
 }
 
-/// The entry function of a folded row, for tests and messages: `qualname (file)`.
-pub fn describe(frame: &Frame) -> String {
-    match &frame.file {
-        Some(file) => format!("{} ({})", frame.display_name(), basename(file)),
-        None => frame.display_name(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
     use crate::investigate::report::{
-        Mode, Source,
+        Mode, Source, basename,
         test_support::{frame, python, record},
     };
+
+    /// A row's headline as `qualname (file)`.
+    fn describe(frame: &Frame) -> String {
+        match &frame.file {
+            Some(file) => format!("{} ({})", frame.display_name(), basename(file)),
+            None => frame.display_name(),
+        }
+    }
 
     const CELERY: &str = "/venv/lib/python3.11/site-packages/celery/app/trace.py";
     const STDLIB: &str = "/usr/lib/python3.11/json/decoder.py";

@@ -44,8 +44,9 @@ pub trait KernelView: Send + Sync {
     fn want(&self, changes: &[(u32, bool)]) -> Vec<u32>;
     /// The process's exact resident memory (`/proc/<pid>/statm`), read now.
     fn statm(&self, pid: u32) -> Option<host::proc::Statm>;
-    /// Thread `tid` runs `task` from now on (None: no task), for the stack samplers.
-    fn running(&self, _tid: u32, _task: Option<&str>) {}
+    /// Thread `tid` of a process of `uid` runs `task` from now on (None: no task), for the
+    /// stack samplers.
+    fn running(&self, _tid: u32, _task: Option<&str>, _uid: u32) {}
 }
 
 /// The real kernel maps.
@@ -79,7 +80,7 @@ impl KernelView for Kernel {
         host::proc::statm(pid).ok()
     }
 
-    fn running(&self, tid: u32, task: Option<&str>) {
+    fn running(&self, tid: u32, task: Option<&str>, uid: u32) {
         let Some(tasks) = &self.tasks else {
             return;
         };
@@ -87,7 +88,7 @@ impl KernelView for Kernel {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match task {
-            Some(task) => tasks.begin(tid, task),
+            Some(task) => tasks.begin(tid, task, uid),
             None => tasks.end(tid),
         }
     }
@@ -302,7 +303,7 @@ impl Listener {
             protocol::Phase::Begin => Some(marker.task),
             protocol::Phase::End => None,
         };
-        self.kernel.running(tid.unwrap_or(pid), running);
+        self.kernel.running(tid.unwrap_or(pid), running, who.uid);
         // Only the operator turns per-thread accounting on (each target costs uprobes and
         // slots): for the processes of the uids given with --threads-for-uid.
         if threads::Threads::of(&state).opted_in(who.uid) && !self.asked.contains(&pid) {
