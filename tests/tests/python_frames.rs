@@ -274,6 +274,44 @@ fn the_agent_serves_growth_profiles_with_python_frames() {
 }
 
 #[test]
+fn python_frames_can_be_turned_off_for_a_cheaper_sample() {
+    if !kernel_tests_enabled("python_frames_can_be_turned_off_for_a_cheaper_sample") {
+        return;
+    }
+    let python = pythons().into_iter().next().expect("a CPython 3.11 build");
+    let (worker, _) = start_worker(&python);
+    let out = investigate(
+        worker.pid(),
+        &["--mode", "growth", "--duration", "3s", "--no-python-frames"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let growth = report(&out, "growth");
+    let said: Vec<String> = notes(&growth)
+        .into_iter()
+        .filter(|n| n.contains("Python frames"))
+        .collect();
+    assert_eq!(
+        said,
+        ["Python frames off (--no-python-frames): native stacks only"],
+        "{}",
+        python.display()
+    );
+    let stacks = growth["stacks"].as_array().unwrap();
+    assert!(!stacks.is_empty(), "{growth}");
+    assert!(
+        stacks
+            .iter()
+            .flat_map(|s| s["frames"].as_array().unwrap())
+            .all(|f| f["python"] == false),
+        "{growth}"
+    );
+}
+
+#[test]
 fn a_process_without_python_keeps_its_native_stacks_and_says_so() {
     if !kernel_tests_enabled("a_process_without_python_keeps_its_native_stacks_and_says_so") {
         return;
