@@ -194,18 +194,17 @@ fn on_group_exit() {
     let tgid = current_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
-    let exit_code_at = KERNEL_LAYOUT.load().task_exit_code;
-    if exit_code_at != 0 {
+    let layout = KERNEL_LAYOUT.load();
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    if layout.task_exit_code != 0 {
         // do_exit() stores the code before this tracepoint fires.
-        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-        ev.exit_code = read_kernel::<i32>(task + u64::from(exit_code_at)).unwrap_or(0) as u32;
+        ev.exit_code =
+            read_kernel::<i32>(task + u64::from(layout.task_exit_code)).unwrap_or(0) as u32;
     }
     let iter = ITER_LAYOUT.load();
     if iter.exit_reads_mm != 0 {
         // 6.16+: this fires before exit_mm, so the mm still holds the final numbers. This is
         // what the agent knows of a process that lived less than one interval.
-        let layout = KERNEL_LAYOUT.load();
-        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
         ev.ppid = parent_tgid(task, &iter);
         if let Ok(mm) = read_kernel::<u64>(task + u64::from(layout.task_mm))
             && mm != 0
@@ -216,6 +215,12 @@ fn on_group_exit() {
             ev.rss = rss;
             ev.peak_bytes = peak;
         }
+    }
+    if iter.exit_skips_procs != 0 {
+        // The defaults: PROCS holds nothing the mm did not give, and its entries are the
+        // agent's to remove.
+        emit(&ev);
+        return;
     }
     if let Some(stats) = PROCS.get_ptr(tgid) {
         let stats = unsafe { &*stats };

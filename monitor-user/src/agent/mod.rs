@@ -85,6 +85,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::path::Path::new(crate::bpf::btf::VMLINUX),
         &layout.exit,
         &args.break_probe,
+        args.rss_events,
     );
     let sizes = AgentSizes {
         iter: iter_setup.layout.as_ref().ok().copied(),
