@@ -193,9 +193,9 @@ impl Variant {
                 "the agent with --threads-for-uid 0: root's marker senders (the job loop, the \
                  sender beside the writes) get per-thread uprobes; the writer is no target",
             ),
-            Self::AgentRssEvents => Some(
-                "the agent with --rss-events (rss_stat and task_newtask tracked per event)",
-            ),
+            Self::AgentRssEvents => {
+                Some("the agent with --rss-events (rss_stat and task_newtask tracked per event)")
+            }
         }
     }
 }
@@ -381,11 +381,7 @@ fn overhead(rounds: usize, cpu: Option<usize>, defaults_only: bool) -> Result<()
         "seconds: median per run; ratios against baseline: median [p25..p75] (min..max) of \
          the per-round ratios"
     );
-    print_table(
-        "wall seconds (what the targets are about)",
-        &names,
-        &times,
-    );
+    print_table("wall seconds (what the targets are about)", &names, &times);
     print_table(
         "workload CPU seconds (user+sys of the workload and its children, from rusage: less \
          moved by other load on the machine than wall time)",
@@ -452,7 +448,11 @@ struct Verdict {
 
 impl Verdict {
     fn ratio(name: &str, ratios: &[f64], max: f64) -> Self {
-        let (p25, mid, p75) = (quantile(ratios, 0.25), median(ratios), quantile(ratios, 0.75));
+        let (p25, mid, p75) = (
+            quantile(ratios, 0.25),
+            median(ratios),
+            quantile(ratios, 0.75),
+        );
         let pass = mid <= max;
         // A spread across the line means the verdict could flip on another run.
         let note = if p25 <= max && p75 > max {
@@ -474,7 +474,10 @@ impl Verdict {
         let pass = value <= max;
         Self {
             pass,
-            line: format!("{:<4} {name}: {value:.3} (target <= {max})", pass_fail(pass)),
+            line: format!(
+                "{:<4} {name}: {value:.3} (target <= {max})",
+                pass_fail(pass)
+            ),
         }
     }
 
@@ -773,10 +776,18 @@ mod tests {
     #[test]
     fn verdicts_compare_the_median_and_flag_a_spread_across_the_target() {
         let clear = Verdict::ratio("w", &[1.000, 1.002, 1.004], 1.01);
-        assert!(clear.pass && !clear.line.contains("straddles"), "{}", clear.line);
+        assert!(
+            clear.pass && !clear.line.contains("straddles"),
+            "{}",
+            clear.line
+        );
         assert!(clear.line.starts_with("PASS w: 1.002x"), "{}", clear.line);
         let close = Verdict::ratio("w", &[0.99, 1.005, 1.02, 1.03, 1.0], 1.01);
-        assert!(close.pass && close.line.contains("straddles"), "{}", close.line);
+        assert!(
+            close.pass && close.line.contains("straddles"),
+            "{}",
+            close.line
+        );
         let over = Verdict::ratio("w", &[1.03, 1.04, 1.05], 1.01);
         assert!(!over.pass && over.line.starts_with("FAIL"), "{}", over.line);
         assert!(Verdict::at_most("cpu", 0.5, 0.5).pass);

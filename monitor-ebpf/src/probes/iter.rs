@@ -271,11 +271,7 @@ fn counters(
         let mut block = [0u64; RSS_STAT_MAX / 8];
         // SAFETY: writes at most RSS_STAT_MAX bytes into `block`; a bad address is an error.
         let rc = unsafe {
-            bpf_probe_read_kernel(
-                block.as_mut_ptr().cast(),
-                len as u32,
-                base as *const _,
-            )
+            bpf_probe_read_kernel(block.as_mut_ptr().cast(), len as u32, base as *const _)
         };
         if rc == 0 {
             for kind in 0..RssKind::COUNT {

@@ -274,6 +274,7 @@ fn per_job_config(args: &RunArgs) -> crate::tasks::run::Config {
             queue_len: args.task_queue_len,
         }),
         marker_rate: args.marker_rate,
+        per_change: args.rss_events,
     }
 }
 
