@@ -152,6 +152,10 @@ const HOST_PROCESSES: usize = 1000;
 const SLEEP_ARG: &str = "86399.75";
 /// How long the agent's idle CPU is measured, once per agent start, before the workloads.
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
+/// Wait before that window: the agent decides selection for at most 256 new processes an
+/// interval (a /proc read each), so the host's 1,000-odd take it about five seconds. That is
+/// start-up, not the steady cost the target is about.
+const IDLE_SETTLE: Duration = Duration::from_secs(6);
 
 /// What the workloads run under in a round.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -342,6 +346,7 @@ fn overhead(rounds: usize, cpu: Option<usize>, defaults_only: bool) -> Result<()
             if variant == Variant::Agent
                 && let Some(t) = &tracer
             {
+                std::thread::sleep(IDLE_SETTLE);
                 let (share, rss) = idle_share(t.pid(), IDLE_WINDOW)?;
                 idle_cpu.push(share);
                 idle_rss = idle_rss.max(rss);
@@ -391,10 +396,11 @@ fn overhead(rounds: usize, cpu: Option<usize>, defaults_only: bool) -> Result<()
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "agent (defaults) idle with {HOST_PROCESSES} processes on the host: CPU median {:.3}% \
-         of one core over {} s per agent start (min {:.3}%, max {:.3}%), RSS {:.1} MiB; peak \
-         RSS over the workloads {:.1} MiB",
+         of one core over {} s per agent start, {} s after it (min {:.3}%, max {:.3}%), RSS \
+         {:.1} MiB; peak RSS over the workloads {:.1} MiB",
         median(&idle_cpu) * 100.0,
         IDLE_WINDOW.as_secs(),
+        (IDLE_SETTLE + AGENT_WARMUP).as_secs_f64(),
         idle_cpu.iter().copied().fold(f64::INFINITY, f64::min) * 100.0,
         idle_cpu.iter().copied().fold(0.0, f64::max) * 100.0,
         mib(idle_rss),
@@ -696,6 +702,9 @@ enum Tracer {
     Floor(Child),
 }
 
+/// Serving happens after the probes are attached; the first interval runs in this time.
+const AGENT_WARMUP: Duration = Duration::from_millis(1200);
+
 /// A tracer still running this long after SIGTERM is killed (its numbers are read before).
 const TRACER_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -707,8 +716,7 @@ impl Tracer {
             .args(extra)
             .log(util::target_dir().join("bench-overhead-agent.log"))
             .start()?;
-        // Serving happens after the probes are attached; give the first interval time to run.
-        std::thread::sleep(Duration::from_millis(1200));
+        std::thread::sleep(AGENT_WARMUP);
         Ok(Self::Agent(agent))
     }
 
