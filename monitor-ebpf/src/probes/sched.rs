@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
-use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid};
+use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid, task_fields, tgid_of};
 use super::rss::{KERNEL_LAYOUT, adopt_forked_mm, read_kernel, release_mm, retire_seen};
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
 use crate::maps::{PROCS, count, emit};
@@ -195,20 +195,22 @@ fn on_group_exit() {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
     let layout = KERNEL_LAYOUT.load();
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    if layout.task_exit_code != 0 {
-        // do_exit() stores the code before this tracepoint fires.
-        ev.exit_code =
-            read_kernel::<i32>(task + u64::from(layout.task_exit_code)).unwrap_or(0) as u32;
-    }
     let iter = ITER_LAYOUT.load();
-    if iter.exit_reads_mm != 0 {
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    // exit_code, mm and real_parent in one read where task_struct allows.
+    let fields = task_fields(task, &layout, &iter);
+    if let Some(t) = &fields {
+        // do_exit() stores the code before this tracepoint fires.
+        ev.exit_code = t.exit_code as u32;
+    }
+    if iter.exit_reads_mm != 0
+        && let Some(t) = &fields
+    {
         // 6.16+: this fires before exit_mm, so the mm still holds the final numbers. This is
         // what the agent knows of a process that lived less than one interval.
-        ev.ppid = parent_tgid(task, &iter);
-        if let Ok(mm) = read_kernel::<u64>(task + u64::from(layout.task_mm))
-            && mm != 0
-        {
+        ev.ppid = tgid_of(t.real_parent, &iter);
+        let mm = t.mm;
+        if mm != 0 {
             // The batched counter: exact to within a batch per CPU, at a cost that does not
             // grow with the host's CPUs (every exit on the host pays it).
             let (rss, peak, _) = mm_rss(mm, &layout, &iter, false);
