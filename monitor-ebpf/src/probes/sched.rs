@@ -6,11 +6,12 @@
 //! Fork is taken from `task_newtask` rather than `sched_process_fork` because only the former
 //! carries `clone_flags`, which tells a new process from a new thread.
 //!
-//! Fork and exit each have a raw tracepoint program, used where the kernel has BTF: no trace
-//! record is built for them, which matters to fork-heavy hosts. The new task's pid and comm
+//! Fork, exec and exit each have a raw tracepoint program, used where the kernel has BTF: no
+//! trace record is built for them, which matters to fork-heavy hosts. The new task's pid and comm
 //! are then read through `KERNEL_LAYOUT`, and so is the child's new mm, which it owns from
 //! birth. Raw arguments (6.18):
 //! `task_newtask(struct task_struct *task, u64 clone_flags)`,
+//! `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`,
 //! `sched_process_exit(struct task_struct *p, bool group_dead)`; `p` is the current task.
 //! The classic programs below stand in elsewhere:
 //!
@@ -134,8 +135,24 @@ fn on_new_process(pid: u32, comm: [u8; 16], own_mm: u64) {
     emit(&ev);
 }
 
+/// The raw variant of [`sched_exec`], where the kernel has BTF: every exec on the host runs
+/// it, and the classic tracepoint first builds a trace record (the file name copied in) that
+/// the program never reads; it reads the current task alone.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_exec_btf(_ctx: RawTracePointContext) -> i32 {
+    on_exec();
+    0
+}
+
 #[tracepoint]
 pub fn sched_exec(_ctx: TracePointContext) -> u32 {
+    on_exec();
+    0
+}
+
+/// The current task has just exec'd.
+#[inline(always)]
+fn on_exec() {
     count(Counter::ExecEvents);
     let tgid = current_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -153,7 +170,6 @@ pub fn sched_exec(_ctx: TracePointContext) -> u32 {
         ),
     };
     emit(&event(EventKind::Exec, tgid, ppid, cgroup, comm));
-    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
