@@ -415,6 +415,11 @@ pub struct IterLayout {
     /// without CONFIG_KALLSYMS_ALL do not list it): a per-CPU array's slot on CPU n, less
     /// that address, is the CPU's offset. 0 when unknown.
     pub array_pptrs: u32,
+    /// 1 when the exit program leaves PROCS alone (the defaults: nothing there adds to what
+    /// it reads from the mm, and every exit on the host would pay a hash lookup). The agent
+    /// then removes the entries it registered itself, once per walk.
+    pub exit_skips_procs: u32,
+    pub _pad: u32,
 }
 
 /// Bound of the iterator's per-CPU loop.

@@ -17,9 +17,9 @@
 
 use aya_ebpf::{
     Global,
-    helpers::generated::{bpf_map_lookup_percpu_elem, bpf_seq_write},
+    helpers::generated::{bpf_map_lookup_percpu_elem, bpf_probe_read_kernel, bpf_seq_write},
     macros::map,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
 };
 use monitor_common::{
     IterLayout, KernelLayout, MAX_ITER_CPUS, RSS_UNKNOWN, RssKind, TASK_RSS_EXACT, TaskRecord,
@@ -42,11 +42,24 @@ pub static ITER_LAYOUT: Global<IterLayout> = Global::new(IterLayout {
     per_cpu_offset: 0,
     exit_reads_mm: 0,
     array_pptrs: 0,
+    exit_skips_procs: 0,
+    _pad: 0,
 });
 
 /// Its slots, one per CPU, are how each CPU's per-CPU base is found (see `cpu_offsets`).
 #[map(name = "CPU_BASE")]
 static CPU_BASE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each possible CPU's per-CPU offset, found on the first walk and kept for every later one:
+/// they are fixed at boot, and finding them costs a helper call and two reads per CPU, which
+/// every process of every walk paid before. Slot [`MAX_ITER_CPUS`] holds how many CPUs are
+/// filled in (0 until then).
+#[map(name = "CPU_OFFSETS")]
+static CPU_OFFSETS: Array<u64> = Array::with_max_entries(MAX_ITER_CPUS + 1, 0);
+
+/// The most bytes of `mm->rss_stat` read in one go: 4 counters of 40 bytes (a kernel with
+/// lock debugging has larger ones, read field by field). The stack holds it, beside the record.
+const RSS_STAT_MAX: usize = 160;
 
 /// `struct bpf_iter_meta`: only `seq` is used.
 #[repr(C)]
@@ -108,24 +121,125 @@ pub extern "C" fn task_iter(ctx: *mut IterTaskCtx) -> i32 {
 fn fill(task: u64, record: &mut TaskRecord) -> Option<()> {
     let layout = KERNEL_LAYOUT.load();
     let iter = ITER_LAYOUT.load();
-    let pid: i32 = read(task + u64::from(layout.task_pid)).ok()?;
-    let tgid: i32 = read(task + u64::from(iter.task_tgid)).ok()?;
-    let mm: u64 = read(task + u64::from(layout.task_mm)).ok()?;
-    if pid != tgid || mm == 0 {
+    // Every thread on the host comes through here.
+    let t = task_fields(task, &layout, &iter)?;
+    if t.pid != t.tgid || t.mm == 0 {
         return None;
     }
-    record.pid = pid as u32;
+    record.pid = t.pid as u32;
     record.comm = read(task + u64::from(layout.task_comm)).unwrap_or([0; 16]);
-    record.ppid = parent_tgid(task, &iter);
+    record.ppid = tgid_of(t.real_parent, &iter);
     if iter.task_start_boottime != 0 {
         record.start_ns = read(task + u64::from(iter.task_start_boottime)).unwrap_or(0);
     }
     record.cgroup_id = cgroup_id(task, &iter);
-    let (rss, peak, exact) = mm_rss(mm, &layout, &iter, true);
+    let (rss, peak, exact) = mm_rss(t.mm, &layout, &iter, true);
     record.rss = rss;
     record.peak_bytes = peak;
     record.flags = if exact { TASK_RSS_EXACT } else { 0 };
     Some(())
+}
+
+/// The task_struct fields the iterator and the exit program need for every task.
+pub struct TaskFields {
+    pub pid: i32,
+    pub tgid: i32,
+    pub mm: u64,
+    /// 0 when unknown.
+    pub real_parent: u64,
+    /// 0 when unknown.
+    pub exit_code: i32,
+}
+
+/// Bytes of task_struct read in one go for [`TaskFields`]: `mm`, `exit_code`, `pid`, `tgid`
+/// and `real_parent` sit within 152 bytes on 6.18 (offsets 1136 to 1288). Each read is a
+/// helper call that costs more than the bytes it copies.
+const TASK_WINDOW: usize = 160;
+
+/// Reads [`TaskFields`]: in one read when they fit [`TASK_WINDOW`], field by field otherwise.
+/// None when pid, tgid or mm cannot be read.
+#[inline(always)]
+pub fn task_fields(task: u64, layout: &KernelLayout, iter: &IterLayout) -> Option<TaskFields> {
+    let pid_at = layout.task_pid as usize;
+    let tgid_at = iter.task_tgid as usize;
+    let mm_at = layout.task_mm as usize;
+    let parent_at = iter.task_real_parent as usize;
+    let code_at = layout.task_exit_code as usize;
+    let lo = pid_at.min(tgid_at).min(mm_at);
+    let lo = if parent_at != 0 {
+        lo.min(parent_at)
+    } else {
+        lo
+    };
+    let lo = if code_at != 0 { lo.min(code_at) } else { lo };
+    let hi = (pid_at + 4).max(tgid_at + 4).max(mm_at + 8);
+    let hi = hi.max(parent_at + 8).max(code_at + 4);
+    if tgid_at != 0 && hi - lo <= TASK_WINDOW {
+        let mut window = [0u8; TASK_WINDOW];
+        // SAFETY: writes at most TASK_WINDOW bytes into `window`; a bad address is an error.
+        let rc = unsafe {
+            bpf_probe_read_kernel(
+                window.as_mut_ptr().cast(),
+                (hi - lo) as u32,
+                (task + lo as u64) as *const _,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let at = |off: usize| off - lo;
+        let parent = if parent_at != 0 {
+            load::<u64>(&window, at(parent_at))
+        } else {
+            Some(0)
+        };
+        let code = if code_at != 0 {
+            load::<i32>(&window, at(code_at))
+        } else {
+            Some(0)
+        };
+        return Some(TaskFields {
+            pid: load(&window, at(pid_at))?,
+            tgid: load(&window, at(tgid_at))?,
+            mm: load(&window, at(mm_at))?,
+            real_parent: parent.unwrap_or(0),
+            exit_code: code.unwrap_or(0),
+        });
+    }
+    Some(TaskFields {
+        pid: read(task + pid_at as u64).ok()?,
+        tgid: read(task + tgid_at as u64).ok()?,
+        mm: read(task + mm_at as u64).ok()?,
+        real_parent: if parent_at != 0 {
+            read(task + parent_at as u64).unwrap_or(0)
+        } else {
+            0
+        },
+        exit_code: if code_at != 0 {
+            read(task + code_at as u64).unwrap_or(0)
+        } else {
+            0
+        },
+    })
+}
+
+/// A `T` at byte `at` of `window`, None past its end.
+#[inline(always)]
+fn load<T: Copy>(window: &[u8; TASK_WINDOW], at: usize) -> Option<T> {
+    if at + size_of::<T>() > TASK_WINDOW {
+        return None;
+    }
+    // SAFETY: in bounds (checked above); read_unaligned needs no alignment.
+    Some(unsafe { core::ptr::read_unaligned(window.as_ptr().add(at).cast::<T>()) })
+}
+
+/// `parent->tgid`, 0 when unknown.
+#[inline(always)]
+pub fn tgid_of(parent: u64, iter: &IterLayout) -> u32 {
+    if parent == 0 || iter.task_tgid == 0 {
+        return 0;
+    }
+    read::<i32>(parent + u64::from(iter.task_tgid)).map_or(0, |t| t as u32)
 }
 
 /// `task->real_parent->tgid`, 0 when unknown.
@@ -157,7 +271,7 @@ fn cgroup_id(task: u64, iter: &IterLayout) -> u64 {
 /// Bytes per kind of `mm`, the peak (`max(hiwater_rss, resident)`, as VmHWM) and whether the
 /// per-CPU deltas were all summed in. `sum_cpus` false reads the batched `count` alone: the
 /// exit program's choice, whose cost is paid by every exit on the host (the per-CPU sum
-/// costs five reads per possible CPU).
+/// costs one read per possible CPU).
 #[inline(always)]
 pub fn mm_rss(
     mm: u64,
@@ -166,48 +280,36 @@ pub fn mm_rss(
     sum_cpus: bool,
 ) -> ([i64; RssKind::COUNT], u64, bool) {
     let base = mm + u64::from(layout.mm_rss_stat);
-    let stride = u64::from(layout.counter_size);
-    let mut pages = [RSS_UNKNOWN; RssKind::COUNT];
-    let mut percpu = [0u64; RssKind::COUNT];
-    for kind in 0..RssKind::COUNT {
-        let counter = base + kind as u64 * stride;
-        if let Ok(count) = read::<i64>(counter + u64::from(layout.counter_count)) {
-            pages[kind] = count;
-        }
-        if sum_cpus {
-            percpu[kind] = read::<u64>(counter + u64::from(iter.counter_counters)).unwrap_or(0);
-        }
-    }
-    let mut exact = sum_cpus
-        && iter.counter_counters != 0
-        && iter.nr_cpus != 0
-        && (iter.per_cpu_offset != 0 || iter.array_pptrs != 0);
-    // The per-CPU address of CPU_BASE's slot, when CPUs are located through it.
-    let array_base = if exact && iter.per_cpu_offset == 0 {
-        match array_percpu_base(iter.array_pptrs) {
-            Ok(base) => base,
-            Err(_) => {
-                exact = false;
-                0
-            }
-        }
-    } else {
-        0
-    };
+    let (mut pages, percpu) = counters(base, layout, iter, sum_cpus);
+    let mut exact = sum_cpus && iter.counter_counters != 0 && cpu_offsets_ready(iter);
     if exact {
+        // `percpu_counter_init_many` gives an mm's counters one allocation, a s32 per kind
+        // side by side on each CPU: then one read per CPU gives all four deltas.
+        let contiguous = percpu[0] != 0
+            && percpu[1] == percpu[0] + 4
+            && percpu[2] == percpu[0] + 8
+            && percpu[3] == percpu[0] + 12;
         for cpu in 0..MAX_ITER_CPUS {
             if cpu >= iter.nr_cpus {
                 break;
             }
-            let offset = if iter.per_cpu_offset != 0 {
-                read::<u64>(iter.per_cpu_offset + u64::from(cpu) * 8)
-            } else {
-                cpu_offset(cpu, array_base)
-            };
-            let Ok(offset) = offset else {
+            let Some(offset) = CPU_OFFSETS.get(cpu).copied() else {
                 exact = false;
                 break;
             };
+            if contiguous {
+                match read::<[i32; RssKind::COUNT]>(percpu[0].wrapping_add(offset)) {
+                    Ok(deltas) => {
+                        for kind in 0..RssKind::COUNT {
+                            if pages[kind] != RSS_UNKNOWN {
+                                pages[kind] += i64::from(deltas[kind]);
+                            }
+                        }
+                    }
+                    Err(_) => exact = false,
+                }
+                continue;
+            }
             for kind in 0..RssKind::COUNT {
                 if percpu[kind] == 0 || pages[kind] == RSS_UNKNOWN {
                     continue;
@@ -237,6 +339,99 @@ pub fn mm_rss(
         peak = peak.max(hiwater << layout.page_shift);
     }
     (rss, peak, exact)
+}
+
+/// Each kind's batched `count` in pages ([`RSS_UNKNOWN`] where unread) and, with `percpu`,
+/// its `counters` (the `__percpu` address of its deltas; 0 where unread). The four
+/// `percpu_counter`s are read in one go when they fit [`RSS_STAT_MAX`], field by field
+/// otherwise.
+#[inline(always)]
+fn counters(
+    base: u64,
+    layout: &KernelLayout,
+    iter: &IterLayout,
+    percpu: bool,
+) -> ([i64; RssKind::COUNT], [u64; RssKind::COUNT]) {
+    let mut pages = [RSS_UNKNOWN; RssKind::COUNT];
+    let mut deltas = [0u64; RssKind::COUNT];
+    let stride = layout.counter_size as usize;
+    let count_at = layout.counter_count as usize;
+    let counters_at = iter.counter_counters as usize;
+    let len = stride * RssKind::COUNT;
+    let aligned = stride % 8 == 0 && count_at % 8 == 0 && counters_at % 8 == 0;
+    if aligned && len <= RSS_STAT_MAX && count_at + 8 <= stride && counters_at + 8 <= stride {
+        let mut block = [0u64; RSS_STAT_MAX / 8];
+        // SAFETY: writes at most RSS_STAT_MAX bytes into `block`; a bad address is an error.
+        let rc = unsafe {
+            bpf_probe_read_kernel(block.as_mut_ptr().cast(), len as u32, base as *const _)
+        };
+        if rc == 0 {
+            for kind in 0..RssKind::COUNT {
+                if let Some(count) = block.get((kind * stride + count_at) / 8) {
+                    pages[kind] = *count as i64;
+                }
+                if percpu && let Some(at) = block.get((kind * stride + counters_at) / 8) {
+                    deltas[kind] = *at;
+                }
+            }
+        }
+        return (pages, deltas);
+    }
+    for kind in 0..RssKind::COUNT {
+        let counter = base + (kind * stride) as u64;
+        if let Ok(count) = read::<i64>(counter + count_at as u64) {
+            pages[kind] = count;
+        }
+        if percpu {
+            deltas[kind] = read::<u64>(counter + counters_at as u64).unwrap_or(0);
+        }
+    }
+    (pages, deltas)
+}
+
+/// Whether [`CPU_OFFSETS`] holds every possible CPU's offset, filling it on first use.
+#[inline(always)]
+fn cpu_offsets_ready(iter: &IterLayout) -> bool {
+    if iter.nr_cpus == 0 || (iter.per_cpu_offset == 0 && iter.array_pptrs == 0) {
+        return false;
+    }
+    if CPU_OFFSETS
+        .get(MAX_ITER_CPUS)
+        .is_some_and(|n| *n == u64::from(iter.nr_cpus))
+    {
+        return true;
+    }
+    // The per-CPU address of CPU_BASE's slot, when CPUs are located through it.
+    let array_base = if iter.per_cpu_offset == 0 {
+        match array_percpu_base(iter.array_pptrs) {
+            Ok(base) => base,
+            Err(_) => return false,
+        }
+    } else {
+        0
+    };
+    for cpu in 0..MAX_ITER_CPUS {
+        if cpu >= iter.nr_cpus {
+            break;
+        }
+        let offset = if iter.per_cpu_offset != 0 {
+            read::<u64>(iter.per_cpu_offset + u64::from(cpu) * 8)
+        } else {
+            cpu_offset(cpu, array_base)
+        };
+        let (Ok(offset), Some(slot)) = (offset, CPU_OFFSETS.get_ptr_mut(cpu)) else {
+            return false;
+        };
+        // SAFETY: an array slot, valid for the program's run; walks running at once write
+        // the same values.
+        unsafe { *slot = offset };
+    }
+    let Some(filled) = CPU_OFFSETS.get_ptr_mut(MAX_ITER_CPUS) else {
+        return false;
+    };
+    // SAFETY: as above; written last, so a reader that sees it sees every offset.
+    unsafe { *filled = u64::from(iter.nr_cpus) };
+    true
 }
 
 /// The `__percpu` address of CPU_BASE's only value, read from the map itself

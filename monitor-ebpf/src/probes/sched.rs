@@ -6,11 +6,12 @@
 //! Fork is taken from `task_newtask` rather than `sched_process_fork` because only the former
 //! carries `clone_flags`, which tells a new process from a new thread.
 //!
-//! Fork and exit each have a raw tracepoint program, used where the kernel has BTF: no trace
-//! record is built for them, which matters to fork-heavy hosts. The new task's pid and comm
+//! Fork, exec and exit each have a raw tracepoint program, used where the kernel has BTF: no
+//! trace record is built for them, which matters to fork-heavy hosts. The new task's pid and comm
 //! are then read through `KERNEL_LAYOUT`, and so is the child's new mm, which it owns from
 //! birth. Raw arguments (6.18):
 //! `task_newtask(struct task_struct *task, u64 clone_flags)`,
+//! `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`,
 //! `sched_process_exit(struct task_struct *p, bool group_dead)`; `p` is the current task.
 //! The classic programs below stand in elsewhere:
 //!
@@ -31,7 +32,7 @@ use aya_ebpf::{
 };
 use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
 
-use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid};
+use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid, task_fields, tgid_of};
 use super::rss::{KERNEL_LAYOUT, adopt_forked_mm, read_kernel, release_mm, retire_seen};
 use super::{ProbeError, cgroup_id, current_tgid, field, now_ns};
 use crate::maps::{PROCS, count, emit};
@@ -134,8 +135,24 @@ fn on_new_process(pid: u32, comm: [u8; 16], own_mm: u64) {
     emit(&ev);
 }
 
+/// The raw variant of [`sched_exec`], where the kernel has BTF: every exec on the host runs
+/// it, and the classic tracepoint first builds a trace record (the file name copied in) that
+/// the program never reads; it reads the current task alone.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_exec_btf(_ctx: RawTracePointContext) -> i32 {
+    on_exec();
+    0
+}
+
 #[tracepoint]
 pub fn sched_exec(_ctx: TracePointContext) -> u32 {
+    on_exec();
+    0
+}
+
+/// The current task has just exec'd.
+#[inline(always)]
+fn on_exec() {
     count(Counter::ExecEvents);
     let tgid = current_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -153,7 +170,6 @@ pub fn sched_exec(_ctx: TracePointContext) -> u32 {
         ),
     };
     emit(&event(EventKind::Exec, tgid, ppid, cgroup, comm));
-    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
@@ -194,28 +210,35 @@ fn on_group_exit() {
     let tgid = current_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
-    let exit_code_at = KERNEL_LAYOUT.load().task_exit_code;
-    if exit_code_at != 0 {
-        // do_exit() stores the code before this tracepoint fires.
-        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-        ev.exit_code = read_kernel::<i32>(task + u64::from(exit_code_at)).unwrap_or(0) as u32;
-    }
+    let layout = KERNEL_LAYOUT.load();
     let iter = ITER_LAYOUT.load();
-    if iter.exit_reads_mm != 0 {
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    // exit_code, mm and real_parent in one read where task_struct allows.
+    let fields = task_fields(task, &layout, &iter);
+    if let Some(t) = &fields {
+        // do_exit() stores the code before this tracepoint fires.
+        ev.exit_code = t.exit_code as u32;
+    }
+    if iter.exit_reads_mm != 0
+        && let Some(t) = &fields
+    {
         // 6.16+: this fires before exit_mm, so the mm still holds the final numbers. This is
         // what the agent knows of a process that lived less than one interval.
-        let layout = KERNEL_LAYOUT.load();
-        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-        ev.ppid = parent_tgid(task, &iter);
-        if let Ok(mm) = read_kernel::<u64>(task + u64::from(layout.task_mm))
-            && mm != 0
-        {
+        ev.ppid = tgid_of(t.real_parent, &iter);
+        let mm = t.mm;
+        if mm != 0 {
             // The batched counter: exact to within a batch per CPU, at a cost that does not
             // grow with the host's CPUs (every exit on the host pays it).
             let (rss, peak, _) = mm_rss(mm, &layout, &iter, false);
             ev.rss = rss;
             ev.peak_bytes = peak;
         }
+    }
+    if iter.exit_skips_procs != 0 {
+        // The defaults: PROCS holds nothing the mm did not give, and its entries are the
+        // agent's to remove.
+        emit(&ev);
+        return;
     }
     if let Some(stats) = PROCS.get_ptr(tgid) {
         let stats = unsafe { &*stats };

@@ -28,7 +28,10 @@ mod snapshot;
 
 use snapshot::{Source, adopt_new_from_proc, iter_notes, load_task_iter, take_snapshot};
 
-const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Between intervals and scrapes (which drain first), events are applied this often. Every
+/// tick wakes the agent on an idle host; the kernel wakes it sooner when the ring buffer
+/// fills a quarter (an exit storm), so a longer tick costs no events.
+const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// /proc reads per interval, so a fork storm cannot turn the agent into a /proc scanner.
 const PROC_READS_PER_INTERVAL: usize = 256;
@@ -85,6 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::path::Path::new(crate::bpf::btf::VMLINUX),
         &layout.exit,
         &args.break_probe,
+        args.rss_events,
     );
     // `investigate --pid` run beside the agent labels its samples with the agent's tasks
     // through these pins; without them only the agent's own profiles have task labels.
@@ -281,6 +285,7 @@ fn per_job_config(args: &RunArgs) -> crate::tasks::run::Config {
             queue_len: args.task_queue_len,
         }),
         marker_rate: args.marker_rate,
+        per_change: args.rss_events,
     }
 }
 

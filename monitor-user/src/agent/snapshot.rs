@@ -98,6 +98,13 @@ pub(super) fn take_snapshot(source: &Source, shared: &Shared) {
                     .filter(|r| first.contains(&r.pid))
                     .map(|r| (r.pid, ProcStats::new(r.start_ns, r.ppid, r.cgroup_id))),
             );
+            // The walk lists processes in pid order (the kernel walks pids upwards); sorted
+            // here all the same, so the lookups stay exact if that ever changes.
+            let mut pids: Vec<u32> = records.iter().map(|r| r.pid).collect();
+            pids.sort_unstable();
+            source
+                .maps
+                .forget_gone(|pid| pids.binary_search(&pid).is_ok());
         }
         Err(e) => {
             let failed = source.iter_failures.fetch_add(1, Ordering::Relaxed) + 1;

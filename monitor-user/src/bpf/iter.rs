@@ -52,10 +52,13 @@ pub fn count_error_bytes() -> u64 {
 }
 
 /// Reads the iterator's layout from BTF at `btf_path`, /proc/kallsyms and sysfs.
+/// `rss_events`: PROCS is the kernel's own table (`--rss-events`), which the exit program
+/// keeps; otherwise the agent keeps it and the exit program does not look at it.
 pub fn iter_layout(
     btf_path: &Path,
     exit: &Result<ExitOffsets, String>,
     break_probes: &[String],
+    rss_events: bool,
 ) -> IterSetup {
     let broken = |name: &str| break_probes.iter().any(|b| b == name);
     let mut layout = match btf_offsets(btf_path) {
@@ -109,6 +112,7 @@ pub fn iter_layout(
         }
     };
     layout.exit_reads_mm = u32::from(exit_snapshot.is_none());
+    layout.exit_skips_procs = u32::from(!rss_events);
     IterSetup {
         layout: Ok(layout),
         approximate,
@@ -139,6 +143,8 @@ fn btf_offsets(path: &Path) -> Result<IterLayout, String> {
         per_cpu_offset: 0,
         exit_reads_mm: 0,
         array_pptrs: at("bpf_array", "pptrs").unwrap_or(0),
+        exit_skips_procs: 0,
+        _pad: 0,
     })
 }
 
@@ -323,18 +329,22 @@ mod tests {
             pid: 24,
             group_dead: u32::MAX,
         });
-        let setup = iter_layout(path, &old, &[]);
+        let setup = iter_layout(path, &old, &[], false);
         assert!(setup.exit_snapshot.unwrap().contains("group_dead"));
-        assert_eq!(setup.layout.unwrap().exit_reads_mm, 0);
+        let l = setup.layout.unwrap();
+        // The defaults: the agent, not the exit program, keeps PROCS.
+        assert_eq!((l.exit_reads_mm, l.exit_skips_procs), (0, 1));
         let new = Ok(ExitOffsets {
             pid: 24,
             group_dead: 32,
         });
-        let setup = iter_layout(path, &new, &[BREAK_PER_CPU.into()]);
+        let setup = iter_layout(path, &new, &[BREAK_PER_CPU.into()], true);
         assert!(setup.exit_snapshot.is_none());
         assert_eq!(setup.approximate.as_deref(), Some("fault injection"));
         let l = setup.layout.unwrap();
         assert_eq!((l.exit_reads_mm, l.nr_cpus, l.array_pptrs), (1, 0, 0));
+        // --rss-events: the exit program keeps the kernel's table.
+        assert_eq!(l.exit_skips_procs, 0);
         assert!(l.task_tgid > 0 && l.counter_counters > 0, "{l:?}");
     }
 }

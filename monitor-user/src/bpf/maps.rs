@@ -11,6 +11,9 @@ pub struct KernelMaps {
     /// found) without making readers (the marker listener) wait behind a whole-map read.
     procs_writer: std::sync::Mutex<BpfHashMap<MapData, u32, ProcStats>>,
     counters: PerCpuArray<MapData, u64>,
+    /// Pids given an entry by [`KernelMaps::register`]: the agent removes them once they are
+    /// gone, since the exit program leaves PROCS alone by default.
+    registered: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 impl KernelMaps {
@@ -31,6 +34,7 @@ impl KernelMaps {
             procs,
             procs_writer: std::sync::Mutex::new(writer),
             counters: kernel.take_map(COUNTERS_MAP, PerCpuArray::try_from)?,
+            registered: Default::default(),
         })
     }
 
@@ -44,17 +48,45 @@ impl KernelMaps {
         self.procs.get(&pid, 0).ok()
     }
 
-    /// Gives processes found by the task iterator an entry, as the fork probe would have:
-    /// per-thread accounting keys on it. An entry already there is left alone; a full map
-    /// evicts its coldest entry (LRU).
+    /// Gives processes new to the table an entry, as the fork probe would have: per-thread
+    /// accounting keys on it. An entry a previous holder of the pid left is replaced; a full
+    /// map evicts its coldest entry (LRU).
     pub fn register(&self, processes: impl IntoIterator<Item = (u32, ProcStats)>) {
-        const BPF_NOEXIST: u64 = 1;
         let mut procs = self
             .procs_writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registered = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (pid, stats) in processes {
-            let _ = procs.insert(pid, stats, BPF_NOEXIST);
+            if procs.insert(pid, stats, 0).is_ok() {
+                registered.insert(pid);
+            }
+        }
+    }
+
+    /// Removes the entries [`KernelMaps::register`] made for processes `alive` no longer
+    /// lists (one walk's pids): the exit program leaves them by default, so that no exit on
+    /// the host pays for a hash lookup.
+    pub fn forget_gone(&self, alive: impl Fn(u32) -> bool) {
+        let mut registered = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let gone: Vec<u32> = registered.iter().copied().filter(|p| !alive(*p)).collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut procs = self
+            .procs_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for pid in gone {
+            registered.remove(&pid);
+            // Already evicted (LRU) is as good as removed.
+            let _ = procs.remove(&pid);
         }
     }
 

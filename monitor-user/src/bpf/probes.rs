@@ -35,7 +35,7 @@ pub const PROBES: [ProbeSpec; 4] = [
         name: "sched_exec",
         category: "sched",
         tracepoint: "sched_process_exec",
-        raw: None,
+        raw: Some("sched_exec_btf"),
         fallback: "names are not refreshed after exec",
     },
     ProbeSpec {

@@ -103,6 +103,94 @@ pub fn statm(pid: u32) -> Result<Statm, ProcError> {
     })
 }
 
+/// `/proc/<pid>/statm` files kept open, one per process that sends task markers: each marker
+/// then costs one `pread` instead of opening the process's directory and file again. An open
+/// file stays bound to the process it was opened for (a reused pid does not read through it),
+/// and reads fail once that process is gone.
+pub struct StatmFiles {
+    files: std::collections::HashMap<u32, std::fs::File>,
+}
+
+/// Open statm files at most: marker senders are a host's worker processes.
+const MAX_STATM_FILES: usize = 256;
+
+impl Default for StatmFiles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatmFiles {
+    pub fn new() -> Self {
+        Self {
+            files: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The process's memory now, as [`statm`] reads it.
+    pub fn read(&mut self, pid: u32) -> Result<Statm, ProcError> {
+        use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+        if !self.files.contains_key(&pid) {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(format!("/proc/{pid}/statm"))
+                .map_err(|e| io_error(pid, &e))?;
+            if self.files.len() >= MAX_STATM_FILES {
+                // A cache: what it forgets is opened again.
+                self.files.clear();
+            }
+            self.files.insert(pid, file);
+        }
+        let mut buf = [0u8; 256];
+        let read = self.files[&pid].read_at(&mut buf, 0);
+        let parsed = read
+            .map_err(|e| io_error(pid, &e))
+            .and_then(|n| parse_statm(pid, &buf[..n]));
+        if parsed.is_err() {
+            self.files.remove(&pid);
+        }
+        parsed
+    }
+}
+
+fn io_error(pid: u32, e: &std::io::Error) -> ProcError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ESRCH) => ProcError::Gone(pid),
+        Some(libc::EACCES | libc::EPERM) => ProcError::Denied { pid },
+        _ => ProcError::Other {
+            pid,
+            detail: format!("statm: {e}"),
+        },
+    }
+}
+
+/// `size resident shared text lib data dt`, in pages.
+fn parse_statm(pid: u32, text: &[u8]) -> Result<Statm, ProcError> {
+    let mut fields = std::str::from_utf8(text)
+        .unwrap_or("")
+        .split_ascii_whitespace()
+        .map(str::parse::<u64>);
+    let mut next = || match fields.next() {
+        Some(Ok(v)) => Ok(v),
+        // An exited process's file reads as empty.
+        None if text.is_empty() => Err(ProcError::Gone(pid)),
+        _ => Err(ProcError::Other {
+            pid,
+            detail: format!("unexpected statm {:?}", String::from_utf8_lossy(text)),
+        }),
+    };
+    let (size, resident, shared) = (next()?, next()?, next()?);
+    if size == 0 {
+        return Err(ProcError::KernelThread(pid));
+    }
+    let page = procfs::page_size();
+    Ok(Statm {
+        resident: resident.saturating_mul(page),
+        shared: shared.min(resident).saturating_mul(page),
+    })
+}
+
 /// Every user-space process now running; processes that vanish mid-read are skipped,
 /// other failures are returned beside the snapshots so the caller can count them.
 pub fn read_all() -> Result<(Vec<ProcSnapshot>, Vec<ProcError>), ProcError> {
@@ -300,6 +388,38 @@ mod tests {
             "{before:?} -> {after:?}"
         );
         drop(std::hint::black_box(block));
+    }
+
+    #[test]
+    fn an_open_statm_file_follows_its_process_and_not_its_pid() {
+        // A sleeping child's memory holds still: both ways of reading it agree exactly.
+        let mut files = StatmFiles::new();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let opened = files.read(pid).expect("the child's statm");
+        assert!(opened.resident > 0 && opened.shared <= opened.resident);
+        // Read again through the file kept open.
+        assert_eq!(files.read(pid).unwrap(), statm(pid).unwrap());
+        assert!(files.files.contains_key(&pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: its file no longer reads, and is let go.
+        assert!(
+            matches!(
+                files.read(pid),
+                Err(ProcError::Gone(_) | ProcError::KernelThread(_))
+            ),
+            "a reaped process still reads"
+        );
+        assert!(!files.files.contains_key(&pid));
+        assert!(matches!(files.read(u32::MAX - 1), Err(ProcError::Gone(_))));
+        assert!(matches!(
+            parse_statm(1, b"12 x"),
+            Err(ProcError::Other { .. })
+        ));
     }
 
     #[test]

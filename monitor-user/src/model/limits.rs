@@ -106,9 +106,18 @@ pub struct CgroupRoots {
 
 impl CgroupRoots {
     pub fn discover() -> Self {
-        proc::own_mounts()
+        let mut roots = proc::own_mounts()
             .map(|m| Self::from_mounts(&m))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // A hybrid host's cgroup2 mount may lack the memory controller (v1 has it): its
+        // cgroups have no memory.max to read, every interval.
+        if let Some(v2) = &roots.v2
+            && fs::read_to_string(v2.join("cgroup.controllers"))
+                .is_ok_and(|c| !c.split_whitespace().any(|c| c == "memory"))
+        {
+            roots.v2 = None;
+        }
+        roots
     }
 
     /// The first cgroup2 mount, and the first v1 mount with the memory controller.
@@ -128,23 +137,49 @@ impl CgroupRoots {
 
     /// The tightest cgroup limit on the way from `v2_path` / `v1_path` to the root.
     pub fn limit(&self, v2_path: Option<&str>, v1_path: Option<&str>) -> Option<Limit> {
+        self.limit_with(v2_path, v1_path, &mut HashMap::new())
+    }
+
+    /// As [`CgroupRoots::limit`], reading each cgroup directory once for all the calls that
+    /// share `dirs` (sibling cgroups share their ancestors).
+    fn limit_with(
+        &self,
+        v2_path: Option<&str>,
+        v1_path: Option<&str>,
+        dirs: &mut DirLimits,
+    ) -> Option<Limit> {
         let v2 = self
             .v2
             .as_deref()
             .zip(v2_path)
-            .and_then(|(root, p)| tightest(root, p, "memory.max", "memory.current"));
+            .and_then(|(root, p)| tightest(root, p, "memory.max", "memory.current", dirs));
         v2.or_else(|| {
             self.v1_memory
                 .as_deref()
                 .zip(v1_path)
                 .and_then(|(root, p)| {
-                    tightest(root, p, "memory.limit_in_bytes", "memory.usage_in_bytes")
+                    tightest(
+                        root,
+                        p,
+                        "memory.limit_in_bytes",
+                        "memory.usage_in_bytes",
+                        dirs,
+                    )
                 })
         })
     }
 }
 
-fn tightest(root: &Path, cgroup: &str, max_file: &str, usage_file: &str) -> Option<Limit> {
+/// A cgroup directory's (limit, usage), None without a limit.
+type DirLimits = HashMap<PathBuf, Option<(u64, u64)>>;
+
+fn tightest(
+    root: &Path,
+    cgroup: &str,
+    max_file: &str,
+    usage_file: &str,
+    dirs: &mut DirLimits,
+) -> Option<Limit> {
     let mut best: Option<Limit> = None;
     let mut dir = root.join(cgroup.trim_start_matches('/'));
     // Paths seen from inside a cgroup namespace start with /.. and name nothing here.
@@ -152,10 +187,15 @@ fn tightest(root: &Path, cgroup: &str, max_file: &str, usage_file: &str) -> Opti
         return None;
     }
     loop {
-        if let (Some(limit), Some(used)) = (
-            read_limit(&dir.join(max_file)),
-            read_u64(&dir.join(usage_file)),
-        ) {
+        let read = match dirs.get(&dir) {
+            Some(known) => *known,
+            None => {
+                let read = read_limit(&dir.join(max_file)).zip(read_u64(&dir.join(usage_file)));
+                dirs.insert(dir.clone(), read);
+                read
+            }
+        };
+        if let Some((limit, used)) = read {
             let candidate = Limit {
                 limit_bytes: limit,
                 used_bytes: used,
@@ -190,11 +230,16 @@ pub fn parse_limit(text: &str) -> Option<u64> {
     t.parse().ok().filter(|v| *v < V1_UNLIMITED)
 }
 
-/// Cgroup limits read at most once per interval per cgroup.
+/// Cgroup limits read at most once per interval per cgroup directory. Keyed by v2 path, then
+/// v1 path (absent as [`NO_PATH`]), so a process whose cgroups were seen costs no allocation.
 #[derive(Default)]
 pub struct LimitCache {
-    seen: HashMap<(Option<String>, Option<String>), Option<Limit>>,
+    seen: HashMap<String, HashMap<String, Option<Limit>>>,
+    dirs: DirLimits,
 }
+
+/// Stands for "no path" in [`LimitCache`]'s keys: no cgroup path contains a NUL.
+const NO_PATH: &str = "\0";
 
 impl LimitCache {
     pub fn get(
@@ -203,10 +248,16 @@ impl LimitCache {
         v2: Option<&str>,
         v1: Option<&str>,
     ) -> Option<Limit> {
-        *self
-            .seen
-            .entry((v2.map(str::to_string), v1.map(str::to_string)))
-            .or_insert_with(|| roots.limit(v2, v1))
+        let (k2, k1) = (v2.unwrap_or(NO_PATH), v1.unwrap_or(NO_PATH));
+        if let Some(known) = self.seen.get(k2).and_then(|m| m.get(k1)) {
+            return *known;
+        }
+        let limit = roots.limit_with(v2, v1, &mut self.dirs);
+        self.seen
+            .entry(k2.to_string())
+            .or_default()
+            .insert(k1.to_string(), limit);
+        limit
     }
 }
 
@@ -311,6 +362,13 @@ mod tests {
         );
         assert_eq!(roots.limit(Some("/"), None), None);
         assert_eq!(roots.limit(Some("/../escape"), None), None);
+        // Through the per-interval cache: the same answers, and absent paths are no path.
+        let mut cache = LimitCache::default();
+        for _ in 0..2 {
+            assert_eq!(cache.get(&roots, Some("/pod/ctr"), None), Some(l));
+            assert_eq!(cache.get(&roots, Some("/pod"), None), Some(l));
+            assert_eq!(cache.get(&roots, None, None), None);
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -55,10 +55,18 @@ pub struct Kernel {
     pub threads: Option<Arc<ThreadMaps>>,
     /// The samplers' view of which task each thread runs.
     pub tasks: Option<std::sync::Mutex<TaskMap>>,
+    /// Whether the kernel keeps per-process counters (`--rss-events`). Otherwise PROCS
+    /// entries hold no RSS, and a marker does not pay a map lookup for them.
+    pub per_change: bool,
+    /// Marker senders' statm files, kept open (only the listener reads them).
+    pub statm: std::sync::Mutex<host::proc::StatmFiles>,
 }
 
 impl KernelView for Kernel {
     fn proc_stats(&self, pid: u32) -> Option<ProcStats> {
+        if !self.per_change {
+            return None;
+        }
         self.procs.proc_stats(pid)
     }
 
@@ -77,7 +85,11 @@ impl KernelView for Kernel {
     }
 
     fn statm(&self, pid: u32) -> Option<host::proc::Statm> {
-        host::proc::statm(pid).ok()
+        self.statm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read(pid)
+            .ok()
     }
 
     fn running(&self, tid: u32, task: Option<&str>, uid: u32) {

@@ -27,6 +27,7 @@ pub struct PerJob {
     uprobes: Option<TargetProbes>,
     socket: Option<TaskSocket>,
     listener: ListenerConfig,
+    per_change: bool,
 }
 
 /// Running parts; dropping it stops the loops and removes the socket file.
@@ -52,6 +53,8 @@ pub struct Config {
     pub socket: Option<SocketOptions>,
     /// Markers per second per uid.
     pub marker_rate: u32,
+    /// `--rss-events`: the kernel keeps per-process counters in PROCS.
+    pub per_change: bool,
 }
 
 impl PerJob {
@@ -64,6 +67,7 @@ impl PerJob {
         config: Config,
     ) -> Self {
         let marker_uids = config.threads.marker_uids.clone();
+        let per_change = config.per_change;
         state.features.insert(super::Tasks::new(config.tasks));
         state.features.insert(threads::Threads::new(config.threads));
         let threads = match ThreadMaps::take(kernel) {
@@ -116,6 +120,7 @@ impl PerJob {
             uprobes,
             socket,
             listener: ListenerConfig::with_rate(config.marker_rate),
+            per_change,
         }
     }
 
@@ -137,6 +142,8 @@ impl PerJob {
                 procs,
                 threads: self.threads.clone(),
                 tasks: self.tasks.map(std::sync::Mutex::new),
+                per_change: self.per_change,
+                statm: Default::default(),
             });
             let listener = Listener::new(socket, shared.clone(), kernel, self.listener);
             if let Err(e) = std::thread::Builder::new()
