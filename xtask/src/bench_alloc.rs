@@ -12,7 +12,7 @@
 //!   without frame pointers): untraced, under growth mode at the default period, under alloc
 //!   mode (which adds the `python` allocator family) and under the malloc-only bpftrace script;
 //! - the cost of one sample: growth mode sampling one fault in 4, on the C page-fault workload and
-//!   on a fault-heavy run of the Python worker (glibc told to mmap its 256 KiB buffer for every
+//!   on a fault-heavy run of the Python worker (glibc told to mmap its 1 MiB buffer for every
 //!   job), with DWARF unwinding (stack copies unwound in user space) and with frame pointers
 //!   only, and on the Python worker with and without its Python frames. The target pays the
 //!   sample: its extra time over its untraced median, per sample it took, is the cost of one
@@ -60,13 +60,13 @@ const TARGET_THROUGHPUT_VS_BPFTRACE: f64 = 2.0;
 const TARGET_GROWTH_SLOWDOWN: f64 = 1.05;
 /// Growth mode at its default period should slow a Python worker by at most this factor.
 const TARGET_PYTHON_GROWTH_SLOWDOWN: f64 = 1.02;
-/// Jobs per run of the Python worker: about 1.3 s here untraced, a minute under alloc mode.
-const PYTHON_JOBS: &str = "50000";
+/// Jobs per run of the Python worker (about 1.5 ms each): 1.5 s untraced.
+const PYTHON_JOBS: &str = "1000";
 /// Debian's CPython, statically linked, stripped, without frame pointers: the hard case for
 /// stacks (`cargo xtask setup` installs it).
 const PYTHON: &str = "/usr/bin/python3.11";
-/// Jobs per fault-heavy run of the Python worker (64 faults each).
-const PYTHON_FAULTS_JOBS: &str = "20000";
+/// Jobs per fault-heavy run of the Python worker (256 faults each).
+const PYTHON_FAULTS_JOBS: &str = "1000";
 /// Loading BPF, resolving symbols and (bpftrace) compiling with LLVM: seconds on a busy host.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// investigate writes its report after SIGINT; symbolizing every stack takes a while.
@@ -387,7 +387,7 @@ fn target_command(tools: &Tools, target: Target) -> Command {
         Target::PythonFaults => {
             let mut cmd = Command::new(PYTHON);
             // A fixed threshold turns off glibc's adaptive one, which would otherwise move
-            // above the 256 KiB buffer after the first job and reuse the heap from then on.
+            // above the 1 MiB buffer after the first job and reuse the heap from then on.
             cmd.arg(util::workspace_root().join("xtask/scripts/py_worker.py"))
                 .arg(PYTHON_FAULTS_JOBS)
                 .env("MALLOC_MMAP_THRESHOLD_", "131072");
