@@ -100,6 +100,7 @@ fn reused_pid_does_not_inherit_numbers() {
         anon_of(&agent, pid).filter(|a| *a > (190 * MIB) as f64)
     })
     .expect("first holder of the pid tracked with 200 MiB");
+    let first_start = agent.process(pid).expect("first holder")["start_time_seconds"].clone();
     first.exit();
 
     // Ask the kernel for the same pid again: ns_last_pid makes the next fork take pid.
@@ -110,8 +111,14 @@ fn reused_pid_does_not_inherit_numbers() {
     })
     .unwrap_or_else(|| panic!("could not get pid {pid} again"));
 
-    std::thread::sleep(Duration::from_millis(600));
-    let p = agent.process(pid).expect("second holder tracked");
+    // The second holder, told apart from the first by its start time however long the agent
+    // takes to see it.
+    let p = wait_for(Duration::from_secs(10), || {
+        agent
+            .process(pid)
+            .filter(|p| p["start_time_seconds"] != first_start)
+    })
+    .expect("second holder tracked");
     let resident = p["resident_bytes"].as_f64().unwrap();
     let peak = p["peak_rss_bytes"].as_f64().unwrap();
     assert!(

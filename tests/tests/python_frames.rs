@@ -274,6 +274,69 @@ fn the_agent_serves_growth_profiles_with_python_frames() {
 }
 
 #[test]
+fn every_python_path_under_call_churn_is_whole_or_marked_truncated() {
+    if !kernel_tests_enabled("every_python_path_under_call_churn_is_whole_or_marked_truncated") {
+        return;
+    }
+    // Calls pushed and popped as fast as the interpreter goes, objects allocated at every
+    // depth: allocator calls caught mid-call, while the interpreter links a frame in or out,
+    // are where a walk can find a chain that changes under it.
+    let churn = "kept = []\n\
+                 def down(n):\n    [object() for _ in range(4)]\n    return down(n - 1) if n else None\n\
+                 def keep():\n    kept.append(bytearray(8192))\n\
+                 while True:\n    for d in range(1, 60):\n        down(d)\n    keep()\n";
+    for python in pythons() {
+        let worker = Spawned::new(Command::new(&python).args(["-c", churn]));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let out = investigate(
+            worker.pid(),
+            &[
+                "--mode",
+                "both",
+                "--duration",
+                "3s",
+                "--sample-bytes",
+                "4096",
+                "--sample-period",
+                "4",
+                "--min-age",
+                "0s",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (mut paths, mut marked_paths) = (0, 0);
+        for mode in ["growth", "alloc"] {
+            for stack in report(&out, mode)["stacks"].as_array().unwrap() {
+                let frames = stack["frames"].as_array().unwrap();
+                let Some(outermost) = frames.iter().rfind(|f| f["python"] == true) else {
+                    continue;
+                };
+                paths += 1;
+                let marked = frames
+                    .iter()
+                    .any(|f| f["function"] == "[python stack truncated]");
+                assert!(
+                    outermost["function"] == "<module>" || marked,
+                    "{}: a {mode} path ends at {outermost} unmarked: {stack}",
+                    python.display()
+                );
+                marked_paths += usize::from(marked);
+            }
+        }
+        assert!(paths > 0, "{}: no Python paths at all", python.display());
+        eprintln!(
+            "{}: {paths} Python paths, {marked_paths} marked truncated",
+            python.display()
+        );
+    }
+}
+
+#[test]
 fn python_frames_can_be_turned_off_for_a_cheaper_sample() {
     if !kernel_tests_enabled("python_frames_can_be_turned_off_for_a_cheaper_sample") {
         return;
