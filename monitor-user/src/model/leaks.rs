@@ -11,7 +11,8 @@ use crate::{
 const MIB: f64 = (1 << 20) as f64;
 
 /// A new verdict is reported (and logged) once it has held for this many consecutive
-/// assessments...
+/// assessments (except a way out of `leaking`, reported at once: an alarm the detector has
+/// already cleared must not outlive it)...
 const HOLD_ASSESSMENTS: u32 = 3;
 /// ... or this long (nominal seconds, stretched by the detector's time scale), whichever
 /// comes first: a process on the edge between two verdicts would otherwise log a line at
@@ -87,9 +88,9 @@ impl LeakState {
     /// The verdict to report, given the one just reached at `now_secs`.
     fn hold(&mut self, cfg: &DetectorConfig, reached: Verdict, now_secs: f64) -> Verdict {
         let reported = self.assessment.verdict;
-        if reached == reported {
+        if reached == reported || reported == Verdict::Leaking {
             self.pending = None;
-            return reported;
+            return reached;
         }
         let p = match self.pending {
             Some(p) if p.verdict == reached => Pending {
@@ -238,6 +239,20 @@ mod tests {
         assert_eq!(step(&mut st, &stable), None);
         assert_eq!(step(&mut st, &growing), None);
         assert_eq!(st.assessment.verdict, Verdict::Growing);
+    }
+
+    #[test]
+    fn leaving_leaking_is_reported_at_once_but_entering_it_waits() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 10 << 20);
+        for (i, now) in [0.05, 0.10].into_iter().enumerate() {
+            assert_eq!(st.hold(&cfg, Verdict::Leaking, now), Verdict::Stable, "{i}");
+        }
+        st.assessment.verdict = st.hold(&cfg, Verdict::Leaking, 0.15);
+        assert_eq!(st.assessment.verdict, Verdict::Leaking);
+        // The detector no longer calls it a leak: neither does the report, from this
+        // assessment on.
+        assert_eq!(st.hold(&cfg, Verdict::Growing, 0.20), Verdict::Growing);
     }
 
     #[test]
