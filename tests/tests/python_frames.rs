@@ -112,6 +112,20 @@ fn start_worker_with(mut launcher: Command) -> (Spawned, u64) {
     (Spawned { child }, line)
 }
 
+/// The agent's 4-second growth profile of `pid` as a table, and its first row.
+fn agent_growth_profile(agent: &Agent, pid: u32) -> (String, String) {
+    let (status, text) = agent.get(&format!(
+        "/debug/pprof/growth?pid={pid}&seconds=4&format=txt"
+    ));
+    assert_eq!(status, 200, "{text}");
+    let first_row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_default()
+        .to_owned();
+    (text, first_row)
+}
+
 fn investigate(pid: u32, args: &[&str]) -> Output {
     Command::new(agent_bin())
         .args(["investigate", "--pid", &pid.to_string(), "--json"])
@@ -259,14 +273,7 @@ fn the_agent_serves_growth_profiles_with_python_frames() {
     let agent = Agent::start(&["--no-task-socket", "--enable-profiling"]);
     let (worker, keep_line) = start_worker(&python);
     let pid = worker.pid();
-    let (status, text) = agent.get(&format!(
-        "/debug/pprof/growth?pid={pid}&seconds=4&format=txt"
-    ));
-    assert_eq!(status, 200, "{text}");
-    let first_row = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("1 "))
-        .unwrap_or_default();
+    let (text, first_row) = agent_growth_profile(&agent, pid);
     assert!(
         first_row.contains("keep_document") && first_row.contains(&format!("{WORKER}:{keep_line}")),
         "{text}"
@@ -534,14 +541,7 @@ fn samples_carry_the_task_their_thread_ran_and_rows_fold_by_task_function() {
     let pid = worker.pid();
 
     // The agent's own profile: its first row is the leaking task's.
-    let (status, text) = agent.get(&format!(
-        "/debug/pprof/growth?pid={pid}&seconds=4&format=txt"
-    ));
-    assert_eq!(status, 200, "{text}");
-    let first_row = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("1 "))
-        .unwrap_or_default();
+    let (text, first_row) = agent_growth_profile(&agent, pid);
     assert!(
         first_row.contains("jobs.leaky") && first_row.contains("leaky_task"),
         "{text}"

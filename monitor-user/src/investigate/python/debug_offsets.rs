@@ -232,7 +232,9 @@ mod tests {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
     use super::*;
-    use crate::investigate::python::layout::tests::{check_against_dwarf, offset};
+    use crate::investigate::python::layout::tests::{
+        check_against_dwarf, code_and_strings, offset,
+    };
 
     /// `_PyRuntime`'s first bytes as a 3.13 libpython file holds them: the structure is
     /// initialised data, the same bytes the process starts with.
@@ -262,7 +264,7 @@ mod tests {
         let bytes = debug_offsets_in_file(&std::fs::read(&lib).unwrap());
         let l = parse(&bytes, 3, 13).expect("a valid 3.13 layout");
         let hops = l.tstate_hops.as_slice();
-        let cases = vec![
+        let mut cases = vec![
             (
                 offset("_PyRuntimeState", "interpreters.head"),
                 l.runtime_tstate_root,
@@ -297,21 +299,8 @@ mod tests {
                 "(long)FRAME_OWNED_BY_CSTACK".to_owned(),
                 l.owner_cstack.unwrap().into(),
             ),
-            (offset("PyCodeObject", "co_filename"), l.code_filename),
-            (offset("PyCodeObject", "co_qualname"), l.code_qualname),
-            (offset("PyCodeObject", "co_linetable"), l.code_linetable),
-            (offset("PyCodeObject", "co_firstlineno"), l.code_firstlineno),
-            (offset("PyCodeObject", "co_code_adaptive"), l.code_adaptive),
-            (offset("PyASCIIObject", "length"), l.unicode_length),
-            (offset("PyASCIIObject", "state"), l.unicode_state),
-            (offset("PyBytesObject", "ob_sval"), l.bytes_data),
-            (offset("PyVarObject", "ob_size"), l.var_size),
-            ("sizeof(PyASCIIObject)".to_owned(), l.ascii_header),
-            (
-                "sizeof(PyCompactUnicodeObject)".to_owned(),
-                l.compact_header,
-            ),
         ];
+        cases.extend(code_and_strings(&l));
         check_against_dwarf(&lib, cases);
     }
 

@@ -223,7 +223,7 @@ pub(super) mod tests {
 
     /// Expressions and the table's value for each, common to every version.
     fn common(l: &Layout) -> Vec<(String, u64)> {
-        vec![
+        let mut cases = vec![
             (offset("PyThreadState", "cframe"), l.tstate_cframe.into()),
             (
                 offset("PyThreadState", "native_thread_id"),
@@ -243,6 +243,15 @@ pub(super) mod tests {
                 l.frame_prev_instr.into(),
             ),
             (offset("_PyInterpreterFrame", "owner"), l.frame_owner.into()),
+        ];
+        cases.extend(code_and_strings(l));
+        cases
+    }
+
+    /// The code object, string and bytes fields every version reads the same way, whether
+    /// the layout comes from a table or from the interpreter's debug offsets.
+    pub fn code_and_strings(l: &Layout) -> Vec<(String, u64)> {
+        vec![
             (offset("PyCodeObject", "co_filename"), l.code_filename),
             (offset("PyCodeObject", "co_qualname"), l.code_qualname),
             (offset("PyCodeObject", "co_linetable"), l.code_linetable),
