@@ -39,8 +39,13 @@ pub mod globals {
     pub const ITER_LAYOUT: &str = "ITER_LAYOUT";
 }
 
-/// The task iterator's program (section `iter/task`).
+/// The task iterator's program (section `iter/task`), reading with `bpf_probe_read_kernel`:
+/// the fallback where the typed one is refused.
 pub const TASK_ITER_PROGRAM: &str = "task_iter";
+
+/// The task iterator reading through BTF-typed pointers (section `iter/task`): the one loaded
+/// first, as it costs a fraction of the other per task.
+pub const TASK_ITER_TYPED_PROGRAM: &str = "task_iter_typed";
 
 /// Default capacity of [`THREADS_MAP`].
 pub const DEFAULT_MAX_THREADS: u32 = 16_384;

@@ -204,6 +204,65 @@ fn refused_iterator_falls_back_to_procfs() {
 }
 
 #[test]
+fn the_typed_walk_and_the_field_by_field_walk_give_the_same_records() {
+    if !kernel_tests_enabled("the_typed_walk_and_the_field_by_field_walk_give_the_same_records") {
+        return;
+    }
+    // Side by side on the same processes: the default agent walks with typed loads, the other
+    // is refused them and reads each field with the helper.
+    let typed = Agent::start(&[]);
+    let helper = Agent::start(&["--break-probe", "task_iter_typed"]);
+    let m = typed.metrics();
+    assert_eq!(
+        m.value("leakscope_probe_attached", &[("probe", "task_iter_typed")]),
+        Some(1.0),
+        "the typed walk is the default; log:\n{}",
+        typed.log()
+    );
+    let (_, body) = helper.get("/healthz");
+    assert!(
+        body.contains("probe task_iter_typed (iter/task) is off")
+            && body.contains("bpf_probe_read_kernel"),
+        "{body}"
+    );
+    assert_eq!(
+        helper
+            .metrics()
+            .value("leakscope_probe_attached", &[("probe", "task_iter_typed")]),
+        Some(0.0)
+    );
+    let mut hog = MemHog::spawn(&[]);
+    hog.grow(48);
+    // Each agrees with VmRSS, so with the other, to the byte.
+    let by_typed = agrees_with_vmrss(&typed, &hog);
+    let by_helper = agrees_with_vmrss(&helper, &hog);
+    assert_eq!(by_typed, by_helper);
+    let (a, b) = (
+        typed.process(hog.pid).unwrap(),
+        helper.process(hog.pid).unwrap(),
+    );
+    for field in [
+        "ppid",
+        "comm",
+        "start_time_seconds",
+        "cgroup_id",
+        "peak_rss_bytes",
+    ] {
+        assert_eq!(a[field], b[field], "{field}: typed {a} vs helper {b}");
+    }
+    assert_eq!(
+        a["ppid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{a}"
+    );
+    assert_ne!(a["cgroup_id"].as_u64(), Some(0), "{a}");
+    assert!(
+        a["peak_rss_bytes"].as_u64().unwrap() >= by_typed,
+        "the peak is at least the resident size: {a}"
+    );
+}
+
+#[test]
 fn refused_per_cpu_read_says_rss_is_approximate() {
     if !kernel_tests_enabled("refused_per_cpu_read_says_rss_is_approximate") {
         return;

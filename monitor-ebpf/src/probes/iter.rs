@@ -283,44 +283,72 @@ pub fn mm_rss(
     let (mut pages, percpu) = counters(base, layout, iter, sum_cpus);
     let mut exact = sum_cpus && iter.counter_counters != 0 && cpu_offsets_ready(iter);
     if exact {
-        // `percpu_counter_init_many` gives an mm's counters one allocation, a s32 per kind
-        // side by side on each CPU: then one read per CPU gives all four deltas.
-        let contiguous = percpu[0] != 0
-            && percpu[1] == percpu[0] + 4
-            && percpu[2] == percpu[0] + 8
-            && percpu[3] == percpu[0] + 12;
-        for cpu in 0..MAX_ITER_CPUS {
-            if cpu >= iter.nr_cpus {
-                break;
-            }
-            let Some(offset) = CPU_OFFSETS.get(cpu).copied() else {
-                exact = false;
-                break;
-            };
-            if contiguous {
-                match read::<[i32; RssKind::COUNT]>(percpu[0].wrapping_add(offset)) {
-                    Ok(deltas) => {
-                        for kind in 0..RssKind::COUNT {
-                            if pages[kind] != RSS_UNKNOWN {
-                                pages[kind] += i64::from(deltas[kind]);
-                            }
+        exact = add_cpu_deltas(&mut pages, &percpu, iter);
+    }
+    let (rss, resident) = rss_bytes(&pages, layout);
+    let mut peak = resident;
+    if iter.mm_hiwater_rss != 0
+        && let Ok(hiwater) = read::<u64>(mm + u64::from(iter.mm_hiwater_rss))
+    {
+        peak = peak.max(hiwater << layout.page_shift);
+    }
+    (rss, peak, exact)
+}
+
+/// Adds each possible CPU's delta (`percpu[kind]`: the `__percpu` address of a kind's deltas,
+/// 0 where unknown) to `pages`; false when one could not be read.
+#[inline(always)]
+pub(super) fn add_cpu_deltas(
+    pages: &mut [i64; RssKind::COUNT],
+    percpu: &[u64; RssKind::COUNT],
+    iter: &IterLayout,
+) -> bool {
+    let mut exact = true;
+    // `percpu_counter_init_many` gives an mm's counters one allocation, a s32 per kind
+    // side by side on each CPU: then one read per CPU gives all four deltas.
+    let contiguous = percpu[0] != 0
+        && percpu[1] == percpu[0] + 4
+        && percpu[2] == percpu[0] + 8
+        && percpu[3] == percpu[0] + 12;
+    for cpu in 0..MAX_ITER_CPUS {
+        if cpu >= iter.nr_cpus {
+            break;
+        }
+        let Some(offset) = CPU_OFFSETS.get(cpu).copied() else {
+            return false;
+        };
+        if contiguous {
+            match read::<[i32; RssKind::COUNT]>(percpu[0].wrapping_add(offset)) {
+                Ok(deltas) => {
+                    for kind in 0..RssKind::COUNT {
+                        if pages[kind] != RSS_UNKNOWN {
+                            pages[kind] += i64::from(deltas[kind]);
                         }
                     }
-                    Err(_) => exact = false,
                 }
+                Err(_) => exact = false,
+            }
+            continue;
+        }
+        for kind in 0..RssKind::COUNT {
+            if percpu[kind] == 0 || pages[kind] == RSS_UNKNOWN {
                 continue;
             }
-            for kind in 0..RssKind::COUNT {
-                if percpu[kind] == 0 || pages[kind] == RSS_UNKNOWN {
-                    continue;
-                }
-                match read::<i32>(percpu[kind].wrapping_add(offset)) {
-                    Ok(delta) => pages[kind] += i64::from(delta),
-                    Err(_) => exact = false,
-                }
+            match read::<i32>(percpu[kind].wrapping_add(offset)) {
+                Ok(delta) => pages[kind] += i64::from(delta),
+                Err(_) => exact = false,
             }
         }
     }
+    exact
+}
+
+/// Bytes per kind from page counts ([`RSS_UNKNOWN`] kept), and the resident total.
+#[inline(always)]
+pub(super) fn rss_bytes(
+    pages: &[i64; RssKind::COUNT],
+    layout: &KernelLayout,
+) -> ([i64; RssKind::COUNT], u64) {
     let mut rss = [RSS_UNKNOWN; RssKind::COUNT];
     for kind in 0..RssKind::COUNT {
         if pages[kind] != RSS_UNKNOWN {
@@ -332,13 +360,7 @@ pub fn mm_rss(
         .into_iter()
         .map(|k| rss[k as usize].max(0) as u64)
         .sum::<u64>();
-    let mut peak = resident;
-    if iter.mm_hiwater_rss != 0
-        && let Ok(hiwater) = read::<u64>(mm + u64::from(iter.mm_hiwater_rss))
-    {
-        peak = peak.max(hiwater << layout.page_shift);
-    }
-    (rss, peak, exact)
+    (rss, resident)
 }
 
 /// Each kind's batched `count` in pages ([`RSS_UNKNOWN`] where unread) and, with `percpu`,
@@ -391,7 +413,7 @@ fn counters(
 
 /// Whether [`CPU_OFFSETS`] holds every possible CPU's offset, filling it on first use.
 #[inline(always)]
-fn cpu_offsets_ready(iter: &IterLayout) -> bool {
+pub(super) fn cpu_offsets_ready(iter: &IterLayout) -> bool {
     if iter.nr_cpus == 0 || (iter.per_cpu_offset == 0 && iter.array_pptrs == 0) {
         return false;
     }
@@ -472,7 +494,7 @@ fn as_number(pointer: u64) -> Result<u64, ProbeError> {
 
 /// A kernel read that counts nothing: a task exiting under the iterator is ordinary.
 #[inline(always)]
-fn read<T>(addr: u64) -> Result<T, ProbeError> {
+pub(super) fn read<T>(addr: u64) -> Result<T, ProbeError> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T) }
         .map_err(|_| ProbeError::ReadField)

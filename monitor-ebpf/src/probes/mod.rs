@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod floor;
 pub mod growth;
 pub mod iter;
+pub mod iter_typed;
 pub mod mem;
 pub mod oom;
 pub mod python;

@@ -117,6 +117,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let task_iter = (!args.rss_events).then(|| load_task_iter(&kernel, &iter_setup, &args));
     if let Some(result) = &task_iter {
         state.probes.push(crate::bpf::iter::status(result));
+        if let Ok(iter) = result {
+            state.probes.push(crate::bpf::iter::typed_status(iter));
+        }
         for note in iter_notes(&iter_setup, result.is_ok()) {
             warn!("{note}");
             state.notes.push(note);

@@ -33,17 +33,17 @@ pub(super) fn load_task_iter(
     setup: &crate::bpf::iter::IterSetup,
     args: &RunArgs,
 ) -> Result<crate::bpf::iter::TaskIter, crate::bpf::BpfError> {
-    let broken = args
-        .break_probe
-        .iter()
-        .any(|b| b == crate::bpf::iter::BREAK_ITER);
+    let broken = |name: &str| args.break_probe.iter().any(|b| b == name);
     if let Err(why) = &setup.layout {
         return Err(crate::bpf::BpfError::Program {
             name: monitor_common::TASK_ITER_PROGRAM.into(),
             detail: format!("no kernel layout: {why}"),
         });
     }
-    let iter = kernel.load_task_iter(broken)?;
+    let iter = kernel.load_task_iter(
+        broken(crate::bpf::iter::BREAK_ITER),
+        broken(crate::bpf::iter::BREAK_ITER_TYPED),
+    )?;
     // aya's BTF parse for the load is large and short-lived.
     release_freed_memory();
     // A first walk now: a kernel that loads the program but refuses the link says so here.

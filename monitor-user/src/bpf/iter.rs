@@ -12,12 +12,16 @@ use std::{
 
 use aya::programs::Iter;
 use btf_rs::{Backend, Btf};
-use monitor_common::{ExitOffsets, IterLayout, MAX_ITER_CPUS, TASK_ITER_PROGRAM, TaskRecord};
+use monitor_common::{
+    ExitOffsets, IterLayout, MAX_ITER_CPUS, TASK_ITER_PROGRAM, TASK_ITER_TYPED_PROGRAM, TaskRecord,
+};
 
 use super::{BpfError, Kernel, btf};
 
 /// Fault injection names for tests (`--break-probe`).
 pub const BREAK_ITER: &str = "task_iter";
+/// Refuses the typed-load program only: the walk then reads field by field with the helper.
+pub const BREAK_ITER_TYPED: &str = "task_iter_typed";
 pub const BREAK_PER_CPU: &str = "per_cpu_offset";
 pub const BREAK_EXIT_RSS: &str = "exit_rss";
 
@@ -39,6 +43,19 @@ pub fn status(result: &Result<TaskIter, BpfError>) -> super::probes::ProbeStatus
         error: result.as_ref().err().map(ToString::to_string),
         fallback: "processes are found and their RSS read through /proc every interval \
                    (procfs; selected processes only, not kernel-exact)",
+    }
+}
+
+/// The typed-load walk as /healthz and the metrics list it, beside the iterator: when the
+/// kernel refuses it, the walk reads field by field instead (the same numbers, more CPU).
+pub fn typed_status(iter: &TaskIter) -> super::probes::ProbeStatus {
+    super::probes::ProbeStatus {
+        name: BREAK_ITER_TYPED,
+        tracepoint: "iter/task".into(),
+        attached: iter.typed_refused.is_none(),
+        error: iter.typed_refused.clone(),
+        fallback: "the task iterator reads each field with bpf_probe_read_kernel: the same \
+                   numbers, several times the CPU per walk",
     }
 }
 
@@ -188,33 +205,67 @@ fn parse_cpu_list(text: &str) -> Option<u32> {
 /// The loaded iterator program; each [`TaskIter::run`] walks every task once.
 pub struct TaskIter {
     kernel: Arc<Kernel>,
+    program: &'static str,
+    /// Why the typed-load program is not the one walking, if it is not.
+    typed_refused: Option<String>,
 }
 
 impl Kernel {
-    /// Loads the task iterator (the verifier runs now). `broken` simulates a kernel that
-    /// refuses it, for tests.
-    pub fn load_task_iter(self: &Arc<Self>, broken: bool) -> Result<TaskIter, BpfError> {
-        let program = |detail: String| BpfError::Program {
-            name: TASK_ITER_PROGRAM.into(),
-            detail,
-        };
+    /// Loads the task iterator (the verifier runs now): the typed-load program, else the one
+    /// that reads with the helper. `broken` simulates a kernel that refuses both, for tests;
+    /// `typed_broken` one that refuses the typed one.
+    pub fn load_task_iter(
+        self: &Arc<Self>,
+        broken: bool,
+        typed_broken: bool,
+    ) -> Result<TaskIter, BpfError> {
         if broken {
-            return Err(program("fault injection".into()));
+            return Err(BpfError::Program {
+                name: TASK_ITER_PROGRAM.into(),
+                detail: "fault injection".into(),
+            });
         }
-        let btf = aya::Btf::from_sys_fs().map_err(|e| program(e.to_string()))?;
-        let mut ebpf = self.lock();
-        let iter: &mut Iter = ebpf
-            .program_mut(TASK_ITER_PROGRAM)
-            .ok_or_else(|| BpfError::MissingProgram(TASK_ITER_PROGRAM.into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| program(e.to_string()))?;
-        iter.load("task", &btf).map_err(|e| BpfError::Verifier {
+        let btf = aya::Btf::from_sys_fs().map_err(|e| BpfError::Program {
             name: TASK_ITER_PROGRAM.into(),
-            summary: super::verifier_summary(&e),
+            detail: e.to_string(),
         })?;
-        drop(ebpf);
+        let typed = if typed_broken {
+            Err("fault injection".to_string())
+        } else {
+            self.load_iter_program(TASK_ITER_TYPED_PROGRAM, &btf)
+                .map_err(|e| e.to_string())
+        };
+        let (program, typed_refused) = match typed {
+            Ok(()) => (TASK_ITER_TYPED_PROGRAM, None),
+            Err(why) => {
+                log::warn!(
+                    "the typed task iterator was refused ({why}); loading the one that reads \
+                     field by field"
+                );
+                self.load_iter_program(TASK_ITER_PROGRAM, &btf)?;
+                (TASK_ITER_PROGRAM, Some(why))
+            }
+        };
         Ok(TaskIter {
             kernel: self.clone(),
+            program,
+            typed_refused,
+        })
+    }
+
+    fn load_iter_program(&self, name: &'static str, btf: &aya::Btf) -> Result<(), BpfError> {
+        let mut ebpf = self.lock();
+        let iter: &mut Iter = ebpf
+            .program_mut(name)
+            .ok_or_else(|| BpfError::MissingProgram(name.into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| BpfError::Program {
+                name: name.into(),
+                detail: e.to_string(),
+            })?;
+        iter.load("task", btf).map_err(|e| BpfError::Verifier {
+            name: name.into(),
+            summary: super::verifier_summary(&e),
         })
     }
 }
@@ -224,15 +275,15 @@ impl TaskIter {
     /// between runs.
     pub fn run(&self) -> Result<Vec<TaskRecord>, BpfError> {
         let failed = |detail: String| BpfError::Attach {
-            program: TASK_ITER_PROGRAM.into(),
+            program: self.program.into(),
             hook: "iter/task".into(),
             detail,
         };
         let mut file = {
             let mut ebpf = self.kernel.lock();
             let iter: &mut Iter = ebpf
-                .program_mut(TASK_ITER_PROGRAM)
-                .ok_or_else(|| BpfError::MissingProgram(TASK_ITER_PROGRAM.into()))?
+                .program_mut(self.program)
+                .ok_or_else(|| BpfError::MissingProgram(self.program.into()))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| failed(e.to_string()))?;
             let id = iter.attach().map_err(|e| failed(e.to_string()))?;
