@@ -63,7 +63,29 @@ fn a_process_shorter_than_one_interval_is_seen_at_exit() {
     if !kernel_tests_enabled("a_process_shorter_than_one_interval_is_seen_at_exit") {
         return;
     }
-    let agent = Agent::start(&["--interval", "5s"]);
+    // The raw tracepoint reads through typed pointers; the classic one, its fallback, with
+    // the helper: both must give the same exit.
+    for (extra, hook) in [
+        (None, "raw_tracepoint:sched_process_exit (BTF)"),
+        (Some("sched_exit_btf"), "sched:sched_process_exit"),
+    ] {
+        let mut args = vec!["--interval", "5s"];
+        if let Some(program) = extra {
+            args.extend(["--break-probe", program]);
+        }
+        let agent = Agent::start(&args);
+        assert!(
+            agent
+                .log()
+                .contains(&format!("probe sched_exit attached to {hook}")),
+            "{}",
+            agent.log()
+        );
+        short_process_seen_at_exit(&agent);
+    }
+}
+
+fn short_process_seen_at_exit(agent: &Agent) {
     let mut hog = MemHog::spawn(&[]);
     hog.grow(64);
     std::thread::sleep(Duration::from_millis(300));

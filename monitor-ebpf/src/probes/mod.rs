@@ -4,7 +4,6 @@ pub mod alloc;
 pub mod floor;
 pub mod growth;
 pub mod iter;
-pub mod iter_typed;
 pub mod mem;
 pub mod oom;
 pub mod python;
@@ -12,6 +11,7 @@ pub mod rss;
 pub mod sched;
 pub mod stack;
 pub mod task;
+pub mod typed;
 pub mod unwind;
 
 /// Why a program gave up on an event; every variant is counted before returning.

@@ -30,7 +30,10 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use monitor_common::{Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats};
+use monitor_common::{
+    Counter, EventKind, ExitOffsets, LifecycleEvent, NewTaskOffsets, ProcStats, RSS_UNKNOWN,
+    RssKind,
+};
 
 use super::iter::{ITER_LAYOUT, mm_rss, parent_tgid, task_fields, tgid_of};
 use super::rss::{KERNEL_LAYOUT, adopt_forked_mm, read_kernel, release_mm, retire_seen};
@@ -176,7 +179,7 @@ fn on_exec() {
 pub fn sched_exit_btf(ctx: RawTracePointContext) -> i32 {
     let group_dead: u64 = ctx.arg(1);
     if group_dead & 0xff != 0 {
-        on_group_exit();
+        on_group_exit(super::typed::exit_read());
     }
     0
 }
@@ -198,42 +201,68 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
         field::<u8>(ctx, off.group_dead)? != 0
     };
     if group_dead {
-        on_group_exit();
+        on_group_exit(exit_read());
     }
     Ok(())
 }
 
-/// The last thread of the current process is exiting.
+/// What the exiting process's own structures say: its exit code and, where the hook runs
+/// before `exit_mm`, its live parent and final memory (0 and [`RSS_UNKNOWN`] where unread).
+pub struct ExitRead {
+    pub exit_code: u32,
+    pub ppid: u32,
+    pub rss: [i64; RssKind::COUNT],
+    pub peak_bytes: u64,
+}
+
+impl ExitRead {
+    pub const NOTHING: Self = Self {
+        exit_code: 0,
+        ppid: 0,
+        rss: [RSS_UNKNOWN; RssKind::COUNT],
+        peak_bytes: 0,
+    };
+}
+
+/// [`ExitRead`] through `bpf_probe_read_kernel`, for the classic tracepoint.
 #[inline(always)]
-fn on_group_exit() {
-    count(Counter::ExitEvents);
-    let tgid = current_tgid();
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let mut ev = event(EventKind::Exit, tgid, 0, cgroup_id(), comm);
+fn exit_read() -> ExitRead {
     let layout = KERNEL_LAYOUT.load();
     let iter = ITER_LAYOUT.load();
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let mut read = ExitRead::NOTHING;
     // exit_code, mm and real_parent in one read where task_struct allows.
-    let fields = task_fields(task, &layout, &iter);
-    if let Some(t) = &fields {
-        // do_exit() stores the code before this tracepoint fires.
-        ev.exit_code = t.exit_code as u32;
-    }
-    if iter.exit_reads_mm != 0
-        && let Some(t) = &fields
-    {
+    let Some(t) = task_fields(task, &layout, &iter) else {
+        return read;
+    };
+    // do_exit() stores the code before this tracepoint fires.
+    read.exit_code = t.exit_code as u32;
+    if iter.exit_reads_mm != 0 {
         // 6.16+: this fires before exit_mm, so the mm still holds the final numbers. This is
         // what the agent knows of a process that lived less than one interval.
-        ev.ppid = tgid_of(t.real_parent, &iter);
-        let mm = t.mm;
-        if mm != 0 {
+        read.ppid = tgid_of(t.real_parent, &iter);
+        if t.mm != 0 {
             // The batched counter: exact to within a batch per CPU, at a cost that does not
             // grow with the host's CPUs (every exit on the host pays it).
-            let (rss, peak, _) = mm_rss(mm, &layout, &iter, false);
-            ev.rss = rss;
-            ev.peak_bytes = peak;
+            let (rss, peak, _) = mm_rss(t.mm, &layout, &iter, false);
+            read.rss = rss;
+            read.peak_bytes = peak;
         }
     }
+    read
+}
+
+/// The last thread of the current process is exiting.
+#[inline(always)]
+fn on_group_exit(read: ExitRead) {
+    count(Counter::ExitEvents);
+    let tgid = current_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let mut ev = event(EventKind::Exit, tgid, read.ppid, cgroup_id(), comm);
+    ev.exit_code = read.exit_code;
+    ev.rss = read.rss;
+    ev.peak_bytes = read.peak_bytes;
+    let iter = ITER_LAYOUT.load();
     if iter.exit_skips_procs != 0 {
         // The defaults: PROCS holds nothing the mm did not give, and its entries are the
         // agent's to remove.

@@ -80,7 +80,8 @@ pub const PER_CHANGE_PROBES: [&str; 2] = ["rss_stat", "sched_newtask"];
 /// Attaches every probe of [`PROBES`] and [`OOM_PROBE`], the per-change ones only when
 /// `rss_events` asks for them (left out of the statuses otherwise: off by choice is not a
 /// degradation). `break_probes` names probes to attach to a tracepoint that does not exist,
-/// so tests can watch the agent survive a probe the kernel refuses.
+/// so tests can watch the agent survive a probe the kernel refuses; a raw variant's program
+/// name breaks that variant alone, so the classic one stands in.
 pub fn attach_agent(
     kernel: &Kernel,
     layout: &Layout,
@@ -126,7 +127,8 @@ pub fn attach_agent(
                     }
                 })
                 .and_then(|()| {
-                    let tracepoint = if broken(spec.name) {
+                    // The raw variant alone is broken by its program's name.
+                    let tracepoint = if broken(spec.name) || broken(program) {
                         NO_SUCH_TRACEPOINT.1
                     } else {
                         spec.tracepoint

@@ -1,19 +1,22 @@
-//! The task iterator with typed loads: the same records as [`super::iter`], read through the
-//! BTF-typed `task` pointer the kernel passes instead of a `bpf_probe_read_kernel` per field.
+//! Reads through BTF-typed pointers: the task iterator (the same records as [`super::iter`])
+//! and the exit program's raw-tracepoint variant (the same numbers as the classic one). Each
+//! field is one load instead of a `bpf_probe_read_kernel` call.
 //!
-//! Why: the walk visits every thread on the host once per interval, and a helper call costs
-//! tens of nanoseconds where a typed load is one instruction (the verifier turns it into a
-//! load that cannot fault). With probe reads the walk was over half of the idle agent's CPU.
+//! Why: the walk visits every thread on the host once per interval, and every exit on the
+//! host runs the exit program; a helper call costs tens of nanoseconds where a typed load is
+//! one instruction (the verifier turns it into a load that cannot fault). With helper reads
+//! the walk was over half of the idle agent's CPU.
 //!
-//! How the verifier accepts it: `ctx->task` is a `task_struct` pointer to it, the offsets come
+//! How the verifier accepts it: the iterator's `ctx->task` and `bpf_get_current_task_btf()`
+//! are `task_struct` pointers to it, the offsets come
 //! from `.rodata` (frozen, so it knows each one as a constant), and a load at a constant offset
 //! is checked against the kernel's BTF: it must fall inside one member. Pointer members
 //! (`mm`, `real_parent`, `cgroups`, ...) come back typed too. What is not a struct pointer
 //! stays a plain number: `comm` (a char array, one element per load) and the per-CPU deltas
 //! (`s32 __percpu *`) are still read with the helper.
 //!
-//! A kernel whose BTF disagrees with a load refuses this program; the agent then loads
-//! [`super::iter`]'s, which needs no BTF types, and says so.
+//! A kernel whose BTF disagrees with a load refuses the program; the agent then loads the
+//! helper-reading one ([`super::iter`]'s walk, the classic exit tracepoint) and says so.
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use monitor_common::{IterLayout, KernelLayout, RSS_UNKNOWN, RssKind, TASK_RSS_EXACT, TaskRecord};
@@ -21,6 +24,7 @@ use monitor_common::{IterLayout, KernelLayout, RSS_UNKNOWN, RssKind, TASK_RSS_EX
 use super::{
     iter::{ITER_LAYOUT, IterTaskCtx, add_cpu_deltas, cpu_offsets_ready, read, rss_bytes},
     rss::KERNEL_LAYOUT,
+    sched::ExitRead,
 };
 
 #[unsafe(no_mangle)]
@@ -93,7 +97,7 @@ fn fill(task: *const u8, layout: &KernelLayout, iter: &IterLayout) -> Option<Tas
         record.start_ns = at(task, iter.task_start_boottime);
     }
     record.cgroup_id = cgroup_id(task, iter);
-    let (rss, peak, exact) = mm_rss(mm, layout, iter);
+    let (rss, peak, exact) = mm_rss(mm, layout, iter, true);
     record.rss = rss;
     record.peak_bytes = peak;
     record.flags = if exact { TASK_RSS_EXACT } else { 0 };
@@ -121,13 +125,14 @@ fn cgroup_id(task: *const u8, iter: &IterLayout) -> u64 {
     at(kn, iter.kernfs_node_id)
 }
 
-/// As [`super::iter::mm_rss`] with the per-CPU sum: `count` and `counters` of each kind by
-/// typed loads, the deltas (not typed) with one helper read per CPU.
+/// As [`super::iter::mm_rss`]: `count` and `counters` of each kind by typed loads, and with
+/// `sum_cpus` the deltas (not typed) with one helper read per CPU.
 #[inline(always)]
 fn mm_rss(
     mm: *const u8,
     layout: &KernelLayout,
     iter: &IterLayout,
+    sum_cpus: bool,
 ) -> ([i64; RssKind::COUNT], u64, bool) {
     let mut pages = [0i64; RssKind::COUNT];
     let mut percpu = [0u64; RssKind::COUNT];
@@ -138,7 +143,7 @@ fn mm_rss(
     pages[1] = at(mm, counter(1) + layout.counter_count);
     pages[2] = at(mm, counter(2) + layout.counter_count);
     pages[3] = at(mm, counter(3) + layout.counter_count);
-    let mut exact = iter.counter_counters != 0 && cpu_offsets_ready(iter);
+    let mut exact = sum_cpus && iter.counter_counters != 0 && cpu_offsets_ready(iter);
     if exact {
         percpu[0] = at(mm, counter(0) + iter.counter_counters);
         percpu[1] = at(mm, counter(1) + iter.counter_counters);
@@ -153,4 +158,39 @@ fn mm_rss(
         peak = peak.max(hiwater << layout.page_shift);
     }
     (rss, peak, exact)
+}
+
+/// [`ExitRead`] for the exiting current task, through `bpf_get_current_task_btf()`.
+#[inline(always)]
+pub fn exit_read() -> ExitRead {
+    let layout = KERNEL_LAYOUT.load();
+    let iter = ITER_LAYOUT.load();
+    // SAFETY: no arguments; the result is a task_struct pointer the verifier tracks.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
+    let mut read = ExitRead::NOTHING;
+    if task.is_null() {
+        return read;
+    }
+    if layout.task_exit_code != 0 {
+        // do_exit() stores the code before this tracepoint fires.
+        read.exit_code = at::<i32>(task, layout.task_exit_code) as u32;
+    }
+    if iter.exit_reads_mm == 0 {
+        return read;
+    }
+    // 6.16+: this fires before exit_mm, so the mm still holds the final numbers.
+    if iter.task_real_parent != 0 && iter.task_tgid != 0 {
+        let parent: *const u8 = at(task, iter.task_real_parent);
+        if !parent.is_null() {
+            read.ppid = at::<i32>(parent, iter.task_tgid) as u32;
+        }
+    }
+    let mm: *const u8 = at(task, layout.task_mm);
+    if !mm.is_null() {
+        // The batched counter, as the classic program: every exit on the host pays this.
+        let (rss, peak, _) = mm_rss(mm, &layout, &iter, false);
+        read.rss = rss;
+        read.peak_bytes = peak;
+    }
+    read
 }
