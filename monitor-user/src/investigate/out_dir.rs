@@ -1,7 +1,10 @@
 //! `investigate --out DIR`, which runs as root: reports go only into a directory that
 //! leakscope created or that its user owns and alone can write, and every file is written
 //! through a descriptor of that directory, so a symbolic link planted by another user can
-//! neither redirect the directory nor a file in it.
+//! neither redirect the directory nor a file in it. The path to it is walked one component at
+//! a time, each opened relative to the last without following a link; a link on the way is
+//! followed only where no other user could have placed or swapped it (see [`link_is_trusted`]),
+//! so `/tmp/theirs/x` -> `/etc` cannot turn `--out /tmp/theirs/x/cron.d` into /etc/cron.d.
 //!
 //! `report --out FILE` writes one file wherever its user asks ([`OutDir::containing`]): the
 //! directory is theirs to choose, but the file is still written as a new file renamed over
@@ -10,7 +13,7 @@
 use std::{
     fs::File,
     io::{self, Write as _},
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
 };
 
@@ -35,6 +38,18 @@ pub enum OutDirError {
          {WHAT_TO_DO}"
     )]
     Symlink { dir: String },
+    #[error(
+        "refusing --out {dir}: it goes through the symbolic link {link} (owner uid {owner}) in a \
+         directory that another user than uid {euid} could change, so they could redirect the \
+         reports; give a path without it (the link points to {target})"
+    )]
+    UntrustedLink {
+        dir: String,
+        link: String,
+        target: String,
+        owner: u32,
+        euid: u32,
+    },
     #[error("refusing --out {dir}: it exists and is not a directory")]
     NotDirectory { dir: String },
     #[error(
@@ -78,29 +93,7 @@ impl OutDir {
             what: what.to_owned(),
             cause: e,
         };
-        let fd = match open_dir(&path) {
-            Err(Errno::NOENT) => {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| io_err("creating its parent directories", e))?;
-                }
-                // Someone may create it first (EEXIST): then it is judged like any other
-                // existing directory below.
-                match rfs::mkdir(&path, Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(io_err("creating it", e.into())),
-                }
-                open_dir(&path)
-            }
-            other => other,
-        };
-        let fd = fd.map_err(|e| match e {
-            Errno::LOOP | Errno::NOTDIR => match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_symlink() => OutDirError::Symlink { dir: shown.clone() },
-                _ => OutDirError::NotDirectory { dir: shown.clone() },
-            },
-            e => io_err("opening it", e.into()),
-        })?;
+        let fd = walk(&path, &shown)?;
         let st = rfs::fstat(&fd).map_err(|e| io_err("reading its owner", e.into()))?;
         let (owner, mode) = (st.st_uid, st.st_mode & 0o7777);
         let euid = rustix::process::geteuid().as_raw();
@@ -221,12 +214,135 @@ impl OutDir {
     }
 }
 
-fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
-    rfs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+/// Symbolic links followed on the way to an output directory, at most (the kernel's limit).
+const MAX_LINKS: usize = 40;
+
+/// Opens (creating what is missing: 0755 on the way, 0700 at the end) the directory `path`
+/// names, from `/` or the working directory, one component at a time: each is opened relative
+/// to the one before without following a link, and a link on the way is followed only when
+/// [`link_is_trusted`]. The last component is never followed.
+fn walk(path: &Path, shown: &str) -> Result<OwnedFd, OutDirError> {
+    use std::{collections::VecDeque, ffi::OsString, path::Component};
+    let io_err = |what: String, e: Errno| OutDirError::Io {
+        dir: shown.to_owned(),
+        what,
+        cause: e.into(),
+    };
+    let open_root = |abs: bool| {
+        let start = if abs { "/" } else { "." };
+        rfs::open(start, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err(format!("opening {start}"), e))
+    };
+    let steps = |p: &Path| -> VecDeque<Option<OsString>> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::RootDir => Some(None),
+                Component::Normal(n) => Some(Some(n.to_owned())),
+                Component::ParentDir => Some(Some("..".into())),
+                Component::CurDir | Component::Prefix(_) => None,
+            })
+            .collect()
+    };
+    let euid = rustix::process::geteuid().as_raw();
+    let mut todo = steps(path);
+    let mut cur = open_root(false)?;
+    // The path as walked so far, links resolved: for messages.
+    let mut walked = PathBuf::new();
+    let mut links = 0;
+    let mut created = false;
+    while let Some(step) = todo.pop_front() {
+        let Some(name) = step else {
+            cur = open_root(true)?;
+            walked = PathBuf::from("/");
+            continue;
+        };
+        let last = todo.is_empty();
+        let here = walked.join(&name);
+        match rfs::openat(
+            &cur,
+            name.as_os_str(),
+            DIR_FLAGS | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                cur = fd;
+                walked = here;
+                created = false;
+            }
+            Err(Errno::NOENT) if !created => {
+                // Someone may create it first (EEXIST): it is then opened and judged like any
+                // other existing directory.
+                let mode = if last { 0o700 } else { 0o755 };
+                match rfs::mkdirat(&cur, name.as_os_str(), Mode::from_raw_mode(mode)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(io_err(format!("creating {}", here.display()), e)),
+                }
+                created = true;
+                todo.push_front(Some(name));
+            }
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                let is_link = rfs::statat(&cur, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode).is_symlink());
+                if !is_link && last {
+                    return Err(OutDirError::NotDirectory {
+                        dir: shown.to_owned(),
+                    });
+                }
+                if !is_link {
+                    return Err(io_err(format!("opening {}", here.display()), Errno::NOTDIR));
+                }
+                if last {
+                    return Err(OutDirError::Symlink {
+                        dir: shown.to_owned(),
+                    });
+                }
+                let target = rfs::readlinkat(&cur, name.as_os_str(), Vec::new())
+                    .map_err(|e| io_err(format!("reading the link {}", here.display()), e))?;
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+                let (trusted, owner) = link_is_trusted(&cur, name.as_os_str(), euid)
+                    .map_err(|e| io_err(format!("checking the link {}", here.display()), e))?;
+                if !trusted {
+                    return Err(OutDirError::UntrustedLink {
+                        dir: shown.to_owned(),
+                        link: here.display().to_string(),
+                        target: target.display().to_string(),
+                        owner,
+                        euid,
+                    });
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(io_err("following its links".into(), Errno::LOOP));
+                }
+                for step in steps(&target).into_iter().rev() {
+                    todo.push_front(step);
+                }
+                created = false;
+            }
+            Err(e) => return Err(io_err(format!("opening {}", here.display()), e)),
+        }
+    }
+    Ok(cur)
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+/// Whether the link `name` in `dir` can be followed: only root or this user could have put it
+/// there or can swap it, because they alone can write `dir`, or because `dir` is sticky (as
+/// /tmp) and the link is theirs. Returns the link's owner too, for the message.
+fn link_is_trusted(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    euid: u32,
+) -> rustix::io::Result<(bool, u32)> {
+    let ours = |uid: u32| uid == 0 || uid == euid;
+    let d = rfs::fstat(dir)?;
+    let l = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let closed = ours(d.st_uid) && d.st_mode & 0o022 == 0;
+    let sticky = d.st_mode & 0o1000 != 0;
+    Ok((closed || (sticky && ours(l.st_uid)), l.st_uid))
 }
 
 #[cfg(test)]
@@ -293,6 +409,83 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let e = OutDir::open(&file).err().unwrap();
         assert!(matches!(e, OutDirError::NotDirectory { .. }), "{e}");
+    }
+
+    /// Whether a test that gives files to another user can run: root only (CI runs as root,
+    /// where not being root is a failure).
+    fn can_chown() -> bool {
+        let root = rustix::process::geteuid().is_root();
+        if !root && std::env::var("CI").as_deref() == Ok("true") {
+            panic!("under CI=true this test must run as root (it chowns files)");
+        }
+        root
+    }
+
+    const NOBODY: u32 = 65534;
+
+    fn chown_nofollow(path: &Path, uid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    }
+
+    #[test]
+    fn a_link_on_the_way_is_followed_only_where_no_other_user_could_place_it() {
+        if !can_chown() {
+            return;
+        }
+        let scratch = Scratch::new("links");
+        let target = scratch.0.join("target");
+        std::fs::create_dir(&target).unwrap();
+        // In a directory only root can write: followed, the reports land in the target.
+        symlink(&target, scratch.0.join("ours")).unwrap();
+        OutDir::open(&scratch.0.join("ours/out")).unwrap();
+        assert!(target.join("out").is_dir());
+
+        // Another user's directory, and their link in it to a root-owned one.
+        let theirs = scratch.0.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chown_nofollow(&theirs, NOBODY);
+        symlink(&target, theirs.join("x")).unwrap();
+        chown_nofollow(&theirs.join("x"), NOBODY);
+        let e = OutDir::open(&theirs.join("x/planted"))
+            .err()
+            .expect("a link another user controls was followed");
+        assert!(
+            matches!(e, OutDirError::UntrustedLink { owner, .. } if owner == NOBODY),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&theirs.join("x").display().to_string())
+                && text.contains(&target.display().to_string()),
+            "{text}"
+        );
+        assert!(!target.join("planted").exists());
+
+        // A sticky directory others can write to, as /tmp: root's link is followed, another
+        // user's is not.
+        let sticky = scratch.0.join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        symlink(&target, sticky.join("root-link")).unwrap();
+        OutDir::open(&sticky.join("root-link/by-root")).unwrap();
+        assert!(target.join("by-root").is_dir());
+        symlink(&target, sticky.join("their-link")).unwrap();
+        chown_nofollow(&sticky.join("their-link"), NOBODY);
+        let e = OutDir::open(&sticky.join("their-link/by-them"))
+            .err()
+            .expect("followed");
+        assert!(matches!(e, OutDirError::UntrustedLink { .. }), "{e}");
+        assert!(!target.join("by-them").exists());
+    }
+
+    #[test]
+    fn missing_directories_on_the_way_are_created_and_dot_dot_is_walked() {
+        let scratch = Scratch::new("parents");
+        let dir = scratch.0.join("a/b/../c/out");
+        OutDir::open(&dir).unwrap();
+        let made = scratch.0.join("a/c/out");
+        assert_eq!(std::fs::metadata(&made).unwrap().mode() & 0o7777, 0o700);
+        assert!(scratch.0.join("a/b").is_dir());
     }
 
     #[test]

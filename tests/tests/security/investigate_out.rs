@@ -144,6 +144,41 @@ fn an_out_path_that_is_a_symlink_is_refused() {
 }
 
 #[test]
+fn a_link_on_the_way_in_another_users_directory_is_not_followed() {
+    if !kernel_tests_enabled("a_link_on_the_way_in_another_users_directory_is_not_followed") {
+        return;
+    }
+    let shared = SharedTmp::new("inv-out-via");
+    let root = RootOnly::new("inv-out-via-target");
+    // nobody's link to a directory of root's, one level above the name root is asked for:
+    // followed, root would create its reports in a directory nobody chose.
+    let evil = shared.0.join("evil");
+    as_nobody("mkdir", &[&evil]);
+    let via = evil.join("via");
+    as_nobody("ln", &[Path::new("-s"), &root.0, &via]);
+    let out = via.join("reports");
+
+    let target = MemHog::spawn(&[]);
+    let run = investigate_into(target.pid, &out);
+    let err = stderr(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "refusing --out {}: it goes through the symbolic link {} (owner uid {})",
+            out.display(),
+            via.display(),
+            unprivileged_uid()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("tracing pid"),
+        "refused only after tracing: {err}"
+    );
+    assert!(names_in(&root.0).is_empty(), "{:?}", names_in(&root.0));
+}
+
+#[test]
 fn a_missing_directory_is_created_0700_with_root_owned_0644_reports() {
     if !kernel_tests_enabled("a_missing_directory_is_created_0700_with_root_owned_0644_reports") {
         return;
