@@ -33,7 +33,6 @@ pub mod globals {
     pub const NEWTASK_OFFSETS: &str = "NEWTASK_OFFSETS";
     pub const EXIT_OFFSETS: &str = "EXIT_OFFSETS";
     pub const MARK_VICTIM_OFFSETS: &str = "MARK_VICTIM_OFFSETS";
-    pub const SYSCALL_OFFSETS: &str = "SYSCALL_OFFSETS";
     pub const ALLOC_SAMPLE_BYTES: &str = "ALLOC_SAMPLE_BYTES";
     pub const UNWIND_COPY_BYTES: &str = "UNWIND_COPY_BYTES";
     pub const ITER_LAYOUT: &str = "ITER_LAYOUT";
@@ -323,30 +322,6 @@ pub enum PendingKind {
     Brk = 2,
 }
 
-/// Offsets in the `syscalls:sys_enter_*`/`sys_exit_*` records, from tracefs at load time.
-#[derive(Copy, Clone, Debug, Default)]
-#[repr(C)]
-pub struct SyscallOffsets {
-    /// `sys_enter_mmap`: `unsigned long len`
-    pub mmap_len: u32,
-    /// `sys_enter_munmap`: `size_t len`
-    pub munmap_len: u32,
-    /// `sys_enter_mremap`: `unsigned long old_len`
-    pub mremap_old_len: u32,
-    /// `sys_enter_mremap`: `unsigned long new_len`
-    pub mremap_new_len: u32,
-    /// `sys_exit_*`: `long ret`
-    pub ret: u32,
-    /// `sys_enter_brk`: `unsigned long brk` (the requested break)
-    pub brk: u32,
-    /// `sys_enter_munmap`: `unsigned long addr`
-    pub munmap_addr: u32,
-    /// `sys_enter_madvise`: `unsigned long start`, `size_t len_in`, `int behavior`
-    pub madvise_start: u32,
-    pub madvise_len: u32,
-    pub madvise_behavior: u32,
-}
-
 /// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files
 /// at load time. One object then runs on kernels whose layouts differ.
 #[derive(Copy, Clone, Debug, Default)]
@@ -466,5 +441,4 @@ mod pod {
     unsafe impl aya::Pod for ExitOffsets {}
     unsafe impl aya::Pod for MarkVictimOffsets {}
     unsafe impl aya::Pod for ThreadStats {}
-    unsafe impl aya::Pod for SyscallOffsets {}
 }

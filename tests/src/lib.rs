@@ -518,6 +518,36 @@ pub fn attached_tracepoints(pid: u32) -> Vec<String> {
     hooks
 }
 
+/// The `syscalls:*` tracepoints process `pid` holds attached: each sends every syscall of
+/// every process on the host through the kernel's slow path.
+pub fn syscall_tracepoints(pid: u32) -> Vec<String> {
+    attached_tracepoints(pid)
+        .into_iter()
+        .filter(|h| h.starts_with("sys_enter") || h.starts_with("sys_exit"))
+        .collect()
+}
+
+/// The uprobe links process `holder` has (fdinfo of its perf links) on files of process
+/// `pid`: (`uprobe`/`uretprobe`, offset).
+pub fn uprobes_on(holder: u32, pid: u32) -> Vec<(String, String)> {
+    let prefix = format!("/proc/{pid}/");
+    std::fs::read_dir(format!("/proc/{holder}/fdinfo"))
+        .expect("fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+            };
+            let kind = field("event_type:")?;
+            let name = field("name:")?;
+            (matches!(kind.as_str(), "uprobe" | "uretprobe") && name.starts_with(&prefix))
+                .then(|| (kind, field("offset:").unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// `status body` of a GET of `url` made by `python3` run through `launcher` (another user,
 /// another network namespace): a client that is not this test process.
 pub fn python_get(mut launcher: Command, url: &str) -> (u16, String) {

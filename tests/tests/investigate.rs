@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Agent, Spawned, agent_bin, kernel_tests_enabled, scenario_bin};
+use integration_tests::{
+    Agent, Spawned, agent_bin, kernel_tests_enabled, scenario_bin, syscall_tracepoints, uprobes_on,
+    wait_for,
+};
 use serde_json::Value;
 
 /// Runs `leakscope investigate --pid PID ARGS... --json`.
@@ -162,6 +165,47 @@ fn growth_mode_catches_a_leak_through_mmap_without_malloc() {
     // Address space: both paths map; the caller of the libc wrapper is spliced in.
     let mapped = stacks(growth, "mmap");
     assert!(bytes_through(&mapped, "map_and_keep") > 0, "{mapped:?}");
+}
+
+#[test]
+fn growth_sampling_probes_the_targets_own_memory_calls_not_every_syscall() {
+    if !kernel_tests_enabled(
+        "growth_sampling_probes_the_targets_own_memory_calls_not_every_syscall",
+    ) {
+        return;
+    }
+    let target = Spawned::new(&mut Command::new(scenario_bin("mmap_leak")));
+    std::thread::sleep(Duration::from_millis(300));
+    let run = Command::new(agent_bin())
+        .args(["investigate", "--pid", &target.pid().to_string(), "--json"])
+        .args(["--duration", "4s", "--sample-period", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leakscope investigate");
+    // While it samples: uprobes on the target's mmap, mremap, brk, munmap and madvise, in the
+    // target's own libc, and no syscalls:* tracepoint for the rest of the host to pay.
+    let probes = wait_for(Duration::from_secs(10), || {
+        let on = uprobes_on(run.id(), target.pid());
+        (on.len() == 5).then_some(on)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the target's five memory calls were never probed: {:?}",
+            uprobes_on(run.id(), target.pid())
+        )
+    });
+    assert!(
+        probes.iter().all(|(kind, _)| kind == "uprobe"),
+        "{probes:?}"
+    );
+    assert_eq!(syscall_tracepoints(run.id()), Vec::<String>::new());
+    let all = reports(&run.wait_with_output().expect("investigate output"));
+    let growth = report(&all, "growth");
+    let mapped = stacks(growth, "mmap");
+    assert!(bytes_through(&mapped, "map_and_keep") > 0, "{mapped:?}");
+    let notes = growth["notes"].to_string();
+    assert!(!notes.contains("not probed"), "{notes}");
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{Agent, MIB, attached_tracepoints, kernel_tests_enabled, wait_for};
+use integration_tests::{
+    Agent, MIB, kernel_tests_enabled, syscall_tracepoints, uprobes_on, wait_for,
+};
 
 /// x86-64's breakpoint instruction, which the kernel writes where a uprobe sits.
 const INT3: u8 = 0xcc;
@@ -95,35 +97,9 @@ impl Drop for Mapper {
     }
 }
 
-/// The agent's uprobe links (fdinfo of its perf links) on files of process `pid`:
-/// (`uprobe`/`uretprobe`, offset).
-fn uprobes_on(agent: u32, pid: u32) -> Vec<(String, String)> {
-    let prefix = format!("/proc/{pid}/");
-    std::fs::read_dir(format!("/proc/{agent}/fdinfo"))
-        .expect("agent fdinfo")
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            let field = |k: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(|v| v.trim().to_string())
-            };
-            let kind = field("event_type:")?;
-            let name = field("name:")?;
-            (matches!(kind.as_str(), "uprobe" | "uretprobe") && name.starts_with(&prefix))
-                .then(|| (kind, field("offset:").unwrap_or_default()))
-        })
-        .collect()
-}
-
 fn assert_no_syscall_tracepoints(agent: &Agent, when: &str) {
-    let hooks = attached_tracepoints(agent.pid());
-    assert!(
-        !hooks
-            .iter()
-            .any(|h| h.starts_with("sys_enter") || h.starts_with("sys_exit")),
-        "{when}: syscalls:* attached: {hooks:?}"
-    );
+    let hooks = syscall_tracepoints(agent.pid());
+    assert!(hooks.is_empty(), "{when}: syscalls:* attached: {hooks:?}");
 }
 
 #[test]

@@ -2,6 +2,11 @@
 //! the page faults that map a new page (sampled) and of the calls that grow the address space
 //! (mmap, mremap, brk), summed per stack in GROWTH.
 //!
+//! The calls are seen by uprobes on each target's own libc wrappers (`mmap`, `mremap`, `brk`,
+//! `munmap`, `madvise`; x86-64 SysV arguments as in mem.rs, `madvise(addr, len, advice)`),
+//! attached to that process alone: `syscalls:*` tracepoints would send every syscall of every
+//! process on the host through the kernel's slow path for as long as anyone is sampled.
+//!
 //! Page faults come from the raw tracepoint `page_fault_user`, whose arguments are
 //! `(unsigned long address, struct pt_regs *regs, unsigned long error_code)`: a raw
 //! tracepoint skips the record the classic one builds on every fault of every process.
@@ -24,9 +29,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_get_current_task, bpf_get_prandom_u32},
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint, uprobe},
     maps::{HashMap, PerCpuArray},
-    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
+    programs::{ProbeContext, RawTracePointContext, tracing::StackIdContext},
 };
 use monitor_common::stacks::{
     DEFAULT_MAX_GROWTH_KEYS, DEFAULT_MAX_GROWTH_PAGES, DEFAULT_MAX_GROWTH_RELEASES,
@@ -35,8 +40,8 @@ use monitor_common::stacks::{
 };
 
 use super::{
-    ProbeError, current_tgid, field,
-    mem::{SYSCALL_OFFSETS, pages},
+    ProbeError, current_tgid,
+    mem::pages,
     now_ns,
     python::python_stack,
     rss::{KERNEL_LAYOUT, read_kernel},
@@ -126,44 +131,33 @@ fn try_fault(ctx: &RawTracePointContext) {
     }
 }
 
-#[tracepoint]
-pub fn growth_munmap(ctx: TracePointContext) -> u32 {
-    let _ = try_munmap(&ctx);
+#[uprobe]
+pub fn growth_munmap(ctx: ProbeContext) -> u32 {
+    let tgid = current_tgid();
+    if is_target(tgid) {
+        released(tgid, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    }
     0
 }
 
-fn try_munmap(ctx: &TracePointContext) -> Result<(), ProbeError> {
+#[uprobe]
+pub fn growth_madvise(ctx: ProbeContext) -> u32 {
     let tgid = current_tgid();
-    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
-        return Ok(());
+    if !is_target(tgid) {
+        return 0;
     }
-    let off = SYSCALL_OFFSETS.load();
-    let start: u64 = field(ctx, off.munmap_addr)?;
-    let len: u64 = field(ctx, off.munmap_len)?;
-    released(tgid, start, len);
-    Ok(())
-}
-
-#[tracepoint]
-pub fn growth_madvise(ctx: TracePointContext) -> u32 {
-    let _ = try_madvise(&ctx);
+    let advice = ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff;
+    if MADV_DROPS.contains(&advice) {
+        released(tgid, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    }
     0
 }
 
-fn try_madvise(ctx: &TracePointContext) -> Result<(), ProbeError> {
-    let tgid = current_tgid();
-    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
-        return Ok(());
-    }
-    let off = SYSCALL_OFFSETS.load();
-    let behavior: u64 = field::<u64>(ctx, off.madvise_behavior)? & 0xffff_ffff;
-    if !MADV_DROPS.contains(&behavior) {
-        return Ok(());
-    }
-    let start: u64 = field(ctx, off.madvise_start)?;
-    let len: u64 = field(ctx, off.madvise_len)?;
-    released(tgid, start, len);
-    Ok(())
+/// The uprobes are attached to the targets alone; the map says whether this one is still
+/// sampled (a target removed keeps its probes until user space detaches them).
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    unsafe { GROWTH_TARGETS.get(tgid) }.is_some()
 }
 
 /// Remembers that `tgid` gave `[start, start + len)` back (counted at entry, like growth: a
@@ -188,64 +182,72 @@ fn released(tgid: u32, start: u64, len: u64) {
     }
 }
 
-#[tracepoint]
-pub fn growth_mmap(ctx: TracePointContext) -> u32 {
-    let _ = try_syscall(&ctx, GrowthSource::Mmap, false);
-    0
-}
-
-#[tracepoint]
-pub fn growth_mremap(ctx: TracePointContext) -> u32 {
-    let _ = try_syscall(&ctx, GrowthSource::Mmap, true);
-    0
-}
-
-#[tracepoint]
-pub fn growth_brk(ctx: TracePointContext) -> u32 {
-    let _ = try_syscall(&ctx, GrowthSource::Brk, false);
-    0
-}
-
-/// Counted at entry: a failed call is rare enough not to pay for a second program at exit.
-fn try_syscall(
-    ctx: &TracePointContext,
-    source: GrowthSource,
-    remap: bool,
-) -> Result<(), ProbeError> {
+#[uprobe]
+pub fn growth_mmap(ctx: ProbeContext) -> u32 {
     let tgid = current_tgid();
-    if unsafe { GROWTH_TARGETS.get(tgid) }.is_none() {
+    if is_target(tgid) {
+        let len: u64 = ctx.arg(1).unwrap_or(0);
+        grew(&ctx, tgid, GrowthSource::Mmap, pages(len, page_shift()));
+    }
+    0
+}
+
+#[uprobe]
+pub fn growth_mremap(ctx: ProbeContext) -> u32 {
+    let tgid = current_tgid();
+    if is_target(tgid) {
+        let old = pages(ctx.arg(1).unwrap_or(0), page_shift());
+        let new = pages(ctx.arg(2).unwrap_or(0), page_shift());
+        grew(&ctx, tgid, GrowthSource::Mmap, new - old);
+    }
+    0
+}
+
+#[uprobe]
+pub fn growth_brk(ctx: ProbeContext) -> u32 {
+    let tgid = current_tgid();
+    if is_target(tgid) {
+        let _ = try_brk(&ctx, tgid);
+    }
+    0
+}
+
+#[inline(always)]
+fn page_shift() -> u32 {
+    KERNEL_LAYOUT.load().page_shift
+}
+
+/// `brk(requested)`: growth is the distance from the current break, a lower break a release.
+fn try_brk(ctx: &ProbeContext, tgid: u32) -> Result<(), ProbeError> {
+    let requested: u64 = ctx.arg(0).unwrap_or(0);
+    let layout = KERNEL_LAYOUT.load();
+    if layout.mm_brk == 0 || layout.task_mm == 0 || requested == 0 {
         return Ok(());
     }
-    let off = SYSCALL_OFFSETS.load();
-    let layout = KERNEL_LAYOUT.load();
-    let added = match source {
-        GrowthSource::Mmap if remap => {
-            let old = pages(field(ctx, off.mremap_old_len)?, layout.page_shift);
-            let new = pages(field(ctx, off.mremap_new_len)?, layout.page_shift);
-            new - old
-        }
-        GrowthSource::Mmap => pages(field(ctx, off.mmap_len)?, layout.page_shift),
-        _ => {
-            let requested: u64 = field(ctx, off.brk)?;
-            if layout.mm_brk == 0 || layout.task_mm == 0 || requested == 0 {
-                return Ok(());
-            }
-            let task = unsafe { bpf_get_current_task() };
-            let mm: u64 = read_kernel(task + u64::from(layout.task_mm))?;
-            if mm == 0 {
-                return Ok(());
-            }
-            let current: u64 = read_kernel(mm + u64::from(layout.mm_brk))?;
-            if requested < current {
-                released(tgid, requested, current - requested);
-            }
-            requested as i64 - current as i64
-        }
-    };
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = read_kernel(task + u64::from(layout.task_mm))?;
+    if mm == 0 {
+        return Ok(());
+    }
+    let current: u64 = read_kernel(mm + u64::from(layout.mm_brk))?;
+    if requested < current {
+        released(tgid, requested, current - requested);
+    }
+    grew(
+        ctx,
+        tgid,
+        GrowthSource::Brk,
+        requested as i64 - current as i64,
+    );
+    Ok(())
+}
+
+/// Counted at the call: a failed call is rare enough not to pay for a return probe.
+#[inline(always)]
+fn grew(ctx: &ProbeContext, tgid: u32, source: GrowthSource, added: i64) {
     if added > 0 {
         record(ctx, tgid, source, current_return_hint(), added as u64);
     }
-    Ok(())
 }
 
 /// Adds to the stack's entry and, with `--unwind dwarf`, sends the sample for unwinding;

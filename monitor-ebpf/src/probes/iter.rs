@@ -99,20 +99,25 @@ pub extern "C" fn task_iter(ctx: *mut IterTaskCtx) -> i32 {
         flags: 0,
         _pad: 0,
     };
-    if fill(task, &mut record).is_none() {
-        return 0;
+    if fill(task, &mut record).is_some() {
+        write_record(ctx, &record);
     }
+    0
+}
+
+/// Appends `record` to the walk's output.
+#[inline(always)]
+pub(super) fn write_record(ctx: *mut IterTaskCtx, record: &TaskRecord) {
     // SAFETY: the kernel hands a valid context; `meta->seq` is a typed load the verifier
     // tracks as the seq_file bpf_seq_write expects.
     unsafe {
         let seq = (*(*ctx).meta).seq;
         bpf_seq_write(
             seq,
-            (&record as *const TaskRecord).cast(),
+            (record as *const TaskRecord).cast(),
             size_of::<TaskRecord>() as u32,
         );
     }
-    0
 }
 
 /// Fills `record` for a thread-group leader with an mm; `None` for any other task (a thread,

@@ -23,32 +23,17 @@
 //! process's entry in PROCS caches its flag with the THREAD_CONFIG generation it was read at.
 
 use aya_ebpf::{
-    Global,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use monitor_common::{Counter, PendingKind, ProcStats, SyscallOffsets, ThreadStats};
+use monitor_common::{Counter, PendingKind, ProcStats, ThreadStats};
 
 use super::{
     ProbeError,
     rss::{KERNEL_LAYOUT, read_kernel},
 };
 use crate::maps::{PROCS, THREAD_CONFIG, THREAD_WANT, THREADS, count};
-
-#[unsafe(no_mangle)]
-pub static SYSCALL_OFFSETS: Global<SyscallOffsets> = Global::new(SyscallOffsets {
-    mmap_len: 24,
-    munmap_len: 24,
-    mremap_old_len: 24,
-    mremap_new_len: 32,
-    ret: 16,
-    brk: 16,
-    munmap_addr: 16,
-    madvise_start: 16,
-    madvise_len: 24,
-    madvise_behavior: 32,
-});
 
 /// Whether the agent wants per-thread numbers for `tgid`. The hash lookup happens only when
 /// the agent has changed the set since this process last looked.

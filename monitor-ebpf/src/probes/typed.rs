@@ -18,11 +18,12 @@
 //! A kernel whose BTF disagrees with a load refuses the program; the agent then loads the
 //! helper-reading one ([`super::iter`]'s walk, the classic exit tracepoint) and says so.
 
-use aya_ebpf::helpers::generated::bpf_seq_write;
 use monitor_common::{IterLayout, KernelLayout, RSS_UNKNOWN, RssKind, TASK_RSS_EXACT, TaskRecord};
 
 use super::{
-    iter::{ITER_LAYOUT, IterTaskCtx, add_cpu_deltas, cpu_offsets_ready, read, rss_bytes},
+    iter::{
+        ITER_LAYOUT, IterTaskCtx, add_cpu_deltas, cpu_offsets_ready, read, rss_bytes, write_record,
+    },
     rss::KERNEL_LAYOUT,
     sched::ExitRead,
 };
@@ -38,17 +39,8 @@ pub extern "C" fn task_iter_typed(ctx: *mut IterTaskCtx) -> i32 {
     }
     let layout = KERNEL_LAYOUT.load();
     let iter = ITER_LAYOUT.load();
-    let Some(record) = fill(task, &layout, &iter) else {
-        return 0;
-    };
-    // SAFETY: as in `super::iter::task_iter`.
-    unsafe {
-        let seq = (*(*ctx).meta).seq;
-        bpf_seq_write(
-            seq,
-            (&record as *const TaskRecord).cast(),
-            size_of::<TaskRecord>() as u32,
-        );
+    if let Some(record) = fill(task, &layout, &iter) {
+        write_record(ctx, &record);
     }
     0
 }

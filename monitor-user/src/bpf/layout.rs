@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use monitor_common::{
-    ExitOffsets, KernelLayout, MarkVictimOffsets, NewTaskOffsets, RssStatOffsets, SyscallOffsets,
+    ExitOffsets, KernelLayout, MarkVictimOffsets, NewTaskOffsets, RssStatOffsets,
 };
 
 use super::{
@@ -25,8 +25,6 @@ pub struct Layout {
     pub oom: Result<MarkVictimOffsets, String>,
     /// sched_process_exec is read through its raw arguments: only its presence matters.
     pub exec: Result<(), String>,
-    /// The syscall tracepoints of per-thread accounting and growth sampling.
-    pub syscalls: Result<SyscallOffsets, String>,
 }
 
 impl Layout {
@@ -48,8 +46,7 @@ impl Layout {
                 newtask: Err(why.clone()),
                 exit: Err(why.clone()),
                 oom: Err(why.clone()),
-                exec: Err(why.clone()),
-                syscalls: Err(why),
+                exec: Err(why),
             };
         };
         Self {
@@ -60,7 +57,6 @@ impl Layout {
             exit: exit(root),
             oom: oom(root),
             exec: format(root, "sched", "sched_process_exec").map(|_| ()),
-            syscalls: syscalls(root),
         }
     }
 }
@@ -114,28 +110,6 @@ fn oom(root: &Path) -> Result<MarkVictimOffsets, String> {
     })
 }
 
-fn syscalls(root: &Path) -> Result<SyscallOffsets, String> {
-    let fmt = |name: &str| format(root, "syscalls", name);
-    let mmap = fmt("sys_enter_mmap")?;
-    let munmap = fmt("sys_enter_munmap")?;
-    let mremap = fmt("sys_enter_mremap")?;
-    let exit = fmt("sys_exit_mmap")?;
-    let brk = fmt("sys_enter_brk")?;
-    let madvise = fmt("sys_enter_madvise")?;
-    Ok(SyscallOffsets {
-        mmap_len: offset(&mmap, "len")?,
-        munmap_len: offset(&munmap, "len")?,
-        mremap_old_len: offset(&mremap, "old_len")?,
-        mremap_new_len: offset(&mremap, "new_len")?,
-        ret: offset(&exit, "ret")?,
-        brk: offset(&brk, "brk")?,
-        munmap_addr: offset(&munmap, "addr")?,
-        madvise_start: offset(&madvise, "start")?,
-        madvise_len: offset(&madvise, "len_in")?,
-        madvise_behavior: offset(&madvise, "behavior")?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +119,6 @@ mod tests {
         let layout = Layout::read(Err("tracefs is not mounted".into()));
         assert_eq!(layout.tracefs.unwrap_err(), "tracefs is not mounted");
         assert!(layout.rss.unwrap_err().contains("not mounted"));
-        assert!(layout.syscalls.unwrap_err().contains("not mounted"));
         assert!(layout.exec.unwrap_err().contains("not mounted"));
     }
 }

@@ -69,9 +69,6 @@ fn set_layouts<'a>(loader: &mut EbpfLoader<'a>, layout: &'a Layout) {
     if let Ok(o) = &layout.oom {
         loader.override_global(globals::MARK_VICTIM_OFFSETS, o, true);
     }
-    if let Ok(o) = &layout.syscalls {
-        loader.override_global(globals::SYSCALL_OFFSETS, o, true);
-    }
 }
 
 /// The task maps at their pins in `dir`: created there, or the ones found there reused.

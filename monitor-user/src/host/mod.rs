@@ -9,6 +9,8 @@
 //! - [`memory`]: the host's memory (`/proc/meminfo`) and name.
 //! - [`kube`]: pod names from the Kubernetes API, when the agent runs in a cluster.
 //! - [`peer`]: who is on the other end of a loopback connection (the kernel's socket table).
+//! - [`wrappers`]: where a process's libc memory-call wrappers are, for uprobes on that
+//!   process alone.
 
 pub mod caps;
 pub mod container;
@@ -17,3 +19,4 @@ pub mod kube;
 pub mod memory;
 pub mod peer;
 pub mod proc;
+pub mod wrappers;

@@ -25,6 +25,14 @@ pub struct Target<'a> {
 }
 
 /// One row before symbolization.
+/// Whether the sample was taken at an instruction in the uprobes' page.
+fn starts_in_uprobes_area(raw: &Raw, mappings: &[Mapping]) -> bool {
+    raw.ips.first().is_some_and(|ip| {
+        maps_snapshot::find(mappings, *ip)
+            .is_some_and(|m| m.path.as_deref() == Some(maps_snapshot::UPROBES_AREA))
+    })
+}
+
 struct Raw {
     ips: Vec<u64>,
     /// The stack stops short of its outermost frame.
@@ -161,6 +169,12 @@ pub fn read_growth(
             }
         })
         .collect::<Vec<Raw>>();
+    // A fault at the uprobes' own instruction page is the kernel mapping it on the first probe
+    // hit (probes on the memory calls, or on the allocator): leakscope's cost, not the
+    // program's growth.
+    let (raws, own): (Vec<Raw>, Vec<Raw>) = raws
+        .into_iter()
+        .partition(|r| !starts_in_uprobes_area(r, target.mappings));
     let mut notes = vec![match &retained {
         Ok(_) => format!(
             "page_fault rows: pages faulted in and still held at the end ({} of {} faulted in; \
@@ -177,7 +191,15 @@ pub fn read_growth(
                    was gone before its pages could be checked"
             .to_owned(),
     }];
-    notes.extend(growth.off.iter().cloned());
+    if !own.is_empty() {
+        notes.push(format!(
+            "left out: {} the kernel mapped into the process for leakscope's own uprobes \
+             ({})",
+            bytesize::ByteSize(own.iter().map(|r| r.bytes).sum::<u64>()),
+            maps_snapshot::UPROBES_AREA
+        ));
+    }
+    notes.extend(growth.notes(target.pid));
     notes.extend(python_notes(target.pid, shared, &raws));
     notes.extend(loss_notes(shared));
     notes.extend(unwind_notes(shared, unwound, &raws));

@@ -1,7 +1,10 @@
-//! Growth sampling for chosen processes: the programs are attached while at least one target
-//! is set, since the page-fault tracepoint costs every process on the host.
+//! Growth sampling for chosen processes: the page-fault program is attached while at least one
+//! target is set, since that tracepoint costs every process on the host. The memory calls
+//! (mmap, mremap, brk, and the munmap/madvise releases) are seen by uprobes on each target's
+//! own libc wrappers, attached to that process alone: `syscalls:*` tracepoints would put
+//! every syscall on the host through the kernel's slow path while anyone is sampled.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use monitor_common::stacks::{
@@ -9,19 +12,22 @@ use monitor_common::stacks::{
     GrowthKey, GrowthSampler, GrowthTarget, GrowthValue, PageKey, PageSample, Release, ReleaseKey,
 };
 
-use crate::bpf::{BpfError, Kernel, Link};
+use crate::{
+    bpf::{BpfError, Kernel, Link},
+    host::wrappers::Resolver,
+};
 
 /// The page-fault program, on a raw tracepoint: required.
 const FAULT_PROGRAM: (&str, &str) = ("growth_fault", "page_fault_user");
 
-/// Program, tracepoint category and name: optional, they add mmap/brk growth and the
-/// releases that keep reused addresses from being credited to an old stack.
-const SYSCALL_PROGRAMS: [(&str, &str, &str); 5] = [
-    ("growth_mmap", "syscalls", "sys_enter_mmap"),
-    ("growth_mremap", "syscalls", "sys_enter_mremap"),
-    ("growth_brk", "syscalls", "sys_enter_brk"),
-    ("growth_munmap", "syscalls", "sys_enter_munmap"),
-    ("growth_madvise", "syscalls", "sys_enter_madvise"),
+/// (libc wrapper, uprobe program): optional, they add mmap/brk growth and the releases that
+/// keep reused addresses from being credited to an old stack.
+const CALL_PROGRAMS: [(&str, &str); 5] = [
+    ("mmap", "growth_mmap"),
+    ("mremap", "growth_mremap"),
+    ("brk", "growth_brk"),
+    ("munmap", "growth_munmap"),
+    ("madvise", "growth_madvise"),
 ];
 
 pub struct Growth {
@@ -33,8 +39,16 @@ pub struct Growth {
     sampler: PerCpuArray<MapData, GrowthSampler>,
     /// Dropping one detaches it.
     links: Vec<Link>,
+    /// Each target's uprobes on its memory calls; dropping them detaches them.
+    calls: HashMap<u32, Vec<Link>>,
+    /// Whether the call programs loaded.
+    calls_loaded: bool,
+    resolver: Resolver,
     /// Why an optional program is off (reported with each result).
-    pub off: Vec<String>,
+    off: Vec<String>,
+    /// Targets whose memory calls could not be probed, and why (until they stop being
+    /// targets: the agent's sampler outlives many).
+    calls_off: HashMap<u32, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +82,14 @@ impl Growth {
             .load_raw_tracepoint(fault)
             .map_err(|e| GrowthError::Unavailable(e.to_string()))?;
         let mut off = Vec::new();
-        for (program, category, name) in SYSCALL_PROGRAMS {
-            if let Err(e) = kernel.load_tracepoint(program) {
-                off.push(format!(
-                    "{category}:{name} is off ({e}): growth by {name} not sampled"
-                ));
-            }
+        let loaded = CALL_PROGRAMS
+            .iter()
+            .try_for_each(|(_, program)| kernel.load_uprobe(program));
+        if let Err(e) = &loaded {
+            off.push(format!(
+                "uprobes on memory calls are off ({e}): growth by mmap, mremap and brk is not \
+                 sampled, nor releases by munmap and madvise"
+            ));
         }
         Ok(Self {
             kernel,
@@ -83,7 +99,11 @@ impl Growth {
             releases,
             sampler,
             links: Vec::new(),
+            calls: HashMap::new(),
+            calls_loaded: loaded.is_ok(),
+            resolver: Resolver::default(),
             off,
+            calls_off: HashMap::new(),
         })
     }
 
@@ -124,7 +144,62 @@ impl Growth {
             let _ = self.targets.remove(&pid);
             return Err(e);
         }
+        self.attach_calls(pid);
         Ok(())
+    }
+
+    /// Uprobes on `pid`'s own memory-call wrappers. Without them its page faults are still
+    /// sampled: the note says what is missing.
+    fn attach_calls(&mut self, pid: u32) {
+        if !self.calls_loaded || self.calls.contains_key(&pid) {
+            return;
+        }
+        let Some(one) = NonZeroU32::new(pid) else {
+            return;
+        };
+        let attached = self
+            .resolver
+            .site(pid)
+            .map_err(|e| e.to_string())
+            .and_then(|site| {
+                let mut links = Vec::new();
+                for (wrapper, offset) in &site.offsets {
+                    let Some((_, program)) = CALL_PROGRAMS.iter().find(|(w, _)| w == wrapper)
+                    else {
+                        continue;
+                    };
+                    let link = self
+                        .kernel
+                        .attach_uprobe(program, &site.open_path, *offset, one)
+                        .map_err(|e| format!("the kernel refused a uprobe on {wrapper}: {e}"))?;
+                    links.push(link);
+                }
+                Ok(links)
+            });
+        match attached {
+            Ok(links) => {
+                self.calls.insert(pid, links);
+            }
+            Err(why) => {
+                self.calls_off.insert(
+                    pid,
+                    format!(
+                        "pid {pid}: memory calls not probed ({why}): growth by mmap and brk \
+                         is not sampled, nor releases by munmap and madvise; page faults still \
+                         are"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// What is not sampled for `pid`, in words, for its report.
+    pub fn notes(&self, pid: u32) -> Vec<String> {
+        self.off
+            .iter()
+            .chain(self.calls_off.get(&pid))
+            .cloned()
+            .collect()
     }
 
     fn set_period(&mut self, period: u32) -> Result<(), GrowthError> {
@@ -151,6 +226,8 @@ impl Growth {
         remove_keys(&mut self.growth, |k| k.tgid == pid);
         remove_keys(&mut self.pages, |k| k.tgid == pid);
         remove_keys(&mut self.releases, |k| k.tgid == pid);
+        self.calls.remove(&pid);
+        self.calls_off.remove(&pid);
         if self.targets.keys().next().is_none() {
             self.links.clear();
         }
@@ -159,6 +236,7 @@ impl Growth {
     /// Stops sampling (every target); what was recorded stays readable.
     pub fn detach(&mut self) {
         self.links.clear();
+        self.calls.clear();
     }
 
     /// Everything sampled for `pid` so far.
@@ -223,21 +301,12 @@ impl Growth {
     }
 
     fn attach(&mut self) -> Result<(), GrowthError> {
-        self.off.retain(|o| !o.contains("attach failed"));
         let (fault, tracepoint) = FAULT_PROGRAM;
         let link = self
             .kernel
             .attach_raw_tracepoint(fault, tracepoint)
             .map_err(|e| GrowthError::Unavailable(e.to_string()))?;
         self.links.push(link);
-        for (program, category, name) in SYSCALL_PROGRAMS {
-            match self.kernel.attach_tracepoint(program, category, name) {
-                Ok(link) => self.links.push(link),
-                Err(e) => self
-                    .off
-                    .push(format!("{category}:{name}: {e} (attach failed)")),
-            }
-        }
         Ok(())
     }
 }

@@ -8,6 +8,9 @@ use procfs::{
     process::{MMPermissions, MMapPath, MemoryMaps},
 };
 
+/// The name /proc/PID/maps gives the page where the kernel runs each probed instruction.
+pub const UPROBES_AREA: &str = "[uprobes]";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
@@ -96,6 +99,8 @@ pub fn read(pid: u32) -> Result<Vec<Mapping>, MapsError> {
                     }
                 }
                 MMapPath::Vdso => (Some("[vdso]".to_owned()), false),
+                // The kernel's page of out-of-line instruction slots for uprobes.
+                MMapPath::Other(name) if name == UPROBES_AREA => (Some(name), false),
                 _ => (None, false),
             };
             Mapping {

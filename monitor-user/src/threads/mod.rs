@@ -17,7 +17,6 @@
 //! of processes that are gone.
 
 pub mod uprobes;
-pub mod wrappers;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

@@ -15,8 +15,8 @@ use std::{
     sync::Arc,
 };
 
-use super::wrappers::{Resolver, SiteError};
 use crate::bpf::{Kernel, Link, probes::ProbeStatus};
+use crate::host::wrappers::{Resolver, SiteError};
 
 pub const PROBE_NAME: &str = "mem_uprobes";
 
@@ -169,25 +169,31 @@ impl TargetProbes {
         } else {
             site.open_path.as_path()
         };
+        // The site may list wrappers others probe (madvise): only those counted here.
+        let ours: Vec<(&'static str, u64, &str)> = site
+            .offsets
+            .iter()
+            .filter_map(|(w, o)| {
+                let (_, program) = ENTRY_PROGRAMS.iter().find(|(e, _)| e == w)?;
+                Some((*w, *o, *program))
+            })
+            .collect();
         let mut links = Vec::with_capacity(LINKS_PER_TARGET);
-        for (wrapper, offset) in &site.offsets {
+        for (wrapper, offset, _) in &ours {
             links.push(
                 self.kernel
                     .attach_uprobe(RETURN_PROGRAM, path, *offset, one)
                     .map_err(|e| AttachError::Kernel(wrapper, e.to_string()))?,
             );
         }
-        for (wrapper, offset) in &site.offsets {
-            let Some((_, program)) = ENTRY_PROGRAMS.iter().find(|(w, _)| w == wrapper) else {
-                continue;
-            };
+        for (wrapper, offset, program) in &ours {
             links.push(
                 self.kernel
                     .attach_uprobe(program, path, *offset, one)
                     .map_err(|e| AttachError::Kernel(wrapper, e.to_string()))?,
             );
         }
-        let names: Vec<&str> = site.offsets.iter().map(|(w, _)| *w).collect();
+        let names: Vec<&str> = ours.iter().map(|(w, _, _)| *w).collect();
         Ok((links, format!("{} ({})", site.module, names.join(", "))))
     }
 }

@@ -116,8 +116,10 @@ fn a_directory_planted_by_another_user_is_refused_and_its_link_not_followed() {
 }
 
 #[test]
-fn an_out_path_that_is_a_symlink_is_refused() {
-    if !kernel_tests_enabled("an_out_path_that_is_a_symlink_is_refused") {
+fn a_link_of_another_users_is_followed_neither_as_the_directory_nor_on_the_way() {
+    if !kernel_tests_enabled(
+        "a_link_of_another_users_is_followed_neither_as_the_directory_nor_on_the_way",
+    ) {
         return;
     }
     let shared = SharedTmp::new("inv-out-link");
@@ -126,56 +128,37 @@ fn an_out_path_that_is_a_symlink_is_refused() {
     // would not stop root from following the link: only leakscope can.
     let evil = shared.0.join("evil");
     as_nobody("mkdir", &[&evil]);
-    let out = evil.join("out");
-    as_nobody("ln", &[Path::new("-s"), &root.0, &out]);
-
+    let link = evil.join("out");
+    as_nobody("ln", &[Path::new("-s"), &root.0, &link]);
     let target = MemHog::spawn(&[]);
-    let run = investigate_into(target.pid, &out);
-    let err = stderr(&run);
-    assert!(!run.status.success(), "{err}");
-    assert!(
-        err.contains(&format!(
-            "refusing --out {}: it is a symbolic link",
-            out.display()
-        )),
-        "{err}"
-    );
-    assert!(names_in(&root.0).is_empty(), "{:?}", names_in(&root.0));
-}
-
-#[test]
-fn a_link_on_the_way_in_another_users_directory_is_not_followed() {
-    if !kernel_tests_enabled("a_link_on_the_way_in_another_users_directory_is_not_followed") {
-        return;
+    // The link as the directory asked for, then one level above it: followed, root would
+    // write its reports into (or create a directory in) a place nobody chose.
+    let below = link.join("reports");
+    for (out, said) in [
+        (
+            &link,
+            format!("refusing --out {}: it is a symbolic link", link.display()),
+        ),
+        (
+            &below,
+            format!(
+                "refusing --out {}: it goes through the symbolic link {} (owner uid {})",
+                below.display(),
+                link.display(),
+                unprivileged_uid()
+            ),
+        ),
+    ] {
+        let run = investigate_into(target.pid, out);
+        let err = stderr(&run);
+        assert!(!run.status.success(), "{err}");
+        assert!(err.contains(&said), "{said:?} not in: {err}");
+        assert!(
+            !err.contains("tracing pid"),
+            "refused only after tracing: {err}"
+        );
+        assert!(names_in(&root.0).is_empty(), "{:?}", names_in(&root.0));
     }
-    let shared = SharedTmp::new("inv-out-via");
-    let root = RootOnly::new("inv-out-via-target");
-    // nobody's link to a directory of root's, one level above the name root is asked for:
-    // followed, root would create its reports in a directory nobody chose.
-    let evil = shared.0.join("evil");
-    as_nobody("mkdir", &[&evil]);
-    let via = evil.join("via");
-    as_nobody("ln", &[Path::new("-s"), &root.0, &via]);
-    let out = via.join("reports");
-
-    let target = MemHog::spawn(&[]);
-    let run = investigate_into(target.pid, &out);
-    let err = stderr(&run);
-    assert!(!run.status.success(), "{err}");
-    assert!(
-        err.contains(&format!(
-            "refusing --out {}: it goes through the symbolic link {} (owner uid {})",
-            out.display(),
-            via.display(),
-            unprivileged_uid()
-        )),
-        "{err}"
-    );
-    assert!(
-        !err.contains("tracing pid"),
-        "refused only after tracing: {err}"
-    );
-    assert!(names_in(&root.0).is_empty(), "{:?}", names_in(&root.0));
 }
 
 #[test]

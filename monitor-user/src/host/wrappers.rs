@@ -1,5 +1,6 @@
 //! Where a target process's memory-call wrappers are: the libc it has mapped, or, for a static
-//! binary, the executable itself when it carries the symbols.
+//! binary, the executable itself when it carries the symbols. Per-thread accounting and growth
+//! sampling put uprobes there, on that process alone.
 //!
 //! One object per process gets probes. Another object that defines `mmap` (a sanitizer's
 //! interceptor, a preloaded shim) forwards to libc, and probing both would count each call
@@ -14,12 +15,13 @@ use std::{
 use object::{Object, ObjectSegment, ObjectSymbol};
 use procfs::process::{MMPermissions, MMapPath, Process};
 
-/// The wrappers probed, and whether thread accounting can do without each.
-pub const WRAPPERS: [(&str, Required); 4] = [
+/// The wrappers found, and whether probing can do without each.
+pub const WRAPPERS: [(&str, Required); 5] = [
     ("mmap", Required::Yes),
     ("munmap", Required::Yes),
     ("mremap", Required::No),
     ("brk", Required::No),
+    ("madvise", Required::No),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +53,8 @@ pub enum SiteError {
     Permission { pid: u32, detail: String },
     #[error(
         "pid {pid} maps no libc and its executable defines no mmap/munmap (a stripped static \
-         binary, or a runtime such as Go's that makes system calls itself): per-thread mapped \
-         bytes are off for it"
+         binary, or a runtime such as Go's that makes system calls itself): its memory calls \
+         cannot be probed"
     )]
     NoWrappers { pid: u32 },
     #[error("cannot read pid {pid}'s {module}: {detail}")]
@@ -225,12 +227,12 @@ mod tests {
             .expect("the test binary maps glibc");
         assert!(is_libc(&site.module), "{}", site.module);
         let names: Vec<_> = site.offsets.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["mmap", "munmap", "mremap", "brk"]);
+        assert_eq!(names, ["mmap", "munmap", "mremap", "brk", "madvise"]);
         // Distinct functions at distinct places.
         let mut offs: Vec<_> = site.offsets.iter().map(|(_, o)| *o).collect();
         offs.sort_unstable();
         offs.dedup();
-        assert_eq!(offs.len(), 4);
+        assert_eq!(offs.len(), 5);
     }
 
     #[test]
