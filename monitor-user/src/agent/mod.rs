@@ -114,7 +114,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (uprobe_status, uprobes) = crate::threads::prepare(kernel.clone(), &args.break_probe);
     state.probes = probes.statuses.clone();
     state.probes.push(uprobe_status);
-    let task_iter = (!args.rss_events).then(|| load_task_iter(&kernel, &iter_setup, &args));
+    let task_iter =
+        (!args.rss_events).then(|| load_task_iter(&kernel, &iter_setup, &layout.btf, &args));
     if let Some(result) = &task_iter {
         state.probes.push(crate::bpf::iter::status(result));
         if let Ok(iter) = result {

@@ -31,6 +31,7 @@ pub(super) struct Source {
 pub(super) fn load_task_iter(
     kernel: &Arc<crate::bpf::Kernel>,
     setup: &crate::bpf::iter::IterSetup,
+    btf: &Result<monitor_common::KernelLayout, String>,
     args: &RunArgs,
 ) -> Result<crate::bpf::iter::TaskIter, crate::bpf::BpfError> {
     let broken = |name: &str| args.break_probe.iter().any(|b| b == name);
@@ -40,10 +41,18 @@ pub(super) fn load_task_iter(
             detail: format!("no kernel layout: {why}"),
         });
     }
-    let iter = kernel.load_task_iter(
-        broken(crate::bpf::iter::BREAK_ITER),
-        broken(crate::bpf::iter::BREAK_ITER_TYPED),
-    )?;
+    // The typed walk decides threads from leaders by pid: without it in BTF, it would list
+    // no process at all, where the other walk still can.
+    let typed = if broken(crate::bpf::iter::BREAK_ITER_TYPED) {
+        Err("fault injection".to_string())
+    } else {
+        match btf {
+            Ok(k) if k.task_pid != 0 && k.task_mm != 0 => Ok(()),
+            Ok(_) => Err("kernel BTF lacks task_struct.pid or .mm".to_string()),
+            Err(e) => Err(e.clone()),
+        }
+    };
+    let iter = kernel.load_task_iter(broken(crate::bpf::iter::BREAK_ITER), typed)?;
     // aya's BTF parse for the load is large and short-lived.
     release_freed_memory();
     // A first walk now: a kernel that loads the program but refuses the link says so here.

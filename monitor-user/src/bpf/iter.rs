@@ -211,13 +211,13 @@ pub struct TaskIter {
 }
 
 impl Kernel {
-    /// Loads the task iterator (the verifier runs now): the typed-load program, else the one
-    /// that reads with the helper. `broken` simulates a kernel that refuses both, for tests;
-    /// `typed_broken` one that refuses the typed one.
+    /// Loads the task iterator (the verifier runs now): the typed-load program where `typed`
+    /// allows it and the kernel takes it, else the one that reads with the helper. `broken`
+    /// simulates a kernel that refuses both, for tests.
     pub fn load_task_iter(
         self: &Arc<Self>,
         broken: bool,
-        typed_broken: bool,
+        typed: Result<(), String>,
     ) -> Result<TaskIter, BpfError> {
         if broken {
             return Err(BpfError::Program {
@@ -229,12 +229,10 @@ impl Kernel {
             name: TASK_ITER_PROGRAM.into(),
             detail: e.to_string(),
         })?;
-        let typed = if typed_broken {
-            Err("fault injection".to_string())
-        } else {
+        let typed = typed.and_then(|()| {
             self.load_iter_program(TASK_ITER_TYPED_PROGRAM, &btf)
                 .map_err(|e| e.to_string())
-        };
+        });
         let (program, typed_refused) = match typed {
             Ok(()) => (TASK_ITER_TYPED_PROGRAM, None),
             Err(why) => {
