@@ -7,8 +7,9 @@
 //! so `/tmp/theirs/x` -> `/etc` cannot turn `--out /tmp/theirs/x/cron.d` into /etc/cron.d.
 //!
 //! `report --out FILE` writes one file wherever its user asks ([`OutDir::containing`]): the
-//! directory is theirs to choose, but the file is still written as a new file renamed over
-//! the name, so a link planted at that name is replaced, never written through.
+//! directory is theirs to choose (reached by the same walk), and the file is written as a new
+//! file renamed over the name, so a link planted at that name is replaced, never written
+//! through.
 
 use std::{
     fs::File,
@@ -93,7 +94,7 @@ impl OutDir {
             what: what.to_owned(),
             cause: e,
         };
-        let fd = walk(&path, &shown)?;
+        let fd = walk(&path, &shown, End::CreateNoLink)?;
         let st = rfs::fstat(&fd).map_err(|e| io_err("reading its owner", e.into()))?;
         let (owner, mode) = (st.st_uid, st.st_mode & 0o7777);
         let euid = rustix::process::geteuid().as_raw();
@@ -115,11 +116,11 @@ impl OutDir {
         Ok(Self { fd, shown })
     }
 
-    /// The directory that is to hold `file`, opened as its user names it (links in the path
-    /// are the user's choice), and the file's name in it. Unlike [`OutDir::open`] it does
-    /// not judge the directory's owner: this is for a file the user asked for by name, such
-    /// as an incident report under /tmp, and [`OutDir::write`] never follows a link at the
-    /// name.
+    /// The directory that is to hold `file`, and the file's name in it. Unlike
+    /// [`OutDir::open`] it does not judge the directory's owner: this is for a file the user
+    /// asked for by name, such as an incident report under /tmp. Links on the way to it are
+    /// followed as [`OutDir::open`] follows them (never one another user could have placed),
+    /// and [`OutDir::write`] never follows a link at the name.
     pub fn containing(file: &Path) -> Result<(Self, String), OutDirError> {
         let path = file.display().to_string();
         let not_a_file = || OutDirError::NotAFile { path: path.clone() };
@@ -136,16 +137,7 @@ impl OutDir {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let shown = parent.display().to_string();
-        let fd = rfs::open(
-            parent,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| OutDirError::Io {
-            dir: shown.clone(),
-            what: "opening the directory to write into".into(),
-            cause: e.into(),
-        })?;
+        let fd = walk(parent, &shown, End::Existing)?;
         if rfs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
         {
@@ -217,11 +209,21 @@ impl OutDir {
 /// Symbolic links followed on the way to an output directory, at most (the kernel's limit).
 const MAX_LINKS: usize = 40;
 
-/// Opens (creating what is missing: 0755 on the way, 0700 at the end) the directory `path`
-/// names, from `/` or the working directory, one component at a time: each is opened relative
-/// to the one before without following a link, and a link on the way is followed only when
-/// [`link_is_trusted`]. The last component is never followed.
-fn walk(path: &Path, shown: &str) -> Result<OwnedFd, OutDirError> {
+/// How [`walk`] treats what it finds at the end of the path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// `investigate --out`: created when missing (0755 on the way, 0700 at the end), and
+    /// never a link.
+    CreateNoLink,
+    /// The directory of `report --out FILE`: must exist; a link there is followed on the
+    /// same terms as one on the way.
+    Existing,
+}
+
+/// Opens the directory `path` names, from `/` or the working directory, one component at a
+/// time: each is opened relative to the one before without following a link, and a link on
+/// the way is followed only when [`link_is_trusted`].
+fn walk(path: &Path, shown: &str, end: End) -> Result<OwnedFd, OutDirError> {
     use std::{collections::VecDeque, ffi::OsString, path::Component};
     let io_err = |what: String, e: Errno| OutDirError::Io {
         dir: shown.to_owned(),
@@ -269,7 +271,7 @@ fn walk(path: &Path, shown: &str) -> Result<OwnedFd, OutDirError> {
                 walked = here;
                 created = false;
             }
-            Err(Errno::NOENT) if !created => {
+            Err(Errno::NOENT) if !created && end == End::CreateNoLink => {
                 // Someone may create it first (EEXIST): it is then opened and judged like any
                 // other existing directory.
                 let mode = if last { 0o700 } else { 0o755 };
@@ -291,7 +293,7 @@ fn walk(path: &Path, shown: &str) -> Result<OwnedFd, OutDirError> {
                 if !is_link {
                     return Err(io_err(format!("opening {}", here.display()), Errno::NOTDIR));
                 }
-                if last {
+                if last && end == End::CreateNoLink {
                     return Err(OutDirError::Symlink {
                         dir: shown.to_owned(),
                     });
@@ -476,6 +478,33 @@ mod tests {
             .expect("followed");
         assert!(matches!(e, OutDirError::UntrustedLink { .. }), "{e}");
         assert!(!target.join("by-them").exists());
+    }
+
+    #[test]
+    fn a_named_file_is_not_written_through_another_users_link_on_the_way() {
+        if !can_chown() {
+            return;
+        }
+        let scratch = Scratch::new("containing-link");
+        let target = scratch.0.join("target");
+        std::fs::create_dir(&target).unwrap();
+        let theirs = scratch.0.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chown_nofollow(&theirs, NOBODY);
+        symlink(&target, theirs.join("x")).unwrap();
+        chown_nofollow(&theirs.join("x"), NOBODY);
+        let e = OutDir::containing(&theirs.join("x/incident.html"))
+            .err()
+            .expect("a link another user controls was followed");
+        assert!(matches!(e, OutDirError::UntrustedLink { .. }), "{e}");
+        // The user's own choice of a link stands where no one else could have placed it.
+        symlink(&target, scratch.0.join("ours")).unwrap();
+        let (dir, name) = OutDir::containing(&scratch.0.join("ours/incident.html")).unwrap();
+        dir.write(&name, b"<html>").unwrap();
+        assert_eq!(
+            std::fs::read(target.join("incident.html")).unwrap(),
+            b"<html>"
+        );
     }
 
     #[test]
