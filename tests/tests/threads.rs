@@ -256,7 +256,12 @@ struct Static {
 
 impl Static {
     fn spawn(bin: &std::path::Path) -> Self {
-        let mut child = Command::new(bin)
+        Self::spawn_from(&mut Command::new(bin))
+    }
+
+    /// `cmd`, which ends up running the static mapper.
+    fn spawn_from(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -361,5 +366,72 @@ fn a_static_binary_is_probed_in_itself_and_a_stripped_one_is_said_to_be_off() {
     assert_no_syscall_tracepoints(&agent, "with static targets");
     drop(own);
     drop(bare);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_target_that_execs_is_probed_again_in_its_new_image() {
+    if !kernel_tests_enabled("a_target_that_execs_is_probed_again_in_its_new_image") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakscope-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let image = static_mapper(&dir, "lst-exec-static", false);
+    let agent = Agent::start(&[
+        "--no-task-socket",
+        "--threads-for",
+        "cmdline=lst-exec-stati[c]",
+    ]);
+    // A dynamic shell (probed in its libc) that execs into the static mapper (probed in
+    // itself) once told to; the pattern matches both command lines.
+    let script = "echo ready; read go; exec \"$0\"";
+    let mut target = Static::spawn_from(Command::new("sh").args(["-c", script]).arg(&image));
+    let pid = target.pid();
+    let in_libc = format!("per-thread uprobes attached to pid {pid}: ");
+    let first = wait_for(Duration::from_secs(20), || {
+        agent
+            .log()
+            .lines()
+            .find(|l| l.contains(&in_libc))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("{in_libc:?} not in:\n{}", agent.log()));
+    assert!(first.contains("libc"), "{first}");
+    // Exec: the mapper says `ready` in its new image.
+    writeln!(target.stdin.as_mut().expect("stdin"), "go").expect("write go");
+    let mut line = String::new();
+    target.stdout.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+    let in_image = format!(
+        "per-thread uprobes attached to pid {pid}: {}",
+        image.display()
+    );
+    let again = wait_for(Duration::from_secs(20), || {
+        agent.log().contains(&in_image).then_some(())
+    });
+    assert!(again.is_some(), "{in_image:?} not in:\n{}", agent.log());
+    assert!(
+        agent
+            .log()
+            .contains(&format!("per-thread uprobes detached from pid {pid}")),
+        "{}",
+        agent.log()
+    );
+    target.map();
+    let credited = wait_for(Duration::from_secs(10), || {
+        let p = agent.process(pid)?;
+        p["threads"].as_array()?.iter().find_map(|t| {
+            (t["tid"] == u64::from(pid)
+                && t["mapped_growth_bytes"].as_i64() >= Some(64 * MIB as i64))
+            .then_some(())
+        })
+    });
+    assert!(
+        credited.is_some(),
+        "the new image's mmap was not counted: {:#?}\n{}",
+        agent.process(pid),
+        agent.log()
+    );
+    drop(target);
     let _ = std::fs::remove_dir_all(&dir);
 }

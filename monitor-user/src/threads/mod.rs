@@ -512,11 +512,15 @@ pub async fn run(
 
 /// Attaches the address-space probes of new targets and detaches those of targets gone.
 pub fn follow_targets(probes: &mut TargetProbes, shared: &Shared) {
-    let wanted: HashSet<u32> = Threads::of(&shared.state())
-        .wanted
-        .keys()
-        .copied()
-        .collect();
+    // Each target with its image: the time of its last exec (its start if none was seen).
+    let wanted: HashMap<u32, u64> = {
+        let state = shared.state();
+        Threads::of(&state)
+            .wanted
+            .keys()
+            .map(|pid| (*pid, state.table.get(*pid).map_or(0, |p| p.exec_ns)))
+            .collect()
+    };
     let changes = probes.follow(&wanted);
     for (pid, module) in &changes.attached {
         log::info!("per-thread uprobes attached to pid {pid}: {module}");
