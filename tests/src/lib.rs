@@ -416,6 +416,75 @@ pub fn memory_cgroup_root() -> Option<(PathBuf, bool)> {
 }
 
 /// A child process killed (with its process group) when dropped.
+/// tests/scripts/static_mapper.c built static into a directory of the test's own, stripped
+/// of its symbols or not.
+pub fn static_mapper(dir: &std::path::Path, name: &str, strip: bool) -> PathBuf {
+    let out = dir.join(name);
+    let mut cc = Command::new("cc");
+    cc.args(["-static", "-O1", "-o"])
+        .arg(&out)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/static_mapper.c"));
+    if strip {
+        cc.arg("-s");
+    }
+    let status = cc
+        .status()
+        .expect("cc (cargo xtask setup --tests installs gcc)");
+    assert!(status.success(), "cc -static failed (libc6-dev has libc.a)");
+    out
+}
+
+/// A static binary: started, then answered `ready`.
+pub struct Static {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: BufReader<ChildStdout>,
+}
+
+impl Static {
+    pub fn spawn(bin: &std::path::Path) -> Self {
+        Self::spawn_from(&mut Command::new(bin))
+    }
+
+    /// `cmd`, which ends up running the static mapper.
+    pub fn spawn_from(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the static mapper");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn map(&mut self) {
+        writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("write go");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "mapped");
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct Spawned {
     pub child: Child,
 }

@@ -7,8 +7,8 @@ use std::{
 };
 
 use integration_tests::{
-    Agent, Spawned, agent_bin, kernel_tests_enabled, scenario_bin, syscall_tracepoints, uprobes_on,
-    wait_for,
+    Agent, Spawned, Static, agent_bin, attached_tracepoints, kernel_tests_enabled, scenario_bin,
+    static_mapper, syscall_tracepoints, uprobes_on, wait_for,
 };
 use serde_json::Value;
 
@@ -206,6 +206,53 @@ fn growth_sampling_probes_the_targets_own_memory_calls_not_every_syscall() {
     assert!(bytes_through(&mapped, "map_and_keep") > 0, "{mapped:?}");
     let notes = growth["notes"].to_string();
     assert!(!notes.contains("not probed"), "{notes}");
+}
+
+#[test]
+fn a_target_whose_memory_calls_cannot_be_probed_still_gets_its_page_faults_and_a_note() {
+    if !kernel_tests_enabled(
+        "a_target_whose_memory_calls_cannot_be_probed_still_gets_its_page_faults_and_a_note",
+    ) {
+        return;
+    }
+    // A stripped static binary: no libc mapped, no symbol naming its mmap.
+    let dir = std::env::temp_dir().join(format!("leakscope-inv-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut target = Static::spawn(&static_mapper(&dir, "inv-stripped", true));
+    let run = Command::new(agent_bin())
+        .args(["investigate", "--pid", &target.pid().to_string(), "--json"])
+        .args(["--duration", "3s", "--sample-period", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leakscope investigate");
+    // Once sampling is on: the page-fault program is attached.
+    wait_for(Duration::from_secs(10), || {
+        attached_tracepoints(run.id())
+            .iter()
+            .any(|t| t == "page_fault_user")
+            .then_some(())
+    })
+    .expect("the page-fault program was never attached");
+    target.map();
+    let all = reports(&run.wait_with_output().expect("investigate output"));
+    let growth = report(&all, "growth");
+    let notes = growth["notes"].to_string();
+    assert!(
+        notes.contains(&format!(
+            "pid {}: memory calls not probed (pid {} maps no libc",
+            target.pid(),
+            target.pid()
+        )) && notes.contains("page faults still are"),
+        "{notes}"
+    );
+    let faults = stacks(growth, "page_fault");
+    let held: u64 = faults.iter().filter_map(|s| s["bytes"].as_u64()).sum();
+    // Sampled (and with transparent huge pages, faulted) coarsely: some, not a figure.
+    assert!(held > 0, "64 MiB touched, none sampled: {faults:?}");
+    assert!(stacks(growth, "mmap").is_empty(), "{growth}");
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

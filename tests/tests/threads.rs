@@ -11,7 +11,8 @@ use std::{
 };
 
 use integration_tests::{
-    Agent, MIB, kernel_tests_enabled, syscall_tracepoints, uprobes_on, wait_for,
+    Agent, MIB, Static, kernel_tests_enabled, static_mapper, syscall_tracepoints, uprobes_on,
+    wait_for,
 };
 
 /// x86-64's breakpoint instruction, which the kernel writes where a uprobe sits.
@@ -227,75 +228,6 @@ fn a_uprobe_the_kernel_refuses_turns_mapped_bytes_off_for_that_process_and_says_
     });
     assert!(p.is_some(), "{:#?}", agent.process(target.pid));
     assert_eq!(agent.get("/healthz").1.trim(), "ok");
-}
-
-/// tests/scripts/static_mapper.c built static into a directory of the test's own, stripped
-/// of its symbols or not.
-fn static_mapper(dir: &std::path::Path, name: &str, strip: bool) -> PathBuf {
-    let out = dir.join(name);
-    let mut cc = Command::new("cc");
-    cc.args(["-static", "-O1", "-o"])
-        .arg(&out)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/static_mapper.c"));
-    if strip {
-        cc.arg("-s");
-    }
-    let status = cc
-        .status()
-        .expect("cc (cargo xtask setup --tests installs gcc)");
-    assert!(status.success(), "cc -static failed (libc6-dev has libc.a)");
-    out
-}
-
-/// A static binary: started, then answered `ready`.
-struct Static {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Static {
-    fn spawn(bin: &std::path::Path) -> Self {
-        Self::spawn_from(&mut Command::new(bin))
-    }
-
-    /// `cmd`, which ends up running the static mapper.
-    fn spawn_from(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the static mapper");
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        assert_eq!(line.trim(), "ready");
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn map(&mut self) {
-        writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("write go");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read");
-        assert_eq!(line.trim(), "mapped");
-    }
-}
-
-impl Drop for Static {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
