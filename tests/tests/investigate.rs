@@ -21,6 +21,18 @@ fn investigate(pid: u32, args: &[&str]) -> Output {
         .expect("run leakscope investigate")
 }
 
+/// `investigate --json` in growth mode (one fault in 16) for `duration`, left running: its
+/// probes can be looked at while it samples.
+fn investigate_in_background(pid: u32, duration: &str) -> std::process::Child {
+    Command::new(agent_bin())
+        .args(["investigate", "--pid", &pid.to_string(), "--json"])
+        .args(["--duration", duration, "--sample-period", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leakscope investigate")
+}
+
 fn reports(out: &Output) -> Vec<Value> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "investigate failed: {stderr}");
@@ -176,13 +188,7 @@ fn growth_sampling_probes_the_targets_own_memory_calls_not_every_syscall() {
     }
     let target = Spawned::new(&mut Command::new(scenario_bin("mmap_leak")));
     std::thread::sleep(Duration::from_millis(300));
-    let run = Command::new(agent_bin())
-        .args(["investigate", "--pid", &target.pid().to_string(), "--json"])
-        .args(["--duration", "4s", "--sample-period", "16"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run leakscope investigate");
+    let run = investigate_in_background(target.pid(), "4s");
     // While it samples: uprobes on the target's mmap, mremap, brk, munmap and madvise, in the
     // target's own libc, and no syscalls:* tracepoint for the rest of the host to pay.
     let probes = wait_for(Duration::from_secs(10), || {
@@ -219,13 +225,7 @@ fn a_target_whose_memory_calls_cannot_be_probed_still_gets_its_page_faults_and_a
     let dir = std::env::temp_dir().join(format!("leakscope-inv-static-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut target = Static::spawn(&static_mapper(&dir, "inv-stripped", true));
-    let run = Command::new(agent_bin())
-        .args(["investigate", "--pid", &target.pid().to_string(), "--json"])
-        .args(["--duration", "3s", "--sample-period", "16"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run leakscope investigate");
+    let run = investigate_in_background(target.pid(), "3s");
     // Once sampling is on: the page-fault program is attached.
     wait_for(Duration::from_secs(10), || {
         attached_tracepoints(run.id())
