@@ -534,6 +534,10 @@ pub fn follow_targets(probes: &mut TargetProbes, shared: &Shared) {
     let mut state = shared.state();
     let threads = Threads::of_mut(&mut state);
     threads.probed = probes.attached();
+    // A target probed again after an exec is no longer off.
+    for (pid, _) in &changes.attached {
+        threads.mapped_off.remove(pid);
+    }
     for (pid, why) in changes.off {
         // Only for processes still wanted: the map stays bounded by the wanted set.
         if threads.wanted.contains_key(&pid) {
