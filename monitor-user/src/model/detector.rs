@@ -199,7 +199,7 @@ pub enum Verdict {
 }
 
 /// Verdict plus the evidence behind it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Assessment {
     pub verdict: Verdict,
     /// Confidence in `verdict`, in [0, 1].
@@ -325,21 +325,23 @@ impl RssHistory {
         }
     }
 
-    /// Records one sample. Samples during warm-up, with a non-finite time or
-    /// going back in time are ignored: none of them says anything about the
-    /// steady-state trend.
-    pub fn observe(&mut self, t: f64, rss: u64) {
+    /// Records one sample; returns whether it was kept. Samples during warm-up,
+    /// with a non-finite time or going back in time are ignored: none of them
+    /// says anything about the steady-state trend. An ignored sample leaves the
+    /// history, and so [`Self::assess`], as it was.
+    pub fn observe(&mut self, t: f64, rss: u64) -> bool {
         if !t.is_finite() || t < self.t_start + self.warmup * (1.0 - EDGE_SLACK) {
-            return;
+            return false;
         }
         if self.buckets.back().is_some_and(|b| t < b.t_last) {
-            return;
+            return false;
         }
         self.push(t, rss);
         self.evict(t);
         while self.buckets.len() > self.max_samples {
             self.compact();
         }
+        true
     }
 
     /// Forgets everything: after exec the process is a different program.
@@ -631,6 +633,19 @@ struct Fit {
 
 /// Theil–Sen estimator: median of all pairwise slopes, O(n^2) on a small n.
 fn theil_sen(points: &[Point]) -> Fit {
+    // A flat series (an idle process: most of a host's) has every pairwise slope, residual
+    // and so the noise at exactly zero: what the quadratic walk below would find, in one pass.
+    if points.windows(2).all(|w| w[0].y == w[1].y) {
+        return Fit {
+            slope: 0.0,
+            noise: 0.0,
+        };
+    }
+    theil_sen_pairs(points)
+}
+
+/// [`theil_sen`] over every pair of points.
+fn theil_sen_pairs(points: &[Point]) -> Fit {
     let mut slopes = Vec::with_capacity(points.len() * points.len().saturating_sub(1) / 2);
     for (i, a) in points.iter().enumerate() {
         for b in &points[i + 1..] {
@@ -1246,6 +1261,42 @@ mod tests {
         assert_eq!(time_to_limit(100, 1000, f64::NAN), None);
         assert_eq!(time_to_limit(100, 1000, f64::INFINITY), None);
         assert_eq!(time_to_limit(100, 0, 10.0), None);
+    }
+
+    #[test]
+    fn a_flat_series_fits_as_the_pairwise_walk_does() {
+        let bits = |f: Fit| (f.slope.to_bits(), f.noise.to_bits());
+        let flat = |n: usize, y: f64, dt: f64| -> Vec<Point> {
+            (0..n)
+                .map(|i| Point {
+                    t: 100.0 + i as f64 * dt,
+                    y,
+                })
+                .collect()
+        };
+        for (n, y, dt) in [
+            (6, 10.0 * MIB, 1.0),
+            (7, 3.0 * MIB + 4096.0, 0.37),
+            (96, 512.0 * MIB, 6.25),
+            (8, 0.0, 1.0),
+            // Every point at one time: no pair has a slope.
+            (6, 5.0 * MIB, 0.0),
+        ] {
+            let points = flat(n, y, dt);
+            assert_eq!(
+                bits(theil_sen(&points)),
+                bits(theil_sen_pairs(&points)),
+                "{n} points at {y}"
+            );
+        }
+        // A step: not flat, so the full walk, which finds the rise.
+        let mut points = flat(12, 10.0 * MIB, 1.0);
+        for p in &mut points[7..] {
+            p.y += MIB;
+        }
+        let fit = theil_sen(&points);
+        assert!(fit.slope > 0.0, "{}", fit.slope);
+        assert_eq!(bits(fit), bits(theil_sen_pairs(&points)));
     }
 
     #[test]
