@@ -593,6 +593,44 @@ fn fit_points(buckets: &VecDeque<Bucket>, t0: f64, span: f64, max_points: usize)
             })
             .collect();
     }
+    // Buckets are in time order, so each slice is a run of consecutive buckets: its medians
+    // come from two scratch buffers instead of three vectors per slice (every process, every
+    // interval, once its history outgrows `max_points`).
+    let mut points = Vec::with_capacity(max_points);
+    let (mut ts, mut ys) = (Vec::new(), Vec::new());
+    let mut slice = None;
+    for b in buckets {
+        let i = slice_index(b.mid(), t0, span, max_points);
+        if slice.is_some_and(|s| i < s) {
+            return fit_points_by_slice(buckets, t0, span, max_points);
+        }
+        if slice != Some(i) {
+            push_slice_median(&mut ts, &mut ys, &mut points);
+            slice = Some(i);
+        }
+        ts.push(b.mid());
+        ys.push(b.mean());
+    }
+    push_slice_median(&mut ts, &mut ys, &mut points);
+    points
+}
+
+/// The medians of one slice's times and means, then empties the buffers for the next one.
+fn push_slice_median(ts: &mut Vec<f64>, ys: &mut Vec<f64>, points: &mut Vec<Point>) {
+    if let (Some(t), Some(y)) = (median(ts), median(ys)) {
+        points.push(Point { t, y });
+    }
+    ts.clear();
+    ys.clear();
+}
+
+/// [`fit_points`] gathering each slice apart, whatever the buckets' order.
+fn fit_points_by_slice(
+    buckets: &VecDeque<Bucket>,
+    t0: f64,
+    span: f64,
+    max_points: usize,
+) -> Vec<Point> {
     let mut slices: Vec<Vec<Point>> = vec![Vec::new(); max_points];
     for b in buckets {
         let i = slice_index(b.mid(), t0, span, max_points);
@@ -1261,6 +1299,35 @@ mod tests {
         assert_eq!(time_to_limit(100, 1000, f64::NAN), None);
         assert_eq!(time_to_limit(100, 1000, f64::INFINITY), None);
         assert_eq!(time_to_limit(100, 0, 10.0), None);
+    }
+
+    #[test]
+    fn slices_taken_as_runs_match_slices_gathered_apart() {
+        let bits = |p: &[Point]| -> Vec<(u64, u64)> {
+            p.iter().map(|p| (p.t.to_bits(), p.y.to_bits())).collect()
+        };
+        // Irregular spacing, merged buckets and a sawtooth: slices of 0 to many buckets.
+        let mut buckets = VecDeque::new();
+        let mut t = 1000.0;
+        for i in 0..700u64 {
+            t += 0.3 + (i % 7) as f64 * 0.45;
+            let rss = (100 << 20) + (i % 13) * (1 << 18) + i * 4096;
+            let mut b = Bucket::new(t, rss);
+            if i % 5 == 0 {
+                t += 1.7;
+                b.absorb(&Bucket::new(t, rss / 2));
+            }
+            buckets.push_back(b);
+        }
+        let (t0, span) = (buckets[0].t_first, t - buckets[0].t_first);
+        for max_points in [6, 7, 96, 300, 699] {
+            assert_eq!(
+                bits(&fit_points(&buckets, t0, span, max_points)),
+                bits(&fit_points_by_slice(&buckets, t0, span, max_points)),
+                "{max_points} points"
+            );
+        }
+        assert_eq!(fit_points(&buckets, t0, span, 96).len(), 96);
     }
 
     #[test]
