@@ -253,14 +253,9 @@ fn stat_proc_path(path: std::fmt::Arguments<'_>) -> Result<(), rustix::io::Errno
         return Err(rustix::io::Errno::NAMETOOLONG);
     }
     let len = room - w.len();
-    let path = std::ffi::CStr::from_bytes_with_nul(&buf[..=len])
-        .map_err(|_| rustix::io::Errno::INVAL)?;
-    rustix::fs::statat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map(|_| ())
+    let path =
+        std::ffi::CStr::from_bytes_with_nul(&buf[..=len]).map_err(|_| rustix::io::Errno::INVAL)?;
+    rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map(|_| ())
 }
 
 /// Up to `max` thread ids of `pid`, in the agent's pid namespace; none once it has gone.

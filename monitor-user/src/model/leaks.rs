@@ -293,7 +293,11 @@ mod tests {
         for i in 0..50u64 {
             let rss = (10 << 20) + i * (1 << 20);
             assert_eq!(st.observe(&cfg, 0, i * S / 20, rss), None);
-            assert_eq!(st.assessment, st.history().assess(&cfg), "warm-up sample {i}");
+            assert_eq!(
+                st.assessment,
+                st.history().assess(&cfg),
+                "warm-up sample {i}"
+            );
             assert_eq!(st.assessment.samples, 0);
         }
         // Past it, a flat RSS is still sampled each time: the window and count move on.
@@ -320,7 +324,10 @@ mod tests {
                 break;
             }
         }
-        let waiting = st.pending.expect("a steady leak reaches a new verdict").verdict;
+        let waiting = st
+            .pending
+            .expect("a steady leak reaches a new verdict")
+            .verdict;
         assert_ne!(st.assessment.verdict, waiting);
         // Samples from before the last one are ignored by the history, but each is still an
         // assessment that counts towards holding the new verdict.

@@ -367,7 +367,10 @@ mod tests {
             fs::write(&path, text).unwrap();
             path
         };
-        assert_eq!(read_u64(&file("usage", "18446744073709551615\n")), Some(u64::MAX));
+        assert_eq!(
+            read_u64(&file("usage", "18446744073709551615\n")),
+            Some(u64::MAX)
+        );
         assert_eq!(read_limit(&file("v2", "max\n")), None);
         assert_eq!(read_limit(&file("v1", "9223372036854771712\n")), None);
         assert_eq!(read_limit(&file("set", "1048576\n")), Some(1 << 20));

@@ -780,7 +780,6 @@ impl Tasks {
         }
     }
 
-
     /// The recent runs with block evidence, when runs came in since the last fit, and how to
     /// fit them: to be fitted without holding the agent's lock.
     pub fn attribution_input(&mut self) -> Option<(Vec<BlockRun>, AttributionConfig)> {

@@ -286,7 +286,9 @@ impl Listener {
         };
         // Read memory first: the job has just begun or ended.
         let mut snap = self.snapshot(pid, now);
-        let tid = marker.tid.and_then(|t| verify_tid(&mut self.nested, pid, t));
+        let tid = marker
+            .tid
+            .and_then(|t| verify_tid(&mut self.nested, pid, t));
         keep_threads(&mut snap.threads, tid);
         let tasks = crate::tasks::Tasks::of_mut(&mut state);
         // A process that sends its last `end` and exits at once (an RQ work horse) is gone by
@@ -352,7 +354,6 @@ impl Listener {
             pool: pid,
         }
     }
-
 }
 
 /// The marker's `tid=` in the agent's pid namespace, if it is a thread of `pid`; the tid is
