@@ -269,6 +269,10 @@ impl Bucket {
     fn mean(&self) -> f64 {
         self.sum / self.n.max(1) as f64
     }
+
+    fn is_flat_at(&self, v: u64) -> bool {
+        self.min == v && self.mean() == v as f64
+    }
 }
 
 /// One stored point of a history, in the history's own clock (seconds).
@@ -308,6 +312,12 @@ pub struct RssHistory {
     window: f64,
     warmup: f64,
     max_samples: usize,
+    /// Samples in the buckets (kept rather than summed at every assessment).
+    samples: usize,
+    /// `Some(v)` when every stored point has `v` as its minimum and, exactly, as its mean: an
+    /// idle process's history, whose assessment needs no fit (see [`Self::assess`]). Only
+    /// ever `Some` when true; a history that becomes flat by eviction stays `None`.
+    flat: Option<u64>,
 }
 
 impl RssHistory {
@@ -322,6 +332,8 @@ impl RssHistory {
             window: if window > 0.0 { window } else { f64::INFINITY },
             warmup: cfg.secs(cfg.warmup_secs),
             max_samples: cfg.max_samples.max(8),
+            samples: 0,
+            flat: None,
         }
     }
 
@@ -349,6 +361,8 @@ impl RssHistory {
         self.buckets.clear();
         self.t_start = finite_or(t, self.t_start);
         self.resolution = 0.0;
+        self.samples = 0;
+        self.flat = None;
     }
 
     /// Number of stored (possibly merged) points, at most `max_samples`.
@@ -366,33 +380,64 @@ impl RssHistory {
     }
 
     pub fn assess(&self, cfg: &DetectorConfig) -> Assessment {
-        let samples: usize = self.buckets.iter().map(|b| b.n as usize).sum();
-        let Some((t0, span, points)) = self.analysed(cfg) else {
+        let samples = self.samples;
+        let evidence = match self.flat {
+            // Every point at one value: each pairwise slope, residual, floor rise and floor
+            // change is exactly zero, which is what the fit and the floors would find.
+            Some(_) => self.analysed_span(cfg).map(|span| Evidence {
+                rate: 0.0,
+                span,
+                noise: 0.0,
+                floor_rise: 0.0,
+                consistency: 0.0,
+            }),
+            None => self.analysed(cfg).map(|(t0, span, points)| {
+                let fit = theil_sen(&points);
+                let floors = segment_floors(&self.buckets, t0, span, segment_count(cfg, span));
+                Evidence {
+                    rate: fit.slope,
+                    span,
+                    noise: fit.noise,
+                    floor_rise: floor_rise(&floors),
+                    consistency: consistency(&floors, nonneg(cfg.floor_drop_tolerance_bytes)),
+                }
+            }),
+        };
+        let Some(evidence) = evidence else {
             let span = match (self.buckets.front(), self.buckets.back()) {
                 (Some(first), Some(last)) => nonneg(last.t_last - first.t_first),
                 _ => 0.0,
             };
             return Assessment::insufficient(samples, span);
         };
-        let fit = theil_sen(&points);
-        let floors = segment_floors(&self.buckets, t0, span, segment_count(cfg, span));
-        let evidence = Evidence {
-            rate: fit.slope,
-            span,
-            noise: fit.noise,
-            floor_rise: floor_rise(&floors),
-            consistency: consistency(&floors, nonneg(cfg.floor_drop_tolerance_bytes)),
-        };
         let (verdict, confidence) = evidence.judge(cfg);
         Assessment {
             verdict,
             confidence: unit(confidence),
             rate_bytes_per_sec: finite_or(evidence.rate, 0.0),
-            window_secs: span,
+            window_secs: evidence.span,
             floor_rise_bytes: finite_or(evidence.floor_rise, 0.0),
             consistency: unit(evidence.consistency),
             samples,
         }
+    }
+
+    /// [`Self::analysed`]'s span, when it gives one, without gathering the points: only
+    /// whether there are enough of them.
+    fn analysed_span(&self, cfg: &DetectorConfig) -> Option<f64> {
+        let (first, last) = (self.buckets.front()?, self.buckets.back()?);
+        let span = last.t_last - first.t_first;
+        if span.is_nan() || span < cfg.secs(cfg.min_window_secs) {
+            return None;
+        }
+        let enough = fit_point_count(
+            &self.buckets,
+            first.t_first,
+            span,
+            cfg.max_fit_points,
+            MIN_FIT_POINTS,
+        ) >= MIN_FIT_POINTS;
+        enough.then_some(span)
     }
 
     /// Where the analysed window starts, its span and the points fitted, once the history is
@@ -437,6 +482,18 @@ impl RssHistory {
     }
 
     fn push(&mut self, t: f64, rss: u64) {
+        // Only the last bucket changes: the rest were flat at `rss` already, or there are none.
+        let flat = if self.buckets.is_empty() {
+            Some(rss)
+        } else {
+            self.flat.filter(|v| *v == rss)
+        };
+        self.push_bucket(t, rss);
+        self.samples += 1;
+        self.flat = flat.filter(|v| self.buckets.back().is_some_and(|b| b.is_flat_at(*v)));
+    }
+
+    fn push_bucket(&mut self, t: f64, rss: u64) {
         let sample = Bucket::new(t, rss);
         let cell = self.cell(t);
         match self.buckets.back_mut() {
@@ -457,7 +514,12 @@ impl RssHistory {
     fn evict(&mut self, now: f64) {
         let horizon = now - self.window * (1.0 + EDGE_SLACK);
         while self.buckets.front().is_some_and(|b| b.t_last < horizon) {
-            self.buckets.pop_front();
+            if let Some(b) = self.buckets.pop_front() {
+                self.samples -= b.n as usize;
+            }
+        }
+        if self.buckets.is_empty() {
+            self.flat = None;
         }
     }
 
@@ -488,6 +550,9 @@ impl RssHistory {
             }
         }
         self.buckets = merged;
+        self.flat = self
+            .flat
+            .filter(|v| self.buckets.iter().all(|b| b.is_flat_at(*v)));
     }
 }
 
@@ -613,6 +678,35 @@ fn fit_points(buckets: &VecDeque<Bucket>, t0: f64, span: f64, max_points: usize)
     }
     push_slice_median(&mut ts, &mut ys, &mut points);
     points
+}
+
+/// How many points [`fit_points`] gives, counting no further than `enough`.
+fn fit_point_count(
+    buckets: &VecDeque<Bucket>,
+    t0: f64,
+    span: f64,
+    max_points: usize,
+    enough: usize,
+) -> usize {
+    let max_points = max_points.max(MIN_FIT_POINTS);
+    if buckets.len() <= max_points || !is_positive(span) {
+        return buckets.len();
+    }
+    let (mut count, mut slice) = (0, None);
+    for b in buckets {
+        let i = slice_index(b.mid(), t0, span, max_points);
+        if slice.is_some_and(|s| i < s) {
+            return fit_points_by_slice(buckets, t0, span, max_points).len();
+        }
+        if slice != Some(i) {
+            slice = Some(i);
+            count += 1;
+            if count >= enough {
+                break;
+            }
+        }
+    }
+    count
 }
 
 /// The medians of one slice's times and means, then empties the buffers for the next one.
@@ -1347,6 +1441,47 @@ mod tests {
             );
         }
         assert_eq!(fit_points(&buckets, t0, span, 96).len(), 96);
+    }
+
+    /// `h` assessed through the fit and the floors, as if it were not flat.
+    fn assessed_in_full(h: &RssHistory, cfg: &DetectorConfig) -> Assessment {
+        let mut full = h.clone();
+        full.flat = None;
+        full.assess(cfg)
+    }
+
+    #[test]
+    fn a_flat_history_is_assessed_as_the_full_fit_would() {
+        let short = DetectorConfig {
+            window_secs: 200.0,
+            max_samples: 64,
+            ..DetectorConfig::default()
+        };
+        for cfg in [DetectorConfig::default(), short] {
+            let mut h = RssHistory::new(&cfg, 0.0);
+            let mut was_flat = 0;
+            // Through warm-up, the minimum window, compactions and evictions.
+            for i in 0..1500u32 {
+                h.observe(f64::from(i) * 0.7, 300 << 20);
+                let a = h.assess(&cfg);
+                assert_eq!(a, assessed_in_full(&h, &cfg), "sample {i}");
+                let walked: u64 = h.buckets.iter().map(|b| b.n).sum();
+                assert_eq!(a.samples as u64, walked);
+                was_flat += usize::from(h.flat.is_some());
+            }
+            assert!(was_flat > 1000, "the shortcut was taken ({was_flat})");
+            assert_eq!(h.assess(&cfg).verdict, Verdict::Stable);
+            // One sample off the value: the full fit from then on, and the same verdicts.
+            h.observe(1500.0 * 0.7, (300 << 20) + 4096);
+            assert_eq!(h.flat, None);
+            for i in 1501..1700u32 {
+                h.observe(f64::from(i) * 0.7, 300 << 20);
+                assert_eq!(h.flat, None);
+                assert_eq!(h.assess(&cfg), assessed_in_full(&h, &cfg));
+            }
+            h.reset(2000.0);
+            assert_eq!((h.flat, h.assess(&cfg).samples), (None, 0));
+        }
     }
 
     #[test]
