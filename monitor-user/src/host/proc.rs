@@ -220,17 +220,42 @@ pub fn pids() -> Vec<u32> {
 
 /// Whether `/proc/<pid>` is there: a zombie still is. Only a pid the kernel does not know is
 /// gone; a read refused for another reason keeps the process.
+/// One `statx`, no descriptor opened: the interval and every task marker ask this.
 pub fn exists(pid: u32) -> bool {
-    !matches!(process(pid), Err(ProcError::Gone(_)))
+    if i32::try_from(pid).is_err() {
+        return false;
+    }
+    match stat_proc_path(format_args!("/proc/{pid}")) {
+        Ok(()) => true,
+        Err(e) => !matches!(e, rustix::io::Errno::NOENT | rustix::io::Errno::SRCH),
+    }
 }
 
 /// Whether `tid` is a thread of `pid`: `/proc/<pid>/task/<tid>` resolves only for threads of
-/// that thread group.
+/// that thread group. One `statx`, no descriptor opened: every task marker that names its
+/// thread pays this.
 pub fn thread_exists(pid: u32, tid: u32) -> bool {
-    let Ok(tid) = i32::try_from(tid) else {
+    if i32::try_from(pid).is_err() || i32::try_from(tid).is_err() {
         return false;
-    };
-    process(pid).is_ok_and(|p| p.task_from_tid(tid).is_ok())
+    }
+    stat_proc_path(format_args!("/proc/{pid}/task/{tid}")).is_ok()
+}
+
+/// `stat` of a /proc path built on the stack (no allocation), without following a final
+/// symlink: the numeric entries asked about are never links, and a link is not one of them.
+fn stat_proc_path(path: std::fmt::Arguments<'_>) -> Result<(), rustix::io::Errno> {
+    use std::io::Write as _;
+    // "/proc/4294967295/task/4294967295" and its NUL fit with room to spare.
+    let mut buf = [0u8; 48];
+    let room = buf.len();
+    let mut w = &mut buf[..];
+    if w.write_fmt(path).is_err() || w.is_empty() {
+        return Err(rustix::io::Errno::NAMETOOLONG);
+    }
+    let len = room - w.len();
+    let path =
+        std::ffi::CStr::from_bytes_with_nul(&buf[..=len]).map_err(|_| rustix::io::Errno::INVAL)?;
+    rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map(|_| ())
 }
 
 /// Up to `max` thread ids of `pid`, in the agent's pid namespace; none once it has gone.

@@ -199,7 +199,7 @@ pub enum Verdict {
 }
 
 /// Verdict plus the evidence behind it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Assessment {
     pub verdict: Verdict,
     /// Confidence in `verdict`, in [0, 1].
@@ -269,6 +269,10 @@ impl Bucket {
     fn mean(&self) -> f64 {
         self.sum / self.n.max(1) as f64
     }
+
+    fn is_flat_at(&self, v: u64) -> bool {
+        self.min == v && self.mean() == v as f64
+    }
 }
 
 /// One stored point of a history, in the history's own clock (seconds).
@@ -308,6 +312,12 @@ pub struct RssHistory {
     window: f64,
     warmup: f64,
     max_samples: usize,
+    /// Samples in the buckets (kept rather than summed at every assessment).
+    samples: usize,
+    /// `Some(v)` when every stored point has `v` as its minimum and, exactly, as its mean: an
+    /// idle process's history, whose assessment needs no fit (see [`Self::assess`]). Only
+    /// ever `Some` when true; a history that becomes flat by eviction stays `None`.
+    flat: Option<u64>,
 }
 
 impl RssHistory {
@@ -322,24 +332,28 @@ impl RssHistory {
             window: if window > 0.0 { window } else { f64::INFINITY },
             warmup: cfg.secs(cfg.warmup_secs),
             max_samples: cfg.max_samples.max(8),
+            samples: 0,
+            flat: None,
         }
     }
 
-    /// Records one sample. Samples during warm-up, with a non-finite time or
-    /// going back in time are ignored: none of them says anything about the
-    /// steady-state trend.
-    pub fn observe(&mut self, t: f64, rss: u64) {
+    /// Records one sample; returns whether it was kept. Samples during warm-up,
+    /// with a non-finite time or going back in time are ignored: none of them
+    /// says anything about the steady-state trend. An ignored sample leaves the
+    /// history, and so [`Self::assess`], as it was.
+    pub fn observe(&mut self, t: f64, rss: u64) -> bool {
         if !t.is_finite() || t < self.t_start + self.warmup * (1.0 - EDGE_SLACK) {
-            return;
+            return false;
         }
         if self.buckets.back().is_some_and(|b| t < b.t_last) {
-            return;
+            return false;
         }
         self.push(t, rss);
         self.evict(t);
         while self.buckets.len() > self.max_samples {
             self.compact();
         }
+        true
     }
 
     /// Forgets everything: after exec the process is a different program.
@@ -347,6 +361,8 @@ impl RssHistory {
         self.buckets.clear();
         self.t_start = finite_or(t, self.t_start);
         self.resolution = 0.0;
+        self.samples = 0;
+        self.flat = None;
     }
 
     /// Number of stored (possibly merged) points, at most `max_samples`.
@@ -364,33 +380,64 @@ impl RssHistory {
     }
 
     pub fn assess(&self, cfg: &DetectorConfig) -> Assessment {
-        let samples: usize = self.buckets.iter().map(|b| b.n as usize).sum();
-        let Some((t0, span, points)) = self.analysed(cfg) else {
+        let samples = self.samples;
+        let evidence = match self.flat {
+            // Every point at one value: each pairwise slope, residual, floor rise and floor
+            // change is exactly zero, which is what the fit and the floors would find.
+            Some(_) => self.analysed_span(cfg).map(|span| Evidence {
+                rate: 0.0,
+                span,
+                noise: 0.0,
+                floor_rise: 0.0,
+                consistency: 0.0,
+            }),
+            None => self.analysed(cfg).map(|(t0, span, points)| {
+                let fit = theil_sen(&points);
+                let floors = segment_floors(&self.buckets, t0, span, segment_count(cfg, span));
+                Evidence {
+                    rate: fit.slope,
+                    span,
+                    noise: fit.noise,
+                    floor_rise: floor_rise(&floors),
+                    consistency: consistency(&floors, nonneg(cfg.floor_drop_tolerance_bytes)),
+                }
+            }),
+        };
+        let Some(evidence) = evidence else {
             let span = match (self.buckets.front(), self.buckets.back()) {
                 (Some(first), Some(last)) => nonneg(last.t_last - first.t_first),
                 _ => 0.0,
             };
             return Assessment::insufficient(samples, span);
         };
-        let fit = theil_sen(&points);
-        let floors = segment_floors(&self.buckets, t0, span, segment_count(cfg, span));
-        let evidence = Evidence {
-            rate: fit.slope,
-            span,
-            noise: fit.noise,
-            floor_rise: floor_rise(&floors),
-            consistency: consistency(&floors, nonneg(cfg.floor_drop_tolerance_bytes)),
-        };
         let (verdict, confidence) = evidence.judge(cfg);
         Assessment {
             verdict,
             confidence: unit(confidence),
             rate_bytes_per_sec: finite_or(evidence.rate, 0.0),
-            window_secs: span,
+            window_secs: evidence.span,
             floor_rise_bytes: finite_or(evidence.floor_rise, 0.0),
             consistency: unit(evidence.consistency),
             samples,
         }
+    }
+
+    /// [`Self::analysed`]'s span, when it gives one, without gathering the points: only
+    /// whether there are enough of them.
+    fn analysed_span(&self, cfg: &DetectorConfig) -> Option<f64> {
+        let (first, last) = (self.buckets.front()?, self.buckets.back()?);
+        let span = last.t_last - first.t_first;
+        if span.is_nan() || span < cfg.secs(cfg.min_window_secs) {
+            return None;
+        }
+        let enough = fit_point_count(
+            &self.buckets,
+            first.t_first,
+            span,
+            cfg.max_fit_points,
+            MIN_FIT_POINTS,
+        ) >= MIN_FIT_POINTS;
+        enough.then_some(span)
     }
 
     /// Where the analysed window starts, its span and the points fitted, once the history is
@@ -435,6 +482,18 @@ impl RssHistory {
     }
 
     fn push(&mut self, t: f64, rss: u64) {
+        // Only the last bucket changes: the rest were flat at `rss` already, or there are none.
+        let flat = if self.buckets.is_empty() {
+            Some(rss)
+        } else {
+            self.flat.filter(|v| *v == rss)
+        };
+        self.push_bucket(t, rss);
+        self.samples += 1;
+        self.flat = flat.filter(|v| self.buckets.back().is_some_and(|b| b.is_flat_at(*v)));
+    }
+
+    fn push_bucket(&mut self, t: f64, rss: u64) {
         let sample = Bucket::new(t, rss);
         let cell = self.cell(t);
         match self.buckets.back_mut() {
@@ -455,7 +514,12 @@ impl RssHistory {
     fn evict(&mut self, now: f64) {
         let horizon = now - self.window * (1.0 + EDGE_SLACK);
         while self.buckets.front().is_some_and(|b| b.t_last < horizon) {
-            self.buckets.pop_front();
+            if let Some(b) = self.buckets.pop_front() {
+                self.samples -= b.n as usize;
+            }
+        }
+        if self.buckets.is_empty() {
+            self.flat = None;
         }
     }
 
@@ -486,6 +550,9 @@ impl RssHistory {
             }
         }
         self.buckets = merged;
+        self.flat = self
+            .flat
+            .filter(|v| self.buckets.iter().all(|b| b.is_flat_at(*v)));
     }
 }
 
@@ -591,6 +658,73 @@ fn fit_points(buckets: &VecDeque<Bucket>, t0: f64, span: f64, max_points: usize)
             })
             .collect();
     }
+    // Buckets are in time order, so each slice is a run of consecutive buckets: its medians
+    // come from two scratch buffers instead of three vectors per slice (every process, every
+    // interval, once its history outgrows `max_points`).
+    let mut points = Vec::with_capacity(max_points);
+    let (mut ts, mut ys) = (Vec::new(), Vec::new());
+    let mut slice = None;
+    for b in buckets {
+        let i = slice_index(b.mid(), t0, span, max_points);
+        if slice.is_some_and(|s| i < s) {
+            return fit_points_by_slice(buckets, t0, span, max_points);
+        }
+        if slice != Some(i) {
+            push_slice_median(&mut ts, &mut ys, &mut points);
+            slice = Some(i);
+        }
+        ts.push(b.mid());
+        ys.push(b.mean());
+    }
+    push_slice_median(&mut ts, &mut ys, &mut points);
+    points
+}
+
+/// How many points [`fit_points`] gives, counting no further than `enough`.
+fn fit_point_count(
+    buckets: &VecDeque<Bucket>,
+    t0: f64,
+    span: f64,
+    max_points: usize,
+    enough: usize,
+) -> usize {
+    let max_points = max_points.max(MIN_FIT_POINTS);
+    if buckets.len() <= max_points || !is_positive(span) {
+        return buckets.len();
+    }
+    let (mut count, mut slice) = (0, None);
+    for b in buckets {
+        let i = slice_index(b.mid(), t0, span, max_points);
+        if slice.is_some_and(|s| i < s) {
+            return fit_points_by_slice(buckets, t0, span, max_points).len();
+        }
+        if slice != Some(i) {
+            slice = Some(i);
+            count += 1;
+            if count >= enough {
+                break;
+            }
+        }
+    }
+    count
+}
+
+/// The medians of one slice's times and means, then empties the buffers for the next one.
+fn push_slice_median(ts: &mut Vec<f64>, ys: &mut Vec<f64>, points: &mut Vec<Point>) {
+    if let (Some(t), Some(y)) = (median(ts), median(ys)) {
+        points.push(Point { t, y });
+    }
+    ts.clear();
+    ys.clear();
+}
+
+/// [`fit_points`] gathering each slice apart, whatever the buckets' order.
+fn fit_points_by_slice(
+    buckets: &VecDeque<Bucket>,
+    t0: f64,
+    span: f64,
+    max_points: usize,
+) -> Vec<Point> {
     let mut slices: Vec<Vec<Point>> = vec![Vec::new(); max_points];
     for b in buckets {
         let i = slice_index(b.mid(), t0, span, max_points);
@@ -631,6 +765,19 @@ struct Fit {
 
 /// Theil–Sen estimator: median of all pairwise slopes, O(n^2) on a small n.
 fn theil_sen(points: &[Point]) -> Fit {
+    // A flat series (an idle process: most of a host's) has every pairwise slope, residual
+    // and so the noise at exactly zero: what the quadratic walk below would find, in one pass.
+    if points.windows(2).all(|w| w[0].y == w[1].y) {
+        return Fit {
+            slope: 0.0,
+            noise: 0.0,
+        };
+    }
+    theil_sen_pairs(points)
+}
+
+/// [`theil_sen`] over every pair of points.
+fn theil_sen_pairs(points: &[Point]) -> Fit {
     let mut slopes = Vec::with_capacity(points.len() * points.len().saturating_sub(1) / 2);
     for (i, a) in points.iter().enumerate() {
         for b in &points[i + 1..] {
@@ -739,7 +886,26 @@ fn median(values: &mut [f64]) -> Option<f64> {
 /// Floor that treats a value a rounding error below an integer as that
 /// integer (see `EDGE_SLACK`).
 fn grid_floor(q: f64) -> f64 {
-    (q + (q.abs() + 1.0) * EDGE_SLACK).floor()
+    floor(q + (q.abs() + 1.0) * EDGE_SLACK)
+}
+
+/// `f64::floor`, inline: without SSE4.1 in the target's baseline that is a libm call, made
+/// for every stored point of every process at every assessment. Exact: below 2^52 the
+/// integer conversion truncates without rounding; anything else (large, infinite, NaN) takes
+/// libm's path.
+fn floor(x: f64) -> f64 {
+    const EXACT: f64 = (1u64 << 52) as f64;
+    if x.is_nan() || x.abs() >= EXACT {
+        return x.floor();
+    }
+    let t = x as i64 as f64;
+    if t == x {
+        x
+    } else if t > x {
+        t - 1.0
+    } else {
+        t
+    }
 }
 
 /// False for NaN, unlike `!(x <= 0.0)`.
@@ -1246,6 +1412,144 @@ mod tests {
         assert_eq!(time_to_limit(100, 1000, f64::NAN), None);
         assert_eq!(time_to_limit(100, 1000, f64::INFINITY), None);
         assert_eq!(time_to_limit(100, 0, 10.0), None);
+    }
+
+    #[test]
+    fn slices_taken_as_runs_match_slices_gathered_apart() {
+        let bits = |p: &[Point]| -> Vec<(u64, u64)> {
+            p.iter().map(|p| (p.t.to_bits(), p.y.to_bits())).collect()
+        };
+        // Irregular spacing, merged buckets and a sawtooth: slices of 0 to many buckets.
+        let mut buckets = VecDeque::new();
+        let mut t = 1000.0;
+        for i in 0..700u64 {
+            t += 0.3 + (i % 7) as f64 * 0.45;
+            let rss = (100 << 20) + (i % 13) * (1 << 18) + i * 4096;
+            let mut b = Bucket::new(t, rss);
+            if i % 5 == 0 {
+                t += 1.7;
+                b.absorb(&Bucket::new(t, rss / 2));
+            }
+            buckets.push_back(b);
+        }
+        let (t0, span) = (buckets[0].t_first, t - buckets[0].t_first);
+        for max_points in [6, 7, 96, 300, 699] {
+            assert_eq!(
+                bits(&fit_points(&buckets, t0, span, max_points)),
+                bits(&fit_points_by_slice(&buckets, t0, span, max_points)),
+                "{max_points} points"
+            );
+        }
+        assert_eq!(fit_points(&buckets, t0, span, 96).len(), 96);
+    }
+
+    /// `h` assessed through the fit and the floors, as if it were not flat.
+    fn assessed_in_full(h: &RssHistory, cfg: &DetectorConfig) -> Assessment {
+        let mut full = h.clone();
+        full.flat = None;
+        full.assess(cfg)
+    }
+
+    #[test]
+    fn a_flat_history_is_assessed_as_the_full_fit_would() {
+        let short = DetectorConfig {
+            window_secs: 200.0,
+            max_samples: 64,
+            ..DetectorConfig::default()
+        };
+        for cfg in [DetectorConfig::default(), short] {
+            let mut h = RssHistory::new(&cfg, 0.0);
+            let mut was_flat = 0;
+            // Through warm-up, the minimum window, compactions and evictions.
+            for i in 0..1500u32 {
+                h.observe(f64::from(i) * 0.7, 300 << 20);
+                let a = h.assess(&cfg);
+                assert_eq!(a, assessed_in_full(&h, &cfg), "sample {i}");
+                let walked: u64 = h.buckets.iter().map(|b| b.n).sum();
+                assert_eq!(a.samples as u64, walked);
+                was_flat += usize::from(h.flat.is_some());
+            }
+            assert!(was_flat > 1000, "the shortcut was taken ({was_flat})");
+            assert_eq!(h.assess(&cfg).verdict, Verdict::Stable);
+            // One sample off the value: the full fit from then on, and the same verdicts.
+            h.observe(1500.0 * 0.7, (300 << 20) + 4096);
+            assert_eq!(h.flat, None);
+            for i in 1501..1700u32 {
+                h.observe(f64::from(i) * 0.7, 300 << 20);
+                assert_eq!(h.flat, None);
+                assert_eq!(h.assess(&cfg), assessed_in_full(&h, &cfg));
+            }
+            h.reset(2000.0);
+            assert_eq!((h.flat, h.assess(&cfg).samples), (None, 0));
+        }
+    }
+
+    #[test]
+    fn the_inline_floor_is_libms() {
+        let mut xs = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            2.999_999_999,
+            -2.000_000_001,
+            4_503_599_627_370_495.5,
+            -4_503_599_627_370_495.5,
+            4_503_599_627_370_496.0,
+            1e300,
+            -1e300,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let mut v = 0.123_456_789_f64;
+        for _ in 0..10_000 {
+            v = (v * 7.3 + 0.11) % 1e6;
+            xs.extend([v, -v, v / 1e3, -v * 1e9]);
+        }
+        for x in xs {
+            assert_eq!(floor(x).to_bits(), x.floor().to_bits(), "floor({x:e})");
+        }
+        assert!(floor(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn a_flat_series_fits_as_the_pairwise_walk_does() {
+        let bits = |f: Fit| (f.slope.to_bits(), f.noise.to_bits());
+        let flat = |n: usize, y: f64, dt: f64| -> Vec<Point> {
+            (0..n)
+                .map(|i| Point {
+                    t: 100.0 + i as f64 * dt,
+                    y,
+                })
+                .collect()
+        };
+        for (n, y, dt) in [
+            (6, 10.0 * MIB, 1.0),
+            (7, 3.0 * MIB + 4096.0, 0.37),
+            (96, 512.0 * MIB, 6.25),
+            (8, 0.0, 1.0),
+            // Every point at one time: no pair has a slope.
+            (6, 5.0 * MIB, 0.0),
+        ] {
+            let points = flat(n, y, dt);
+            assert_eq!(
+                bits(theil_sen(&points)),
+                bits(theil_sen_pairs(&points)),
+                "{n} points at {y}"
+            );
+        }
+        // A step: not flat, so the full walk, which finds the rise.
+        let mut points = flat(12, 10.0 * MIB, 1.0);
+        for p in &mut points[7..] {
+            p.y += MIB;
+        }
+        let fit = theil_sen(&points);
+        assert!(fit.slope > 0.0, "{}", fit.slope);
+        assert_eq!(bits(fit), bits(theil_sen_pairs(&points)));
     }
 
     #[test]

@@ -77,7 +77,12 @@ impl LeakState {
             self.pending = None;
             return (self.assessment.verdict != before).then_some(before);
         }
-        self.history.observe(secs(now_ns), resident);
+        let kept = self.history.observe(secs(now_ns), resident);
+        // An unchanged history assesses as before, and with no verdict pending nothing can
+        // move with time alone: the assessment stands (processes in warm-up take this path).
+        if !kept && self.pending.is_none() {
+            return None;
+        }
         let mut assessment = self.history.assess(cfg);
         let reached = assessment.verdict;
         assessment.verdict = self.hold(cfg, reached, secs(now_ns));
@@ -278,5 +283,61 @@ mod tests {
         assert_eq!(st.first_sample_bytes, 5 << 20);
         st.set_limit(None);
         assert_eq!(st.time_to_limit_secs, None);
+    }
+
+    #[test]
+    fn an_ignored_sample_keeps_the_assessment_and_a_kept_one_redoes_it() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 10 << 20);
+        // Warm-up (60 nominal s = 3 s here): samples are ignored, whatever the RSS does.
+        for i in 0..50u64 {
+            let rss = (10 << 20) + i * (1 << 20);
+            assert_eq!(st.observe(&cfg, 0, i * S / 20, rss), None);
+            assert_eq!(
+                st.assessment,
+                st.history().assess(&cfg),
+                "warm-up sample {i}"
+            );
+            assert_eq!(st.assessment.samples, 0);
+        }
+        // Past it, a flat RSS is still sampled each time: the window and count move on.
+        let mut last_samples = 0;
+        for i in 60..160u64 {
+            st.observe(&cfg, 0, i * S / 20, 10 << 20);
+            assert!(st.assessment.samples > last_samples, "sample {i} was kept");
+            last_samples = st.assessment.samples;
+            assert_eq!(st.assessment, st.history().assess(&cfg));
+            assert_eq!(st.assessment.verdict, Verdict::Stable);
+        }
+        assert!(st.assessment.window_secs > 0.0);
+    }
+
+    #[test]
+    fn a_pending_verdict_is_still_reported_when_samples_are_ignored() {
+        let cfg = fast();
+        let mut st = LeakState::new(&cfg, 0, 10 << 20);
+        let mut last_ns = 0;
+        for i in 0..600u64 {
+            last_ns = i * S / 20;
+            st.observe(&cfg, 0, last_ns, (10 << 20) + i * ((10 << 20) / 60));
+            if st.pending.is_some() {
+                break;
+            }
+        }
+        let waiting = st
+            .pending
+            .expect("a steady leak reaches a new verdict")
+            .verdict;
+        assert_ne!(st.assessment.verdict, waiting);
+        // Samples from before the last one are ignored by the history, but each is still an
+        // assessment that counts towards holding the new verdict.
+        let mut reported = None;
+        for k in 1..HOLD_ASSESSMENTS {
+            if let Some(before) = st.observe(&cfg, 0, last_ns - u64::from(k), 10 << 20) {
+                reported = Some((before, st.assessment.verdict));
+            }
+        }
+        assert_eq!(reported.map(|r| r.1), Some(waiting));
+        assert!(st.pending.is_none());
     }
 }

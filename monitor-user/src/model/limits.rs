@@ -190,7 +190,9 @@ fn tightest(
         let read = match dirs.get(&dir) {
             Some(known) => *known,
             None => {
-                let read = read_limit(&dir.join(max_file)).zip(read_u64(&dir.join(usage_file)));
+                // Usage only where there is a limit: most directories have none.
+                let read = read_limit(&dir.join(max_file))
+                    .and_then(|limit| Some((limit, read_u64(&dir.join(usage_file))?)));
                 dirs.insert(dir.clone(), read);
                 read
             }
@@ -213,12 +215,24 @@ fn tightest(
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+    read_number(path, |t| t.parse().ok())
 }
 
 fn read_limit(path: &Path) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
-    parse_limit(&text)
+    read_number(path, parse_limit)
+}
+
+/// A cgroup file holding one number, in one `read` into the stack: these are read for every
+/// cgroup at every interval, and a whole-file read would ask its size and read twice.
+fn read_number(path: &Path, parse: impl FnOnce(&str) -> Option<u64>) -> Option<u64> {
+    use std::io::Read as _;
+    // A u64 in decimal and its newline, or "max": longer is not a number file.
+    let mut buf = [0u8; 32];
+    let n = fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    if n == buf.len() {
+        return None;
+    }
+    parse(std::str::from_utf8(&buf[..n]).ok()?.trim())
 }
 
 /// `max` (v2) or a value near 2^63 (v1) means no limit.
@@ -234,7 +248,8 @@ pub fn parse_limit(text: &str) -> Option<u64> {
 /// v1 path (absent as [`NO_PATH`]), so a process whose cgroups were seen costs no allocation.
 #[derive(Default)]
 pub struct LimitCache {
-    seen: HashMap<String, HashMap<String, Option<Limit>>>,
+    /// Asked for every process at every interval: a fast hasher (see Cargo.toml).
+    seen: foldhash::HashMap<String, foldhash::HashMap<String, Option<Limit>>>,
     dirs: DirLimits,
 }
 
@@ -341,6 +356,28 @@ mod tests {
         fs::create_dir_all(dir).unwrap();
         fs::write(dir.join("memory.max"), max).unwrap();
         fs::write(dir.join("memory.current"), current).unwrap();
+    }
+
+    #[test]
+    fn number_files_are_read_whole_or_not_at_all() {
+        let dir = std::env::temp_dir().join(format!("leakscope-numbers-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            fs::write(&path, text).unwrap();
+            path
+        };
+        assert_eq!(
+            read_u64(&file("usage", "18446744073709551615\n")),
+            Some(u64::MAX)
+        );
+        assert_eq!(read_limit(&file("v2", "max\n")), None);
+        assert_eq!(read_limit(&file("v1", "9223372036854771712\n")), None);
+        assert_eq!(read_limit(&file("set", "1048576\n")), Some(1 << 20));
+        // Longer than any number: not taken for one, nor cut into one.
+        assert_eq!(read_u64(&file("long", &"1".repeat(40))), None);
+        assert_eq!(read_u64(&dir.join("absent")), None);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

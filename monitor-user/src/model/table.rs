@@ -204,7 +204,8 @@ pub struct Exited {
 
 #[derive(Debug, Default)]
 pub struct ProcessTable {
-    procs: HashMap<u32, Process>,
+    /// Every interval looks each process up a few times: a fast hasher, see Cargo.toml.
+    procs: foldhash::HashMap<u32, Process>,
 }
 
 impl ProcessTable {

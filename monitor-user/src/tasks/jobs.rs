@@ -730,14 +730,15 @@ impl Tasks {
         while s.recent.len() > recent_jobs {
             s.recent.pop_front();
         }
-        let runs: Vec<RunSample> = s.window.iter().copied().collect();
-        s.per_run = assess(&runs, &verdict_cfg);
-        let name = s.name.clone();
+        s.per_run = assess(s.window.make_contiguous(), &verdict_cfg);
+        // The allocator fit spans every task's recent runs: it is redone each interval,
+        // outside the agent's lock (see `listener::prune`); meanwhile this run's pages count.
+        s.decide();
         if let Some(blocks) = m.blocks {
             let run = BlockRun {
                 pid,
                 pool: end.pool,
-                task: name.clone(),
+                task: s.name.clone(),
                 begin_ns: job.begin.at_ns,
                 end_ns: end.at_ns,
                 blocks,
@@ -746,11 +747,6 @@ impl Tasks {
             };
             self.keep_block_run(job.owner.uid, run);
             self.attribution_stale = true;
-        }
-        // The fit spans every task's recent runs: it is redone each interval, outside the
-        // agent's lock (see `listener::prune`); meanwhile this run's pages count.
-        if let Some(s) = self.named_mut(&name) {
-            s.decide();
         }
     }
 
@@ -782,13 +778,6 @@ impl Tasks {
                 self.block_runs.remove(&most);
             }
         }
-    }
-
-    fn named_mut(&mut self, name: &str) -> Option<&mut TaskStats> {
-        if name == OVERFLOW_TASK {
-            return self.overflow.as_mut();
-        }
-        self.by_name.get_mut(name)
     }
 
     /// The recent runs with block evidence, when runs came in since the last fit, and how to

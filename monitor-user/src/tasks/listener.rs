@@ -260,17 +260,25 @@ impl Listener {
             Err(e) => return self.drop_marker(e.reason()),
         };
         let pid = creds.pid;
-        let cgroup = self
-            .shared
-            .state()
-            .table
-            .get(pid)
-            .map(|p| p.cgroup_id)
-            .filter(|id| *id != 0);
+        // One lock for the whole marker: the reads below are a pread and a stat, shorter
+        // than taking the lock again.
+        let mut state = self.shared.state();
+        let (cgroup, pool) = match state.table.get(pid) {
+            Some(p) => (
+                Some(p.cgroup_id).filter(|id| *id != 0),
+                state
+                    .table
+                    .get(p.ppid)
+                    .is_some_and(|parent| parent.comm == p.comm)
+                    .then_some(p.ppid),
+            ),
+            None => (None, None),
+        };
         if let Some(id) = cgroup
             && !self.limiter.take_cgroup(id, now)
         {
-            return self.drop_marker(reason::CGROUP_RATE_LIMITED);
+            return crate::tasks::Tasks::of_mut(&mut state)
+                .drop_marker(reason::CGROUP_RATE_LIMITED);
         }
         let who = Principal {
             uid: creds.uid,
@@ -278,38 +286,25 @@ impl Listener {
         };
         // Read memory first: the job has just begun or ended.
         let mut snap = self.snapshot(pid, now);
-        let tid = marker.tid.and_then(|t| self.verify_tid(pid, t));
+        let tid = marker
+            .tid
+            .and_then(|t| verify_tid(&mut self.nested, pid, t));
         keep_threads(&mut snap.threads, tid);
-        let mut state = self.shared.state();
+        let tasks = crate::tasks::Tasks::of_mut(&mut state);
         // A process that sends its last `end` and exits at once (an RQ work horse) is gone by
         // the time that `end` is read: its thread cannot be checked any more, but it was when
         // the job began, under the same kernel-given pid.
         let tid = tid.or_else(|| {
             let t = marker.tid?;
-            (marker.phase == Phase::End
-                && crate::tasks::Tasks::of(&state).has_open(pid, t)
-                && !alive(pid))
-            .then_some(t)
+            (marker.phase == Phase::End && tasks.has_open(pid, t) && !alive(pid)).then_some(t)
         });
-        if let Some(p) = state.table.get(pid)
-            && state
-                .table
-                .get(p.ppid)
-                .is_some_and(|parent| parent.comm == p.comm)
-        {
-            snap.pool = p.ppid;
+        if let Some(parent) = pool {
+            snap.pool = parent;
         }
         if marker.tid.is_some() && tid.is_none() {
-            state
-                .features
-                .get_mut::<crate::tasks::Tasks>()
-                .counters
-                .tid_unverified += 1;
+            tasks.counters.tid_unverified += 1;
         }
-        state
-            .features
-            .get_mut::<crate::tasks::Tasks>()
-            .on_marker(pid, who, &marker, tid, snap);
+        tasks.on_marker(pid, who, &marker, tid, snap);
         // The marker's thread, else the process's main thread (a prefork worker's only one).
         let running = match marker.phase {
             protocol::Phase::Begin => Some(marker.task),
@@ -359,24 +354,24 @@ impl Listener {
             pool: pid,
         }
     }
+}
 
-    /// The marker's `tid=` in the agent's pid namespace, if it is a thread of `pid`; the tid
-    /// is the sender's claim, in the sender's namespace.
-    fn verify_tid(&mut self, pid: u32, tid: u32) -> Option<u32> {
-        bound_map(&mut self.nested, |pid| alive(*pid));
-        let nested = *self
-            .nested
-            .entry(pid)
-            .or_insert_with(|| host::proc::ns_pids(pid).len() > 1);
-        if !nested {
-            return host::proc::thread_exists(pid, tid).then_some(tid);
-        }
-        threads::live_tids(pid).into_iter().find(|t| {
-            host::proc::thread_ns_pids(pid, *t)
-                .last()
-                .is_some_and(|inner| *inner == tid)
-        })
+/// The marker's `tid=` in the agent's pid namespace, if it is a thread of `pid`; the tid is
+/// the sender's claim, in the sender's namespace. `nested` caches whether each sender runs in
+/// a pid namespace below the agent's.
+fn verify_tid(nested: &mut HashMap<u32, bool>, pid: u32, tid: u32) -> Option<u32> {
+    bound_map(nested, |pid| alive(*pid));
+    let in_child_ns = *nested
+        .entry(pid)
+        .or_insert_with(|| host::proc::ns_pids(pid).len() > 1);
+    if !in_child_ns {
+        return host::proc::thread_exists(pid, tid).then_some(tid);
     }
+    threads::live_tids(pid).into_iter().find(|t| {
+        host::proc::thread_ns_pids(pid, *t)
+            .last()
+            .is_some_and(|inner| *inner == tid)
+    })
 }
 
 /// RSS by kind from statm's exact totals; `counters` (the kernel's, batched) only say how

@@ -313,7 +313,8 @@ impl Pools {
     ) {
         // Keyed by borrowed names: every process is grouped at every assessment, and only
         // a group that may become a pool needs a key of its own.
-        let mut groups: HashMap<(u32, &str), Vec<&Process>> = HashMap::new();
+        let mut groups: foldhash::HashMap<(u32, &str), Vec<&Process>> =
+            foldhash::HashMap::default();
         for p in table.iter() {
             if p.ppid > 1 && now_ns.saturating_sub(p.start_ns) >= MIN_WORKER_LIFETIME_NS {
                 groups.entry((p.ppid, p.comm.as_str())).or_default().push(p);
