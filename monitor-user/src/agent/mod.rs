@@ -37,6 +37,7 @@ const EVENTS_DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 const PROC_READS_PER_INTERVAL: usize = 256;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    limit_malloc_arenas();
     // A broken web config is a mistake in the command line: report it before anything else,
     // privileged or not.
     let web = match &args.web_config_file {
@@ -100,7 +101,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_kernel_processes: args.max_kernel_processes,
         max_kernel_threads: args.max_kernel_threads,
         max_thread_processes: args.max_thread_processes,
-        stacks: crate::http::profile::agent_capacity(args.profile_unwind.into()),
+        // Without profiling nothing is sampled: the stack-copy ring stays one page (mapped, a
+        // 4 MiB ring is 8 MiB of the agent's RSS).
+        stacks: crate::http::profile::agent_capacity(if args.enable_profiling {
+            args.profile_unwind.into()
+        } else {
+            crate::investigate::unwind::UnwindMode::Fp
+        }),
         task_pins: task_pins.as_ref().map(|p| p.dir().to_path_buf()),
     };
     release_freed_memory();
@@ -175,17 +182,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
 
-    // Growth programs are attached on request only (and for --auto-growth).
-    let profiler: Option<http::SharedProfiler> = match crate::investigate::profiler::Profiler::new(
-        kernel.clone(),
-        Duration::from_secs(crate::http::profile::MAX_SECONDS),
-        args.auto_growth_max_duration,
-        args.profile_unwind.into(),
-    ) {
-        Ok(p) => Some(Arc::new(tokio::sync::Mutex::new(p))),
-        Err(e) => {
-            warn!("/debug/pprof/growth is off: {e}");
-            None
+    // Growth programs are attached on request only (and for --auto-growth), and only with
+    // --enable-profiling (which --auto-growth requires): otherwise nothing is loaded for them.
+    let profiler: Option<http::SharedProfiler> = if !args.enable_profiling {
+        None
+    } else {
+        match crate::investigate::profiler::Profiler::new(
+            kernel.clone(),
+            Duration::from_secs(crate::http::profile::MAX_SECONDS),
+            args.auto_growth_max_duration,
+            args.profile_unwind.into(),
+        ) {
+            Ok(p) => Some(Arc::new(tokio::sync::Mutex::new(p))),
+            Err(e) => {
+                warn!("/debug/pprof/growth is off: {e}");
+                None
+            }
         }
     };
     let events_task = tokio::spawn(event_loop(shared.clone()));
@@ -295,6 +307,21 @@ fn per_job_config(args: &RunArgs) -> crate::tasks::run::Config {
 
 /// Parsing kernel BTF (ours, then aya's) briefly needs tens of MiB; hand it back to the
 /// kernel rather than keeping it in malloc's free lists for the agent's whole life.
+/// How often the allocator gives back the pages it holds free: each interval's scratch space
+/// and a thousand histories' growth leave free chunks in every thread's arena, which the
+/// agent's RSS would otherwise keep (a walk of the free lists, about a millisecond).
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Arenas glibc may create: one per thread that meets contention otherwise (up to 8 per
+/// core), each keeping its own free memory. The agent's threads allocate little at once.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Bounds the allocator's arenas; called first thing, before the agent's threads allocate.
+pub(crate) fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets glibc's tunables.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+}
+
 pub(crate) fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own heaps.
     unsafe { libc::malloc_trim(0) };
@@ -371,12 +398,23 @@ async fn interval_loop(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trimmed = std::time::Instant::now();
     loop {
         tick.tick().await;
+        let trim = trimmed.elapsed() >= TRIM_EVERY;
+        if trim {
+            trimmed = std::time::Instant::now();
+        }
         // Map iteration and /proc reads block: off the async workers, so scrapes and
         // /healthz never wait behind them.
         let (m, s) = (source.clone(), shared.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || sync_once(&m, &s)).await {
+        let work = move || {
+            sync_once(&m, &s);
+            if trim {
+                release_freed_memory();
+            }
+        };
+        if let Err(e) = tokio::task::spawn_blocking(work).await {
             warn!("interval sync failed: {e}");
         }
         if let Some(profiler) = &profiler {

@@ -104,8 +104,11 @@ impl Default for DetectorConfig {
             floor_drop_tolerance_bytes: 1.0 * MIB,
             segments: 6,
             min_segment_secs: 30.0,
-            // 10 min at 1 Hz fits before the first 2x downsampling.
-            max_samples: 512,
+            // 256 points of 40 bytes per process: 10 KiB, so a thousand processes' histories
+            // fit in 10 MiB of the agent's memory. Past 256 samples the grid coarsens (to
+            // about 4 s over the 10 min window at 1 Hz), still above the fit's 96 points and
+            // the floors' six segments.
+            max_samples: 256,
             max_fit_points: 96,
             time_scale: 1.0,
         }
@@ -503,7 +506,16 @@ impl RssHistory {
             {
                 last.absorb(&sample)
             }
-            _ => self.buckets.push_back(sample),
+            _ => {
+                // Grown to the budget and no further (doubling would leave a thousand
+                // histories each holding twice what they can use), in place thereafter.
+                if self.buckets.len() == self.buckets.capacity() {
+                    let cap = (self.buckets.capacity().max(4) * 2).min(self.max_samples + 1);
+                    self.buckets
+                        .reserve_exact(cap.saturating_sub(self.buckets.len()).max(1));
+                }
+                self.buckets.push_back(sample)
+            }
         }
     }
 
@@ -537,19 +549,24 @@ impl RssHistory {
             f64::MIN_POSITIVE
         };
         self.resolution = target.max(doubled);
-        let mut merged: VecDeque<Bucket> = VecDeque::with_capacity(self.max_samples / 2 + 2);
-        for b in self.buckets.drain(..) {
-            match merged.back_mut() {
-                Some(prev)
-                    if cell_of(prev.t_first, self.t_start, self.resolution)
-                        == cell_of(b.t_first, self.t_start, self.resolution) =>
-                {
-                    prev.absorb(&b)
+        // Merged in place: the buffer is kept (a new one per compaction, per process, is
+        // what fragments the heap of an agent watching a thousand of them).
+        let mut kept = 0;
+        for i in 0..self.buckets.len() {
+            let b = self.buckets[i];
+            if i > 0
+                && cell_of(self.buckets[kept].t_first, self.t_start, self.resolution)
+                    == cell_of(b.t_first, self.t_start, self.resolution)
+            {
+                self.buckets[kept].absorb(&b);
+            } else {
+                if i > 0 {
+                    kept += 1;
                 }
-                _ => merged.push_back(b),
+                self.buckets[kept] = b;
             }
         }
-        self.buckets = merged;
+        self.buckets.truncate(kept + 1);
         self.flat = self
             .flat
             .filter(|v| self.buckets.iter().all(|b| b.is_flat_at(*v)));
@@ -1384,7 +1401,7 @@ mod tests {
         }
         let points: Vec<_> = h.points().collect();
         assert_eq!(points.len(), h.len());
-        // 540 samples past warm-up, more than the 512 kept: merged, none lost.
+        // 540 samples past warm-up, more than the 256 kept: merged, none lost.
         assert!(points.len() < 540);
         assert_eq!(points.iter().map(|p| p.samples).sum::<u64>(), 540);
         assert_eq!(points[0].min_bytes, linear(10.0)(60.0) as u64);
