@@ -316,6 +316,7 @@ fn overhead(rounds: usize, cpu: Option<usize>, defaults_only: bool) -> Result<()
     };
     let _sleepers = util::sleepers(HOST_PROCESSES, SLEEP_ARG)?;
     let (idle_cpu, idle_rss) = steady_idle(&agent_bin)?;
+    let full_rss = full_history_rss(&agent_bin)?;
 
     // Warm caches and the page allocator before measuring.
     {
@@ -392,13 +393,15 @@ fn overhead(rounds: usize, cpu: Option<usize>, defaults_only: bool) -> Result<()
     println!(
         "agent (defaults) idle with {HOST_PROCESSES} processes on the host, from {} s after \
          its start: CPU median {:.3}% of one core over {IDLE_WINDOWS} windows of {} s (min \
-         {:.3}%, max {:.3}%), RSS {:.1} MiB; peak RSS over the workloads {:.1} MiB",
+         {:.3}%, max {:.3}%), RSS {:.1} MiB; with every history full {:.1} MiB; peak RSS \
+         over the workloads {:.1} MiB",
         (AGENT_WARMUP + IDLE_STEADY_AFTER).as_secs(),
         median(&idle_cpu) * 100.0,
         IDLE_WINDOW.as_secs(),
         idle_cpu.iter().copied().fold(f64::INFINITY, f64::min) * 100.0,
         idle_cpu.iter().copied().fold(0.0, f64::max) * 100.0,
         mib(idle_rss),
+        mib(full_rss),
         mib(agent_peak),
     );
     let agent = variants
@@ -422,7 +425,7 @@ fn overhead(rounds: usize, cpu: Option<usize>, defaults_only: bool) -> Result<()
     ));
     verdicts.push(Verdict::below(
         "agent peak RSS, MiB",
-        mib(idle_rss.max(agent_peak)),
+        mib(idle_rss.max(agent_peak).max(full_rss)),
         MAX_AGENT_RSS_MIB,
     ));
     println!();
@@ -574,6 +577,26 @@ impl Drop for Drain {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// How long an agent sampling ten times a second ([`FULL_HISTORY_ARGS`]) runs before its RSS
+/// is read: long enough for every process's history to be full and compacted (the detector's
+/// 10 min window, scaled by 0.1, is 600 samples), which at one sample a second takes 11 min.
+const FULL_HISTORY_AFTER: Duration = Duration::from_secs(80);
+const FULL_HISTORY_ARGS: &[&str] = &["--interval", "100ms", "--detector-time-scale", "0.1"];
+
+/// The agent's RSS once every process's history is full: what it holds on a host where it has
+/// run for hours (the steady CPU phase is too short for that at one sample a second).
+fn full_history_rss(agent_bin: &Path) -> Result<u64> {
+    let tracer = Tracer::agent(agent_bin, FULL_HISTORY_ARGS)?;
+    eprintln!(
+        "memory: the agent samples every 100 ms for {} s, filling every history",
+        FULL_HISTORY_AFTER.as_secs()
+    );
+    std::thread::sleep(FULL_HISTORY_AFTER);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid()))?;
+    let now = status_kb(&status, "VmRSS:") * 1024;
+    Ok(now.max(tracer.stop()?))
 }
 
 /// The agent's CPU share (per window) and its largest RSS, idle with the host's processes,
