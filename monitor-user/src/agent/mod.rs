@@ -305,8 +305,6 @@ fn per_job_config(args: &RunArgs) -> crate::tasks::run::Config {
     }
 }
 
-/// Parsing kernel BTF (ours, then aya's) briefly needs tens of MiB; hand it back to the
-/// kernel rather than keeping it in malloc's free lists for the agent's whole life.
 /// How often the allocator gives back the pages it holds free: each interval's scratch space
 /// and a thousand histories' growth leave free chunks in every thread's arena, which the
 /// agent's RSS would otherwise keep (a walk of the free lists, about a millisecond).
@@ -322,6 +320,8 @@ pub(crate) fn limit_malloc_arenas() {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
 }
 
+/// Parsing kernel BTF (ours, then aya's) briefly needs tens of MiB; hand it back to the
+/// kernel rather than keeping it in malloc's free lists for the agent's whole life.
 pub(crate) fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own heaps.
     unsafe { libc::malloc_trim(0) };
