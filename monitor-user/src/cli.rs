@@ -370,9 +370,9 @@ pub struct RunArgs {
     /// Track RSS at every change of the kernel's counters (a program on each page fault
     /// and each fork), for every transient peak between two intervals. Off by default: the
     /// agent reads every process's RSS with a task iterator once per --interval and at each
-    /// scrape, at no cost between reads. Measured on a 2-vCPU VM (median of paired rounds): a
-    /// page-fault loop runs 1.06-1.07x slower with this flag (1.00x without), a fork/exit loop
-    /// 1.05-1.06x (1.01-1.02x without).
+    /// scrape, at no cost between reads. Measured on a 2-vCPU VM (`cargo xtask bench overhead`,
+    /// median of 15 paired rounds): a page-fault loop runs 1.07x slower with this flag (0.99x
+    /// without), a fork/exit loop 1.07x (1.01x without).
     #[arg(long)]
     pub rss_events: bool,
 
