@@ -512,15 +512,11 @@ pub async fn run(
 
 /// Attaches the address-space probes of new targets and detaches those of targets gone.
 pub fn follow_targets(probes: &mut TargetProbes, shared: &Shared) {
-    // Each target with its image: the time of its last exec (its start if none was seen).
-    let wanted: HashMap<u32, u64> = {
-        let state = shared.state();
-        Threads::of(&state)
-            .wanted
-            .keys()
-            .map(|pid| (*pid, state.table.get(*pid).map_or(0, |p| p.exec_ns)))
-            .collect()
-    };
+    let wanted: HashSet<u32> = Threads::of(&shared.state())
+        .wanted
+        .keys()
+        .copied()
+        .collect();
     let changes = probes.follow(&wanted);
     for (pid, module) in &changes.attached {
         log::info!("per-thread uprobes attached to pid {pid}: {module}");
@@ -534,10 +530,6 @@ pub fn follow_targets(probes: &mut TargetProbes, shared: &Shared) {
     let mut state = shared.state();
     let threads = Threads::of_mut(&mut state);
     threads.probed = probes.attached();
-    // A target probed again after an exec is no longer off.
-    for (pid, _) in &changes.attached {
-        threads.mapped_off.remove(pid);
-    }
     for (pid, why) in changes.off {
         // Only for processes still wanted: the map stays bounded by the wanted set.
         if threads.wanted.contains_key(&pid) {

@@ -8,7 +8,12 @@
 //! descriptors); the number of targets is bounded by `--max-thread-processes` and each
 //! uid's share of it (mod.rs).
 
-use std::{collections::HashMap, num::NonZeroU32, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    path::Path,
+    sync::Arc,
+};
 
 use crate::bpf::{Kernel, Link, probes::ProbeStatus};
 use crate::host::wrappers::{Resolver, SiteError};
@@ -89,11 +94,10 @@ pub struct TargetProbes {
     /// Fault injection: attach to a file that does not exist.
     broken: bool,
     resolver: Resolver,
-    /// Each target's links, with the image (its last exec) they were attached for.
-    attached: HashMap<u32, (u64, Vec<Link>)>,
-    /// Targets whose probes could not be attached, and why, with the image that was tried;
-    /// not retried while they stay targets running that image (a static binary stays one).
-    off: HashMap<u32, (u64, String)>,
+    attached: HashMap<u32, Vec<Link>>,
+    /// Targets whose probes could not be attached, and why; not retried while they stay
+    /// targets (a static binary stays one).
+    off: HashMap<u32, String>,
 }
 
 /// What one [`TargetProbes::follow`] changed.
@@ -112,40 +116,37 @@ impl TargetProbes {
         self.attached.len()
     }
 
-    /// Attaches to the targets in `wanted` (pid -> the time of its last exec) that have no
-    /// probes for the image they run, and detaches from the others (exited, no longer
-    /// targets, or exec'd: their probes sit in the old image's files, which the new one may
-    /// not map, and its own libc would go unprobed).
-    pub fn follow(&mut self, wanted: &HashMap<u32, u64>) -> Changes {
+    /// Attaches to the targets in `wanted` that have no probes yet and detaches from the
+    /// others (exited, or no longer targets).
+    pub fn follow(&mut self, wanted: &HashSet<u32>) -> Changes {
         let mut changes = Changes::default();
-        let stale: Vec<u32> = self
+        let gone: Vec<u32> = self
             .attached
-            .iter()
-            .filter(|(pid, (image, _))| wanted.get(pid) != Some(image))
-            .map(|(pid, _)| *pid)
+            .keys()
+            .filter(|pid| !wanted.contains(pid))
+            .copied()
             .collect();
-        for pid in stale {
+        for pid in gone {
             self.attached.remove(&pid);
             changes.detached.push(pid);
         }
-        self.off
-            .retain(|pid, (image, _)| wanted.get(pid) == Some(image));
-        let new: Vec<(u32, u64)> = wanted
+        self.off.retain(|pid, _| wanted.contains(pid));
+        let new: Vec<u32> = wanted
             .iter()
-            .filter(|(pid, _)| !self.attached.contains_key(pid) && !self.off.contains_key(pid))
-            .map(|(pid, image)| (*pid, *image))
+            .filter(|pid| !self.attached.contains_key(pid) && !self.off.contains_key(pid))
+            .copied()
             .collect();
-        for (pid, image) in new {
+        for pid in new {
             match self.attach(pid) {
                 Ok((links, module)) => {
-                    self.attached.insert(pid, (image, links));
+                    self.attached.insert(pid, links);
                     changes.attached.push((pid, module));
                 }
                 // Exited before it could be probed: the interval loop forgets it.
                 Err(AttachError::Site(SiteError::Gone(_))) => {}
                 Err(e) => {
                     let why = e.to_string();
-                    self.off.insert(pid, (image, why.clone()));
+                    self.off.insert(pid, why.clone());
                     changes.off.push((pid, why));
                 }
             }
@@ -155,7 +156,7 @@ impl TargetProbes {
 
     /// Why `pid`'s mapped bytes are not counted, when it is a target without probes.
     pub fn off_reason(&self, pid: u32) -> Option<&str> {
-        self.off.get(&pid).map(|(_, why)| why.as_str())
+        self.off.get(&pid).map(String::as_str)
     }
 
     /// Return probes first, then entries: an entry is recorded only once its return is
