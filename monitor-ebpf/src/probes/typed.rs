@@ -8,9 +8,9 @@
 //! the walk was over half of the idle agent's CPU.
 //!
 //! How the verifier accepts it: the iterator's `ctx->task` and `bpf_get_current_task_btf()`
-//! are `task_struct` pointers to it, the offsets come
-//! from `.rodata` (frozen, so it knows each one as a constant), and a load at a constant offset
-//! is checked against the kernel's BTF: it must fall inside one member. Pointer members
+//! are `task_struct` pointers to it, the offsets come from `.rodata` (frozen, so it knows
+//! each one as a constant), and a load at a constant offset is checked against the kernel's
+//! BTF: it must fall inside one member. Pointer members
 //! (`mm`, `real_parent`, `cgroups`, ...) come back typed too. What is not a struct pointer
 //! stays a plain number: `comm` (a char array, one element per load) and the per-CPU deltas
 //! (`s32 __percpu *`) are still read with the helper.
