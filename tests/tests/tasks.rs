@@ -211,10 +211,18 @@ fn a_celery_task_that_leaks_is_flagged_and_a_clean_one_is_not() {
         log()
     );
 
-    // Every end marker is in once both tasks show all their runs.
+    // Every end marker is in once both tasks show all their runs, and the allocator fit
+    // (refitted once an interval, after the runs arrive) has the runs a verdict needs.
     let v = wait_for(Duration::from_secs(20), || {
         let v = tasks_json(&agent);
-        let done = |name| task(&v, name).and_then(|t| t["runs"].as_u64()) == Some(RUNS);
+        let done = |name| {
+            task(&v, name).is_some_and(|t| {
+                t["runs"].as_u64() == Some(RUNS)
+                    && t["verdict"]["allocator"]["runs"]
+                        .as_u64()
+                        .is_none_or(|r| r >= 30)
+            })
+        };
         (done(LEAKY) && done(CLEAN)).then_some(v)
     })
     .unwrap_or_else(|| {
