@@ -368,7 +368,9 @@ fn a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged() {
         )
     });
     assert!(found["recycles"].as_u64().unwrap() >= 3, "{found}");
-    // Each exit has its wall-clock time, oldest first, while the scenario ran.
+    // Each exit has its wall-clock time, oldest first, while the scenario ran. Exits on two
+    // CPUs reach the kernel's ring in the order they are written, which can differ from
+    // their timestamps by microseconds.
     let now = unix_now();
     let times: Vec<f64> = found["exits"]
         .as_array()
@@ -377,7 +379,7 @@ fn a_prefork_pool_that_hides_its_leak_by_recycling_is_flagged() {
         .map(|e| e["unix_time"].as_f64().expect("exit time"))
         .collect();
     assert!(
-        times.windows(2).all(|w| w[0] <= w[1])
+        times.windows(2).all(|w| w[0] <= w[1] + 1e-3)
             && times
                 .iter()
                 .all(|t| (started - 1.0..=now + 1.0).contains(t)),
